@@ -1,0 +1,218 @@
+//! Reading configuration from `CES_*` variables.
+//!
+//! A service's `Config::from_source` reads every variable it knows through a [`Vars`] accumulator, which keeps
+//! going after the first problem so that one start reports every mistake. A value that is present but invalid is
+//! always an error: nothing falls back silently to a default. Tests pass a `HashMap` as the [`Source`] instead
+//! of touching the process environment.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{ConfigErrors, Error};
+
+/// Exit code for a configuration error (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Where configuration values come from.
+pub trait Source {
+    /// The raw value of `key`, or `None` when it is not set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        // A value that is not UTF-8 is passed on lossily; every parser below then rejects it with the key named.
+        std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
+    }
+}
+
+impl<S: std::hash::BuildHasher> Source for HashMap<String, String, S> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Source for HashMap<&'static str, String, S> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// Reads variables from a [`Source`], collecting every error instead of stopping at the first.
+pub struct Vars<'a> {
+    source: &'a dyn Source,
+    errors: Vec<String>,
+}
+
+impl std::fmt::Debug for Vars<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vars").field("errors", &self.errors).finish()
+    }
+}
+
+impl<'a> Vars<'a> {
+    /// Starts reading from `source`.
+    pub fn new(source: &'a dyn Source) -> Self {
+        Self { source, errors: Vec::new() }
+    }
+
+    fn raw(&mut self, key: &str) -> Option<String> {
+        let value = self.source.get(key)?;
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            self.errors.push(format!("{key} is set but empty"));
+            return None;
+        }
+        Some(trimmed.to_owned())
+    }
+
+    /// A string value, `default` when unset.
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A value that must be given; records an error and returns an empty string when it is not.
+    pub fn required(&mut self, key: &str, what: &str) -> String {
+        match self.raw(key) {
+            Some(v) => v,
+            None => {
+                if self.source.get(key).is_none() {
+                    self.errors.push(format!("{key} is required ({what})"));
+                }
+                String::new()
+            }
+        }
+    }
+
+    /// A value parsed with `FromStr`, `default` when unset.
+    pub fn parse<T>(&mut self, key: &str, default: T) -> T
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(key) {
+            None => default,
+            Some(v) => match v.parse() {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    self.errors.push(format!("{key}={v:?} is invalid: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// An integer within `min..=max`.
+    pub fn bounded(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        let v = self.parse(key, default);
+        if !(min..=max).contains(&v) {
+            self.errors.push(format!("{key}={v} is out of range {min}..={max}"));
+            return default;
+        }
+        v
+    }
+
+    /// A duration given in milliseconds, within `min_ms..=max_ms`.
+    pub fn millis(&mut self, key: &str, default_ms: u64, min_ms: u64, max_ms: u64) -> Duration {
+        Duration::from_millis(self.bounded(key, default_ms, min_ms, max_ms))
+    }
+
+    /// A socket address such as `127.0.0.1:8081`.
+    pub fn socket_addr(&mut self, key: &str, default: &str) -> SocketAddr {
+        let fallback: SocketAddr = default.parse().expect("default socket address is valid");
+        self.parse(key, fallback)
+    }
+
+    /// A comma-separated list of non-empty items, `default` when unset.
+    pub fn list(&mut self, key: &str, default: &[&str]) -> Vec<String> {
+        match self.raw(key) {
+            None => default.iter().map(|s| (*s).to_owned()).collect(),
+            Some(v) => {
+                let items: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
+                if items.iter().any(String::is_empty) {
+                    self.errors.push(format!("{key}={v:?} has an empty item"));
+                }
+                items.into_iter().filter(|s| !s.is_empty()).collect()
+            }
+        }
+    }
+
+    /// Records an error unless `ok`.
+    pub fn check(&mut self, ok: bool, message: impl FnOnce() -> String) {
+        if !ok {
+            self.errors.push(message());
+        }
+    }
+
+    /// `Ok` when every variable read so far was valid, otherwise every error.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(ConfigErrors(self.errors)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_only_when_unset() {
+        let src = source(&[]);
+        let mut vars = Vars::new(&src);
+        assert_eq!(vars.string("CES_A", "x"), "x");
+        assert_eq!(vars.bounded("CES_B", 5, 1, 10), 5);
+        assert_eq!(vars.list("CES_C", &["a", "b"]), vec!["a", "b"]);
+        vars.finish().unwrap();
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let src = source(&[("CES_N", "abc"), ("CES_R", "99"), ("CES_E", "  "), ("CES_L", "a,,b")]);
+        let mut vars = Vars::new(&src);
+        let _ = vars.bounded("CES_N", 1, 0, 10);
+        let _ = vars.bounded("CES_R", 1, 0, 10);
+        let _ = vars.string("CES_E", "d");
+        let _ = vars.list("CES_L", &[]);
+        let _ = vars.required("CES_SECRET", "the signing key");
+        let Err(Error::Config(ConfigErrors(errors))) = vars.finish() else {
+            panic!("expected config errors");
+        };
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors[0].contains("CES_N=\"abc\" is invalid"));
+        assert!(errors[1].contains("CES_R=99 is out of range 0..=10"));
+        assert!(errors[2].contains("CES_E is set but empty"));
+        assert!(errors[3].contains("empty item"));
+        assert!(errors[4].contains("CES_SECRET is required"));
+    }
+
+    #[test]
+    fn invalid_value_never_falls_back_silently() {
+        let src = source(&[("CES_ADDR", "not-an-addr")]);
+        let mut vars = Vars::new(&src);
+        let _ = vars.socket_addr("CES_ADDR", "127.0.0.1:1");
+        assert!(vars.finish().is_err());
+    }
+
+    #[test]
+    fn values_are_trimmed_and_lists_split() {
+        let src = source(&[("CES_L", " a , b "), ("CES_D", " 250 ")]);
+        let mut vars = Vars::new(&src);
+        assert_eq!(vars.list("CES_L", &[]), vec!["a", "b"]);
+        assert_eq!(vars.millis("CES_D", 1, 1, 1000), Duration::from_millis(250));
+        vars.finish().unwrap();
+    }
+}

@@ -1,0 +1,37 @@
+//! The error type of `ces-shared`.
+
+use std::fmt;
+
+/// Everything that can go wrong in the shared helpers. None of these are retryable: they describe bad input
+/// (configuration, tokens, envelopes), which retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more configuration variables are missing or invalid; every problem is listed.
+    #[error("invalid configuration:\n{0}")]
+    Config(ConfigErrors),
+    /// A session token could not be accepted.
+    #[error("session token rejected: {0}")]
+    Token(#[from] crate::token::TokenError),
+    /// A Redis envelope could not be decoded.
+    #[error("malformed envelope: {0}")]
+    Envelope(#[from] prost::DecodeError),
+    /// Telemetry could not be initialised.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+}
+
+/// The list of configuration problems, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}

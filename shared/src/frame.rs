@@ -1,0 +1,148 @@
+//! JSON frames of the WebSocket client protocol (docs/protocol.md).
+//!
+//! Server frames are built by hand into one buffer: an event frame embeds the producer's `data` as the exact JSON
+//! text ingest validated, so the edge never parses or re-serialises it.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+
+/// Builds `{"type":"event","seq":..,"id":..,"event":..,"data":..}` from an envelope.
+///
+/// Returns `None` when the envelope's `data` is not UTF-8, which only a corrupt or foreign publisher can cause
+/// (ingest publishes validated JSON only).
+pub fn event_frame(env: &Envelope) -> Option<String> {
+    let data = std::str::from_utf8(&env.data).ok()?;
+    let mut out = String::with_capacity(64 + env.event_id.len() + env.event_type.len() + data.len());
+    out.push_str(r#"{"type":"event","seq":"#);
+    let _ = write!(out, "{}", env.seq);
+    out.push_str(r#","id":"#);
+    push_json_string(&mut out, &env.event_id);
+    out.push_str(r#","event":"#);
+    push_json_string(&mut out, &env.event_type);
+    out.push_str(r#","data":"#);
+    out.push_str(if data.is_empty() { "null" } else { data });
+    out.push('}');
+    Some(out)
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    // serde_json's string escaping cannot fail for a &str.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
+}
+
+/// Frames the server sends besides events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every connection.
+    Welcome {
+        /// The session this socket serves.
+        session_id: String,
+        /// Id of the edge node serving it.
+        node: String,
+    },
+    /// Answer to a client `ping`.
+    Pong,
+    /// A client frame could not be understood; the connection stays open.
+    Error {
+        /// Stable code: `invalid_json`, `unknown_type`, `invalid_frame`.
+        code: String,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Frames a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Application-level keepalive for clients that cannot send WebSocket pings (browsers).
+    Ping,
+    /// The client has processed every event up to and including `seq`.
+    Ack {
+        /// Highest processed sequence number.
+        seq: u64,
+    },
+}
+
+/// Parses a client text frame, or says which error frame to answer with.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ServerFrame> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ServerFrame::Error {
+        code: "invalid_json".into(),
+        message: format!("frame is not JSON: {e}"),
+    })?;
+    let kind = value.get("type").and_then(|t| t.as_str()).map(str::to_owned);
+    match kind.as_deref() {
+        Some("ping" | "ack") => serde_json::from_value(value).map_err(|e| ServerFrame::Error {
+            code: "invalid_frame".into(),
+            message: format!("{e}"),
+        }),
+        Some(other) => Err(ServerFrame::Error {
+            code: "unknown_type".into(),
+            message: format!("unknown frame type {other:?}"),
+        }),
+        None => Err(ServerFrame::Error {
+            code: "invalid_frame".into(),
+            message: "frame must be an object with a string \"type\"".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn event_frame_embeds_data_verbatim_and_escapes_strings() {
+        let env = Envelope {
+            seq: 7,
+            event_id: "id\"1".into(),
+            event_type: "order.updated".into(),
+            data: Bytes::from_static(br#"{"z":1,"a":[1.50]}"#),
+            ..Default::default()
+        };
+        let frame = event_frame(&env).unwrap();
+        assert_eq!(frame, r#"{"type":"event","seq":7,"id":"id\"1","event":"order.updated","data":{"z":1,"a":[1.50]}}"#);
+        let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(parsed["seq"], 7);
+    }
+
+    #[test]
+    fn event_frame_refuses_non_utf8_data() {
+        let env = Envelope { data: Bytes::from_static(b"\xff"), ..Default::default() };
+        assert_eq!(event_frame(&env), None);
+    }
+
+    #[test]
+    fn welcome_has_the_contract_shape() {
+        let w = ServerFrame::Welcome { session_id: "s".into(), node: "edge-a".into() }.to_json();
+        assert_eq!(w, r#"{"type":"welcome","session_id":"s","node":"edge-a"}"#);
+    }
+
+    #[test]
+    fn client_frames_parse_or_explain() {
+        assert_eq!(parse_client_frame(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(parse_client_frame(r#"{"type":"ack","seq":3}"#), Ok(ClientFrame::Ack { seq: 3 }));
+        let code = |t: &str| match parse_client_frame(t) {
+            Err(ServerFrame::Error { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code(r#"{"type":"subscribe"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"ack","seq":-1}"#), "invalid_frame");
+        assert_eq!(code(r#"{"type":"ack"}"#), "invalid_frame");
+        assert_eq!(code("[]"), "invalid_frame");
+        assert_eq!(code(r#"{"type":1}"#), "invalid_frame");
+    }
+}

@@ -1,0 +1,139 @@
+//! Session ids and the Redis names derived from them.
+//!
+//! Every key and channel of a session carries the session id as a Redis Cluster hash tag (`ces:{<id>}:...`), so
+//! one session's sequence counter, buffer and channel always live on one shard and a Lua script may touch them
+//! together. The id alphabet excludes `{` and `}`, so a tag can never be broken out of.
+
+use std::fmt;
+
+/// Longest accepted session id, in bytes.
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// A validated session id: 1–128 characters of `[A-Za-z0-9_.:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(String);
+
+/// Why a string is not a session id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionIdError {
+    /// The string is empty.
+    Empty,
+    /// Longer than [`MAX_SESSION_ID_LEN`] bytes.
+    TooLong(usize),
+    /// Contains a character outside `[A-Za-z0-9_.:-]`; carries the first offender.
+    BadChar(char),
+}
+
+impl fmt::Display for SessionIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "session id is empty"),
+            Self::TooLong(n) => write!(f, "session id is {n} bytes, more than {MAX_SESSION_ID_LEN}"),
+            Self::BadChar(c) => write!(f, "session id contains {c:?}; allowed are A-Z a-z 0-9 _ . : -"),
+        }
+    }
+}
+
+impl std::error::Error for SessionIdError {}
+
+impl SessionId {
+    /// Validates `s` as a session id.
+    pub fn parse(s: &str) -> Result<Self, SessionIdError> {
+        validate_session_id(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The session's sequence counter: the last `seq` assigned.
+    pub fn seq_key(&self) -> String {
+        seq_key(&self.0)
+    }
+
+    /// The Pub/Sub channel its events are published on.
+    pub fn channel(&self) -> String {
+        channel(&self.0)
+    }
+
+    /// The hash holding the session's registration data.
+    pub fn session_key(&self) -> String {
+        format!("ces:{{{}}}:session", self.0)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks `s` against the session id rules without allocating.
+pub fn validate_session_id(s: &str) -> Result<(), SessionIdError> {
+    if s.is_empty() {
+        return Err(SessionIdError::Empty);
+    }
+    if s.len() > MAX_SESSION_ID_LEN {
+        return Err(SessionIdError::TooLong(s.len()));
+    }
+    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
+        Some(c) => Err(SessionIdError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// Sequence counter key of a (validated) session id.
+pub fn seq_key(session: &str) -> String {
+    format!("ces:{{{session}}}:seq")
+}
+
+/// Pub/Sub channel of a (validated) session id.
+pub fn channel(session: &str) -> String {
+    format!("ces:{{{session}}}:ch")
+}
+
+/// The session id inside a channel name produced by [`channel`], or `None` for any other string.
+pub fn session_of_channel(channel: &str) -> Option<&str> {
+    let inner = channel.strip_prefix("ces:{")?.strip_suffix("}:ch")?;
+    validate_session_id(inner).ok()?;
+    Some(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        for ok in ["a", "A-z_0.9:x", &"x".repeat(128), "0190f3c2-7b1e-7c1d-9a51-3f1f8a9b6c2d"] {
+            assert!(SessionId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else_with_the_reason() {
+        assert_eq!(SessionId::parse(""), Err(SessionIdError::Empty));
+        assert_eq!(SessionId::parse(&"x".repeat(129)), Err(SessionIdError::TooLong(129)));
+        for (bad, c) in [("a}b", '}'), ("a{b", '{'), ("a b", ' '), ("é", 'é'), ("a/b", '/'), ("a\0", '\0')] {
+            assert_eq!(SessionId::parse(bad), Err(SessionIdError::BadChar(c)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_hash_tagged_by_session() {
+        let s = SessionId::parse("abc").unwrap();
+        assert_eq!(s.seq_key(), "ces:{abc}:seq");
+        assert_eq!(s.channel(), "ces:{abc}:ch");
+        assert_eq!(s.session_key(), "ces:{abc}:session");
+    }
+
+    #[test]
+    fn channel_round_trips_and_rejects_foreign_names() {
+        assert_eq!(session_of_channel(&channel("s-1")), Some("s-1"));
+        for foreign in ["ces:{s}:seq", "other:{s}:ch", "ces:{}:ch", "ces:{a}b}:ch", "ces:{s}:ch:x"] {
+            assert_eq!(session_of_channel(foreign), None, "{foreign}");
+        }
+    }
+}

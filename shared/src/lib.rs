@@ -1,0 +1,34 @@
+//! What every CES service shares. Everything here is pure (bytes in, typed values or errors out) except
+//! [`telemetry`] and [`shutdown`], which touch process-global state.
+//!
+//! # Layout
+//! - [`config`]: reading `CES_*` variables from a replaceable [`config::Source`], reporting every error at once.
+//! - [`keys`]: session ids and the hash-tagged Redis key and channel names derived from them.
+//! - [`record`]: validation of an input Kafka record into an event, with stable rejection reason codes.
+//! - [`event_id`]: the deterministic event id (producer key, or a hash of the business fields).
+//! - [`envelope`]: the protobuf envelope on Redis, including the trailing `seq` field the Redis script appends.
+//! - [`frame`]: the JSON WebSocket frames of the client protocol.
+//! - [`token`]: HMAC-SHA256 signed session tokens.
+//! - [`telemetry`], [`shutdown`]: logging/metrics initialisation and the process shutdown signal.
+
+pub mod config;
+pub mod envelope;
+pub mod event_id;
+pub mod frame;
+pub mod keys;
+pub mod record;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;
+
+mod error;
+
+pub use error::Error;
+
+/// Milliseconds since the Unix epoch, as carried in envelopes and tokens.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
