@@ -1,8 +1,8 @@
 //! The protobuf envelope on Redis.
 //!
-//! Ingest encodes an [`Envelope`] without `seq`; the publish script assigns the session's next sequence number
-//! and appends it as a trailing field 1 (see [`append_seq`] and `PUBLISH_SCRIPT` in ces-ingest), relying on the
-//! protobuf rule that the last occurrence of a scalar field wins. That way the script never parses protobuf and
+//! Ingest encodes an [`Envelope`] without `seq`; the publish function assigns the session's next sequence number
+//! and appends it as a trailing field 1 (see [`append_seq`] and `LIBRARY` in ces-ingest), relying on the
+//! protobuf rule that the last occurrence of a scalar field wins. That way the function never parses protobuf and
 //! ingest never waits for the sequence number before it can encode.
 
 use bytes::Bytes;
@@ -12,12 +12,12 @@ pub use ces_proto::v1::Envelope;
 
 use crate::Error;
 
-/// Encodes an envelope; `seq` should be 0 (unset) because the Redis script appends the real one.
+/// Encodes an envelope; `seq` should be 0 (unset) because the Redis function appends the real one.
 pub fn encode(envelope: &Envelope) -> Vec<u8> {
     envelope.encode_to_vec()
 }
 
-/// Appends `seq` as a trailing protobuf field 1 (varint), exactly as the Redis publish script does.
+/// Appends `seq` as a trailing protobuf field 1 (varint), exactly as the Redis publish function does.
 pub fn append_seq(buf: &mut Vec<u8>, seq: u64) {
     buf.push(0x08); // field 1, wire type 0 (varint)
     let mut n = seq;

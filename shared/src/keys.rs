@@ -1,7 +1,7 @@
 //! Session ids and the Redis names derived from them.
 //!
 //! Every key and channel of a session carries the session id as a Redis Cluster hash tag (`ces:{<id>}:...`), so
-//! one session's sequence counter, buffer and channel always live on one shard and a Lua script may touch them
+//! one session's sequence counter, buffer and channel always live on one shard and a Redis function may touch them
 //! together. The id alphabet excludes `{` and `}`, so a tag can never be broken out of.
 
 use std::fmt;

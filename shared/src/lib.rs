@@ -6,7 +6,7 @@
 //! - [`keys`]: session ids and the hash-tagged Redis key and channel names derived from them.
 //! - [`record`]: validation of an input Kafka record into an event, with stable rejection reason codes.
 //! - [`event_id`]: the deterministic event id (producer key, or a hash of the business fields).
-//! - [`envelope`]: the protobuf envelope on Redis, including the trailing `seq` field the Redis script appends.
+//! - [`envelope`]: the protobuf envelope on Redis, including the trailing `seq` field the Redis function appends.
 //! - [`frame`]: the JSON WebSocket frames of the client protocol.
 //! - [`token`]: HMAC-SHA256 signed session tokens.
 //! - [`telemetry`], [`shutdown`]: logging/metrics initialisation and the process shutdown signal.

@@ -1,1 +1,36 @@
-fn main() {}
+//! `ces-ingest`: reads `CES_*` configuration, starts telemetry, binds the HTTP port and runs ingest.
+
+use std::process::ExitCode;
+
+use ces_ingest::Config;
+use ces_shared::config::EXIT_CONFIG;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ces-ingest: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if let Err(e) = ces_shared::telemetry::init_tracing(&config.log, config.log_format) {
+        eprintln!("ces-ingest: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %config.http_addr, error = %e, "cannot bind http port");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %config.http_addr, "ces-ingest starting");
+    match ces_ingest::run(config, listener, ces_shared::shutdown::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ces-ingest failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Turning a batch of Kafka records into what must happen to them. Pure: no I/O.
+//!
+//! A [`Plan`] says which events to publish (in record order, so one session's events keep their Kafka order),
+//! which records to dead-letter (with the original bytes and the `ces-dlq-*` headers), and which offsets to
+//! commit once both are done.
+
+use std::collections::BTreeMap;
+
+use ces_proto::v1::Envelope;
+use ces_shared::record::{self, Reason};
+use ces_shared::{envelope, event_id};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Header names of a dead letter (docs/protocol.md). Existing headers with these names are replaced.
+pub mod dlq_header {
+    /// Stable reason code.
+    pub const REASON: &str = "ces-dlq-reason";
+    /// Human-readable detail.
+    pub const DETAIL: &str = "ces-dlq-detail";
+    /// Topic the record was consumed from.
+    pub const SOURCE_TOPIC: &str = "ces-dlq-source-topic";
+    /// Partition it was consumed from.
+    pub const SOURCE_PARTITION: &str = "ces-dlq-source-partition";
+    /// Its offset there.
+    pub const SOURCE_OFFSET: &str = "ces-dlq-source-offset";
+    /// When it was rejected (RFC 3339, UTC).
+    pub const FAILED_AT: &str = "ces-dlq-failed-at";
+}
+
+/// A Kafka record, detached from the client library.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputRecord {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record timestamp in milliseconds, if the producer or broker set one.
+    pub timestamp_ms: Option<i64>,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order; a header may have no value.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// An event ready for the Redis publish function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Session the event goes to.
+    pub session_id: String,
+    /// Its deterministic id.
+    pub event_id: String,
+    /// Encoded envelope without `seq` (the publish function appends it).
+    pub envelope: Vec<u8>,
+}
+
+/// A record to write to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Why it was rejected.
+    pub reason: Reason,
+    /// Original key, untouched.
+    pub key: Option<Vec<u8>>,
+    /// Original value, untouched.
+    pub value: Option<Vec<u8>>,
+    /// Original headers followed by the `ces-dlq-*` headers.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What to do with one batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Valid events, in record order.
+    pub publish: Vec<Publish>,
+    /// Rejected records, in record order.
+    pub dead: Vec<DeadLetter>,
+    /// Offset to commit per (topic, partition): one past the highest offset in the batch.
+    pub commit: BTreeMap<(String, i32), i64>,
+}
+
+/// Plans a batch. `now` stamps `ingested_at_ms` and `ces-dlq-failed-at`.
+pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTime) -> Plan {
+    let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let mut plan = Plan::default();
+    for r in records {
+        let next = plan.commit.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+        *next = (*next).max(r.offset + 1);
+        match record::validate(r.value.as_deref(), max_record_bytes) {
+            Ok(ev) => {
+                let id = event_id::derive(ev.id.as_deref(), &ev.session_id, &ev.event_type, ev.data);
+                let env = Envelope {
+                    seq: 0,
+                    event_id: id.clone(),
+                    session_id: ev.session_id.clone().into_owned(),
+                    event_type: ev.event_type.into_owned(),
+                    data: bytes::Bytes::copy_from_slice(ev.data.as_bytes()),
+                    produced_at_ms: r.timestamp_ms.unwrap_or(0),
+                    ingested_at_ms: now_ms,
+                    source_topic: r.topic.clone(),
+                    source_partition: r.partition,
+                    source_offset: r.offset,
+                };
+                plan.publish.push(Publish {
+                    session_id: ev.session_id.into_owned(),
+                    event_id: id,
+                    envelope: envelope::encode(&env),
+                });
+            }
+            Err(rejection) => plan.dead.push(dead_letter(r, rejection.reason, &rejection.detail, now)),
+        }
+    }
+    plan
+}
+
+/// Builds the dead letter of `r`: original key, value and headers, plus the `ces-dlq-*` headers.
+pub fn dead_letter(r: &InputRecord, reason: Reason, detail: &str, now: OffsetDateTime) -> DeadLetter {
+    let failed_at = now.format(&Rfc3339).unwrap_or_default();
+    let mut headers: Vec<(String, Option<Vec<u8>>)> =
+        r.headers.iter().filter(|(k, _)| !k.starts_with("ces-dlq-")).cloned().collect();
+    for (k, v) in [
+        (dlq_header::REASON, reason.as_str().to_owned()),
+        (dlq_header::DETAIL, detail.to_owned()),
+        (dlq_header::SOURCE_TOPIC, r.topic.clone()),
+        (dlq_header::SOURCE_PARTITION, r.partition.to_string()),
+        (dlq_header::SOURCE_OFFSET, r.offset.to_string()),
+        (dlq_header::FAILED_AT, failed_at),
+    ] {
+        headers.push((k.to_owned(), Some(v.into_bytes())));
+    }
+    DeadLetter { reason, key: r.key.clone(), value: r.value.clone(), headers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(partition: i32, offset: i64, value: &str) -> InputRecord {
+        InputRecord {
+            topic: "ces.events".into(),
+            partition,
+            offset,
+            timestamp_ms: Some(1_000),
+            key: Some(b"k".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            headers: vec![("trace".into(), Some(b"t1".to_vec())), ("ces-dlq-reason".into(), Some(b"old".to_vec()))],
+        }
+    }
+
+    fn header<'a>(d: &'a DeadLetter, name: &str) -> &'a str {
+        let (_, v) = d.headers.iter().find(|(k, _)| k == name).expect(name);
+        std::str::from_utf8(v.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn splits_valid_from_invalid_in_order_and_commits_past_both() {
+        let records = [
+            rec(0, 10, r#"{"session_id":"a","type":"t","data":1}"#),
+            rec(0, 11, "garbage"),
+            rec(1, 5, r#"{"session_id":"b","type":"t","data":2}"#),
+            rec(0, 12, r#"{"session_id":"a","type":"t","data":3}"#),
+        ];
+        let p = plan(&records, 1024, OffsetDateTime::UNIX_EPOCH);
+        let sessions: Vec<_> = p.publish.iter().map(|e| e.session_id.as_str()).collect();
+        assert_eq!(sessions, ["a", "b", "a"]);
+        assert_eq!(p.dead.len(), 1);
+        assert_eq!(p.dead[0].reason, Reason::InvalidJson);
+        let commit: Vec<_> = p.commit.into_iter().collect();
+        assert_eq!(commit, [(("ces.events".to_owned(), 0), 13), (("ces.events".to_owned(), 1), 6)]);
+    }
+
+    #[test]
+    fn envelope_carries_source_coordinates_and_verbatim_data() {
+        let p = plan(&[rec(2, 7, r#"{"session_id":"a","type":"t","data":{"x" : 1}}"#)], 1024, OffsetDateTime::UNIX_EPOCH);
+        let env = envelope::decode(&p.publish[0].envelope).unwrap();
+        assert_eq!(env.seq, 0);
+        assert_eq!(&env.data[..], br#"{"x" : 1}"#);
+        assert_eq!((env.source_topic.as_str(), env.source_partition, env.source_offset), ("ces.events", 2, 7));
+        assert_eq!(env.produced_at_ms, 1_000);
+        assert_eq!(env.event_id, p.publish[0].event_id);
+    }
+
+    #[test]
+    fn same_business_event_gets_the_same_id_wherever_it_was_read() {
+        let v = r#"{"session_id":"a","type":"t","data":{"k":1}}"#;
+        let p = plan(&[rec(0, 1, v), rec(3, 99, v)], 1024, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(p.publish[0].event_id, p.publish[1].event_id);
+    }
+
+    #[test]
+    fn dead_letter_keeps_the_original_and_adds_coordinates() {
+        let r = rec(4, 77, "{");
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let p = plan(std::slice::from_ref(&r), 1024, now);
+        let d = &p.dead[0];
+        assert_eq!((d.key.as_ref(), d.value.as_ref()), (r.key.as_ref(), r.value.as_ref()));
+        assert_eq!(header(d, "trace"), "t1");
+        assert_eq!(header(d, dlq_header::REASON), "invalid_json");
+        assert!(header(d, dlq_header::DETAIL).starts_with("value is not JSON"));
+        assert_eq!(header(d, dlq_header::SOURCE_TOPIC), "ces.events");
+        assert_eq!(header(d, dlq_header::SOURCE_PARTITION), "4");
+        assert_eq!(header(d, dlq_header::SOURCE_OFFSET), "77");
+        assert_eq!(header(d, dlq_header::FAILED_AT), "2023-11-14T22:13:20Z");
+        // A stale reason from an earlier dead-lettering is replaced, not duplicated.
+        assert_eq!(d.headers.iter().filter(|(k, _)| k == dlq_header::REASON).count(), 1);
+    }
+}

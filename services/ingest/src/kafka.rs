@@ -1,0 +1,156 @@
+//! The Kafka side of ingest: the consumer, batching, dead-letter production and offset commits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::batch::{DeadLetter, InputRecord};
+use crate::config::Config;
+use crate::{Error, metrics as m};
+
+/// Logs partition assignment changes.
+#[derive(Debug, Default)]
+pub struct IngestContext;
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn post_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// The ingest consumer type.
+pub type IngestConsumer = StreamConsumer<IngestContext>;
+
+/// Creates the consumer and subscribes it to the input topics. Offsets are never committed automatically: ingest
+/// commits explicitly after Redis has every event of a batch.
+pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
+    let consumer: IngestConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &config.auto_offset_reset)
+        .set("enable.partition.eof", "false")
+        .create_with_context(IngestContext)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Creates the dead-letter producer. `acks=all` so a dead letter is durable before its offset is committed.
+pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// Detaches a consumed message from the client.
+pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
+    let headers = msg
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default();
+    InputRecord {
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis(),
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Waits for the next record, then collects more until `max` records or `linger` after the first one.
+pub async fn next_batch(consumer: &IngestConsumer, max: usize, linger: Duration) -> Result<Vec<InputRecord>, Error> {
+    let first = consumer.recv().await?;
+    let mut batch = Vec::with_capacity(max.min(1024));
+    batch.push(to_input(&first));
+    drop(first);
+    let deadline = Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_elapsed) => break,
+            Ok(Ok(msg)) => batch.push(to_input(&msg)),
+            Ok(Err(e)) => {
+                // Keep what we have; the error is reported on the next call if it persists.
+                warn!(error = %e, "consumer error while filling a batch");
+                break;
+            }
+        }
+    }
+    for r in &batch {
+        metrics::counter!(m::RECORDS, "topic" => r.topic.clone()).increment(1);
+    }
+    Ok(batch)
+}
+
+/// Produces dead letters, returning the ones that failed (to be retried) with the last error.
+pub async fn send_dead_letters(
+    producer: &FutureProducer,
+    topic: &str,
+    dead: Vec<DeadLetter>,
+) -> (Vec<DeadLetter>, Option<Error>) {
+    let sends = dead.iter().map(|d| {
+        let mut headers = OwnedHeaders::new_with_capacity(d.headers.len());
+        for (k, v) in &d.headers {
+            headers = headers.insert(Header { key: k, value: v.as_deref() });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(k) = &d.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &d.value {
+            record = record.payload(v.as_slice());
+        }
+        producer.send(record, Timeout::Never)
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut failed = Vec::new();
+    let mut last_error = None;
+    for (d, result) in dead.into_iter().zip(results) {
+        match result {
+            Ok(_) => metrics::counter!(m::DEAD_LETTERED, "reason" => d.reason.as_str()).increment(1),
+            Err((e, _)) => {
+                last_error = Some(Error::Kafka(e));
+                failed.push(d);
+            }
+        }
+    }
+    (failed, last_error)
+}
+
+/// Commits `offsets` (next offset per topic-partition). A refused commit is logged and counted, not fatal: the
+/// records are redelivered to whoever owns the partition, and deterministic event ids make that harmless.
+pub fn commit(consumer: &IngestConsumer, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for ((topic, partition), next) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            warn!(topic, partition, error = %e, "cannot build commit");
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        metrics::counter!(m::COMMIT_FAILURES).increment(1);
+        warn!(error = %e, "offset commit refused; records will be redelivered");
+    }
+}
