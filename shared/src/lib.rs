@@ -1,5 +1,5 @@
 //! What every CES service shares. Everything here is pure (bytes in, typed values or errors out) except
-//! [`telemetry`] and [`shutdown`], which touch process-global state.
+//! [`telemetry`] and [`shutdown`], which touch process-global state, and [`redis`], which connects.
 //!
 //! # Layout
 //! - [`config`]: reading `CES_*` variables from a replaceable [`config::Source`], reporting every error at once.
@@ -9,14 +9,18 @@
 //! - [`envelope`]: the protobuf envelope on Redis, including the trailing `seq` field the Redis function appends.
 //! - [`frame`]: the JSON WebSocket frames of the client protocol.
 //! - [`token`]: HMAC-SHA256 signed session tokens.
+//! - [`redis`]: Redis client construction with CES's reconnect policy.
+//! - [`backoff`]: jittered exponential backoff for transient failures.
 //! - [`telemetry`], [`shutdown`]: logging/metrics initialisation and the process shutdown signal.
 
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod event_id;
 pub mod frame;
 pub mod keys;
 pub mod record;
+pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;

@@ -1,1 +1,128 @@
-//! placeholder
+//! CES edge: registers sessions, signs their tokens and delivers their events over WebSockets.
+//!
+//! Each node holds one Redis connection for commands and one for Pub/Sub. A socket subscribes the node to its
+//! session's channel (confirmed before the welcome frame), and the [`hub`] routes every published envelope to
+//! the socket's bounded queue. See docs/architecture.md for the data path and docs/protocol.md for the contract.
+//!
+//! # Layout
+//! - [`config`]: `CES_*` configuration.
+//! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
+//! - [`hub`]: local connections, the subscription task and the dispatch task.
+//! - [`ws`]: one WebSocket connection's protocol loop.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod ws;
+
+mod error;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::ClientLike;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::hub::Hub;
+
+/// Pub/Sub messages buffered between the subscriber connection and the dispatch task. The dispatch task only
+/// decodes and `try_send`s, so this absorbs bursts of tens of milliseconds at high rates; overflowing it drops
+/// messages (counted in `ces_edge_subscriber_lagged_total`), which clients recover from their buffer.
+const PUBSUB_BUFFER: usize = 65_536;
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// The node's configuration.
+    pub config: Config,
+    /// Command connection.
+    pub redis: Client,
+    /// Local connections and subscriptions.
+    pub hub: Arc<Hub>,
+    /// Fires when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tracks socket tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Prometheus registry.
+    pub metrics: PrometheusHandle,
+}
+
+/// The router.
+pub fn app(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/sessions", post(api::register))
+        .route("/v1/ws", get(api::websocket))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Runs an edge node on `listener` until `shutdown` completes, then closes every socket with 1012 and waits up to
+/// the configured grace period for them.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+
+    let url = config.redis_url.clone();
+    let Some(redis) = ces_shared::redis::connect("commands", || ces_shared::redis::builder(&url)?.build(), &cancel).await?
+    else {
+        return Ok(());
+    };
+    let make_subscriber = || {
+        ces_shared::redis::builder(&url)?
+            .with_performance_config(|p| p.broadcast_channel_capacity = PUBSUB_BUFFER)
+            .build_subscriber_client()
+    };
+    let Some(subscriber): Option<SubscriberClient> =
+        ces_shared::redis::connect("subscriber", make_subscriber, &cancel).await?
+    else {
+        return Ok(());
+    };
+    // Re-subscribes every tracked channel after a reconnect.
+    let _resubscriber = subscriber.manage_subscriptions();
+
+    let hub = Hub::start(subscriber.clone(), config.queue_capacity);
+    let grace = config.shutdown_grace;
+    let tracker = TaskTracker::new();
+    let state = Arc::new(AppState {
+        config,
+        redis: redis.clone(),
+        hub,
+        shutdown: cancel.clone(),
+        tracker: tracker.clone(),
+        metrics: ces_shared::telemetry::metrics_handle(),
+    });
+    info!(addr = %listener.local_addr()?, node = %state.config.node_id, "edge listening");
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(cancel.clone().cancelled_owned())
+        .await?;
+
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(remaining = tracker.len(), "grace period over; dropping remaining sockets");
+    }
+    let _ = subscriber.quit().await;
+    let _ = redis.quit().await;
+    info!("edge stopped");
+    Ok(())
+}

@@ -1,1 +1,35 @@
-fn main() {}
+//! `ces-edge`: reads `CES_*` configuration, starts telemetry, binds the listener and runs the edge node.
+
+use std::process::ExitCode;
+
+use ces_edge::Config;
+use ces_shared::config::EXIT_CONFIG;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ces-edge: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if let Err(e) = ces_shared::telemetry::init_tracing(&config.log, config.log_format) {
+        eprintln!("ces-edge: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %config.listen, error = %e, "cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    match ces_edge::run(config, listener, ces_shared::shutdown::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ces-edge failed");
+            ExitCode::FAILURE
+        }
+    }
+}

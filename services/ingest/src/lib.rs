@@ -14,7 +14,6 @@
 //! - [`kafka`]: consumer, batching, dead-letter producer, commits.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 
-pub mod backoff;
 pub mod batch;
 pub mod config;
 pub mod http;
@@ -38,7 +37,7 @@ use tracing::{error, info, warn};
 pub use config::Config;
 pub use error::Error;
 
-use crate::backoff::Backoff;
+use ces_shared::backoff::Backoff;
 use crate::batch::{DeadLetter, Publish};
 use crate::metrics as m;
 use crate::publisher::Publisher;
@@ -72,7 +71,7 @@ pub async fn run(config: Config, http: TcpListener, shutdown: impl Future<Output
 }
 
 async fn consume(config: &Config, state: &http::State, cancel: &CancellationToken) -> Result<(), Error> {
-    let Some(publisher) = connect_redis(config, cancel).await else {
+    let Some(publisher) = connect_redis(config, cancel).await? else {
         return Ok(());
     };
     state.set_redis(publisher.client().clone());
@@ -120,19 +119,21 @@ async fn consume(config: &Config, state: &http::State, cancel: &CancellationToke
     Ok(())
 }
 
-async fn connect_redis(config: &Config, cancel: &CancellationToken) -> Option<Publisher> {
+async fn connect_redis(config: &Config, cancel: &CancellationToken) -> Result<Option<Publisher>, Error> {
+    let make = || ces_shared::redis::builder(&config.redis_url)?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
-    loop {
-        match Publisher::connect(&config.redis_url, config.seq_idle_ttl).await {
-            Ok(p) => return Some(p),
+    while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
+        match Publisher::new(client, config.seq_idle_ttl).await {
+            Ok(p) => return Ok(Some(p)),
             Err(e) => {
-                warn!(error = %e, "redis unavailable at start; retrying");
+                warn!(error = %e, "loading the redis function library failed; retrying");
                 if !sleep_or_cancel(backoff.next_delay(), cancel).await {
-                    return None;
+                    break;
                 }
             }
         }
     }
+    Ok(None)
 }
 
 /// Publishes every event, retrying the failed suffix in order until Redis has acknowledged all of them.

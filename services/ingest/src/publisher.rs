@@ -6,15 +6,14 @@
 //!
 //! Redis runs a pipeline's commands in order on one connection; if the connection breaks, a prefix ran and the
 //! rest did not (or we cannot know for the command in flight). [`Publisher::publish`] therefore reports a result
-//! per event, and the caller retries from the first failure on, in order. fred's own command retry is switched
-//! off (`max_command_attempts = 1`) so that a non-idempotent call is never re-sent behind our back.
+//! per event, and the caller retries from the first failure on, in order. The client never re-sends a command by itself
+//! (see `ces_shared::redis`), so a non-idempotent call is never repeated behind our back.
 
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, FunctionInterface};
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
-use fred::types::{Builder, Value};
+use fred::interfaces::FunctionInterface;
+use fred::types::Value;
 
 use crate::Error;
 use crate::batch::Publish;
@@ -59,21 +58,8 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Connects to Redis and loads the function library. Reconnects forever in the background after that.
-    pub async fn connect(url: &str, idle_ttl: Duration) -> Result<Self, Error> {
-        let config = RedisConfig::from_url(url)?;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.max_command_attempts = 1;
-                c.connection_timeout = Duration::from_secs(5);
-            })
-            .with_performance_config(|p| {
-                // Bounds how long a batch can wait on a dead connection before it is retried.
-                p.default_command_timeout = Duration::from_secs(10);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build()?;
-        client.init().await?;
+    /// Wraps a connected client and loads the function library.
+    pub async fn new(client: Client, idle_ttl: Duration) -> Result<Self, Error> {
         let publisher = Self { client, idle_ttl_ms: idle_ttl.as_millis().max(1) as u64 };
         publisher.load_library().await?;
         Ok(publisher)

@@ -1,0 +1,160 @@
+//! HTTP handlers: session registration, the WebSocket upgrade, probes and metrics.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::{Extension, Json};
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ces_shared::keys::SessionId;
+use ces_shared::token::TokenError;
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ws::{SocketParams, serve_socket};
+use crate::{AppState, Error, metrics as m};
+
+/// Answer to `POST /v1/sessions`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Registered {
+    /// The new session's id.
+    pub session_id: String,
+    /// Signed token for `GET /v1/ws?token=`.
+    pub token: String,
+    /// When the token expires (RFC 3339, UTC).
+    pub expires_at: String,
+}
+
+/// `POST /v1/sessions`: registers a session. The body is optional; when given it must be a JSON object of client
+/// metadata (stored with the session, at most `CES_MAX_BODY_BYTES`).
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Registered>), Error> {
+    let metadata = parse_metadata(&body)?;
+    let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string()).expect("uuid is a valid session id");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let expires_at = now + state.config.token_ttl;
+    let token = state.config.token_key.sign(&session, expires_at.as_secs());
+
+    let mut fields: HashMap<&str, String> = HashMap::new();
+    fields.insert("created_at_ms", now.as_millis().to_string());
+    fields.insert("node", state.config.node_id.clone());
+    fields.insert("metadata", metadata);
+    if let Some(Extension(ConnectInfo(addr))) = connect_info {
+        fields.insert("ip", addr.ip().to_string());
+    }
+    if let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        fields.insert("user_agent", ua.chars().take(512).collect());
+    }
+    let key = session.session_key();
+    let pipeline = state.redis.pipeline();
+    let _: () = pipeline.hset(&key, fields).await?;
+    let _: () = pipeline.expire(&key, state.config.token_ttl.as_secs() as i64, None).await?;
+    let _: Vec<fred::types::Value> = pipeline.all().await?;
+
+    metrics::counter!(m::SESSIONS_REGISTERED).increment(1);
+    let expires_at = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(expires_at.as_secs());
+    Ok((
+        StatusCode::CREATED,
+        Json(Registered {
+            session_id: session.to_string(),
+            token,
+            expires_at: expires_at.format(&Rfc3339).unwrap_or_default(),
+        }),
+    ))
+}
+
+fn parse_metadata(body: &[u8]) -> Result<String, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok("{}".to_owned());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest { code: "invalid_body", message: format!("body is not JSON: {e}") })?;
+    if !value.is_object() {
+        return Err(Error::BadRequest { code: "invalid_body", message: "body must be a JSON object".into() });
+    }
+    Ok(value.to_string())
+}
+
+/// Query of `GET /v1/ws`.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// Session token from registration.
+    pub token: Option<String>,
+}
+
+/// `GET /v1/ws?token=`: checks the token before anything else (401 without upgrading), then upgrades.
+pub async fn websocket(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
+    let token = query.token.unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let verified = state.config.token_key.verify(&token, now).map_err(Error::Unauthorized)?;
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    if state.shutdown.is_cancelled() {
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "draining").into_response());
+    }
+    let params = SocketParams {
+        session: verified.session_id,
+        node_id: state.config.node_id.clone(),
+        ping_interval: state.config.ping_interval,
+        max_missed_pongs: state.config.max_missed_pongs,
+    };
+    let max = state.config.max_message_bytes;
+    let hub = state.hub.clone();
+    let shutdown = state.shutdown.clone();
+    let tracker = state.tracker.clone();
+    Ok(upgrade
+        // A 4 KiB read buffer and a 16 KiB write threshold instead of tungstenite's 128 KiB defaults keep an idle
+        // connection to a few KiB; the 1 MiB write cap bounds what one stuck socket can hold.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(async move {
+            serve_socket(socket, hub, params, shutdown).await;
+        })))
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: Redis answers and the node is not draining.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    match state.redis.ping::<String>(None).await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> String {
+    state.metrics.render()
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Error::Unauthorized(e)
+    }
+}

@@ -1,0 +1,134 @@
+//! Edge configuration, read once from `CES_*` variables (see docs/configuration.md).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ces_shared::config::{Source, Vars};
+use ces_shared::telemetry::LogFormat;
+use ces_shared::token::{MIN_SECRET_LEN, TokenKey};
+
+/// Everything an edge node needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// This node's id, sent in the welcome frame and stored with sessions.
+    pub node_id: String,
+    /// Session token signing key.
+    pub token_key: TokenKey,
+    /// How long a new session token is valid.
+    pub token_ttl: Duration,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Interval between WebSocket pings.
+    pub ping_interval: Duration,
+    /// Pings in a row without any frame from the client before the socket is closed.
+    pub max_missed_pongs: u32,
+    /// Frames queued per connection before it counts as a slow consumer and is closed with 4008.
+    pub queue_capacity: usize,
+    /// Largest inbound WebSocket message (and frame) in bytes.
+    pub max_message_bytes: usize,
+    /// Longest registration body in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for sockets to close.
+    pub shutdown_grace: Duration,
+    /// Log filter in `RUST_LOG` syntax.
+    pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ces_shared::Error> {
+        Self::from_source(&ces_shared::config::Env)
+    }
+
+    /// Reads any [`Source`]; every invalid variable is reported, none falls back to its default.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ces_shared::Error> {
+        let mut v = Vars::new(source);
+        let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
+        let default_node = format!("edge-{}", std::process::id());
+        let node_id = v.string("CES_NODE_ID", &default_node);
+        let secret = v.required("CES_TOKEN_SECRET", "at least 32 bytes used to sign session tokens");
+        let token_ttl = Duration::from_secs(v.bounded("CES_TOKEN_TTL_SECS", 900, 10, 7 * 86_400));
+        let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
+        let ping_interval = v.millis("CES_WS_PING_INTERVAL_MS", 30_000, 100, 600_000);
+        let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
+        let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
+        let max_message_bytes = v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
+        let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
+        let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
+        let log = v.string("CES_LOG", "info");
+        let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
+
+        let token_key = TokenKey::new(secret.as_bytes());
+        v.check(secret.is_empty() || token_key.is_some(), || {
+            format!("CES_TOKEN_SECRET is {} bytes; it must be at least {MIN_SECRET_LEN}", secret.len())
+        });
+        v.check(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"), || {
+            format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://")
+        });
+        v.check(ces_shared::keys::validate_session_id(&node_id).is_ok(), || {
+            format!("CES_NODE_ID={node_id:?} must be 1-128 of A-Z a-z 0-9 _ . : -")
+        });
+        v.finish()?;
+        Ok(Self {
+            listen,
+            node_id,
+            token_key: token_key.expect("checked above"),
+            token_ttl,
+            redis_url,
+            ping_interval,
+            max_missed_pongs,
+            queue_capacity,
+            max_message_bytes,
+            max_body_bytes,
+            shutdown_grace,
+            log,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn src(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn secret_is_required_and_must_be_long_enough() {
+        let err = Config::from_source(&src(&[])).unwrap_err().to_string();
+        assert!(err.contains("CES_TOKEN_SECRET is required"), "{err}");
+        let err = Config::from_source(&src(&[("CES_TOKEN_SECRET", "short")])).unwrap_err().to_string();
+        assert!(err.contains("CES_TOKEN_SECRET is 5 bytes"), "{err}");
+    }
+
+    #[test]
+    fn lists_every_error_at_once() {
+        let err = Config::from_source(&src(&[
+            ("CES_TOKEN_SECRET", "short"),
+            ("CES_EDGE_LISTEN", "nowhere"),
+            ("CES_WS_QUEUE_CAPACITY", "0"),
+            ("CES_NODE_ID", "a b"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for needle in ["CES_TOKEN_SECRET", "CES_EDGE_LISTEN", "CES_WS_QUEUE_CAPACITY", "CES_NODE_ID"] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_source(&src(&[("CES_TOKEN_SECRET", &"k".repeat(32))])).unwrap();
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.max_message_bytes, 64 * 1024);
+        assert_eq!(c.token_ttl, Duration::from_secs(900));
+    }
+}

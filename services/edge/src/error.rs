@@ -1,0 +1,58 @@
+//! The error type of ces-edge, and its one mapping to HTTP responses.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ces_shared::token::TokenError;
+
+/// What can fail in the edge, at start or while answering a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration or another shared-helper failure.
+    #[error(transparent)]
+    Shared(#[from] ces_shared::Error),
+    /// Redis failure.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// The listener failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request carried no valid session token.
+    #[error("unauthorized: token {0}")]
+    Unauthorized(TokenError),
+    /// The request was malformed; `code` is stable, `message` explains.
+    #[error("bad request: {code}: {message}")]
+    BadRequest {
+        /// Stable error code.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            Error::Unauthorized(reason) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", format!("session token {reason}"))
+            }
+            Error::BadRequest { code, message } => (StatusCode::BAD_REQUEST, *code, message.clone()),
+            Error::Redis(_) => {
+                tracing::warn!(error = %self, "request failed on redis");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage temporarily unavailable".to_owned())
+            }
+            Error::Shared(_) | Error::Io(_) => {
+                tracing::error!(error = %self, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+            }
+        };
+        let mut response = (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Error::Unauthorized(reason) = &self {
+            metrics::counter!(crate::metrics::TOKEN_FAILURES, "reason" => reason.to_string()).increment(1);
+        }
+        response
+    }
+}

@@ -1,0 +1,264 @@
+//! The node's fan-out: which local connection serves which session, and the one Redis subscriber connection
+//! that feeds them.
+//!
+//! - [`Hub::attach`] registers a connection for a session. One live connection per session per node: a newer one
+//!   replaces the older, which is told to close with 4009.
+//! - A single subscription task owns the SUBSCRIBE/UNSUBSCRIBE state. Connections ask it to subscribe (and wait
+//!   for the confirmation before their welcome frame) or to release; it reference-counts sessions, batches
+//!   commands, and, because it is the only writer, can never unsubscribe a channel a newer connection still
+//!   needs.
+//! - A single dispatch task reads every Pub/Sub message, turns the envelope into the event frame, and
+//!   `try_send`s it into the session's bounded queue. It never waits on a socket: a full queue means a slow
+//!   consumer, which is closed with 4008 and resumes from the reconnection buffer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::types::Value;
+use fred::types::Message as PubsubMessage;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::metrics as m;
+
+/// Why the hub wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason text.
+    pub reason: &'static str,
+}
+
+/// A newer connection for the same session took over.
+pub const TAKEN_OVER: CloseReason = CloseReason { code: 4009, reason: "session taken over" };
+/// The connection's queue overflowed.
+pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 4008, reason: "slow consumer" };
+
+struct Slot {
+    conn_id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    close: oneshot::Sender<CloseReason>,
+}
+
+/// What a connection gets from [`Hub::attach`].
+#[derive(Debug)]
+pub struct Attachment {
+    /// Identifies this connection in [`Hub::detach`].
+    pub conn_id: u64,
+    /// Event frames for the socket.
+    pub frames: mpsc::Receiver<Utf8Bytes>,
+    /// Fires when the hub wants the socket closed.
+    pub close: oneshot::Receiver<CloseReason>,
+}
+
+enum SubRequest {
+    Subscribe { session: String, ack: oneshot::Sender<Result<(), String>> },
+    Release { session: String },
+}
+
+/// Local connections and the subscription state of one edge node.
+pub struct Hub {
+    slots: Mutex<HashMap<String, Slot>>,
+    next_conn_id: AtomicU64,
+    queue_capacity: usize,
+    subs: mpsc::UnboundedSender<SubRequest>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("queue_capacity", &self.queue_capacity).finish_non_exhaustive()
+    }
+}
+
+/// Most channels per SUBSCRIBE/UNSUBSCRIBE command: bounds one command's size during a reconnect storm.
+const SUBSCRIBE_BATCH: usize = 512;
+
+impl Hub {
+    /// Creates the hub and starts its subscription and dispatch tasks on `subscriber`. The tasks end when the hub
+    /// is dropped (subscription) or the subscriber's message stream closes (dispatch).
+    pub fn start(subscriber: SubscriberClient, queue_capacity: usize) -> std::sync::Arc<Self> {
+        // Unbounded is safe here: each connection sends at most two requests (subscribe, release), so the queue
+        // is bounded by twice the number of connections being set up or torn down.
+        let (subs_tx, subs_rx) = mpsc::unbounded_channel();
+        let hub = std::sync::Arc::new(Self {
+            slots: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            queue_capacity,
+            subs: subs_tx,
+        });
+        let messages = subscriber.message_rx();
+        tokio::spawn(subscription_task(subscriber, subs_rx));
+        tokio::spawn(dispatch_task(std::sync::Arc::downgrade(&hub), messages));
+        hub
+    }
+
+    /// Registers a connection for `session`, closing any older one on this node with 4009.
+    pub fn attach(&self, session: &str) -> Attachment {
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, frames) = mpsc::channel(self.queue_capacity);
+        let (close_tx, close) = oneshot::channel();
+        let old = self.slots.lock().expect("hub lock").insert(session.to_owned(), Slot { conn_id, tx, close: close_tx });
+        if let Some(old) = old {
+            let _ = old.close.send(TAKEN_OVER);
+        }
+        Attachment { conn_id, frames, close }
+    }
+
+    /// Removes the connection's slot if it is still the current one for `session`.
+    pub fn detach(&self, session: &str, conn_id: u64) {
+        let mut slots = self.slots.lock().expect("hub lock");
+        if slots.get(session).is_some_and(|s| s.conn_id == conn_id) {
+            slots.remove(session);
+        }
+    }
+
+    /// Subscribes the node to `session`'s channel; returns once Redis confirmed it.
+    pub async fn subscribe(&self, session: &str) -> Result<(), String> {
+        let (ack, done) = oneshot::channel();
+        self.subs
+            .send(SubRequest::Subscribe { session: session.to_owned(), ack })
+            .map_err(|_| "subscription task stopped".to_owned())?;
+        done.await.map_err(|_| "subscription task stopped".to_owned())?
+    }
+
+    /// Releases one [`subscribe`](Self::subscribe); the channel is unsubscribed when no connection needs it.
+    pub fn release(&self, session: &str) {
+        let _ = self.subs.send(SubRequest::Release { session: session.to_owned() });
+    }
+
+    /// Number of sessions with a local connection.
+    pub fn local_sessions(&self) -> usize {
+        self.slots.lock().expect("hub lock").len()
+    }
+
+    fn deliver(&self, session: &str, frame: Utf8Bytes) {
+        let mut slots = self.slots.lock().expect("hub lock");
+        let Some(slot) = slots.get(session) else {
+            // Published between the last connection leaving and the UNSUBSCRIBE taking effect.
+            metrics::counter!(m::UNDELIVERABLE).increment(1);
+            return;
+        };
+        match slot.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(m::SLOW_CONSUMERS).increment(1);
+                if let Some(slot) = slots.remove(session) {
+                    warn!(session, conn_id = slot.conn_id, "queue full; closing slow consumer");
+                    let _ = slot.close.send(SLOW_CONSUMER);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics::counter!(m::UNDELIVERABLE).increment(1);
+            }
+        }
+    }
+}
+
+async fn subscription_task(subscriber: SubscriberClient, mut requests: mpsc::UnboundedReceiver<SubRequest>) {
+    let mut refs: HashMap<String, usize> = HashMap::new();
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
+    while requests.recv_many(&mut batch, SUBSCRIBE_BATCH).await > 0 {
+        let mut touched = HashSet::new();
+        let mut waiters = Vec::new();
+        for req in batch.drain(..) {
+            match req {
+                SubRequest::Subscribe { session, ack } => {
+                    *refs.entry(session.clone()).or_insert(0) += 1;
+                    waiters.push((session.clone(), ack));
+                    touched.insert(session);
+                }
+                SubRequest::Release { session } => {
+                    if let Some(n) = refs.get_mut(&session) {
+                        *n -= 1;
+                        if *n == 0 {
+                            refs.remove(&session);
+                        }
+                    }
+                    touched.insert(session);
+                }
+            }
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for session in touched {
+            match (refs.contains_key(&session), subscribed.contains(&session)) {
+                (true, false) => add.push(session),
+                (false, true) => remove.push(session),
+                _ => {}
+            }
+        }
+        let mut failed: HashMap<String, String> = HashMap::new();
+        if !add.is_empty() {
+            let channels: Vec<String> = add.iter().map(|s| ces_shared::keys::channel(s)).collect();
+            match subscriber.subscribe(channels).await {
+                Ok(()) => subscribed.extend(add),
+                Err(e) => {
+                    warn!(sessions = add.len(), error = %e, "subscribe failed");
+                    failed.extend(add.into_iter().map(|s| (s, e.to_string())));
+                }
+            }
+        }
+        if !remove.is_empty() {
+            let channels: Vec<String> = remove.iter().map(|s| ces_shared::keys::channel(s)).collect();
+            for s in &remove {
+                subscribed.remove(s);
+            }
+            if let Err(e) = subscriber.unsubscribe(channels).await {
+                // A stray subscription only delivers to nobody; the next subscribe/unsubscribe fixes it.
+                warn!(sessions = remove.len(), error = %e, "unsubscribe failed");
+            }
+        }
+        metrics::gauge!(m::SUBSCRIBED_CHANNELS).set(subscribed.len() as f64);
+        for (session, ack) in waiters {
+            let _ = ack.send(match failed.get(&session) {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+    }
+    debug!("subscription task stopped");
+}
+
+async fn dispatch_task(hub: std::sync::Weak<Hub>, mut messages: broadcast::Receiver<PubsubMessage>) {
+    loop {
+        let msg = match messages.recv().await {
+            Ok(msg) => msg,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Lost messages leave a seq gap the client sees; it resumes from the reconnection buffer.
+                metrics::counter!(m::SUBSCRIBER_LAGGED).increment(missed);
+                warn!(missed, "pub/sub reader lagged; messages dropped");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let Some(hub) = hub.upgrade() else { break };
+        let Some(session) = ces_shared::keys::session_of_channel(&msg.channel) else { continue };
+        let payload = match msg.value {
+            Value::Bytes(b) => b,
+            Value::String(s) => s.into_inner(),
+            other => {
+                warn!(session, kind = ?other.kind(), "unexpected pub/sub payload");
+                continue;
+            }
+        };
+        match frame_of(payload) {
+            Some(frame) => hub.deliver(session, frame),
+            None => {
+                metrics::counter!(m::MALFORMED_ENVELOPES).increment(1);
+                warn!(session, "malformed envelope dropped");
+            }
+        }
+    }
+    debug!("dispatch task stopped");
+}
+
+fn frame_of(payload: Bytes) -> Option<Utf8Bytes> {
+    let env = ces_shared::envelope::decode_bytes(payload).ok()?;
+    ces_shared::frame::event_frame(&env).map(Utf8Bytes::from)
+}

@@ -1,0 +1,22 @@
+//! Metric names of ces-edge (Prometheus conventions: `_total` counters, `_seconds` histograms).
+
+/// Open WebSocket connections.
+pub const CONNECTIONS: &str = "ces_edge_connections";
+/// Sessions registered through `POST /v1/sessions`.
+pub const SESSIONS_REGISTERED: &str = "ces_edge_sessions_registered_total";
+/// Event frames written to sockets.
+pub const DELIVERED: &str = "ces_edge_delivered_total";
+/// Sockets closed, labelled by close `code`.
+pub const CLOSED: &str = "ces_edge_closed_total";
+/// Connections closed because their queue overflowed.
+pub const SLOW_CONSUMERS: &str = "ces_edge_slow_consumer_total";
+/// Rejected tokens, labelled by `reason`.
+pub const TOKEN_FAILURES: &str = "ces_edge_token_failures_total";
+/// Messages for a session with no local connection (normal in the instant a connection leaves).
+pub const UNDELIVERABLE: &str = "ces_edge_undeliverable_total";
+/// Pub/Sub messages lost because the dispatch task fell behind.
+pub const SUBSCRIBER_LAGGED: &str = "ces_edge_subscriber_lagged_total";
+/// Envelopes that could not be decoded.
+pub const MALFORMED_ENVELOPES: &str = "ces_edge_malformed_envelopes_total";
+/// Channels this node is subscribed to.
+pub const SUBSCRIBED_CHANNELS: &str = "ces_edge_subscribed_channels";
