@@ -1,0 +1,154 @@
+//! Kafka helpers for tests: create topics, produce records, read a topic to its end.
+//!
+//! Reading to the end uses `enable.partition.eof` rather than high watermarks, which the test broker may
+//! under-report.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// A record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes; `None` produces a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Explicit partition, or `None` to partition by key.
+    pub partition: Option<i32>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// A record keyed by `key` with a text value.
+    pub fn keyed(key: &str, value: impl Into<Vec<u8>>) -> Self {
+        Self { key: Some(key.as_bytes().to_vec()), value: Some(value.into()), ..Self::default() }
+    }
+}
+
+/// Creates topics (name, partitions); existing ones are left alone.
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().context("admin client")?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A producer that waits for every acknowledgement.
+pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()?)
+}
+
+/// Produces `records` to `topic` and waits until all are acknowledged.
+pub async fn produce(producer: &FutureProducer, topic: &str, records: &[Record]) -> anyhow::Result<()> {
+    let sends = records.iter().map(|r| {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+        }
+        let mut rec = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v.as_slice());
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        producer.send(rec, Timeout::After(Duration::from_secs(30)))
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).context("produce")?;
+    }
+    Ok(())
+}
+
+/// Reads every record of `topic` from the beginning until each partition reported its end and at least
+/// `at_least` records arrived, or `timeout` passes (then returns what it has).
+pub async fn read_to_end(bootstrap: &str, topic: &str, at_least: usize, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, at_least, timeout)).await?
+}
+
+fn read_blocking(bootstrap: &str, topic: &str, at_least: usize, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", crate::unique("reader"))
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> =
+        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions");
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut at_end: HashSet<i32> = HashSet::new();
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push(m.detach());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "reader error"),
+        }
+        if at_end.len() == partitions.len() && out.len() >= at_least {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The value of header `name` as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers as _;
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A record's value bytes.
+pub fn value(m: &OwnedMessage) -> Option<&[u8]> {
+    m.payload()
+}

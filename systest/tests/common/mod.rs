@@ -1,0 +1,145 @@
+//! A whole CES stack in one test process: real redis-server and broker processes, ingest and edges in-process
+//! on port 0.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ces_systest::{Broker, Redis, kafka, unique};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Token secret shared by the test edges.
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// A service running in this process.
+pub struct Service {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Asks the service to shut down and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await?
+    }
+}
+
+fn vars(pairs: &[(&'static str, String)]) -> HashMap<&'static str, String> {
+    pairs.iter().cloned().collect()
+}
+
+/// Starts an edge node against `redis_url`.
+pub async fn start_edge(redis_url: &str, node: &str, extra: &[(&'static str, String)]) -> anyhow::Result<Service> {
+    let mut env = vars(&[
+        ("CES_TOKEN_SECRET", SECRET.to_owned()),
+        ("CES_REDIS_URL", redis_url.to_owned()),
+        ("CES_NODE_ID", node.to_owned()),
+    ]);
+    env.extend(extra.iter().cloned());
+    let config = ces_edge::Config::from_source(&env)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        ces_edge::run(config, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(Into::into)
+    });
+    wait_ready(&base).await?;
+    Ok(Service { base, stop: Some(stop), task })
+}
+
+/// Starts ingest consuming `topics`.
+pub async fn start_ingest(
+    redis_url: &str,
+    brokers: &str,
+    topics: &str,
+    dlq: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Service> {
+    let mut env = vars(&[
+        ("CES_REDIS_URL", redis_url.to_owned()),
+        ("CES_KAFKA_BROKERS", brokers.to_owned()),
+        ("CES_KAFKA_TOPICS", topics.to_owned()),
+        ("CES_DLQ_TOPIC", dlq.to_owned()),
+        ("CES_KAFKA_GROUP", unique("ingest")),
+    ]);
+    env.extend(extra.iter().cloned());
+    let config = ces_ingest::Config::from_source(&env)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        ces_ingest::run(config, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(Into::into)
+    });
+    wait_ready(&base).await?;
+    Ok(Service { base, stop: Some(stop), task })
+}
+
+async fn wait_ready(base: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{base} not ready after 10 s")
+}
+
+/// Redis, a broker with an input and a DLQ topic, ingest and two edges.
+pub struct Stack {
+    pub redis: Redis,
+    pub broker: Broker,
+    pub topic: String,
+    pub dlq: String,
+    pub ingest: Service,
+    pub edges: Vec<Service>,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts everything; `partitions` for the input topic; `ingest_env` adds ingest variables.
+    pub async fn start(partitions: i32, ingest_env: &[(&'static str, String)]) -> anyhow::Result<Self> {
+        ces_systest::init_logs();
+        let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+        let topic = unique("ces.events");
+        let dlq = format!("{topic}.dlq");
+        kafka::create_topics(&broker.bootstrap(), &[(&topic, partitions), (&dlq, 1)]).await.context("topics")?;
+        let edge_a = start_edge(&redis.url(), "edge-a", &[]).await?;
+        let edge_b = start_edge(&redis.url(), "edge-b", &[]).await?;
+        let ingest = start_ingest(&redis.url(), &broker.bootstrap(), &topic, &dlq, ingest_env).await?;
+        Ok(Self { redis, broker, topic, dlq, ingest, edges: vec![edge_a, edge_b], http: reqwest::Client::new() })
+    }
+
+    /// Stops the services (the server processes stop when the stack is dropped).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.ingest.stop().await?;
+        for e in self.edges {
+            e.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON value of an input event.
+pub fn event_json(session: &str, event_type: &str, data: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "session_id": session, "type": event_type, "data": data })).unwrap()
+}
