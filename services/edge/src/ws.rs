@@ -36,6 +36,9 @@ pub mod close_code {
     pub const ABNORMAL: u16 = 1006;
 }
 
+/// How long a server-initiated close waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most queued frames written before one flush; bounds the latency of the first frame in a burst.
 const COALESCE_MAX: usize = 64;
 
@@ -194,11 +197,22 @@ fn classify(e: &axum::Error) -> u16 {
     }
 }
 
+/// Sends a close frame and waits briefly for the client's close reply, so the close frame is not lost to a TCP
+/// reset when the client writes (e.g. a pong) after the server already dropped the connection.
 async fn close<S>(socket: &mut S, code: u16, reason: &'static str) -> u16
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            while let Some(Ok(msg)) = socket.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     code
 }

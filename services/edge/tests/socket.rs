@@ -1,0 +1,161 @@
+//! Service tests of one edge node on port 0 against a real redis-server: token checks before the upgrade,
+//! registration input, and the socket protocol's answers to client frames.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ces_shared::keys::SessionId;
+use ces_shared::token::TokenKey;
+use ces_systest::Redis;
+use ces_systest::client::{Ending, WsClient, handshake_status, register, ws_url};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const SECRET: &str = "edge-test-secret-edge-test-secret-0123";
+
+struct Edge {
+    base: String,
+    _redis: Redis,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
+    ces_systest::init_logs();
+    let redis = Redis::start().await?;
+    let mut env: HashMap<&'static str, String> =
+        [("CES_TOKEN_SECRET", SECRET.to_owned()), ("CES_REDIS_URL", redis.url()), ("CES_NODE_ID", "edge-t".into())]
+            .into_iter()
+            .collect();
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let config = ces_edge::Config::from_source(&env)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(ces_edge::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(Edge { base, _redis: redis, _stop: stop });
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("edge not ready")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn connected(edge: &Edge) -> anyhow::Result<WsClient> {
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let mut ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
+    let welcome = ws.next_json(Duration::from_secs(5)).await?.expect("welcome");
+    assert_eq!(welcome["type"], "welcome");
+    Ok(ws)
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_before_any_upgrade() -> anyhow::Result<()> {
+    let edge = start(&[]).await?;
+    let session = SessionId::parse("s-1")?;
+    let right = TokenKey::new(SECRET.as_bytes()).unwrap();
+    let wrong = TokenKey::new(&[7u8; 32]).unwrap();
+    let ws = |q: &str| format!("{}/v1/ws{q}", edge.base.replacen("http", "ws", 1));
+    let cases = [
+        ("missing", ws("")),
+        ("empty", ws("?token=")),
+        ("garbage", ws("?token=not-a-token")),
+        ("forged", ws(&format!("?token={}", wrong.sign(&session, now() + 60)))),
+        ("expired", ws(&format!("?token={}", right.sign(&session, now() - 1)))),
+    ];
+    for (what, url) in cases {
+        assert_eq!(handshake_status(&url).await?, Some(401), "{what} token");
+    }
+    // The 401 body says why, as JSON.
+    let resp = reqwest::get(format!("{}/v1/ws?token={}", edge.base, right.sign(&session, now() - 1))).await?;
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await?;
+    assert_eq!(body["error"], "unauthorized");
+    assert_eq!(body["message"], "session token expired");
+    // A valid token upgrades.
+    assert_eq!(handshake_status(&ws(&format!("?token={}", right.sign(&session, now() + 60)))).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn registration_validates_its_body() -> anyhow::Result<()> {
+    let edge = start(&[]).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/sessions", edge.base);
+    let ok = http.post(&url).json(&serde_json::json!({"app": "demo", "labels": ["a"]})).send().await?;
+    assert_eq!(ok.status(), 201);
+    let body: serde_json::Value = ok.json().await?;
+    assert!(SessionId::parse(body["session_id"].as_str().unwrap()).is_ok());
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    for bad in ["[1]", "{oops", "\"text\""] {
+        let resp = http.post(&url).body(bad).send().await?;
+        assert_eq!(resp.status(), 400, "{bad}");
+        let body: serde_json::Value = resp.json().await?;
+        assert_eq!(body["error"], "invalid_body", "{bad}");
+    }
+    let too_big = http.post(&url).body(format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000))).send().await?;
+    assert_eq!(too_big.status(), 413);
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::Result<()> {
+    let edge = start(&[("CES_WS_MAX_MESSAGE_BYTES", "1024")]).await?;
+
+    let mut ws = connected(&edge).await?;
+    ws.send_text(r#"{"type":"ping"}"#).await?;
+    assert_eq!(ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"], "pong");
+    ws.send_text("{nope").await?;
+    let err = ws.next_json(Duration::from_secs(5)).await?.unwrap();
+    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("error"), Some("invalid_json")));
+    ws.send_text(r#"{"type":"launch"}"#).await?;
+    assert_eq!(ws.next_json(Duration::from_secs(5)).await?.unwrap()["code"], "unknown_type");
+    ws.send_text(r#"{"type":"ack","seq":3}"#).await?;
+    ws.send_binary(vec![0, 1, 2]).await?;
+    assert_eq!(ws.ending(Duration::from_secs(5)).await, Some(Ending::Closed(1003)));
+
+    let mut ws = connected(&edge).await?;
+    ws.send_text(&"x".repeat(2048)).await?;
+    assert_eq!(ws.ending(Duration::from_secs(5)).await, Some(Ending::Closed(1009)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_connection_for_a_session_takes_over() -> anyhow::Result<()> {
+    let edge = start(&[]).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let mut first = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
+    first.next_json(Duration::from_secs(5)).await?.expect("welcome");
+    let mut second = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
+    second.next_json(Duration::from_secs(5)).await?.expect("welcome");
+    assert_eq!(first.ending(Duration::from_secs(5)).await, Some(Ending::Closed(4009)));
+    second.send_text(r#"{"type":"ping"}"#).await?;
+    assert_eq!(second.next_json(Duration::from_secs(5)).await?.unwrap()["type"], "pong");
+    Ok(())
+}
+
+#[tokio::test]
+async fn silent_clients_are_closed_after_missed_pings() -> anyhow::Result<()> {
+    // tungstenite answers pings only while the client reads; a client that never reads looks dead.
+    let edge = start(&[("CES_WS_PING_INTERVAL_MS", "100"), ("CES_WS_MAX_MISSED_PONGS", "2")]).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let (mut raw, _) = tokio_tungstenite::connect_async(ws_url(&edge.base, &reg.token)).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    use futures::StreamExt as _;
+    let mut saw_close = None;
+    while let Some(msg) = raw.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Close(f) = msg? {
+            saw_close = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(saw_close, Some(4000));
+    Ok(())
+}
