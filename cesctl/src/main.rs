@@ -1,1 +1,61 @@
-fn main() {}
+//! `cesctl`: the CES operator command line.
+//!
+//! - `cesctl topics create`: create the input and DLQ topics.
+//! - `cesctl produce`: send test events to the input topic.
+//! - `cesctl session create`: register a session at an edge and print its token.
+//! - `cesctl watch`: register (or reuse a token), connect and print every frame as it arrives.
+//!
+//! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cesctl",
+    version,
+    about = "Operate a CES (Customer Event Stream) deployment"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: commands::TopicsCommand,
+    },
+    /// Produce test events to the input topic.
+    Produce(commands::ProduceArgs),
+    /// Manage sessions.
+    Session {
+        #[command(subcommand)]
+        command: commands::SessionCommand,
+    },
+    /// Connect a WebSocket client and print every frame.
+    Watch(commands::WatchArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Topics { command } => commands::topics(command).await,
+        Command::Produce(args) => commands::produce(args).await,
+        Command::Session { command } => commands::session(command).await,
+        Command::Watch(args) => commands::watch(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cesctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -19,12 +19,19 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff from `start` to `max`.
     pub fn new(start: Duration, max: Duration) -> Self {
-        Self { start, max, attempt: 0 }
+        Self {
+            start,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.start.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let exp = self
+            .start
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = exp / 2;
         half + half.mul_f64(rand::rng().random::<f64>())
@@ -46,7 +53,11 @@ mod tests {
         for expected in [100u64, 200, 400, 800, 800, 800] {
             let d = b.next_delay();
             let full = Duration::from_millis(expected);
-            assert!(d >= full / 2 && d <= full, "{d:?} not in [{:?}, {full:?}]", full / 2);
+            assert!(
+                d >= full / 2 && d <= full,
+                "{d:?} not in [{:?}, {full:?}]",
+                full / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

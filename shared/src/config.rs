@@ -53,14 +53,19 @@ pub struct Vars<'a> {
 
 impl std::fmt::Debug for Vars<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vars").field("errors", &self.errors).finish()
+        f.debug_struct("Vars")
+            .field("errors", &self.errors)
+            .finish()
     }
 }
 
 impl<'a> Vars<'a> {
     /// Starts reading from `source`.
     pub fn new(source: &'a dyn Source) -> Self {
-        Self { source, errors: Vec::new() }
+        Self {
+            source,
+            errors: Vec::new(),
+        }
     }
 
     fn raw(&mut self, key: &str) -> Option<String> {
@@ -113,7 +118,8 @@ impl<'a> Vars<'a> {
     pub fn bounded(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         let v = self.parse(key, default);
         if !(min..=max).contains(&v) {
-            self.errors.push(format!("{key}={v} is out of range {min}..={max}"));
+            self.errors
+                .push(format!("{key}={v} is out of range {min}..={max}"));
             return default;
         }
         v
@@ -181,7 +187,12 @@ mod tests {
 
     #[test]
     fn every_error_is_reported_not_just_the_first() {
-        let src = source(&[("CES_N", "abc"), ("CES_R", "99"), ("CES_E", "  "), ("CES_L", "a,,b")]);
+        let src = source(&[
+            ("CES_N", "abc"),
+            ("CES_R", "99"),
+            ("CES_E", "  "),
+            ("CES_L", "a,,b"),
+        ]);
         let mut vars = Vars::new(&src);
         let _ = vars.bounded("CES_N", 1, 0, 10);
         let _ = vars.bounded("CES_R", 1, 0, 10);

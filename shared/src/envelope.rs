@@ -59,7 +59,16 @@ mod tests {
 
     #[test]
     fn appended_seq_is_what_decoders_read() {
-        for seq in [1, 127, 128, 300, 16_384, u32::MAX as u64, (1 << 53) - 1, u64::MAX] {
+        for seq in [
+            1,
+            127,
+            128,
+            300,
+            16_384,
+            u32::MAX as u64,
+            (1 << 53) - 1,
+            u64::MAX,
+        ] {
             let mut buf = encode(&sample());
             append_seq(&mut buf, seq);
             let env = decode(&buf).unwrap();

@@ -28,7 +28,11 @@ pub fn derive(producer_id: Option<&str>, session_id: &str, event_type: &str, dat
     let canonical = canonical_json(data).unwrap_or_else(|| data.to_owned());
     let mut h = Sha256::new();
     h.update(DOMAIN);
-    for field in [session_id.as_bytes(), event_type.as_bytes(), canonical.as_bytes()] {
+    for field in [
+        session_id.as_bytes(),
+        event_type.as_bytes(),
+        canonical.as_bytes(),
+    ] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field);
     }
@@ -94,7 +98,12 @@ mod tests {
     #[test]
     fn key_order_and_whitespace_do_not_matter() {
         let a = derive(None, "s", "t", r#"{"a":1,"b":{"y":[1,2],"x":"é"}}"#);
-        let b = derive(None, "s", "t", "{ \"b\" : { \"x\":\"\\u00e9\", \"y\":[1, 2] }, \"a\": 1 }");
+        let b = derive(
+            None,
+            "s",
+            "t",
+            "{ \"b\" : { \"x\":\"\\u00e9\", \"y\":[1, 2] }, \"a\": 1 }",
+        );
         assert_eq!(a, b);
         assert!(a.starts_with("ev_") && a.len() == 35, "{a}");
     }
@@ -117,13 +126,22 @@ mod tests {
     #[test]
     fn known_vector_is_stable_across_releases() {
         // Changing this value breaks dedup for every event in flight during an upgrade; bump DOMAIN instead.
-        assert_eq!(derive(None, "s1", "order.updated", r#"{"n":1}"#), derive(None, "s1", "order.updated", r#"{ "n" : 1 }"#));
-        assert_eq!(derive(None, "s1", "order.updated", r#"{"n":1}"#), "ev_5a9418aec085e94d677e279abbd001ea");
+        assert_eq!(
+            derive(None, "s1", "order.updated", r#"{"n":1}"#),
+            derive(None, "s1", "order.updated", r#"{ "n" : 1 }"#)
+        );
+        assert_eq!(
+            derive(None, "s1", "order.updated", r#"{"n":1}"#),
+            "ev_5a9418aec085e94d677e279abbd001ea"
+        );
     }
 
     #[test]
     fn canonical_json_sorts_nested_keys() {
-        assert_eq!(canonical_json(r#"{"b":[{"d":1,"c":2}],"a":null}"#).unwrap(), r#"{"a":null,"b":[{"c":2,"d":1}]}"#);
+        assert_eq!(
+            canonical_json(r#"{"b":[{"d":1,"c":2}],"a":null}"#).unwrap(),
+            r#"{"a":null,"b":[{"c":2,"d":1}]}"#
+        );
         assert_eq!(canonical_json("not json"), None);
     }
 }

@@ -15,7 +15,8 @@ use crate::envelope::Envelope;
 /// (ingest publishes validated JSON only).
 pub fn event_frame(env: &Envelope) -> Option<String> {
     let data = std::str::from_utf8(&env.data).ok()?;
-    let mut out = String::with_capacity(64 + env.event_id.len() + env.event_type.len() + data.len());
+    let mut out =
+        String::with_capacity(64 + env.event_id.len() + env.event_type.len() + data.len());
     out.push_str(r#"{"type":"event","seq":"#);
     let _ = write!(out, "{}", env.seq);
     out.push_str(r#","id":"#);
@@ -81,7 +82,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ServerFrame> {
         code: "invalid_json".into(),
         message: format!("frame is not JSON: {e}"),
     })?;
-    let kind = value.get("type").and_then(|t| t.as_str()).map(str::to_owned);
+    let kind = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
     match kind.as_deref() {
         Some("ping" | "ack") => serde_json::from_value(value).map_err(|e| ServerFrame::Error {
             code: "invalid_frame".into(),
@@ -113,27 +117,43 @@ mod tests {
             ..Default::default()
         };
         let frame = event_frame(&env).unwrap();
-        assert_eq!(frame, r#"{"type":"event","seq":7,"id":"id\"1","event":"order.updated","data":{"z":1,"a":[1.50]}}"#);
+        assert_eq!(
+            frame,
+            r#"{"type":"event","seq":7,"id":"id\"1","event":"order.updated","data":{"z":1,"a":[1.50]}}"#
+        );
         let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(parsed["seq"], 7);
     }
 
     #[test]
     fn event_frame_refuses_non_utf8_data() {
-        let env = Envelope { data: Bytes::from_static(b"\xff"), ..Default::default() };
+        let env = Envelope {
+            data: Bytes::from_static(b"\xff"),
+            ..Default::default()
+        };
         assert_eq!(event_frame(&env), None);
     }
 
     #[test]
     fn welcome_has_the_contract_shape() {
-        let w = ServerFrame::Welcome { session_id: "s".into(), node: "edge-a".into() }.to_json();
+        let w = ServerFrame::Welcome {
+            session_id: "s".into(),
+            node: "edge-a".into(),
+        }
+        .to_json();
         assert_eq!(w, r#"{"type":"welcome","session_id":"s","node":"edge-a"}"#);
     }
 
     #[test]
     fn client_frames_parse_or_explain() {
-        assert_eq!(parse_client_frame(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
-        assert_eq!(parse_client_frame(r#"{"type":"ack","seq":3}"#), Ok(ClientFrame::Ack { seq: 3 }));
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ack","seq":3}"#),
+            Ok(ClientFrame::Ack { seq: 3 })
+        );
         let code = |t: &str| match parse_client_frame(t) {
             Err(ServerFrame::Error { code, .. }) => code,
             other => panic!("{other:?}"),

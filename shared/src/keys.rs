@@ -28,8 +28,13 @@ impl fmt::Display for SessionIdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Empty => write!(f, "session id is empty"),
-            Self::TooLong(n) => write!(f, "session id is {n} bytes, more than {MAX_SESSION_ID_LEN}"),
-            Self::BadChar(c) => write!(f, "session id contains {c:?}; allowed are A-Z a-z 0-9 _ . : -"),
+            Self::TooLong(n) => {
+                write!(f, "session id is {n} bytes, more than {MAX_SESSION_ID_LEN}")
+            }
+            Self::BadChar(c) => write!(
+                f,
+                "session id contains {c:?}; allowed are A-Z a-z 0-9 _ . : -"
+            ),
         }
     }
 }
@@ -78,7 +83,10 @@ pub fn validate_session_id(s: &str) -> Result<(), SessionIdError> {
     if s.len() > MAX_SESSION_ID_LEN {
         return Err(SessionIdError::TooLong(s.len()));
     }
-    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
         Some(c) => Err(SessionIdError::BadChar(c)),
         None => Ok(()),
     }
@@ -107,7 +115,12 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for ok in ["a", "A-z_0.9:x", &"x".repeat(128), "0190f3c2-7b1e-7c1d-9a51-3f1f8a9b6c2d"] {
+        for ok in [
+            "a",
+            "A-z_0.9:x",
+            &"x".repeat(128),
+            "0190f3c2-7b1e-7c1d-9a51-3f1f8a9b6c2d",
+        ] {
             assert!(SessionId::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -115,9 +128,23 @@ mod tests {
     #[test]
     fn rejects_everything_else_with_the_reason() {
         assert_eq!(SessionId::parse(""), Err(SessionIdError::Empty));
-        assert_eq!(SessionId::parse(&"x".repeat(129)), Err(SessionIdError::TooLong(129)));
-        for (bad, c) in [("a}b", '}'), ("a{b", '{'), ("a b", ' '), ("é", 'é'), ("a/b", '/'), ("a\0", '\0')] {
-            assert_eq!(SessionId::parse(bad), Err(SessionIdError::BadChar(c)), "{bad:?}");
+        assert_eq!(
+            SessionId::parse(&"x".repeat(129)),
+            Err(SessionIdError::TooLong(129))
+        );
+        for (bad, c) in [
+            ("a}b", '}'),
+            ("a{b", '{'),
+            ("a b", ' '),
+            ("é", 'é'),
+            ("a/b", '/'),
+            ("a\0", '\0'),
+        ] {
+            assert_eq!(
+                SessionId::parse(bad),
+                Err(SessionIdError::BadChar(c)),
+                "{bad:?}"
+            );
         }
     }
 
@@ -132,7 +159,13 @@ mod tests {
     #[test]
     fn channel_round_trips_and_rejects_foreign_names() {
         assert_eq!(session_of_channel(&channel("s-1")), Some("s-1"));
-        for foreign in ["ces:{s}:seq", "other:{s}:ch", "ces:{}:ch", "ces:{a}b}:ch", "ces:{s}:ch:x"] {
+        for foreign in [
+            "ces:{s}:seq",
+            "other:{s}:ch",
+            "ces:{}:ch",
+            "ces:{a}b}:ch",
+            "ces:{s}:ch:x",
+        ] {
             assert_eq!(session_of_channel(foreign), None, "{foreign}");
         }
     }

@@ -107,7 +107,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -164,7 +167,13 @@ pub fn validate(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rej
         ));
     }
     let text = std::str::from_utf8(value).map_err(|e| {
-        Rejection::new(Reason::InvalidUtf8, format!("value is not UTF-8: invalid byte at offset {}", e.valid_up_to()))
+        Rejection::new(
+            Reason::InvalidUtf8,
+            format!(
+                "value is not UTF-8: invalid byte at offset {}",
+                e.valid_up_to()
+            ),
+        )
     })?;
     let first = text.trim_start().as_bytes().first().copied();
     if first != Some(b'{') {
@@ -177,16 +186,32 @@ pub fn validate(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rej
     let members: Members<'_> = serde_json::from_str(text)
         .map_err(|e| Rejection::new(Reason::InvalidJson, format!("value is not JSON: {e}")))?;
 
-    let session_id = string_member(members.session_id, "session_id", Reason::MissingSessionId, Reason::InvalidSessionId)?;
+    let session_id = string_member(
+        members.session_id,
+        "session_id",
+        Reason::MissingSessionId,
+        Reason::InvalidSessionId,
+    )?;
     validate_session_id(&session_id)
         .map_err(|e| Rejection::new(Reason::InvalidSessionId, format!("/session_id: {e}")))?;
 
-    let event_type = string_member(members.event_type, "type", Reason::MissingType, Reason::InvalidType)?;
-    validate_type(&event_type).map_err(|e| Rejection::new(Reason::InvalidType, format!("/type: {e}")))?;
+    let event_type = string_member(
+        members.event_type,
+        "type",
+        Reason::MissingType,
+        Reason::InvalidType,
+    )?;
+    validate_type(&event_type)
+        .map_err(|e| Rejection::new(Reason::InvalidType, format!("/type: {e}")))?;
 
     let data = members
         .data
-        .ok_or_else(|| Rejection::new(Reason::MissingData, "/data is required (use null for no data)"))?
+        .ok_or_else(|| {
+            Rejection::new(
+                Reason::MissingData,
+                "/data is required (use null for no data)",
+            )
+        })?
         .get();
 
     let id = match members.id {
@@ -200,7 +225,12 @@ pub fn validate(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rej
         }
     };
 
-    Ok(Event { session_id, event_type, data, id })
+    Ok(Event {
+        session_id,
+        event_type,
+        data,
+        id,
+    })
 }
 
 fn string_member<'a>(
@@ -213,8 +243,12 @@ fn string_member<'a>(
         Some(raw) if raw.get() != "null" => raw,
         _ => return Err(Rejection::new(missing, format!("/{name} is required"))),
     };
-    serde_json::from_str::<Cow<'a, str>>(raw.get())
-        .map_err(|_| Rejection::new(invalid, format!("/{name} must be a string, got {}", json_kind(raw.get()))))
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| {
+        Rejection::new(
+            invalid,
+            format!("/{name} must be a string, got {}", json_kind(raw.get())),
+        )
+    })
 }
 
 fn json_kind(raw: &str) -> &'static str {
@@ -234,13 +268,21 @@ pub fn validate_type(t: &str) -> Result<(), String> {
         return Err("type is empty".into());
     }
     if t.len() > MAX_TYPE_LEN {
-        return Err(format!("type is {} bytes, more than {MAX_TYPE_LEN}", t.len()));
+        return Err(format!(
+            "type is {} bytes, more than {MAX_TYPE_LEN}",
+            t.len()
+        ));
     }
     if !t.as_bytes()[0].is_ascii_alphanumeric() {
         return Err("type must start with a letter or digit".into());
     }
-    match t.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-        Some(c) => Err(format!("type contains {c:?}; allowed are A-Z a-z 0-9 _ . -")),
+    match t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        Some(c) => Err(format!(
+            "type contains {c:?}; allowed are A-Z a-z 0-9 _ . -"
+        )),
         None => Ok(()),
     }
 }
@@ -281,11 +323,16 @@ mod tests {
 
     #[test]
     fn reads_escaped_strings_and_the_optional_id() {
-        let e = ok(r#"{"session_id":"s\u0031","type":"t","data":null,"id":"k\"1","extra":{"ignored":1}}"#);
+        let e = ok(
+            r#"{"session_id":"s\u0031","type":"t","data":null,"id":"k\"1","extra":{"ignored":1}}"#,
+        );
         assert_eq!(e.session_id, "s1");
         assert_eq!(e.data, "null");
         assert_eq!(e.id.as_deref(), Some("k\"1"));
-        assert_eq!(ok(r#"{"session_id":"s","type":"t","data":1,"id":null}"#).id, None);
+        assert_eq!(
+            ok(r#"{"session_id":"s","type":"t","data":1,"id":null}"#).id,
+            None
+        );
     }
 
     #[test]
@@ -299,21 +346,56 @@ mod tests {
             (b"[1,2]", Reason::NotAnObject),
             (b"\"s\"", Reason::NotAnObject),
             (br#"{"type":"t","data":1}"#, Reason::MissingSessionId),
-            (br#"{"session_id":null,"type":"t","data":1}"#, Reason::MissingSessionId),
-            (br#"{"session_id":7,"type":"t","data":1}"#, Reason::InvalidSessionId),
-            (br#"{"session_id":"a b","type":"t","data":1}"#, Reason::InvalidSessionId),
-            (br#"{"session_id":"","type":"t","data":1}"#, Reason::InvalidSessionId),
+            (
+                br#"{"session_id":null,"type":"t","data":1}"#,
+                Reason::MissingSessionId,
+            ),
+            (
+                br#"{"session_id":7,"type":"t","data":1}"#,
+                Reason::InvalidSessionId,
+            ),
+            (
+                br#"{"session_id":"a b","type":"t","data":1}"#,
+                Reason::InvalidSessionId,
+            ),
+            (
+                br#"{"session_id":"","type":"t","data":1}"#,
+                Reason::InvalidSessionId,
+            ),
             (br#"{"session_id":"s","data":1}"#, Reason::MissingType),
-            (br#"{"session_id":"s","type":[],"data":1}"#, Reason::InvalidType),
-            (br#"{"session_id":"s","type":".x","data":1}"#, Reason::InvalidType),
-            (br#"{"session_id":"s","type":"a/b","data":1}"#, Reason::InvalidType),
+            (
+                br#"{"session_id":"s","type":[],"data":1}"#,
+                Reason::InvalidType,
+            ),
+            (
+                br#"{"session_id":"s","type":".x","data":1}"#,
+                Reason::InvalidType,
+            ),
+            (
+                br#"{"session_id":"s","type":"a/b","data":1}"#,
+                Reason::InvalidType,
+            ),
             (br#"{"session_id":"s","type":"t"}"#, Reason::MissingData),
-            (br#"{"session_id":"s","type":"t","data":1,"id":5}"#, Reason::InvalidId),
-            (br#"{"session_id":"s","type":"t","data":1,"id":""}"#, Reason::InvalidId),
-            (br#"{"session_id":"s","session_id":"t"}"#, Reason::InvalidJson),
+            (
+                br#"{"session_id":"s","type":"t","data":1,"id":5}"#,
+                Reason::InvalidId,
+            ),
+            (
+                br#"{"session_id":"s","type":"t","data":1,"id":""}"#,
+                Reason::InvalidId,
+            ),
+            (
+                br#"{"session_id":"s","session_id":"t"}"#,
+                Reason::InvalidJson,
+            ),
         ];
         for (value, expected) in cases {
-            assert_eq!(reason(value), *expected, "{:?}", String::from_utf8_lossy(value));
+            assert_eq!(
+                reason(value),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
         assert_eq!(validate(None, 64).unwrap_err().reason, Reason::MissingValue);
     }
@@ -324,14 +406,22 @@ mod tests {
         assert!(validate(Some(v), v.len()).is_ok());
         let r = validate(Some(v), v.len() - 1).unwrap_err();
         assert_eq!(r.reason, Reason::TooLarge);
-        assert!(r.detail.contains(&format!("{} bytes", v.len())), "{}", r.detail);
+        assert!(
+            r.detail.contains(&format!("{} bytes", v.len())),
+            "{}",
+            r.detail
+        );
     }
 
     #[test]
     fn details_point_at_the_member() {
         let r = validate(Some(br#"{"session_id":{"a":1},"type":"t","data":1}"#), 1024).unwrap_err();
         assert_eq!(r.detail, "/session_id must be a string, got an object");
-        let r = validate(Some(br#"{"session_id":"s","type":"bad type","data":1}"#), 1024).unwrap_err();
+        let r = validate(
+            Some(br#"{"session_id":"s","type":"bad type","data":1}"#),
+            1024,
+        )
+        .unwrap_err();
         assert!(r.detail.starts_with("/type: "), "{}", r.detail);
     }
 

@@ -32,7 +32,11 @@ pub fn builder(url: &str) -> Result<Builder, fred::error::Error> {
 
 /// Builds a client with `make` and connects it, retrying with backoff until it connects (`Some`) or `cancel`
 /// fires (`None`). A configuration error (bad URL) is returned at once: retrying cannot fix it.
-pub async fn connect<C, F>(what: &str, make: F, cancel: &CancellationToken) -> Result<Option<C>, fred::error::Error>
+pub async fn connect<C, F>(
+    what: &str,
+    make: F,
+    cancel: &CancellationToken,
+) -> Result<Option<C>, fred::error::Error>
 where
     C: ClientLike,
     F: Fn() -> Result<C, fred::error::Error>,

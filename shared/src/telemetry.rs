@@ -33,14 +33,21 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global `tracing` subscriber. `filter` uses `RUST_LOG` syntax (e.g. `info,ces_edge=debug`).
 pub fn init_tracing(filter: &str, format: LogFormat) -> Result<(), Error> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| Error::Telemetry(format!("log filter: {e}")))?;
+    let filter =
+        EnvFilter::try_new(filter).map_err(|e| Error::Telemetry(format!("log filter: {e}")))?;
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     result.map_err(|e| Error::Telemetry(e.to_string()))
 }
 

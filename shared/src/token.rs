@@ -71,12 +71,17 @@ impl TokenKey {
         if secret.len() < MIN_SECRET_LEN {
             return None;
         }
-        Some(Self { mac: HmacSha256::new_from_slice(secret).ok()? })
+        Some(Self {
+            mac: HmacSha256::new_from_slice(secret).ok()?,
+        })
     }
 
     /// A token for `session` valid until `expires_at` (unix seconds).
     pub fn sign(&self, session: &SessionId, expires_at: u64) -> String {
-        let claims = Claims { sid: session.as_str().to_owned(), exp: expires_at };
+        let claims = Claims {
+            sid: session.as_str().to_owned(),
+            exp: expires_at,
+        };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{VERSION}.{payload}");
         let mut mac = self.mac.clone();
@@ -98,18 +103,26 @@ impl TokenKey {
         if version != VERSION {
             return Err(TokenError::Malformed);
         }
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac.clone();
         mac.update(signed.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
         // Only signed bytes get this far.
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         let session_id = SessionId::parse(&claims.sid).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        Ok(Verified { session_id, expires_at: claims.exp })
+        Ok(Verified {
+            session_id,
+            expires_at: claims.exp,
+        })
     }
 }
 
@@ -128,7 +141,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let t = key(1).sign(&sid(), 1_000);
-        assert_eq!(key(1).verify(&t, 999), Ok(Verified { session_id: sid(), expires_at: 1_000 }));
+        assert_eq!(
+            key(1).verify(&t, 999),
+            Ok(Verified {
+                session_id: sid(),
+                expires_at: 1_000
+            })
+        );
     }
 
     #[test]
@@ -156,9 +175,21 @@ mod tests {
     #[test]
     fn malformed_input_is_rejected_without_panicking() {
         let long = "a".repeat(MAX_TOKEN_LEN + 1);
-        for bad in ["x", "v1.x", "v2.a.b", "v1..", "v1.a.!!!", "....", long.as_str(), "v1.a.b.c"] {
+        for bad in [
+            "x",
+            "v1.x",
+            "v2.a.b",
+            "v1..",
+            "v1.a.!!!",
+            "....",
+            long.as_str(),
+            "v1.a.b.c",
+        ] {
             let r = key(1).verify(bad, 0);
-            assert!(matches!(r, Err(TokenError::Malformed | TokenError::BadSignature)), "{bad}: {r:?}");
+            assert!(
+                matches!(r, Err(TokenError::Malformed | TokenError::BadSignature)),
+                "{bad}: {r:?}"
+            );
         }
         assert_eq!(key(1).verify("", 0), Err(TokenError::Missing));
     }
@@ -170,7 +201,10 @@ mod tests {
         let signed = format!("v1.{payload}");
         let mut mac = k.mac.clone();
         mac.update(signed.as_bytes());
-        let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        let token = format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
         assert_eq!(k.verify(&token, 0), Err(TokenError::Malformed));
     }
 }

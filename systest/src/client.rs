@@ -24,10 +24,17 @@ pub struct Registered {
 
 /// Registers a session at `base` (`http://127.0.0.1:port`).
 pub async fn register(http: &reqwest::Client, base: &str) -> anyhow::Result<Registered> {
-    let resp = http.post(format!("{base}/v1/sessions")).send().await.context("POST /v1/sessions")?;
+    let resp = http
+        .post(format!("{base}/v1/sessions"))
+        .send()
+        .await
+        .context("POST /v1/sessions")?;
     let status = resp.status();
     if status != reqwest::StatusCode::CREATED {
-        bail!("POST /v1/sessions answered {status}: {}", resp.text().await.unwrap_or_default());
+        bail!(
+            "POST /v1/sessions answered {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
     }
     Ok(resp.json().await?)
 }
@@ -64,7 +71,9 @@ pub struct WsClient {
 impl WsClient {
     /// Connects to `url`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connect {url}"))?;
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connect {url}"))?;
         Ok(Self { stream })
     }
 
@@ -120,7 +129,9 @@ impl WsClient {
                 Err(_) => return None,
                 Ok(None) | Ok(Some(Err(_))) => return Some(Ending::Dropped),
                 Ok(Some(Ok(Message::Close(f)))) => {
-                    return Some(Ending::Closed(f.map_or(1005, |CloseFrame { code, .. }| code.into())));
+                    return Some(Ending::Closed(
+                        f.map_or(1005, |CloseFrame { code, .. }| code.into()),
+                    ));
                 }
                 Ok(Some(Ok(_))) => {}
             }

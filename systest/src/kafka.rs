@@ -34,16 +34,24 @@ pub struct Record {
 impl Record {
     /// A record keyed by `key` with a text value.
     pub fn keyed(key: &str, value: impl Into<Vec<u8>>) -> Self {
-        Self { key: Some(key.as_bytes().to_vec()), value: Some(value.into()), ..Self::default() }
+        Self {
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value.into()),
+            ..Self::default()
+        }
     }
 }
 
 /// Creates topics (name, partitions); existing ones are left alone.
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().context("admin client")?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1))).collect();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {
         match result {
@@ -65,11 +73,18 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
 }
 
 /// Produces `records` to `topic` and waits until all are acknowledged.
-pub async fn produce(producer: &FutureProducer, topic: &str, records: &[Record]) -> anyhow::Result<()> {
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[Record],
+) -> anyhow::Result<()> {
     let sends = records.iter().map(|r| {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &r.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
         }
         let mut rec = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
         if let Some(k) = &r.key {
@@ -91,13 +106,24 @@ pub async fn produce(producer: &FutureProducer, topic: &str, records: &[Record])
 
 /// Reads every record of `topic` from the beginning until each partition reported its end and at least
 /// `at_least` records arrived, or `timeout` passes (then returns what it has).
-pub async fn read_to_end(bootstrap: &str, topic: &str, at_least: usize, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+pub async fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, at_least, timeout)).await?
+    tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, at_least, timeout))
+        .await?
 }
 
-fn read_blocking(bootstrap: &str, topic: &str, at_least: usize, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+fn read_blocking(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", crate::unique("reader"))
@@ -105,8 +131,11 @@ fn read_blocking(bootstrap: &str, topic: &str, at_least: usize, timeout: Duratio
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     if partitions.is_empty() {
         bail!("topic {topic} has no partitions");
     }

@@ -25,13 +25,20 @@ use tokio::process::{Child, Command};
 
 /// A free TCP port on 127.0.0.1 (bound and released; fixtures retry if another process grabs it first).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A name unique within this test process and across concurrently running test processes.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it; quiet by default).
@@ -50,7 +57,9 @@ pub fn find_binary(name: &str, env_override: &str) -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let mut candidates: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(name)).collect();
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(name))
+            .collect();
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(PathBuf::from(home).join(".cargo/bin").join(name));
     }
@@ -93,7 +102,16 @@ impl Redis {
             let dir = tempfile::tempdir()?;
             let port = free_port();
             let mut child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -102,7 +120,13 @@ impl Redis {
                 .spawn()
                 .with_context(|| format!("spawning {}", bin.display()))?;
             match wait_for("redis-server", &mut child, || ping(port)).await {
-                Ok(()) => return Ok(Self { child, port, _dir: dir }),
+                Ok(()) => {
+                    return Ok(Self {
+                        child,
+                        port,
+                        _dir: dir,
+                    });
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -127,12 +151,14 @@ impl Redis {
 }
 
 async fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else { return false };
+    let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
+        return false;
+    };
     if s.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
     let mut buf = [0u8; 7];
-    matches!(s.read_exact(&mut buf).await, Ok(_) if &buf == b"+PONG\r\n")
+    s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
 }
 
 /// A Kafka-API broker (tansu, in-memory storage) on a free port.
@@ -151,7 +177,13 @@ impl Broker {
             let port = free_port();
             let url = format!("tcp://127.0.0.1:{port}");
             let mut child = Command::new(&bin)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
                 .args(["--storage-engine", "memory://tansu/"])
                 .env_remove("CLUSTER_ID")
                 .env_remove("STORAGE_ENGINE")
@@ -161,9 +193,17 @@ impl Broker {
                 .spawn()
                 .with_context(|| format!("spawning {}", bin.display()))?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let ready = wait_for("tansu", &mut child, || async move { TcpStream::connect(addr).await.is_ok() }).await;
+            let ready = wait_for("tansu", &mut child, || async move {
+                TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
             match ready {
-                Ok(()) => return Ok(Self { _child: child, addr }),
+                Ok(()) => {
+                    return Ok(Self {
+                        _child: child,
+                        addr,
+                    });
+                }
                 Err(e) => last_error = Some(e),
             }
         }

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use ces_shared::keys::SessionId;
 use ces_shared::token::TokenError;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
@@ -41,8 +41,11 @@ pub async fn register(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Registered>), Error> {
     let metadata = parse_metadata(&body)?;
-    let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string()).expect("uuid is a valid session id");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string())
+        .expect("uuid is a valid session id");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let expires_at = now + state.config.token_ttl;
     let token = state.config.token_key.sign(&session, expires_at.as_secs());
 
@@ -53,13 +56,18 @@ pub async fn register(
     if let Some(Extension(ConnectInfo(addr))) = connect_info {
         fields.insert("ip", addr.ip().to_string());
     }
-    if let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+    if let Some(ua) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
         fields.insert("user_agent", ua.chars().take(512).collect());
     }
     let key = session.session_key();
     let pipeline = state.redis.pipeline();
     let _: () = pipeline.hset(&key, fields).await?;
-    let _: () = pipeline.expire(&key, state.config.token_ttl.as_secs() as i64, None).await?;
+    let _: () = pipeline
+        .expire(&key, state.config.token_ttl.as_secs() as i64, None)
+        .await?;
     let _: Vec<fred::types::Value> = pipeline.all().await?;
 
     metrics::counter!(m::SESSIONS_REGISTERED).increment(1);
@@ -78,10 +86,15 @@ fn parse_metadata(body: &[u8]) -> Result<String, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok("{}".to_owned());
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest { code: "invalid_body", message: format!("body is not JSON: {e}") })?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| Error::BadRequest {
+        code: "invalid_body",
+        message: format!("body is not JSON: {e}"),
+    })?;
     if !value.is_object() {
-        return Err(Error::BadRequest { code: "invalid_body", message: "body must be a JSON object".into() });
+        return Err(Error::BadRequest {
+            code: "invalid_body",
+            message: "body must be a JSON object".into(),
+        });
     }
     Ok(value.to_string())
 }
@@ -100,14 +113,26 @@ pub async fn websocket(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     let token = query.token.unwrap_or_default();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let verified = state.config.token_key.verify(&token, now).map_err(Error::Unauthorized)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let verified = state
+        .config
+        .token_key
+        .verify(&token, now)
+        .map_err(Error::Unauthorized)?;
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return Ok(rejection.into_response()),
     };
     if state.shutdown.is_cancelled() {
-        return Ok((StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "draining").into_response());
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "draining",
+        )
+            .into_response());
     }
     let params = SocketParams {
         session: verified.session_id,
@@ -127,9 +152,11 @@ pub async fn websocket(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(async move {
-            serve_socket(socket, hub, params, shutdown).await;
-        })))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                serve_socket(socket, hub, params, shutdown).await;
+            })
+        }))
 }
 
 /// `GET /healthz`: the process is alive.

@@ -50,13 +50,17 @@ impl Config {
         let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
         let default_node = format!("edge-{}", std::process::id());
         let node_id = v.string("CES_NODE_ID", &default_node);
-        let secret = v.required("CES_TOKEN_SECRET", "at least 32 bytes used to sign session tokens");
+        let secret = v.required(
+            "CES_TOKEN_SECRET",
+            "at least 32 bytes used to sign session tokens",
+        );
         let token_ttl = Duration::from_secs(v.bounded("CES_TOKEN_TTL_SECS", 900, 10, 7 * 86_400));
         let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
         let ping_interval = v.millis("CES_WS_PING_INTERVAL_MS", 30_000, 100, 600_000);
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
         let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
-        let max_message_bytes = v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
+        let max_message_bytes =
+            v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
         let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
         let log = v.string("CES_LOG", "info");
@@ -64,14 +68,19 @@ impl Config {
 
         let token_key = TokenKey::new(secret.as_bytes());
         v.check(secret.is_empty() || token_key.is_some(), || {
-            format!("CES_TOKEN_SECRET is {} bytes; it must be at least {MIN_SECRET_LEN}", secret.len())
+            format!(
+                "CES_TOKEN_SECRET is {} bytes; it must be at least {MIN_SECRET_LEN}",
+                secret.len()
+            )
         });
-        v.check(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"), || {
-            format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://")
-        });
-        v.check(ces_shared::keys::validate_session_id(&node_id).is_ok(), || {
-            format!("CES_NODE_ID={node_id:?} must be 1-128 of A-Z a-z 0-9 _ . : -")
-        });
+        v.check(
+            redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"),
+            || format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://"),
+        );
+        v.check(
+            ces_shared::keys::validate_session_id(&node_id).is_ok(),
+            || format!("CES_NODE_ID={node_id:?} must be 1-128 of A-Z a-z 0-9 _ . : -"),
+        );
         v.finish()?;
         Ok(Self {
             listen,
@@ -105,7 +114,9 @@ mod tests {
     fn secret_is_required_and_must_be_long_enough() {
         let err = Config::from_source(&src(&[])).unwrap_err().to_string();
         assert!(err.contains("CES_TOKEN_SECRET is required"), "{err}");
-        let err = Config::from_source(&src(&[("CES_TOKEN_SECRET", "short")])).unwrap_err().to_string();
+        let err = Config::from_source(&src(&[("CES_TOKEN_SECRET", "short")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CES_TOKEN_SECRET is 5 bytes"), "{err}");
     }
 
@@ -119,7 +130,12 @@ mod tests {
         ]))
         .unwrap_err()
         .to_string();
-        for needle in ["CES_TOKEN_SECRET", "CES_EDGE_LISTEN", "CES_WS_QUEUE_CAPACITY", "CES_NODE_ID"] {
+        for needle in [
+            "CES_TOKEN_SECRET",
+            "CES_EDGE_LISTEN",
+            "CES_WS_QUEUE_CAPACITY",
+            "CES_NODE_ID",
+        ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
     }

@@ -33,25 +33,44 @@ pub enum Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, message) = match &self {
-            Error::Unauthorized(reason) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", format!("session token {reason}"))
+            Error::Unauthorized(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("session token {reason}"),
+            ),
+            Error::BadRequest { code, message } => {
+                (StatusCode::BAD_REQUEST, *code, message.clone())
             }
-            Error::BadRequest { code, message } => (StatusCode::BAD_REQUEST, *code, message.clone()),
             Error::Redis(_) => {
                 tracing::warn!(error = %self, "request failed on redis");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage temporarily unavailable".to_owned())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage temporarily unavailable".to_owned(),
+                )
             }
             Error::Shared(_) | Error::Io(_) => {
                 tracing::error!(error = %self, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".to_owned(),
+                )
             }
         };
-        let mut response = (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response();
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": code, "message": message })),
+        )
+            .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Error::Unauthorized(reason) = &self {
-            metrics::counter!(crate::metrics::TOKEN_FAILURES, "reason" => reason.to_string()).increment(1);
+            metrics::counter!(crate::metrics::TOKEN_FAILURES, "reason" => reason.to_string())
+                .increment(1);
         }
         response
     }

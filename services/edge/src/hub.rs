@@ -19,8 +19,8 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{EventInterface, PubsubInterface};
-use fred::types::Value;
 use fred::types::Message as PubsubMessage;
+use fred::types::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -36,9 +36,15 @@ pub struct CloseReason {
 }
 
 /// A newer connection for the same session took over.
-pub const TAKEN_OVER: CloseReason = CloseReason { code: 4009, reason: "session taken over" };
+pub const TAKEN_OVER: CloseReason = CloseReason {
+    code: 4009,
+    reason: "session taken over",
+};
 /// The connection's queue overflowed.
-pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 4008, reason: "slow consumer" };
+pub const SLOW_CONSUMER: CloseReason = CloseReason {
+    code: 4008,
+    reason: "slow consumer",
+};
 
 struct Slot {
     conn_id: u64,
@@ -58,8 +64,13 @@ pub struct Attachment {
 }
 
 enum SubRequest {
-    Subscribe { session: String, ack: oneshot::Sender<Result<(), String>> },
-    Release { session: String },
+    Subscribe {
+        session: String,
+        ack: oneshot::Sender<Result<(), String>>,
+    },
+    Release {
+        session: String,
+    },
 }
 
 /// Local connections and the subscription state of one edge node.
@@ -72,7 +83,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("queue_capacity", &self.queue_capacity).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("queue_capacity", &self.queue_capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,11 +116,22 @@ impl Hub {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let (tx, frames) = mpsc::channel(self.queue_capacity);
         let (close_tx, close) = oneshot::channel();
-        let old = self.slots.lock().expect("hub lock").insert(session.to_owned(), Slot { conn_id, tx, close: close_tx });
+        let old = self.slots.lock().expect("hub lock").insert(
+            session.to_owned(),
+            Slot {
+                conn_id,
+                tx,
+                close: close_tx,
+            },
+        );
         if let Some(old) = old {
             let _ = old.close.send(TAKEN_OVER);
         }
-        Attachment { conn_id, frames, close }
+        Attachment {
+            conn_id,
+            frames,
+            close,
+        }
     }
 
     /// Removes the connection's slot if it is still the current one for `session`.
@@ -122,14 +146,20 @@ impl Hub {
     pub async fn subscribe(&self, session: &str) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
         self.subs
-            .send(SubRequest::Subscribe { session: session.to_owned(), ack })
+            .send(SubRequest::Subscribe {
+                session: session.to_owned(),
+                ack,
+            })
             .map_err(|_| "subscription task stopped".to_owned())?;
-        done.await.map_err(|_| "subscription task stopped".to_owned())?
+        done.await
+            .map_err(|_| "subscription task stopped".to_owned())?
     }
 
     /// Releases one [`subscribe`](Self::subscribe); the channel is unsubscribed when no connection needs it.
     pub fn release(&self, session: &str) {
-        let _ = self.subs.send(SubRequest::Release { session: session.to_owned() });
+        let _ = self.subs.send(SubRequest::Release {
+            session: session.to_owned(),
+        });
     }
 
     /// Number of sessions with a local connection.
@@ -149,7 +179,11 @@ impl Hub {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);
                 if let Some(slot) = slots.remove(session) {
-                    warn!(session, conn_id = slot.conn_id, "queue full; closing slow consumer");
+                    warn!(
+                        session,
+                        conn_id = slot.conn_id,
+                        "queue full; closing slow consumer"
+                    );
                     let _ = slot.close.send(SLOW_CONSUMER);
                 }
             }
@@ -160,7 +194,10 @@ impl Hub {
     }
 }
 
-async fn subscription_task(subscriber: SubscriberClient, mut requests: mpsc::UnboundedReceiver<SubRequest>) {
+async fn subscription_task(
+    subscriber: SubscriberClient,
+    mut requests: mpsc::UnboundedReceiver<SubRequest>,
+) {
     let mut refs: HashMap<String, usize> = HashMap::new();
     let mut subscribed: HashSet<String> = HashSet::new();
     let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
@@ -205,7 +242,10 @@ async fn subscription_task(subscriber: SubscriberClient, mut requests: mpsc::Unb
             }
         }
         if !remove.is_empty() {
-            let channels: Vec<String> = remove.iter().map(|s| ces_shared::keys::channel(s)).collect();
+            let channels: Vec<String> = remove
+                .iter()
+                .map(|s| ces_shared::keys::channel(s))
+                .collect();
             for s in &remove {
                 subscribed.remove(s);
             }
@@ -225,7 +265,10 @@ async fn subscription_task(subscriber: SubscriberClient, mut requests: mpsc::Unb
     debug!("subscription task stopped");
 }
 
-async fn dispatch_task(hub: std::sync::Weak<Hub>, mut messages: broadcast::Receiver<PubsubMessage>) {
+async fn dispatch_task(
+    hub: std::sync::Weak<Hub>,
+    mut messages: broadcast::Receiver<PubsubMessage>,
+) {
     loop {
         let msg = match messages.recv().await {
             Ok(msg) => msg,
@@ -238,7 +281,9 @@ async fn dispatch_task(hub: std::sync::Weak<Hub>, mut messages: broadcast::Recei
             Err(broadcast::error::RecvError::Closed) => break,
         };
         let Some(hub) = hub.upgrade() else { break };
-        let Some(session) = ces_shared::keys::session_of_channel(&msg.channel) else { continue };
+        let Some(session) = ces_shared::keys::session_of_channel(&msg.channel) else {
+            continue;
+        };
         let payload = match msg.value {
             Value::Bytes(b) => b,
             Value::String(s) => s.into_inner(),

@@ -75,7 +75,11 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// Runs an edge node on `listener` until `shutdown` completes, then closes every socket with 1012 and waits up to
 /// the configured grace period for them.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -84,7 +88,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     });
 
     let url = config.redis_url.clone();
-    let Some(redis) = ces_shared::redis::connect("commands", || ces_shared::redis::builder(&url)?.build(), &cancel).await?
+    let Some(redis) = ces_shared::redis::connect(
+        "commands",
+        || ces_shared::redis::builder(&url)?.build(),
+        &cancel,
+    )
+    .await?
     else {
         return Ok(());
     };
@@ -113,13 +122,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         metrics: ces_shared::telemetry::metrics_handle(),
     });
     info!(addr = %listener.local_addr()?, node = %state.config.node_id, "edge listening");
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.clone().cancelled_owned())
+    .await?;
 
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(remaining = tracker.len(), "grace period over; dropping remaining sockets");
+        warn!(
+            remaining = tracker.len(),
+            "grace period over; dropping remaining sockets"
+        );
     }
     let _ = subscriber.quit().await;
     let _ = redis.quit().await;

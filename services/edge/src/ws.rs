@@ -56,7 +56,12 @@ pub struct SocketParams {
 }
 
 /// Serves one socket until it closes, then releases everything it held. Returns the close code.
-pub async fn serve_socket<S>(mut socket: S, hub: Arc<Hub>, params: SocketParams, shutdown: CancellationToken) -> u16
+pub async fn serve_socket<S>(
+    mut socket: S,
+    hub: Arc<Hub>,
+    params: SocketParams,
+    shutdown: CancellationToken,
+) -> u16
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -72,7 +77,12 @@ where
         }
         Err(e) => {
             info!(session, error = %e, "cannot subscribe; closing");
-            close(&mut socket, close_code::INTERNAL_ERROR, "temporarily unavailable").await
+            close(
+                &mut socket,
+                close_code::INTERNAL_ERROR,
+                "temporarily unavailable",
+            )
+            .await
         }
     };
     hub.detach(session, conn_id);
@@ -82,16 +92,35 @@ where
     code
 }
 
-async fn run<S>(socket: &mut S, params: &SocketParams, attachment: Attachment, shutdown: &CancellationToken) -> u16
+async fn run<S>(
+    socket: &mut S,
+    params: &SocketParams,
+    attachment: Attachment,
+    shutdown: &CancellationToken,
+) -> u16
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let Attachment { mut frames, close: mut hub_close, .. } = attachment;
-    let welcome = ServerFrame::Welcome { session_id: params.session.to_string(), node: params.node_id.clone() };
-    if socket.send(Message::Text(welcome.to_json().into())).await.is_err() {
+    let Attachment {
+        mut frames,
+        close: mut hub_close,
+        ..
+    } = attachment;
+    let welcome = ServerFrame::Welcome {
+        session_id: params.session.to_string(),
+        node: params.node_id.clone(),
+    };
+    if socket
+        .send(Message::Text(welcome.to_json().into()))
+        .await
+        .is_err()
+    {
         return close_code::ABNORMAL;
     }
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + params.ping_interval, params.ping_interval);
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + params.ping_interval,
+        params.ping_interval,
+    );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut missed_pongs = 0u32;
     loop {
@@ -125,10 +154,10 @@ where
                         };
                     }
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_client_text(&text, params) {
-                            if socket.send(Message::Text(reply.to_json().into())).await.is_err() {
-                                return close_code::ABNORMAL;
-                            }
+                        if let Some(reply) = handle_client_text(&text, params)
+                            && socket.send(Message::Text(reply.to_json().into())).await.is_err()
+                        {
+                            return close_code::ABNORMAL;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -191,7 +220,10 @@ fn handle_client_text(text: &str, params: &SocketParams) -> Option<ServerFrame> 
 /// Maps a receive error to the close code to answer with; `ABNORMAL` means the connection is gone.
 fn classify(e: &axum::Error) -> u16 {
     use std::error::Error as _;
-    match e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>()) {
+    match e
+        .source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+    {
         Some(tungstenite::Error::Capacity(_)) => close_code::MESSAGE_TOO_BIG,
         _ => close_code::ABNORMAL,
     }
@@ -203,7 +235,10 @@ async fn close<S>(socket: &mut S, code: u16, reason: &'static str) -> u16
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
     if socket.send(Message::Close(Some(frame))).await.is_ok() {
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
             while let Some(Ok(msg)) = socket.next().await {

@@ -22,10 +22,13 @@ struct Edge {
 async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
     ces_systest::init_logs();
     let redis = Redis::start().await?;
-    let mut env: HashMap<&'static str, String> =
-        [("CES_TOKEN_SECRET", SECRET.to_owned()), ("CES_REDIS_URL", redis.url()), ("CES_NODE_ID", "edge-t".into())]
-            .into_iter()
-            .collect();
+    let mut env: HashMap<&'static str, String> = [
+        ("CES_TOKEN_SECRET", SECRET.to_owned()),
+        ("CES_REDIS_URL", redis.url()),
+        ("CES_NODE_ID", "edge-t".into()),
+    ]
+    .into_iter()
+    .collect();
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let config = ces_edge::Config::from_source(&env)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -36,8 +39,17 @@ async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
     }));
     let http = reqwest::Client::new();
     for _ in 0..200 {
-        if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(Edge { base, _redis: redis, _stop: stop });
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(Edge {
+                base,
+                _redis: redis,
+                _stop: stop,
+            });
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -45,13 +57,19 @@ async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 async fn connected(edge: &Edge) -> anyhow::Result<WsClient> {
     let reg = register(&reqwest::Client::new(), &edge.base).await?;
     let mut ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
-    let welcome = ws.next_json(Duration::from_secs(5)).await?.expect("welcome");
+    let welcome = ws
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("welcome");
     assert_eq!(welcome["type"], "welcome");
     Ok(ws)
 }
@@ -67,20 +85,34 @@ async fn bad_tokens_get_401_before_any_upgrade() -> anyhow::Result<()> {
         ("missing", ws("")),
         ("empty", ws("?token=")),
         ("garbage", ws("?token=not-a-token")),
-        ("forged", ws(&format!("?token={}", wrong.sign(&session, now() + 60)))),
-        ("expired", ws(&format!("?token={}", right.sign(&session, now() - 1)))),
+        (
+            "forged",
+            ws(&format!("?token={}", wrong.sign(&session, now() + 60))),
+        ),
+        (
+            "expired",
+            ws(&format!("?token={}", right.sign(&session, now() - 1))),
+        ),
     ];
     for (what, url) in cases {
         assert_eq!(handshake_status(&url).await?, Some(401), "{what} token");
     }
     // The 401 body says why, as JSON.
-    let resp = reqwest::get(format!("{}/v1/ws?token={}", edge.base, right.sign(&session, now() - 1))).await?;
+    let resp = reqwest::get(format!(
+        "{}/v1/ws?token={}",
+        edge.base,
+        right.sign(&session, now() - 1)
+    ))
+    .await?;
     assert_eq!(resp.status(), 401);
     let body: serde_json::Value = resp.json().await?;
     assert_eq!(body["error"], "unauthorized");
     assert_eq!(body["message"], "session token expired");
     // A valid token upgrades.
-    assert_eq!(handshake_status(&ws(&format!("?token={}", right.sign(&session, now() + 60)))).await?, None);
+    assert_eq!(
+        handshake_status(&ws(&format!("?token={}", right.sign(&session, now() + 60)))).await?,
+        None
+    );
     Ok(())
 }
 
@@ -89,7 +121,11 @@ async fn registration_validates_its_body() -> anyhow::Result<()> {
     let edge = start(&[]).await?;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/sessions", edge.base);
-    let ok = http.post(&url).json(&serde_json::json!({"app": "demo", "labels": ["a"]})).send().await?;
+    let ok = http
+        .post(&url)
+        .json(&serde_json::json!({"app": "demo", "labels": ["a"]}))
+        .send()
+        .await?;
     assert_eq!(ok.status(), 201);
     let body: serde_json::Value = ok.json().await?;
     assert!(SessionId::parse(body["session_id"].as_str().unwrap()).is_ok());
@@ -100,7 +136,11 @@ async fn registration_validates_its_body() -> anyhow::Result<()> {
         let body: serde_json::Value = resp.json().await?;
         assert_eq!(body["error"], "invalid_body", "{bad}");
     }
-    let too_big = http.post(&url).body(format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000))).send().await?;
+    let too_big = http
+        .post(&url)
+        .body(format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)))
+        .send()
+        .await?;
     assert_eq!(too_big.status(), 413);
     Ok(())
 }
@@ -111,19 +151,34 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
 
     let mut ws = connected(&edge).await?;
     ws.send_text(r#"{"type":"ping"}"#).await?;
-    assert_eq!(ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"], "pong");
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "pong"
+    );
     ws.send_text("{nope").await?;
     let err = ws.next_json(Duration::from_secs(5)).await?.unwrap();
-    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("error"), Some("invalid_json")));
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("invalid_json"))
+    );
     ws.send_text(r#"{"type":"launch"}"#).await?;
-    assert_eq!(ws.next_json(Duration::from_secs(5)).await?.unwrap()["code"], "unknown_type");
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["code"],
+        "unknown_type"
+    );
     ws.send_text(r#"{"type":"ack","seq":3}"#).await?;
     ws.send_binary(vec![0, 1, 2]).await?;
-    assert_eq!(ws.ending(Duration::from_secs(5)).await, Some(Ending::Closed(1003)));
+    assert_eq!(
+        ws.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(1003))
+    );
 
     let mut ws = connected(&edge).await?;
     ws.send_text(&"x".repeat(2048)).await?;
-    assert_eq!(ws.ending(Duration::from_secs(5)).await, Some(Ending::Closed(1009)));
+    assert_eq!(
+        ws.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(1009))
+    );
     Ok(())
 }
 
@@ -132,19 +187,35 @@ async fn a_second_connection_for_a_session_takes_over() -> anyhow::Result<()> {
     let edge = start(&[]).await?;
     let reg = register(&reqwest::Client::new(), &edge.base).await?;
     let mut first = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
-    first.next_json(Duration::from_secs(5)).await?.expect("welcome");
+    first
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("welcome");
     let mut second = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
-    second.next_json(Duration::from_secs(5)).await?.expect("welcome");
-    assert_eq!(first.ending(Duration::from_secs(5)).await, Some(Ending::Closed(4009)));
+    second
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("welcome");
+    assert_eq!(
+        first.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(4009))
+    );
     second.send_text(r#"{"type":"ping"}"#).await?;
-    assert_eq!(second.next_json(Duration::from_secs(5)).await?.unwrap()["type"], "pong");
+    assert_eq!(
+        second.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "pong"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn silent_clients_are_closed_after_missed_pings() -> anyhow::Result<()> {
     // tungstenite answers pings only while the client reads; a client that never reads looks dead.
-    let edge = start(&[("CES_WS_PING_INTERVAL_MS", "100"), ("CES_WS_MAX_MISSED_PONGS", "2")]).await?;
+    let edge = start(&[
+        ("CES_WS_PING_INTERVAL_MS", "100"),
+        ("CES_WS_MAX_MISSED_PONGS", "2"),
+    ])
+    .await?;
     let reg = register(&reqwest::Client::new(), &edge.base).await?;
     let (mut raw, _) = tokio_tungstenite::connect_async(ws_url(&edge.base, &reg.token)).await?;
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -87,11 +87,15 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
     let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     let mut plan = Plan::default();
     for r in records {
-        let next = plan.commit.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+        let next = plan
+            .commit
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(r.offset + 1);
         *next = (*next).max(r.offset + 1);
         match record::validate(r.value.as_deref(), max_record_bytes) {
             Ok(ev) => {
-                let id = event_id::derive(ev.id.as_deref(), &ev.session_id, &ev.event_type, ev.data);
+                let id =
+                    event_id::derive(ev.id.as_deref(), &ev.session_id, &ev.event_type, ev.data);
                 let env = Envelope {
                     seq: 0,
                     event_id: id.clone(),
@@ -110,17 +114,29 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
                     envelope: envelope::encode(&env),
                 });
             }
-            Err(rejection) => plan.dead.push(dead_letter(r, rejection.reason, &rejection.detail, now)),
+            Err(rejection) => {
+                plan.dead
+                    .push(dead_letter(r, rejection.reason, &rejection.detail, now))
+            }
         }
     }
     plan
 }
 
 /// Builds the dead letter of `r`: original key, value and headers, plus the `ces-dlq-*` headers.
-pub fn dead_letter(r: &InputRecord, reason: Reason, detail: &str, now: OffsetDateTime) -> DeadLetter {
+pub fn dead_letter(
+    r: &InputRecord,
+    reason: Reason,
+    detail: &str,
+    now: OffsetDateTime,
+) -> DeadLetter {
     let failed_at = now.format(&Rfc3339).unwrap_or_default();
-    let mut headers: Vec<(String, Option<Vec<u8>>)> =
-        r.headers.iter().filter(|(k, _)| !k.starts_with("ces-dlq-")).cloned().collect();
+    let mut headers: Vec<(String, Option<Vec<u8>>)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("ces-dlq-"))
+        .cloned()
+        .collect();
     for (k, v) in [
         (dlq_header::REASON, reason.as_str().to_owned()),
         (dlq_header::DETAIL, detail.to_owned()),
@@ -131,7 +147,12 @@ pub fn dead_letter(r: &InputRecord, reason: Reason, detail: &str, now: OffsetDat
     ] {
         headers.push((k.to_owned(), Some(v.into_bytes())));
     }
-    DeadLetter { reason, key: r.key.clone(), value: r.value.clone(), headers }
+    DeadLetter {
+        reason,
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers,
+    }
 }
 
 #[cfg(test)]
@@ -146,7 +167,10 @@ mod tests {
             timestamp_ms: Some(1_000),
             key: Some(b"k".to_vec()),
             value: Some(value.as_bytes().to_vec()),
-            headers: vec![("trace".into(), Some(b"t1".to_vec())), ("ces-dlq-reason".into(), Some(b"old".to_vec()))],
+            headers: vec![
+                ("trace".into(), Some(b"t1".to_vec())),
+                ("ces-dlq-reason".into(), Some(b"old".to_vec())),
+            ],
         }
     }
 
@@ -169,16 +193,37 @@ mod tests {
         assert_eq!(p.dead.len(), 1);
         assert_eq!(p.dead[0].reason, Reason::InvalidJson);
         let commit: Vec<_> = p.commit.into_iter().collect();
-        assert_eq!(commit, [(("ces.events".to_owned(), 0), 13), (("ces.events".to_owned(), 1), 6)]);
+        assert_eq!(
+            commit,
+            [
+                (("ces.events".to_owned(), 0), 13),
+                (("ces.events".to_owned(), 1), 6)
+            ]
+        );
     }
 
     #[test]
     fn envelope_carries_source_coordinates_and_verbatim_data() {
-        let p = plan(&[rec(2, 7, r#"{"session_id":"a","type":"t","data":{"x" : 1}}"#)], 1024, OffsetDateTime::UNIX_EPOCH);
+        let p = plan(
+            &[rec(
+                2,
+                7,
+                r#"{"session_id":"a","type":"t","data":{"x" : 1}}"#,
+            )],
+            1024,
+            OffsetDateTime::UNIX_EPOCH,
+        );
         let env = envelope::decode(&p.publish[0].envelope).unwrap();
         assert_eq!(env.seq, 0);
         assert_eq!(&env.data[..], br#"{"x" : 1}"#);
-        assert_eq!((env.source_topic.as_str(), env.source_partition, env.source_offset), ("ces.events", 2, 7));
+        assert_eq!(
+            (
+                env.source_topic.as_str(),
+                env.source_partition,
+                env.source_offset
+            ),
+            ("ces.events", 2, 7)
+        );
         assert_eq!(env.produced_at_ms, 1_000);
         assert_eq!(env.event_id, p.publish[0].event_id);
     }
@@ -186,7 +231,11 @@ mod tests {
     #[test]
     fn same_business_event_gets_the_same_id_wherever_it_was_read() {
         let v = r#"{"session_id":"a","type":"t","data":{"k":1}}"#;
-        let p = plan(&[rec(0, 1, v), rec(3, 99, v)], 1024, OffsetDateTime::UNIX_EPOCH);
+        let p = plan(
+            &[rec(0, 1, v), rec(3, 99, v)],
+            1024,
+            OffsetDateTime::UNIX_EPOCH,
+        );
         assert_eq!(p.publish[0].event_id, p.publish[1].event_id);
     }
 
@@ -196,7 +245,10 @@ mod tests {
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let p = plan(std::slice::from_ref(&r), 1024, now);
         let d = &p.dead[0];
-        assert_eq!((d.key.as_ref(), d.value.as_ref()), (r.key.as_ref(), r.value.as_ref()));
+        assert_eq!(
+            (d.key.as_ref(), d.value.as_ref()),
+            (r.key.as_ref(), r.value.as_ref())
+        );
         assert_eq!(header(d, "trace"), "t1");
         assert_eq!(header(d, dlq_header::REASON), "invalid_json");
         assert!(header(d, dlq_header::DETAIL).starts_with("value is not JSON"));
@@ -205,6 +257,12 @@ mod tests {
         assert_eq!(header(d, dlq_header::SOURCE_OFFSET), "77");
         assert_eq!(header(d, dlq_header::FAILED_AT), "2023-11-14T22:13:20Z");
         // A stale reason from an earlier dead-lettering is replaced, not duplicated.
-        assert_eq!(d.headers.iter().filter(|(k, _)| k == dlq_header::REASON).count(), 1);
+        assert_eq!(
+            d.headers
+                .iter()
+                .filter(|(k, _)| k == dlq_header::REASON)
+                .count(),
+            1
+        );
     }
 }

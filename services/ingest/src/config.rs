@@ -52,25 +52,39 @@ impl Config {
         let group = v.string("CES_KAFKA_GROUP", "ces-ingest");
         let dlq_topic = v.string("CES_DLQ_TOPIC", "ces.events.dlq");
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
-        let max_record_bytes = v.bounded("CES_MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES as u64, 1024, 16 << 20);
+        let max_record_bytes = v.bounded(
+            "CES_MAX_RECORD_BYTES",
+            DEFAULT_MAX_RECORD_BYTES as u64,
+            1024,
+            16 << 20,
+        );
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
         let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
-        let seq_idle_ttl = Duration::from_secs(v.bounded("CES_SEQ_IDLE_TTL_SECS", 86_400, 60, 90 * 86_400));
+        let seq_idle_ttl =
+            Duration::from_secs(v.bounded("CES_SEQ_IDLE_TTL_SECS", 86_400, 60, 90 * 86_400));
         let http_addr = v.socket_addr("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090");
         let log = v.string("CES_LOG", "info");
         let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
 
-        v.check(!topics.is_empty(), || "CES_KAFKA_TOPICS names no topic".into());
+        v.check(!topics.is_empty(), || {
+            "CES_KAFKA_TOPICS names no topic".into()
+        });
         v.check(!topics.contains(&dlq_topic), || {
             format!("CES_DLQ_TOPIC={dlq_topic:?} is also an input topic; dead letters would be consumed again")
         });
-        v.check(matches!(auto_offset_reset.as_str(), "earliest" | "latest"), || {
-            format!("CES_KAFKA_AUTO_OFFSET_RESET={auto_offset_reset:?} must be earliest or latest")
-        });
-        v.check(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"), || {
-            format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://")
-        });
+        v.check(
+            matches!(auto_offset_reset.as_str(), "earliest" | "latest"),
+            || {
+                format!(
+                    "CES_KAFKA_AUTO_OFFSET_RESET={auto_offset_reset:?} must be earliest or latest"
+                )
+            },
+        );
+        v.check(
+            redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"),
+            || format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://"),
+        );
         v.finish()?;
         Ok(Self {
             brokers,
@@ -118,7 +132,12 @@ mod tests {
         .map(|(k, v)| (k, v.to_owned()))
         .collect();
         let err = Config::from_source(&src).unwrap_err().to_string();
-        for needle in ["CES_DLQ_TOPIC", "CES_BATCH_MAX", "CES_KAFKA_AUTO_OFFSET_RESET", "CES_REDIS_URL"] {
+        for needle in [
+            "CES_DLQ_TOPIC",
+            "CES_BATCH_MAX",
+            "CES_KAFKA_AUTO_OFFSET_RESET",
+            "CES_REDIS_URL",
+        ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
     }

@@ -55,10 +55,20 @@ async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, &'stati
 }
 
 async fn render_metrics(AxumState(state): AxumState<Arc<State>>) -> String {
-    state.metrics.get().map(PrometheusHandle::render).unwrap_or_default()
+    state
+        .metrics
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 /// Serves until `cancel`.
-pub async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(cancel.cancelled_owned()).await
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
 }

@@ -23,7 +23,11 @@ pub struct IngestContext;
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
-    fn post_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        _base: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         match rebalance {
             Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
             Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
@@ -65,7 +69,11 @@ pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
 pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
     let headers = msg
         .headers()
-        .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
         .unwrap_or_default();
     InputRecord {
         topic: msg.topic().to_owned(),
@@ -79,7 +87,11 @@ pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
 }
 
 /// Waits for the next record, then collects more until `max` records or `linger` after the first one.
-pub async fn next_batch(consumer: &IngestConsumer, max: usize, linger: Duration) -> Result<Vec<InputRecord>, Error> {
+pub async fn next_batch(
+    consumer: &IngestConsumer,
+    max: usize,
+    linger: Duration,
+) -> Result<Vec<InputRecord>, Error> {
     let first = consumer.recv().await?;
     let mut batch = Vec::with_capacity(max.min(1024));
     batch.push(to_input(&first));
@@ -111,7 +123,10 @@ pub async fn send_dead_letters(
     let sends = dead.iter().map(|d| {
         let mut headers = OwnedHeaders::new_with_capacity(d.headers.len());
         for (k, v) in &d.headers {
-            headers = headers.insert(Header { key: k, value: v.as_deref() });
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
         if let Some(k) = &d.key {
@@ -127,7 +142,9 @@ pub async fn send_dead_letters(
     let mut last_error = None;
     for (d, result) in dead.into_iter().zip(results) {
         match result {
-            Ok(_) => metrics::counter!(m::DEAD_LETTERED, "reason" => d.reason.as_str()).increment(1),
+            Ok(_) => {
+                metrics::counter!(m::DEAD_LETTERED, "reason" => d.reason.as_str()).increment(1)
+            }
             Err((e, _)) => {
                 last_error = Some(Error::Kafka(e));
                 failed.push(d);

@@ -37,10 +37,10 @@ use tracing::{error, info, warn};
 pub use config::Config;
 pub use error::Error;
 
-use ces_shared::backoff::Backoff;
 use crate::batch::{DeadLetter, Publish};
 use crate::metrics as m;
 use crate::publisher::Publisher;
+use ces_shared::backoff::Backoff;
 
 const RETRY_START: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -49,7 +49,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 ///
 /// On shutdown the batch in progress finishes (or, if it is waiting to retry, is abandoned uncommitted), the
 /// offsets of every acknowledged batch are committed synchronously, and the function returns.
-pub async fn run(config: Config, http: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -70,7 +74,11 @@ pub async fn run(config: Config, http: TcpListener, shutdown: impl Future<Output
     result
 }
 
-async fn consume(config: &Config, state: &http::State, cancel: &CancellationToken) -> Result<(), Error> {
+async fn consume(
+    config: &Config,
+    state: &http::State,
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
     let Some(publisher) = connect_redis(config, cancel).await? else {
         return Ok(());
     };
@@ -107,7 +115,10 @@ async fn consume(config: &Config, state: &http::State, cancel: &CancellationToke
         );
         if dead.is_err() || published.is_err() {
             // Shutdown interrupted a retry: the batch is not fully acknowledged, so it is not committed.
-            info!(records = batch.len(), "shutdown before the batch was acknowledged; it will be redelivered");
+            info!(
+                records = batch.len(),
+                "shutdown before the batch was acknowledged; it will be redelivered"
+            );
             break;
         }
         kafka::commit(&consumer, &plan.commit, CommitMode::Async);
@@ -119,7 +130,10 @@ async fn consume(config: &Config, state: &http::State, cancel: &CancellationToke
     Ok(())
 }
 
-async fn connect_redis(config: &Config, cancel: &CancellationToken) -> Result<Option<Publisher>, Error> {
+async fn connect_redis(
+    config: &Config,
+    cancel: &CancellationToken,
+) -> Result<Option<Publisher>, Error> {
     let make = || ces_shared::redis::builder(&config.redis_url)?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
@@ -137,7 +151,11 @@ async fn connect_redis(config: &Config, cancel: &CancellationToken) -> Result<Op
 }
 
 /// Publishes every event, retrying the failed suffix in order until Redis has acknowledged all of them.
-async fn publish_all(publisher: &Publisher, events: &[Publish], cancel: &CancellationToken) -> Result<(), Error> {
+async fn publish_all(
+    publisher: &Publisher,
+    events: &[Publish],
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut pending: Vec<&Publish> = events.iter().collect();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
@@ -154,10 +172,10 @@ async fn publish_all(publisher: &Publisher, events: &[Publish], cancel: &Cancell
         pending.drain(..first_failed);
         ::metrics::counter!(m::RETRIES, "target" => "redis").increment(1);
         if let Some(e) = &error {
-            if publisher::is_function_missing(e) {
-                if let Err(e) = publisher.load_library().await {
-                    warn!(error = %e, "reloading the redis function library failed");
-                }
+            if publisher::is_function_missing(e)
+                && let Err(e) = publisher.load_library().await
+            {
+                warn!(error = %e, "reloading the redis function library failed");
             }
             warn!(pending = pending.len(), error = %e, "redis publish failed; retrying");
         }

@@ -53,14 +53,19 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("idle_ttl_ms", &self.idle_ttl_ms).finish()
+        f.debug_struct("Publisher")
+            .field("idle_ttl_ms", &self.idle_ttl_ms)
+            .finish()
     }
 }
 
 impl Publisher {
     /// Wraps a connected client and loads the function library.
     pub async fn new(client: Client, idle_ttl: Duration) -> Result<Self, Error> {
-        let publisher = Self { client, idle_ttl_ms: idle_ttl.as_millis().max(1) as u64 };
+        let publisher = Self {
+            client,
+            idle_ttl_ms: idle_ttl.as_millis().max(1) as u64,
+        };
         publisher.load_library().await?;
         Ok(publisher)
     }
@@ -74,13 +79,21 @@ impl Publisher {
     pub async fn publish(&self, events: &[&Publish]) -> Vec<Result<u64, Error>> {
         let pipeline = self.client.pipeline();
         for ev in events {
-            let keys = vec![ces_shared::keys::seq_key(&ev.session_id), ces_shared::keys::channel(&ev.session_id)];
-            let args: Vec<Value> =
-                vec![Value::Bytes(ev.envelope.clone().into()), Value::Integer(self.idle_ttl_ms as i64)];
+            let keys = vec![
+                ces_shared::keys::seq_key(&ev.session_id),
+                ces_shared::keys::channel(&ev.session_id),
+            ];
+            let args: Vec<Value> = vec![
+                Value::Bytes(ev.envelope.clone().into()),
+                Value::Integer(self.idle_ttl_ms as i64),
+            ];
             // Queues in memory; cannot fail before `try_all`.
             let queued: Result<(), _> = pipeline.fcall(PUBLISH_FUNCTION, keys, args).await;
             if let Err(e) = queued {
-                return events.iter().map(|_| Err(Error::Redis(e.clone()))).collect();
+                return events
+                    .iter()
+                    .map(|_| Err(Error::Redis(e.clone())))
+                    .collect();
             }
         }
         pipeline

@@ -38,7 +38,11 @@ fn vars(pairs: &[(&'static str, String)]) -> HashMap<&'static str, String> {
 }
 
 /// Starts an edge node against `redis_url`.
-pub async fn start_edge(redis_url: &str, node: &str, extra: &[(&'static str, String)]) -> anyhow::Result<Service> {
+pub async fn start_edge(
+    redis_url: &str,
+    node: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Service> {
     let mut env = vars(&[
         ("CES_TOKEN_SECRET", SECRET.to_owned()),
         ("CES_REDIS_URL", redis_url.to_owned()),
@@ -57,7 +61,11 @@ pub async fn start_edge(redis_url: &str, node: &str, extra: &[(&'static str, Str
         .map_err(Into::into)
     });
     wait_ready(&base).await?;
-    Ok(Service { base, stop: Some(stop), task })
+    Ok(Service {
+        base,
+        stop: Some(stop),
+        task,
+    })
 }
 
 /// Starts ingest consuming `topics`.
@@ -88,16 +96,23 @@ pub async fn start_ingest(
         .map_err(Into::into)
     });
     wait_ready(&base).await?;
-    Ok(Service { base, stop: Some(stop), task })
+    Ok(Service {
+        base,
+        stop: Some(stop),
+        task,
+    })
 }
 
 async fn wait_ready(base: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for _ in 0..400 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -117,16 +132,30 @@ pub struct Stack {
 
 impl Stack {
     /// Starts everything; `partitions` for the input topic; `ingest_env` adds ingest variables.
-    pub async fn start(partitions: i32, ingest_env: &[(&'static str, String)]) -> anyhow::Result<Self> {
+    pub async fn start(
+        partitions: i32,
+        ingest_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         ces_systest::init_logs();
         let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
         let topic = unique("ces.events");
         let dlq = format!("{topic}.dlq");
-        kafka::create_topics(&broker.bootstrap(), &[(&topic, partitions), (&dlq, 1)]).await.context("topics")?;
+        kafka::create_topics(&broker.bootstrap(), &[(&topic, partitions), (&dlq, 1)])
+            .await
+            .context("topics")?;
         let edge_a = start_edge(&redis.url(), "edge-a", &[]).await?;
         let edge_b = start_edge(&redis.url(), "edge-b", &[]).await?;
-        let ingest = start_ingest(&redis.url(), &broker.bootstrap(), &topic, &dlq, ingest_env).await?;
-        Ok(Self { redis, broker, topic, dlq, ingest, edges: vec![edge_a, edge_b], http: reqwest::Client::new() })
+        let ingest =
+            start_ingest(&redis.url(), &broker.bootstrap(), &topic, &dlq, ingest_env).await?;
+        Ok(Self {
+            redis,
+            broker,
+            topic,
+            dlq,
+            ingest,
+            edges: vec![edge_a, edge_b],
+            http: reqwest::Client::new(),
+        })
     }
 
     /// Stops the services (the server processes stop when the stack is dropped).
@@ -141,5 +170,8 @@ impl Stack {
 
 /// The JSON value of an input event.
 pub fn event_json(session: &str, event_type: &str, data: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "session_id": session, "type": event_type, "data": data })).unwrap()
+    serde_json::to_vec(
+        &serde_json::json!({ "session_id": session, "type": event_type, "data": data }),
+    )
+    .unwrap()
 }

@@ -1,0 +1,278 @@
+//! The subcommands.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+const DEFAULT_EDGE: &str = "http://127.0.0.1:8080";
+
+/// `cesctl topics ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicsCommand {
+    /// Create topics (existing ones are left as they are).
+    Create {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "CES_KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
+        brokers: String,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+        partitions: i32,
+        /// Topic names.
+        #[arg(required = true)]
+        topics: Vec<String>,
+    },
+}
+
+pub(crate) async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
+    let TopicsCommand::Create {
+        brokers,
+        partitions,
+        topics,
+    } = command;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .context("kafka admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+    let mut failed = false;
+    for result in results {
+        match result {
+            Ok(topic) => println!("created {topic} ({partitions} partitions)"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => println!("exists  {topic}"),
+            Err((topic, code)) => {
+                eprintln!("cesctl: cannot create {topic}: {code}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("some topics were not created");
+    }
+    Ok(())
+}
+
+/// `cesctl produce ...`
+#[derive(Debug, Args)]
+pub(crate) struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "CES_KAFKA_BROKERS", default_value = DEFAULT_BROKERS)]
+    brokers: String,
+    /// Input topic.
+    #[arg(long, default_value = "ces.events")]
+    topic: String,
+    /// Session the events are for (also the record key).
+    #[arg(long)]
+    session: String,
+    /// Event type.
+    #[arg(long = "type", default_value = "demo.ping")]
+    event_type: String,
+    /// Event data, as JSON.
+    #[arg(long, default_value = "{}")]
+    data: String,
+    /// Producer idempotency key (`id`); with --count > 1 each event gets `<id>-<n>`.
+    #[arg(long)]
+    id: Option<String>,
+    /// Number of events; with more than one, each event's data object also gets `"n": 1..=count`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    count: u64,
+    /// Send the value exactly as given in --data, without wrapping it in an event (to test dead-lettering).
+    #[arg(long)]
+    raw: bool,
+}
+
+pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "15000")
+        .create()
+        .context("kafka producer")?;
+    let values = event_values(&args)?;
+    let sends = values.iter().map(|v| {
+        let record = FutureRecord::to(&args.topic)
+            .key(args.session.as_bytes())
+            .payload(v.as_slice());
+        producer.send(record, Timeout::After(Duration::from_secs(15)))
+    });
+    let mut last = None;
+    for result in futures::future::join_all(sends).await {
+        let delivery = result
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("producing to {} at {}", args.topic, args.brokers))?;
+        last = Some(delivery);
+    }
+    if let Some(d) = last {
+        println!(
+            "produced {} event(s) to {} (last at partition {} offset {})",
+            values.len(),
+            args.topic,
+            d.partition,
+            d.offset
+        );
+    }
+    Ok(())
+}
+
+fn event_values(args: &ProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    if args.raw {
+        return Ok(vec![args.data.as_bytes().to_vec(); args.count as usize]);
+    }
+    let data: Value = serde_json::from_str(&args.data)
+        .with_context(|| format!("--data is not JSON: {}", args.data))?;
+    (1..=args.count)
+        .map(|n| {
+            let mut data = data.clone();
+            if args.count > 1 {
+                match &mut data {
+                    Value::Object(map) => {
+                        map.insert("n".into(), json!(n));
+                    }
+                    _ => bail!(
+                        "--count > 1 needs --data to be a JSON object (each event gets \"n\")"
+                    ),
+                }
+            }
+            let mut event =
+                json!({ "session_id": args.session, "type": args.event_type, "data": data });
+            if let Some(id) = &args.id {
+                event["id"] = json!(if args.count > 1 {
+                    format!("{id}-{n}")
+                } else {
+                    id.clone()
+                });
+            }
+            Ok(serde_json::to_vec(&event)?)
+        })
+        .collect()
+}
+
+/// `cesctl session ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionCommand {
+    /// Register a session and print its id and token as JSON.
+    Create {
+        /// Edge (or load balancer) base URL.
+        #[arg(long, env = "CES_EDGE_URL", default_value = DEFAULT_EDGE)]
+        edge: String,
+    },
+}
+
+pub(crate) async fn session(command: SessionCommand) -> anyhow::Result<()> {
+    let SessionCommand::Create { edge } = command;
+    let registered = register(&edge).await?;
+    println!("{}", serde_json::to_string_pretty(&registered)?);
+    Ok(())
+}
+
+async fn register(edge: &str) -> anyhow::Result<Value> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let resp = http
+        .post(format!("{}/v1/sessions", edge.trim_end_matches('/')))
+        .json(&json!({ "client": "cesctl" }))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the edge at {edge}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.as_u16() != 201 {
+        bail!("registration refused with {status}: {body}");
+    }
+    serde_json::from_str(&body).context("registration answer is not JSON")
+}
+
+/// `cesctl watch ...`
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// Edge (or load balancer) base URL.
+    #[arg(long, env = "CES_EDGE_URL", default_value = DEFAULT_EDGE)]
+    edge: String,
+    /// Use this token instead of registering a new session.
+    #[arg(long)]
+    token: Option<String>,
+    /// Stop after this many event frames (default: run until Ctrl-C).
+    #[arg(long)]
+    events: Option<u64>,
+}
+
+pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let edge = args.edge.trim_end_matches('/');
+    let token = match args.token {
+        Some(t) => t,
+        None => {
+            let reg = register(edge).await?;
+            let session = reg["session_id"].as_str().unwrap_or_default();
+            eprintln!("session {session} registered; send it an event from another terminal with:");
+            eprintln!(
+                "  cargo run -q -p ces-cli -- produce --session {session} --data '{{\"hello\":\"world\"}}'"
+            );
+            reg["token"]
+                .as_str()
+                .context("registration answer has no token")?
+                .to_owned()
+        }
+    };
+    let url = format!("{}/v1/ws?token={token}", edge.replacen("http", "ws", 1));
+    let (mut socket, _) = match tokio_tungstenite::connect_async(&url).await {
+        Ok(s) => s,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            bail!("connection refused with {}: {body}", resp.status());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to {edge}")),
+    };
+    let mut seen = 0u64;
+    loop {
+        let msg = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            msg = socket.next() => msg,
+        };
+        match msg {
+            None => bail!("connection ended without a close frame"),
+            Some(Err(e)) => bail!("connection failed: {e}"),
+            Some(Ok(Message::Text(t))) => {
+                println!("{t}");
+                if t.contains(r#""type":"event""#) {
+                    seen += 1;
+                    if args.events.is_some_and(|n| seen >= n) {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                bail!("closed by the server: {code} {reason}");
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}

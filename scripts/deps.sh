@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what CES needs to run and test, reusing whatever is already there.
+#   redis-server, haproxy  (Debian packages)
+#   tansu 0.6.0            (Kafka-API broker, `cargo install`, ~18 min once per machine)
+#   cargo-nextest          (test runner; only with --test)
+set -euo pipefail
+
+want_nextest=0
+[[ "${1:-}" == "--test" ]] && want_nextest=1
+
+say() { printf '\033[1;34m[deps]\033[0m %s\n' "$*"; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+apt_missing=()
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_missing+=(haproxy)
+if ((${#apt_missing[@]})); then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || { echo "[deps] need root or sudo to install: ${apt_missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  say "installing ${apt_missing[*]} with apt-get"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+  # The Debian package starts a system-wide redis on :6379; CES starts its own, so stop that one if it runs.
+  if [[ " ${apt_missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
+  if [[ " ${apt_missing[*]} " == *" haproxy "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
+else
+  say "redis-server and haproxy already installed"
+fi
+
+if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
+  say "tansu 0.6.0 already installed ($(command -v tansu))"
+else
+  say "installing the tansu 0.6.0 broker with cargo (about 18 minutes on 2 cores, once per machine)"
+  cargo install tansu --version 0.6.0 --features dynostore --locked
+fi
+
+if ((want_nextest)); then
+  if cargo nextest --version >/dev/null 2>&1; then
+    say "cargo-nextest already installed"
+  else
+    say "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+  fi
+fi

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Starts a whole local CES stack in the foreground: broker, Redis, ingest, two edges and HAProxy.
+# Ctrl-C stops everything it started. A process that dies is reported; the others keep running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+data="$root/.ces"
+logs="$data/logs"
+
+say() { printf '\033[1;34m[up]\033[0m %s\n' "$*"; }
+warn() { printf '\033[1;31m[up]\033[0m %s\n' "$*" >&2; }
+
+scripts/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+declare -A ports=([broker]=9092 [redis]=6379 [edge-a]=8081 [edge-b]=8082 [haproxy]=8080 [ingest]=8090)
+taken=0
+for name in "${!ports[@]}"; do
+  port=${ports[$name]}
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    warn "port $port (for $name) is already in use; stop whatever listens there (or an earlier 'make up') and retry"
+    taken=1
+  fi
+done
+((taken)) && exit 1
+
+say "building release binaries (cargo build --release)"
+cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-cli
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+
+mkdir -p "$logs" "$data/redis"
+if [[ ! -s "$data/token-secret" ]]; then
+  tr -dc 'A-Za-z0-9' </dev/urandom | head -c 48 >"$data/token-secret"
+fi
+export CES_TOKEN_SECRET
+CES_TOKEN_SECRET=$(cat "$data/token-secret")
+export CES_LOG_FORMAT=text CES_REDIS_URL=redis://127.0.0.1:6379 CES_KAFKA_BROKERS=127.0.0.1:9092
+
+declare -A pids=()
+declare -A names=()
+stopping=0
+
+start() { # name, command...
+  local name=$1
+  shift
+  "$@" >"$logs/$name.log" 2>&1 &
+  pids[$name]=$!
+  names[$!]=$name
+}
+
+stop_all() {
+  stopping=1
+  say "stopping everything"
+  for pid in "${!names[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  say "stopped; logs are in $logs"
+}
+trap 'stop_all; exit 0' INT TERM
+
+wait_port() { # name, port
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    kill -0 "${pids[$1]}" 2>/dev/null || { warn "$1 exited during start-up; see $logs/$1.log"; tail -5 "$logs/$1.log" >&2; stop_all; exit 1; }
+    sleep 0.05
+  done
+  warn "$1 did not open port $2; see $logs/$1.log"
+  stop_all
+  exit 1
+}
+
+say "starting the broker (tansu, in-memory) on 127.0.0.1:9092"
+start broker tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+  --storage-engine memory://tansu/
+wait_port broker 9092
+
+say "starting redis-server on 127.0.0.1:6379"
+start redis redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
+wait_port redis 6379
+
+say "creating topics ces.events and ces.events.dlq"
+"$bin/cesctl" topics create --partitions 8 ces.events ces.events.dlq
+
+say "starting ingest (health and metrics on 127.0.0.1:8090)"
+CES_INGEST_HTTP_ADDR=127.0.0.1:8090 start ingest "$bin/ces-ingest"
+wait_port ingest 8090
+
+say "starting edge-a on 127.0.0.1:8081 and edge-b on 127.0.0.1:8082"
+CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:8081 start edge-a "$bin/ces-edge"
+CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:8082 start edge-b "$bin/ces-edge"
+wait_port edge-a 8081
+wait_port edge-b 8082
+
+say "starting haproxy on 127.0.0.1:8080 (round-robin over both edges)"
+haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+start haproxy "$haproxy_bin" -db -f dev/haproxy.cfg
+wait_port haproxy 8080
+
+cat <<MSG
+
+CES is running (Ctrl-C stops everything):
+  Kafka API (tansu)   127.0.0.1:9092   topics ces.events, ces.events.dlq
+  Redis               127.0.0.1:6379
+  ingest              http://127.0.0.1:8090/metrics
+  edge-a              http://127.0.0.1:8081
+  edge-b              http://127.0.0.1:8082
+  load balancer       http://127.0.0.1:8080   (clients connect here)
+  logs                $logs/
+
+Watch a session (in a second terminal; it prints the command to send it events):
+  $bin/cesctl watch
+
+Or send a test event to any session id right away:
+  $bin/cesctl produce --session demo-session --type demo.ping --data '{"hello":"world"}'
+
+Kill an edge by hand to watch clients move to the other (PIDs below), e.g. kill <edge-a pid>:
+MSG
+for name in broker redis ingest edge-a edge-b haproxy; do printf '  %-8s pid %s\n' "$name" "${pids[$name]}"; done
+echo
+
+while ((${#names[@]})); do
+  finished=""
+  set +e
+  wait -n -p finished
+  code=$?
+  set -e
+  ((stopping)) && break
+  [[ -z "$finished" ]] && continue
+  name=${names[$finished]:-?}
+  unset "names[$finished]"
+  warn "$name (pid $finished) exited with status $code; the other processes keep running. Log: $logs/$name.log"
+done
