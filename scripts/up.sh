@@ -29,8 +29,10 @@ cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-cli
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
 mkdir -p "$logs" "$data/redis"
+# Every WebSocket is a file descriptor in the edge and two in HAProxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ ! -s "$data/token-secret" ]]; then
-  tr -dc 'A-Za-z0-9' </dev/urandom | head -c 48 >"$data/token-secret"
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$data/token-secret"
 fi
 export CES_TOKEN_SECRET
 CES_TOKEN_SECRET=$(cat "$data/token-secret")
