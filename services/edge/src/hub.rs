@@ -142,7 +142,8 @@ impl Hub {
         }
     }
 
-    /// Subscribes the node to `session`'s channel; returns once Redis confirmed it.
+    /// Subscribes the node to `session`'s channel; returns once Redis confirmed it. Every call, successful or not,
+    /// must be paired with one [`release`](Self::release).
     pub async fn subscribe(&self, session: &str) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
         self.subs

@@ -69,12 +69,10 @@ where
     let attachment = hub.attach(session);
     let conn_id = attachment.conn_id;
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
-    let code = match hub.subscribe(session).await {
-        Ok(()) => {
-            let code = run(&mut socket, &params, attachment, &shutdown).await;
-            hub.release(session);
-            code
-        }
+    // Every subscribe request, successful or not, holds a reference until `release`.
+    let subscribed = hub.subscribe(session).await;
+    let code = match subscribed {
+        Ok(()) => run(&mut socket, &params, attachment, &shutdown).await,
         Err(e) => {
             info!(session, error = %e, "cannot subscribe; closing");
             close(
@@ -85,6 +83,7 @@ where
             .await
         }
     };
+    hub.release(session);
     hub.detach(session, conn_id);
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     metrics::counter!(m::CLOSED, "code" => code.to_string()).increment(1);
