@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{ConfigErrors, Error};
+use crate::telemetry::LogFormat;
 
 /// Exit code for a configuration error (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -163,6 +164,35 @@ impl<'a> Vars<'a> {
             Ok(())
         } else {
             Err(Error::Config(ConfigErrors(self.errors)))
+        }
+    }
+}
+
+/// Settings every service reads: where Redis is and how to log.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Redis URL (`redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS).
+    pub redis_url: String,
+    /// Log filter in `RUST_LOG` syntax.
+    pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Common {
+    /// Reads `CES_REDIS_URL`, `CES_LOG` and `CES_LOG_FORMAT`.
+    pub fn read(v: &mut Vars<'_>) -> Self {
+        let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
+        let log = v.string("CES_LOG", "info");
+        let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
+        v.check(
+            redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"),
+            || format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://"),
+        );
+        Self {
+            redis_url,
+            log,
+            log_format,
         }
     }
 }

@@ -1,4 +1,19 @@
-//! The process shutdown signal.
+//! The process shutdown signal, and turning any shutdown future into a token services can fan out.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+/// A token cancelled when `shutdown` completes (spawns a task that waits for it).
+pub fn cancel_on(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    token
+}
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
 pub async fn shutdown_signal() {

@@ -51,6 +51,23 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Polls `<base>/readyz` until it answers 200, for up to 10 s.
+pub async fn wait_ready(base: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{base} not ready after 10 s")
+}
+
 /// Finds a binary by env override, `PATH`, or `~/.cargo/bin`.
 pub fn find_binary(name: &str, env_override: &str) -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var(env_override) {

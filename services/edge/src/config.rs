@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ces_shared::config::{Source, Vars};
-use ces_shared::telemetry::LogFormat;
+use ces_shared::config::{Common, Source, Vars};
 use ces_shared::token::{MIN_SECRET_LEN, TokenKey};
 
 /// Everything an edge node needs to run.
@@ -18,8 +17,6 @@ pub struct Config {
     pub token_key: TokenKey,
     /// How long a new session token is valid.
     pub token_ttl: Duration,
-    /// Redis URL.
-    pub redis_url: String,
     /// Interval between WebSocket pings.
     pub ping_interval: Duration,
     /// Pings in a row without any frame from the client before the socket is closed.
@@ -32,10 +29,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long shutdown waits for sockets to close.
     pub shutdown_grace: Duration,
-    /// Log filter in `RUST_LOG` syntax.
-    pub log: String,
-    /// Log line format.
-    pub log_format: LogFormat,
+    /// Redis and logging.
+    pub common: Common,
 }
 
 impl Config {
@@ -55,7 +50,6 @@ impl Config {
             "at least 32 bytes used to sign session tokens",
         );
         let token_ttl = Duration::from_secs(v.bounded("CES_TOKEN_TTL_SECS", 900, 10, 7 * 86_400));
-        let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
         let ping_interval = v.millis("CES_WS_PING_INTERVAL_MS", 30_000, 100, 600_000);
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
         let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
@@ -63,8 +57,7 @@ impl Config {
             v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
         let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
-        let log = v.string("CES_LOG", "info");
-        let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
+        let common = Common::read(&mut v);
 
         let token_key = TokenKey::new(secret.as_bytes());
         v.check(secret.is_empty() || token_key.is_some(), || {
@@ -73,10 +66,6 @@ impl Config {
                 secret.len()
             )
         });
-        v.check(
-            redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"),
-            || format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://"),
-        );
         v.check(
             ces_shared::keys::validate_session_id(&node_id).is_ok(),
             || format!("CES_NODE_ID={node_id:?} must be 1-128 of A-Z a-z 0-9 _ . : -"),
@@ -87,15 +76,13 @@ impl Config {
             node_id,
             token_key: token_key.expect("checked above"),
             token_ttl,
-            redis_url,
             ping_interval,
             max_missed_pongs,
             queue_capacity,
             max_message_bytes,
             max_body_bytes,
             shutdown_grace,
-            log,
-            log_format,
+            common,
         })
     }
 }

@@ -80,14 +80,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
+    let cancel = ces_shared::shutdown::cancel_on(shutdown);
 
-    let url = config.redis_url.clone();
+    let url = config.common.redis_url.clone();
     let Some(redis) = ces_shared::redis::connect(
         "commands",
         || ces_shared::redis::builder(&url)?.build(),

@@ -14,7 +14,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    if let Err(e) = ces_shared::telemetry::init_tracing(&config.log, config.log_format) {
+    if let Err(e) =
+        ces_shared::telemetry::init_tracing(&config.common.log, config.common.log_format)
+    {
         eprintln!("ces-edge: {e}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }

@@ -37,23 +37,12 @@ async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
     tokio::spawn(ces_edge::run(config, listener, async move {
         let _ = stopped.await;
     }));
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(Edge {
-                base,
-                _redis: redis,
-                _stop: stop,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    anyhow::bail!("edge not ready")
+    ces_systest::wait_ready(&base).await?;
+    Ok(Edge {
+        base,
+        _redis: redis,
+        _stop: stop,
+    })
 }
 
 fn now() -> u64 {

@@ -3,9 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ces_shared::config::{Source, Vars};
+use ces_shared::config::{Common, Source, Vars};
 use ces_shared::record::DEFAULT_MAX_RECORD_BYTES;
-use ces_shared::telemetry::LogFormat;
 
 /// Everything ingest needs to run.
 #[derive(Debug, Clone)]
@@ -26,16 +25,12 @@ pub struct Config {
     pub batch_max: usize,
     /// How long a batch waits for more records after its first one.
     pub batch_linger: Duration,
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`).
-    pub redis_url: String,
     /// A session's sequence counter expires after this long without events.
     pub seq_idle_ttl: Duration,
     /// Address of the health and metrics endpoint.
     pub http_addr: SocketAddr,
-    /// Log filter in `RUST_LOG` syntax.
-    pub log: String,
-    /// Log line format.
-    pub log_format: LogFormat,
+    /// Redis and logging.
+    pub common: Common,
 }
 
 impl Config {
@@ -60,12 +55,10 @@ impl Config {
         );
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
-        let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
         let seq_idle_ttl =
             Duration::from_secs(v.bounded("CES_SEQ_IDLE_TTL_SECS", 86_400, 60, 90 * 86_400));
         let http_addr = v.socket_addr("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090");
-        let log = v.string("CES_LOG", "info");
-        let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
+        let common = Common::read(&mut v);
 
         v.check(!topics.is_empty(), || {
             "CES_KAFKA_TOPICS names no topic".into()
@@ -81,10 +74,6 @@ impl Config {
                 )
             },
         );
-        v.check(
-            redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"),
-            || format!("CES_REDIS_URL={redis_url:?} must start with redis:// or rediss://"),
-        );
         v.finish()?;
         Ok(Self {
             brokers,
@@ -95,11 +84,9 @@ impl Config {
             max_record_bytes: max_record_bytes as usize,
             batch_max: batch_max as usize,
             batch_linger,
-            redis_url,
             seq_idle_ttl,
             http_addr,
-            log,
-            log_format,
+            common,
         })
     }
 }

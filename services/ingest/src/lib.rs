@@ -54,12 +54,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
+    let cancel = ces_shared::shutdown::cancel_on(shutdown);
 
     let state = Arc::new(http::State::default());
     let server = tokio::spawn(http::serve(http, state.clone(), cancel.clone()));
@@ -134,7 +129,7 @@ async fn connect_redis(
     config: &Config,
     cancel: &CancellationToken,
 ) -> Result<Option<Publisher>, Error> {
-    let make = || ces_shared::redis::builder(&config.redis_url)?.build();
+    let make = || ces_shared::redis::builder(&config.common.redis_url)?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
         match Publisher::new(client, config.seq_idle_ttl).await {

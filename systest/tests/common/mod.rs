@@ -4,9 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use ces_systest::{Broker, Redis, kafka, unique};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -37,6 +36,26 @@ fn vars(pairs: &[(&'static str, String)]) -> HashMap<&'static str, String> {
     pairs.iter().cloned().collect()
 }
 
+/// Binds port 0, runs `service(listener, shutdown)` in a task and waits until `/readyz` answers 200.
+async fn spawn_service<F, Fut, E>(service: F) -> anyhow::Result<Service>
+where
+    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<anyhow::Error>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = service(listener, stopped);
+    let task = tokio::spawn(async move { run.await.map_err(Into::into) });
+    ces_systest::wait_ready(&base).await?;
+    Ok(Service {
+        base,
+        stop: Some(stop),
+        task,
+    })
+}
+
 /// Starts an edge node against `redis_url`.
 pub async fn start_edge(
     redis_url: &str,
@@ -50,22 +69,12 @@ pub async fn start_edge(
     ]);
     env.extend(extra.iter().cloned());
     let config = ces_edge::Config::from_source(&env)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    spawn_service(|listener, stopped| {
         ces_edge::run(config, listener, async move {
             let _ = stopped.await;
         })
-        .await
-        .map_err(Into::into)
-    });
-    wait_ready(&base).await?;
-    Ok(Service {
-        base,
-        stop: Some(stop),
-        task,
     })
+    .await
 }
 
 /// Starts ingest consuming `topics`.
@@ -85,38 +94,12 @@ pub async fn start_ingest(
     ]);
     env.extend(extra.iter().cloned());
     let config = ces_ingest::Config::from_source(&env)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    spawn_service(|listener, stopped| {
         ces_ingest::run(config, listener, async move {
             let _ = stopped.await;
         })
-        .await
-        .map_err(Into::into)
-    });
-    wait_ready(&base).await?;
-    Ok(Service {
-        base,
-        stop: Some(stop),
-        task,
     })
-}
-
-async fn wait_ready(base: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    for _ in 0..400 {
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("{base} not ready after 10 s")
+    .await
 }
 
 /// Redis, a broker with an input and a DLQ topic, ingest and two edges.
