@@ -226,9 +226,10 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             let reg = register(edge).await?;
             let session = reg["session_id"].as_str().unwrap_or_default();
             eprintln!("session {session} registered; send it an event from another terminal with:");
-            eprintln!(
-                "  cargo run -q -p ces-cli -- produce --session {session} --data '{{\"hello\":\"world\"}}'"
-            );
+            let me = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "cesctl".into());
+            eprintln!("  {me} produce --session {session} --data '{{\"hello\":\"world\"}}'");
             reg["token"]
                 .as_str()
                 .context("registration answer has no token")?

@@ -151,6 +151,9 @@ async fn publish_all(
     events: &[Publish],
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let started = Instant::now();
     let mut pending: Vec<&Publish> = events.iter().collect();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
