@@ -18,11 +18,12 @@ if ((${#apt_missing[@]})); then
   sudo=""
   if [[ $(id -u) -ne 0 ]]; then
     command -v sudo >/dev/null 2>&1 || { echo "[deps] need root or sudo to install: ${apt_missing[*]}" >&2; exit 1; }
-    sudo="sudo"
+    sudo -n true 2>/dev/null || { echo "[deps] sudo asks for a password; install ${apt_missing[*]} by hand or run as root" >&2; exit 1; }
+    sudo="sudo -n"
   fi
   say "installing ${apt_missing[*]} with apt-get"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
   # The Debian package starts a system-wide redis on :6379; CES starts its own, so stop that one if it runs.
   if [[ " ${apt_missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
     $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true

@@ -32,6 +32,7 @@ mkdir -p "$logs" "$data/redis"
 # Every WebSocket is a file descriptor in the edge and two in HAProxy.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ ! -s "$data/token-secret" ]]; then
+  umask 077
   od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$data/token-secret"
 fi
 export CES_TOKEN_SECRET
@@ -51,6 +52,7 @@ start() { # name, command...
 }
 
 stop_all() {
+  ((stopping)) && return 0
   stopping=1
   say "stopping everything"
   for pid in "${!names[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -58,6 +60,8 @@ stop_all() {
   say "stopped; logs are in $logs"
 }
 trap 'stop_all; exit 0' INT TERM
+# Any failure (set -e) after processes started must not leave them running.
+trap 'stop_all' EXIT
 
 wait_port() { # name, port
   for _ in $(seq 1 200); do

@@ -3,7 +3,6 @@
 //!
 //! - [`v1::Envelope`]: what ingest publishes to a session's Redis channel; see the wire rule in
 //!   `ces/v1/envelope.proto` about the trailing `seq` field.
-//! - [`v1::Event`]: the protobuf form of an input event.
 
 /// Version 1 of the CES messages.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

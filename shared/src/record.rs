@@ -47,13 +47,15 @@ pub enum Reason {
     InvalidType,
     /// `data` is absent.
     MissingData,
-    /// `id` is present but not a string of 1–256 printable characters.
+    /// `id` is present but not a string of 1–256 bytes without control characters.
     InvalidId,
+    /// A header name is not UTF-8 (the Kafka protocol requires it); the headers cannot be kept.
+    InvalidHeaders,
 }
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::MissingValue,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -65,6 +67,7 @@ impl Reason {
         Reason::InvalidType,
         Reason::MissingData,
         Reason::InvalidId,
+        Reason::InvalidHeaders,
     ];
 
     /// The stable code, as written to `ces-dlq-reason`.
@@ -81,6 +84,7 @@ impl Reason {
             Reason::InvalidType => "invalid_type",
             Reason::MissingData => "missing_data",
             Reason::InvalidId => "invalid_id",
+            Reason::InvalidHeaders => "invalid_headers",
         }
     }
 

@@ -115,6 +115,15 @@ impl WsClient {
         Ok(())
     }
 
+    /// Sends a text frame whose payload is `bytes` as given, valid UTF-8 or not.
+    pub async fn send_raw_text(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let frame = Frame::message(bytes, OpCode::Data(Data::Text), true);
+        self.stream.send(Message::Frame(frame)).await?;
+        Ok(())
+    }
+
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.stream.send(Message::binary(bytes)).await?;

@@ -127,12 +127,7 @@ pub async fn websocket(
         Err(rejection) => return Ok(rejection.into_response()),
     };
     if state.shutdown.is_cancelled() {
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "draining",
-        )
-            .into_response());
+        return Err(Error::Draining);
     }
     let params = SocketParams {
         session: verified.session_id,

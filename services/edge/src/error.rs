@@ -28,6 +28,9 @@ pub enum Error {
         /// Human-readable detail.
         message: String,
     },
+    /// The node is shutting down and takes no new connections.
+    #[error("draining")]
+    Draining,
 }
 
 impl IntoResponse for Error {
@@ -37,6 +40,11 @@ impl IntoResponse for Error {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!("session token {reason}"),
+            ),
+            Error::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "node is shutting down; connect again (to any node)".to_owned(),
             ),
             Error::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, *code, message.clone())

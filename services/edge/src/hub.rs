@@ -201,6 +201,7 @@ async fn subscription_task(
 ) {
     let mut refs: HashMap<String, usize> = HashMap::new();
     let mut subscribed: HashSet<String> = HashSet::new();
+    let mut stale: HashSet<String> = HashSet::new();
     let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
     while requests.recv_many(&mut batch, SUBSCRIBE_BATCH).await > 0 {
         let mut touched = HashSet::new();
@@ -224,6 +225,8 @@ async fn subscription_task(
             }
         }
         let (mut add, mut remove) = (Vec::new(), Vec::new());
+        // Channels whose UNSUBSCRIBE failed earlier are retried with this batch.
+        touched.extend(stale.drain());
         for session in touched {
             match (refs.contains_key(&session), subscribed.contains(&session)) {
                 (true, false) => add.push(session),
@@ -247,12 +250,18 @@ async fn subscription_task(
                 .iter()
                 .map(|s| ces_shared::keys::channel(s))
                 .collect();
-            for s in &remove {
-                subscribed.remove(s);
-            }
-            if let Err(e) = subscriber.unsubscribe(channels).await {
-                // A stray subscription only delivers to nobody; the next subscribe/unsubscribe fixes it.
-                warn!(sessions = remove.len(), error = %e, "unsubscribe failed");
+            match subscriber.unsubscribe(channels).await {
+                Ok(()) => {
+                    for s in &remove {
+                        subscribed.remove(s);
+                    }
+                }
+                Err(e) => {
+                    // fred keeps tracking (and re-subscribing) these channels, so they stay in `subscribed` and
+                    // are retried with the next batch of requests.
+                    warn!(sessions = remove.len(), error = %e, "unsubscribe failed; will retry");
+                    stale.extend(remove);
+                }
             }
         }
         metrics::gauge!(m::SUBSCRIBED_CHANNELS).set(subscribed.len() as f64);

@@ -4,6 +4,7 @@
 //! driven by a real socket or by channels in unit tests. Outbound frames are coalesced: every frame already
 //! queued is fed to the socket before one flush, so a burst costs one write syscall rather than one per event.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub mod close_code {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The client sent a binary frame.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// The client sent a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The client sent a message larger than the limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Protocol violation by the client.
@@ -35,6 +38,9 @@ pub mod close_code {
     /// No close frame was exchanged (the peer vanished).
     pub const ABNORMAL: u16 = 1006;
 }
+
+/// Longest a single socket write (and its flush) may take before the peer is considered gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a server-initiated close waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -105,12 +111,18 @@ where
         close: mut hub_close,
         ..
     } = attachment;
+    // Taken over or shutting down while the subscription was being confirmed: no welcome, just the close.
+    if shutdown.is_cancelled() {
+        return close(socket, close_code::SERVICE_RESTART, "server shutting down").await;
+    }
+    if let Ok(CloseReason { code, reason }) = hub_close.try_recv() {
+        return close(socket, code, reason).await;
+    }
     let welcome = ServerFrame::Welcome {
         session_id: params.session.to_string(),
         node: params.node_id.clone(),
     };
-    if socket
-        .send(Message::Text(welcome.to_json().into()))
+    if bounded(socket.send(Message::Text(welcome.to_json().into())))
         .await
         .is_err()
     {
@@ -123,6 +135,8 @@ where
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut missed_pongs = 0u32;
     loop {
+        // Inbound and pings come before outbound frames, so a steady stream cannot starve the client's close
+        // frames, its pings, or the liveness check.
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
@@ -132,29 +146,19 @@ where
                 let CloseReason { code, reason } = reason.unwrap_or(crate::hub::TAKEN_OVER);
                 return close(socket, code, reason).await;
             }
-            frame = frames.recv() => {
-                let Some(frame) = frame else {
-                    return close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await;
-                };
-                if write_coalesced(socket, frame, &mut frames).await.is_err() {
-                    return close_code::ABNORMAL;
-                }
-            }
             inbound = socket.next() => {
                 missed_pongs = 0;
                 match inbound {
                     None => return close_code::ABNORMAL,
                     Some(Err(e)) => {
-                        let code = classify(&e);
-                        return if code == close_code::ABNORMAL {
-                            code
-                        } else {
-                            close(socket, code, "message too big").await
+                        return match classify(&e) {
+                            Some((code, reason)) => close(socket, code, reason).await,
+                            None => close_code::ABNORMAL,
                         };
                     }
                     Some(Ok(Message::Text(text))) => {
                         if let Some(reply) = handle_client_text(&text, params)
-                            && socket.send(Message::Text(reply.to_json().into())).await.is_err()
+                            && bounded(socket.send(Message::Text(reply.to_json().into()))).await.is_err()
                         {
                             return close_code::ABNORMAL;
                         }
@@ -163,6 +167,8 @@ where
                         return close(socket, close_code::UNSUPPORTED_DATA, "binary frames are not supported").await;
                     }
                     Some(Ok(Message::Close(frame))) => {
+                        // tungstenite queued the close reply; flush so the client gets it.
+                        let _ = bounded(socket.flush()).await;
                         return frame.map_or(1005, |f| f.code);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -173,11 +179,28 @@ where
                     return close(socket, close_code::PING_TIMEOUT, "ping timeout").await;
                 }
                 missed_pongs += 1;
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if bounded(socket.send(Message::Ping(Default::default()))).await.is_err() {
+                    return close_code::ABNORMAL;
+                }
+            }
+            frame = frames.recv() => {
+                let Some(frame) = frame else {
+                    return close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await;
+                };
+                if bounded(write_coalesced(socket, frame, &mut frames)).await.is_err() {
                     return close_code::ABNORMAL;
                 }
             }
         }
+    }
+}
+
+/// Runs a socket write with [`WRITE_TIMEOUT`]: a peer whose TCP window stays closed (a suspended app, a dead
+/// link) must not hold the task, its queue and its buffers forever.
+async fn bounded<T>(write: impl Future<Output = Result<T, axum::Error>>) -> Result<T, ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) | Err(_) => Err(()),
     }
 }
 
@@ -216,15 +239,19 @@ fn handle_client_text(text: &str, params: &SocketParams) -> Option<ServerFrame> 
     }
 }
 
-/// Maps a receive error to the close code to answer with; `ABNORMAL` means the connection is gone.
-fn classify(e: &axum::Error) -> u16 {
+/// Maps a receive error to the close code and reason to answer with; `None` means the connection is gone.
+fn classify(e: &axum::Error) -> Option<(u16, &'static str)> {
     use std::error::Error as _;
     match e
         .source()
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())?
     {
-        Some(tungstenite::Error::Capacity(_)) => close_code::MESSAGE_TOO_BIG,
-        _ => close_code::ABNORMAL,
+        tungstenite::Error::Capacity(_) => Some((close_code::MESSAGE_TOO_BIG, "message too big")),
+        tungstenite::Error::Utf8(_) => {
+            Some((close_code::INVALID_PAYLOAD, "text frame is not UTF-8"))
+        }
+        tungstenite::Error::Protocol(_) => Some((close_code::PROTOCOL_ERROR, "protocol error")),
+        _ => None,
     }
 }
 

@@ -168,6 +168,13 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
         ws.ending(Duration::from_secs(5)).await,
         Some(Ending::Closed(1009))
     );
+
+    let mut ws = connected(&edge).await?;
+    ws.send_raw_text(vec![b'{', 0xff, 0xfe, b'}']).await?;
+    assert_eq!(
+        ws.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(1007))
+    );
     Ok(())
 }
 

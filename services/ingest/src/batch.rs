@@ -45,6 +45,8 @@ pub struct InputRecord {
     pub value: Option<Vec<u8>>,
     /// Headers in order; a header may have no value.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The headers could not be read (a header name is not UTF-8); `headers` is empty.
+    pub headers_unreadable: bool,
 }
 
 /// An event ready for the Redis publish function.
@@ -92,6 +94,12 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
             .entry((r.topic.clone(), r.partition))
             .or_insert(r.offset + 1);
         *next = (*next).max(r.offset + 1);
+        if r.headers_unreadable {
+            let detail = "a header name is not UTF-8; the original headers could not be kept";
+            plan.dead
+                .push(dead_letter(r, Reason::InvalidHeaders, detail, now));
+            continue;
+        }
         match record::validate(r.value.as_deref(), max_record_bytes) {
             Ok(ev) => {
                 let id =
@@ -130,7 +138,11 @@ pub fn dead_letter(
     detail: &str,
     now: OffsetDateTime,
 ) -> DeadLetter {
-    let failed_at = now.format(&Rfc3339).unwrap_or_default();
+    // Millisecond precision: enough to order failures, and what most log tooling expects.
+    let millis = now
+        .replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now);
+    let failed_at = millis.format(&Rfc3339).unwrap_or_default();
     let mut headers: Vec<(String, Option<Vec<u8>>)> = r
         .headers
         .iter()
@@ -171,6 +183,7 @@ mod tests {
                 ("trace".into(), Some(b"t1".to_vec())),
                 ("ces-dlq-reason".into(), Some(b"old".to_vec())),
             ],
+            headers_unreadable: false,
         }
     }
 
@@ -263,6 +276,28 @@ mod tests {
                 .filter(|(k, _)| k == dlq_header::REASON)
                 .count(),
             1
+        );
+    }
+
+    #[test]
+    fn unreadable_headers_dead_letter_the_record_whatever_its_value() {
+        let mut r = rec(0, 3, r#"{"session_id":"a","type":"t","data":1}"#);
+        r.headers.clear();
+        r.headers_unreadable = true;
+        let p = plan(std::slice::from_ref(&r), 1024, OffsetDateTime::UNIX_EPOCH);
+        assert!(p.publish.is_empty());
+        assert_eq!(p.dead[0].reason, Reason::InvalidHeaders);
+        assert_eq!(p.dead[0].value, r.value);
+        assert_eq!(p.commit.values().copied().collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn failed_at_has_millisecond_precision() {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let d = dead_letter(&rec(0, 0, "x"), Reason::InvalidJson, "d", now);
+        assert_eq!(
+            header(&d, dlq_header::FAILED_AT),
+            "2023-11-14T22:13:20.123Z"
         );
     }
 }

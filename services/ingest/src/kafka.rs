@@ -7,6 +7,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
@@ -16,7 +17,13 @@ use crate::batch::{DeadLetter, InputRecord};
 use crate::config::Config;
 use crate::{Error, metrics as m};
 
-/// Logs partition assignment changes.
+/// Largest dead letter the producer sends (librdkafka allows up to 1e9).
+const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Header added when a dead letter is too large for the DLQ topic and is written without its value.
+pub const VALUE_OMITTED_HEADER: &str = "ces-dlq-value-omitted";
+
+/// Logs partition assignment changes and offset commit results.
 #[derive(Debug, Default)]
 pub struct IngestContext;
 
@@ -32,6 +39,17 @@ impl ConsumerContext for IngestContext {
             Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
             Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            metrics::counter!(m::COMMIT_FAILURES).increment(1);
+            warn!(error = %e, "offset commit failed; records will be redelivered");
         }
     }
 }
@@ -62,19 +80,37 @@ pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
+        // A `too_large` record is by definition big; the producer must accept anything the broker delivered.
+        // Larger than the broker's own limit, the dead letter goes without its value (see `send_dead_letters`).
+        .set("message.max.bytes", DLQ_MAX_MESSAGE_BYTES.to_string())
         .create()?)
 }
 
 /// Detaches a consumed message from the client.
 pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
-    let headers = msg
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
+    // rdkafka panics on a header name that is not UTF-8 (the protocol requires UTF-8, but a raw client can send
+    // anything). Such a record must be dead-lettered, not crash every replica that reads its partition.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        msg.headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }));
+    let (headers, headers_unreadable) = match read {
+        Ok(headers) => (headers, false),
+        Err(_) => {
+            warn!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "unreadable headers"
+            );
+            (Vec::new(), true)
+        }
+    };
     InputRecord {
         topic: msg.topic().to_owned(),
         partition: msg.partition(),
@@ -83,6 +119,7 @@ pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
         key: msg.key().map(<[u8]>::to_vec),
         value: msg.payload().map(<[u8]>::to_vec),
         headers,
+        headers_unreadable,
     }
 }
 
@@ -140,12 +177,27 @@ pub async fn send_dead_letters(
     let results = futures::future::join_all(sends).await;
     let mut failed = Vec::new();
     let mut last_error = None;
-    for (d, result) in dead.into_iter().zip(results) {
+    for (mut d, result) in dead.into_iter().zip(results) {
         match result {
             Ok(_) => {
                 metrics::counter!(m::DEAD_LETTERED, "reason" => d.reason.as_str()).increment(1)
             }
             Err((e, _)) => {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                    // Permanent: retrying the same bytes can never succeed. Keep the coordinates and headers so
+                    // the operator can fetch the original from the source topic.
+                    if let Some(v) = d.value.take() {
+                        warn!(
+                            reason = d.reason.as_str(),
+                            bytes = v.len(),
+                            "dead letter too large; value omitted"
+                        );
+                        d.headers.push((
+                            VALUE_OMITTED_HEADER.to_owned(),
+                            Some(v.len().to_string().into_bytes()),
+                        ));
+                    }
+                }
                 last_error = Some(Error::Kafka(e));
                 failed.push(d);
             }

@@ -83,7 +83,7 @@ async fn consume(
     state.set_consuming(true);
     info!(topics = ?config.topics, group = %config.group, "consuming");
 
-    let mut acknowledged = Default::default();
+    let mut acknowledged = std::collections::BTreeMap::new();
     let mut poll_backoff = Backoff::new(RETRY_START, RETRY_MAX);
     loop {
         let batch = tokio::select! {
@@ -117,7 +117,8 @@ async fn consume(
             break;
         }
         kafka::commit(&consumer, &plan.commit, CommitMode::Async);
-        acknowledged = plan.commit;
+        // Merge, so the final synchronous commit covers every partition this replica acknowledged.
+        acknowledged.extend(plan.commit);
     }
     kafka::commit(&consumer, &acknowledged, CommitMode::Sync);
     state.set_consuming(false);
@@ -132,9 +133,11 @@ async fn connect_redis(
     let make = || ces_shared::redis::builder(&config.common.redis_url)?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
-        match Publisher::new(client, config.seq_idle_ttl).await {
+        match Publisher::new(client.clone(), config.seq_idle_ttl).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => {
+                // fred clients are not closed by drop; quit so each attempt does not leak a connection.
+                let _ = fred::interfaces::ClientLike::quit(&client).await;
                 warn!(error = %e, "loading the redis function library failed; retrying");
                 if !sleep_or_cancel(backoff.next_delay(), cancel).await {
                     break;

@@ -12,8 +12,10 @@
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::FunctionInterface;
+use fred::clients::Pipeline;
+use fred::interfaces::{ClientLike, FunctionInterface};
 use fred::types::Value;
+use fred::types::config::Options;
 
 use crate::Error;
 use crate::batch::Publish;
@@ -77,7 +79,13 @@ impl Publisher {
 
     /// Runs `ces_publish` for every event in one pipeline; one result (the assigned `seq`) per event, in order.
     pub async fn publish(&self, events: &[&Publish]) -> Vec<Result<u64, Error>> {
-        let pipeline = self.client.pipeline();
+        // Fail fast while disconnected instead of queueing: a queued command would still run after the caller
+        // timed out and retried, so the batch would execute twice.
+        let options = Options {
+            fail_fast: true,
+            ..Options::default()
+        };
+        let pipeline = Pipeline::from(self.client.with_options(&options));
         for ev in events {
             let keys = vec![
                 ces_shared::keys::seq_key(&ev.session_id),
