@@ -36,6 +36,7 @@ if [[ ! -s "$data/token-secret" ]]; then
   od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$data/token-secret"
 fi
 export CES_TOKEN_SECRET
+chmod 600 "$data/token-secret"
 CES_TOKEN_SECRET=$(cat "$data/token-secret")
 export CES_LOG_FORMAT=text CES_REDIS_URL=redis://127.0.0.1:6379 CES_KAFKA_BROKERS=127.0.0.1:9092
 
