@@ -1,7 +1,7 @@
 //! The protobuf envelope on Redis.
 //!
 //! Ingest encodes an [`Envelope`] without `seq`; the publish function assigns the session's next sequence number
-//! and appends it as a trailing field 1 (see [`append_seq`] and `LIBRARY` in ces-ingest), relying on the
+//! and appends it, with the session's epoch, as trailing fields (see [`append_trailer`] and `LIBRARY` in ces-ingest), relying on the
 //! protobuf rule that the last occurrence of a scalar field wins. That way the function never parses protobuf and
 //! ingest never waits for the sequence number before it can encode.
 
@@ -12,15 +12,22 @@ pub use ces_proto::v1::Envelope;
 
 use crate::Error;
 
-/// Encodes an envelope; `seq` should be 0 (unset) because the Redis function appends the real one.
+/// Encodes an envelope; `seq` and `epoch` should be unset because the Redis function appends the real ones.
 pub fn encode(envelope: &Envelope) -> Vec<u8> {
     envelope.encode_to_vec()
 }
 
-/// Appends `seq` as a trailing protobuf field 1 (varint), exactly as the Redis publish function does.
-pub fn append_seq(buf: &mut Vec<u8>, seq: u64) {
+/// Appends `seq` (field 1, varint) and `epoch` (field 11, length-delimited), exactly as the Redis publish
+/// function does.
+pub fn append_trailer(buf: &mut Vec<u8>, seq: u64, epoch: &str) {
     buf.push(0x08); // field 1, wire type 0 (varint)
-    let mut n = seq;
+    push_varint(buf, seq);
+    buf.push(0x5A); // field 11, wire type 2 (length-delimited)
+    push_varint(buf, epoch.len() as u64);
+    buf.extend_from_slice(epoch.as_bytes());
+}
+
+fn push_varint(buf: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         buf.push((n as u8 & 0x7f) | 0x80);
         n >>= 7;
@@ -54,6 +61,7 @@ mod tests {
             source_topic: "ces.events".into(),
             source_partition: 3,
             source_offset: 42,
+            epoch: String::new(),
         }
     }
 
@@ -70,18 +78,30 @@ mod tests {
             u64::MAX,
         ] {
             let mut buf = encode(&sample());
-            append_seq(&mut buf, seq);
+            append_trailer(&mut buf, seq, "e1");
             let env = decode(&buf).unwrap();
-            assert_eq!(env.seq, seq);
-            assert_eq!(Envelope { seq: 0, ..env }, sample());
+            assert_eq!((env.seq, env.epoch.as_str()), (seq, "e1"));
+            assert_eq!(
+                Envelope {
+                    seq: 0,
+                    epoch: String::new(),
+                    ..env
+                },
+                sample()
+            );
         }
     }
 
     #[test]
     fn appended_seq_overrides_an_encoded_one() {
-        let mut buf = encode(&Envelope { seq: 9, ..sample() });
-        append_seq(&mut buf, 10);
+        let mut buf = encode(&Envelope {
+            seq: 9,
+            epoch: "old".into(),
+            ..sample()
+        });
+        append_trailer(&mut buf, 10, "e2");
         assert_eq!(decode(&buf).unwrap().seq, 10);
+        assert_eq!(decode(&buf).unwrap().epoch, "e2");
     }
 
     #[test]

@@ -53,9 +53,9 @@ impl SessionId {
         &self.0
     }
 
-    /// The session's sequence counter: the last `seq` assigned.
-    pub fn seq_key(&self) -> String {
-        seq_key(&self.0)
+    /// Every Redis name of the session's event stream.
+    pub fn keys(&self) -> SessionKeys {
+        SessionKeys::of(&self.0)
     }
 
     /// The Pub/Sub channel its events are published on.
@@ -92,9 +92,29 @@ pub fn validate_session_id(s: &str) -> Result<(), SessionIdError> {
     }
 }
 
-/// Sequence counter key of a (validated) session id.
-pub fn seq_key(session: &str) -> String {
-    format!("ces:{{{session}}}:seq")
+/// The Redis names of one session's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    /// Hash: `epoch`, `seq` (last assigned), `evicted` (highest seq trimmed from the buffer), `evicted_reason`.
+    pub meta: String,
+    /// Stream: the reconnection buffer, one entry per event, entry id `<seq>-0`.
+    pub buffer: String,
+    /// Sorted set: event ids seen within the dedup window, scored by when.
+    pub ids: String,
+    /// Pub/Sub channel of live events.
+    pub channel: String,
+}
+
+impl SessionKeys {
+    /// The names for a (validated) session id.
+    pub fn of(session: &str) -> Self {
+        Self {
+            meta: format!("ces:{{{session}}}:meta"),
+            buffer: format!("ces:{{{session}}}:buf"),
+            ids: format!("ces:{{{session}}}:ids"),
+            channel: channel(session),
+        }
+    }
 }
 
 /// Pub/Sub channel of a (validated) session id.
@@ -151,7 +171,21 @@ mod tests {
     #[test]
     fn names_are_hash_tagged_by_session() {
         let s = SessionId::parse("abc").unwrap();
-        assert_eq!(s.seq_key(), "ces:{abc}:seq");
+        let k = s.keys();
+        assert_eq!(
+            [
+                k.meta.as_str(),
+                k.buffer.as_str(),
+                k.ids.as_str(),
+                k.channel.as_str()
+            ],
+            [
+                "ces:{abc}:meta",
+                "ces:{abc}:buf",
+                "ces:{abc}:ids",
+                "ces:{abc}:ch"
+            ]
+        );
         assert_eq!(s.channel(), "ces:{abc}:ch");
         assert_eq!(s.session_key(), "ces:{abc}:session");
     }
@@ -160,7 +194,7 @@ mod tests {
     fn channel_round_trips_and_rejects_foreign_names() {
         assert_eq!(session_of_channel(&channel("s-1")), Some("s-1"));
         for foreign in [
-            "ces:{s}:seq",
+            "ces:{s}:meta",
             "other:{s}:ch",
             "ces:{}:ch",
             "ces:{a}b}:ch",

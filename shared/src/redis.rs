@@ -57,3 +57,125 @@ where
         }
     }
 }
+
+/// The Redis function library `ces` (Redis >= 7.0). Both services load it at start and again whenever Redis
+/// answers "Function not found" (a restart without persistence, `FUNCTION FLUSH`); loading is idempotent.
+///
+/// - `ces_publish(meta, buffer, ids, channel; envelope, event_id, now_ms, max_events, max_age_ms, dedup_ms,
+///   state_ttl_ms, epoch_candidate)`: drops the event if its id was seen within the dedup window (returns 0);
+///   otherwise assigns the next `seq`, appends `seq` and the epoch to the envelope, adds it to the buffer, trims
+///   the buffer by count and by age (remembering the highest evicted `seq` and why), publishes it, and returns
+///   the `seq`. All in one atomic step, so `seq`, buffer and channel always agree.
+/// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms)`: returns `[epoch, last_seq,
+///   evicted_upto, evicted_reason, envelope...]` for every buffered event after `after_seq`, creating the epoch
+///   if the session has none yet.
+///
+/// The varint encoder mirrors `crate::envelope::append_trailer`; Lua numbers are doubles, exact up to 2^53.
+pub const LIBRARY: &str = r#"#!lua name=ces
+
+local function varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+
+local function ensure_epoch(meta, candidate, ttl)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'evicted', 0)
+    redis.call('PEXPIRE', meta, ttl)
+  end
+  return epoch
+end
+
+-- Integers as decimal text: Lua's tostring switches to exponent notation above 1e14.
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function note_eviction(meta, upto, reason)
+  local evicted = tonumber(redis.call('HGET', meta, 'evicted') or '0')
+  if upto > evicted then
+    redis.call('HSET', meta, 'evicted', int(upto), 'evicted_reason', reason)
+  end
+end
+
+redis.register_function('ces_publish', function(keys, args)
+  local meta, buf, ids, ch = keys[1], keys[2], keys[3], keys[4]
+  local now = tonumber(args[3])
+  local max_events = tonumber(args[4])
+  local max_age = tonumber(args[5])
+  local window = tonumber(args[6])
+  local ttl = tonumber(args[7])
+  local seen = redis.call('ZSCORE', ids, args[2])
+  if seen and tonumber(seen) > now - window then
+    return 0
+  end
+  local epoch = ensure_epoch(meta, args[8], ttl)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
+  redis.call('XADD', buf, int(seq) .. '-0', 'e', env, 't', int(now))
+  if seq > max_events then
+    redis.call('XTRIM', buf, 'MINID', int(seq - max_events + 1) .. '-0')
+    note_eviction(meta, seq - max_events, 'buffer_overflow')
+  end
+  local expired_upto = nil
+  for _, entry in ipairs(redis.call('XRANGE', buf, '-', '+', 'COUNT', 32)) do
+    if tonumber(entry[2][4]) < now - max_age then
+      expired_upto = tonumber(string.match(entry[1], '^(%d+)'))
+    else
+      break
+    end
+  end
+  if expired_upto then
+    redis.call('XTRIM', buf, 'MINID', int(expired_upto + 1) .. '-0')
+    note_eviction(meta, expired_upto, 'expired')
+  end
+  redis.call('ZADD', ids, int(now), args[2])
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', int(now - window))
+  redis.call('PEXPIRE', ids, window)
+  redis.call('PEXPIRE', buf, max_age)
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PUBLISH', ch, env)
+  return seq
+end)
+
+redis.register_function('ces_resume', function(keys, args)
+  local meta, buf = keys[1], keys[2]
+  local epoch = ensure_epoch(meta, args[2], tonumber(args[3]))
+  local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')
+  local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
+  for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do
+    out[#out + 1] = entry[2][2]
+  end
+  return out
+end)
+"#;
+
+/// Name of the publish function in [`LIBRARY`].
+pub const PUBLISH_FUNCTION: &str = "ces_publish";
+/// Name of the resume function in [`LIBRARY`].
+pub const RESUME_FUNCTION: &str = "ces_resume";
+
+/// (Re)loads [`LIBRARY`].
+pub async fn load_library<C: fred::interfaces::FunctionInterface + Sync>(
+    client: &C,
+) -> Result<(), fred::error::Error> {
+    let _: String = client.function_load(true, LIBRARY).await?;
+    Ok(())
+}
+
+/// Whether a Redis error says a CES function is not loaded.
+pub fn is_function_missing(e: &fred::error::Error) -> bool {
+    e.details().contains("Function not found")
+}
+
+/// A fresh random epoch id (16 hex digits).
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

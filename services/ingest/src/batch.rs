@@ -115,6 +115,7 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
                     source_topic: r.topic.clone(),
                     source_partition: r.partition,
                     source_offset: r.offset,
+                    epoch: String::new(),
                 };
                 plan.publish.push(Publish {
                     session_id: ev.session_id.into_owned(),

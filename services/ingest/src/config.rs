@@ -25,8 +25,8 @@ pub struct Config {
     pub batch_max: usize,
     /// How long a batch waits for more records after its first one.
     pub batch_linger: Duration,
-    /// A session's sequence counter expires after this long without events.
-    pub seq_idle_ttl: Duration,
+    /// Bounds of the per-session buffer, dedup window and state.
+    pub limits: crate::publisher::Limits,
     /// Address of the health and metrics endpoint.
     pub http_addr: SocketAddr,
     /// Redis and logging.
@@ -55,8 +55,27 @@ impl Config {
         );
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
-        let seq_idle_ttl =
-            Duration::from_secs(v.bounded("CES_SEQ_IDLE_TTL_SECS", 86_400, 60, 90 * 86_400));
+        let limits = crate::publisher::Limits {
+            buffer_max_events: v.bounded("CES_BUFFER_MAX_EVENTS", 1000, 1, 1_000_000),
+            buffer_max_age: Duration::from_secs(v.bounded(
+                "CES_BUFFER_MAX_AGE_SECS",
+                300,
+                1,
+                7 * 86_400,
+            )),
+            dedup_window: Duration::from_secs(v.bounded(
+                "CES_DEDUP_WINDOW_SECS",
+                3600,
+                1,
+                7 * 86_400,
+            )),
+            state_ttl: Duration::from_secs(v.bounded(
+                "CES_SESSION_STATE_TTL_SECS",
+                86_400,
+                60,
+                90 * 86_400,
+            )),
+        };
         let http_addr = v.socket_addr("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090");
         let common = Common::read(&mut v);
 
@@ -84,7 +103,7 @@ impl Config {
             max_record_bytes: max_record_bytes as usize,
             batch_max: batch_max as usize,
             batch_linger,
-            seq_idle_ttl,
+            limits,
             http_addr,
             common,
         })

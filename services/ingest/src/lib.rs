@@ -133,7 +133,7 @@ async fn connect_redis(
     let make = || ces_shared::redis::builder(&config.common.redis_url)?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
-        match Publisher::new(client.clone(), config.seq_idle_ttl).await {
+        match Publisher::new(client.clone(), config.limits).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => {
                 // fred clients are not closed by drop; quit so each attempt does not leak a connection.
@@ -162,13 +162,16 @@ async fn publish_all(
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while !pending.is_empty() {
         let results = publisher.publish(&pending).await;
-        let Some(first_failed) = results.iter().position(Result::is_err) else {
-            ::metrics::counter!(m::PUBLISHED).increment(pending.len() as u64);
+        let first_failed = results
+            .iter()
+            .position(Result::is_err)
+            .unwrap_or(results.len());
+        count_outcomes(&results[..first_failed]);
+        if first_failed == results.len() {
             break;
-        };
-        ::metrics::counter!(m::PUBLISHED).increment(first_failed as u64);
-        // Retry from the first failure on, even events after it that succeeded: per-session order matters more
-        // than a rare duplicate, which the event id lets the session layer drop.
+        }
+        // Retry from the first failure on, including events after it that did run: per-session order needs the
+        // failed event to go first, and the ones that ran are then dropped as duplicates by their id.
         let error = results.into_iter().nth(first_failed).and_then(Result::err);
         pending.drain(..first_failed);
         ::metrics::counter!(m::RETRIES, "target" => "redis").increment(1);
@@ -186,6 +189,15 @@ async fn publish_all(
     }
     ::metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn count_outcomes(results: &[Result<publisher::Outcome, Error>]) {
+    let duplicates = results
+        .iter()
+        .filter(|r| matches!(r, Ok(publisher::Outcome::Duplicate)))
+        .count();
+    ::metrics::counter!(m::PUBLISHED).increment((results.len() - duplicates) as u64);
+    ::metrics::counter!(m::DUPLICATES).increment(duplicates as u64);
 }
 
 /// Produces every dead letter, retrying the failed ones until Kafka has acknowledged all of them.

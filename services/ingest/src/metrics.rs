@@ -6,6 +6,8 @@ pub const RECORDS: &str = "ces_ingest_records_total";
 pub const DEAD_LETTERED: &str = "ces_ingest_dead_lettered_total";
 /// Events published to Redis.
 pub const PUBLISHED: &str = "ces_ingest_published_total";
+/// Events dropped because their id was seen within the dedup window.
+pub const DUPLICATES: &str = "ces_ingest_duplicates_total";
 /// Records per batch.
 pub const BATCH_SIZE: &str = "ces_ingest_batch_size";
 /// Time to publish one batch to Redis, retries included.

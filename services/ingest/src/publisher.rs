@@ -1,75 +1,63 @@
 //! Publishing events to Redis: one atomic function call per event, pipelined across a batch.
 //!
-//! The Redis function `ces_publish` (library `ces`, see [`LIBRARY`]) increments the session's sequence counter, appends the new `seq` to the
-//! envelope and publishes it on the session channel, all atomically, so two ingest replicas can never hand out the
-//! same `seq` or publish out of `seq` order for one session.
+//! `ces_publish` (in `ces_shared::redis::LIBRARY`) drops an event whose id it saw within the dedup window,
+//! otherwise assigns the session's next `seq`, appends the event to the session's reconnection buffer, trims the
+//! buffer, and publishes it on the session channel, all atomically. So two ingest replicas can never hand out the
+//! same `seq`, publish out of `seq` order, or deliver one event twice.
 //!
 //! Redis runs a pipeline's commands in order on one connection; if the connection breaks, a prefix ran and the
 //! rest did not (or we cannot know for the command in flight). [`Publisher::publish`] therefore reports a result
-//! per event, and the caller retries from the first failure on, in order. The client never re-sends a command by itself
-//! (see `ces_shared::redis`), so a non-idempotent call is never repeated behind our back.
+//! per event, and the caller retries from the first failure on, in order: events that did run are then dropped
+//! as duplicates by their id. Commands are sent fail-fast, never queued while disconnected, and the client never
+//! re-sends a command by itself (see `ces_shared::redis`).
 
 use std::time::Duration;
 
-use fred::clients::Client;
-use fred::clients::Pipeline;
-use fred::interfaces::{ClientLike, FunctionInterface};
+use ces_shared::keys::SessionKeys;
+use ces_shared::redis::PUBLISH_FUNCTION;
+use fred::clients::{Client, Pipeline};
+use fred::interfaces::ClientLike;
+use fred::interfaces::FunctionInterface;
 use fred::types::Value;
 use fred::types::config::Options;
 
 use crate::Error;
 use crate::batch::Publish;
 
-/// Name of the publish function in [`LIBRARY`].
-pub const PUBLISH_FUNCTION: &str = "ces_publish";
-
-/// The Redis function library (Redis >= 7.0). Functions, unlike `EVAL` scripts, are persisted and replicated
-/// with the data; after a restart without persistence ingest loads the library again.
-///
-/// `ces_publish`: KEYS[1] = sequence counter, KEYS[2] = channel (same hash tag); ARGV[1] = envelope without
-/// `seq`, ARGV[2] = idle TTL of the counter in milliseconds. Returns the assigned `seq`.
-///
-/// The varint loop mirrors `ces_shared::envelope::append_seq`; Lua numbers are doubles, exact up to 2^53.
-pub const LIBRARY: &str = r#"#!lua name=ces
-redis.register_function('ces_publish', function(keys, args)
-  local seq = redis.call('INCR', keys[1])
-  redis.call('PEXPIRE', keys[1], args[2])
-  local n = seq
-  local tail = { '\8' }
-  while n >= 128 do
-    tail[#tail + 1] = string.char(n % 128 + 128)
-    n = math.floor(n / 128)
-  end
-  tail[#tail + 1] = string.char(n)
-  redis.call('PUBLISH', keys[2], args[1] .. table.concat(tail))
-  return seq
-end)
-"#;
-
-/// Publishes batches of events to Redis.
-#[derive(Clone)]
-pub struct Publisher {
-    client: Client,
-    idle_ttl_ms: u64,
+/// Bounds of the per-session state `ces_publish` maintains.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most events kept in a session's reconnection buffer.
+    pub buffer_max_events: u64,
+    /// Oldest event kept in a session's reconnection buffer.
+    pub buffer_max_age: Duration,
+    /// How long an event id is remembered to drop duplicates.
+    pub dedup_window: Duration,
+    /// A session's epoch and `seq` survive this long without events.
+    pub state_ttl: Duration,
 }
 
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("idle_ttl_ms", &self.idle_ttl_ms)
-            .finish()
-    }
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published with this `seq`.
+    Published(u64),
+    /// Its id was seen within the dedup window; nothing was published.
+    Duplicate,
+}
+
+/// Publishes batches of events to Redis.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: Client,
+    limits: Limits,
 }
 
 impl Publisher {
     /// Wraps a connected client and loads the function library.
-    pub async fn new(client: Client, idle_ttl: Duration) -> Result<Self, Error> {
-        let publisher = Self {
-            client,
-            idle_ttl_ms: idle_ttl.as_millis().max(1) as u64,
-        };
-        publisher.load_library().await?;
-        Ok(publisher)
+    pub async fn new(client: Client, limits: Limits) -> Result<Self, Error> {
+        ces_shared::redis::load_library(&client).await?;
+        Ok(Self { client, limits })
     }
 
     /// The Redis client, for readiness checks.
@@ -77,23 +65,30 @@ impl Publisher {
         &self.client
     }
 
-    /// Runs `ces_publish` for every event in one pipeline; one result (the assigned `seq`) per event, in order.
-    pub async fn publish(&self, events: &[&Publish]) -> Vec<Result<u64, Error>> {
+    /// Runs `ces_publish` for every event in one pipeline; one outcome per event, in order.
+    pub async fn publish(&self, events: &[&Publish]) -> Vec<Result<Outcome, Error>> {
         // Fail fast while disconnected instead of queueing: a queued command would still run after the caller
-        // timed out and retried, so the batch would execute twice.
+        // timed out and retried.
         let options = Options {
             fail_fast: true,
             ..Options::default()
         };
         let pipeline = Pipeline::from(self.client.with_options(&options));
+        let now = ces_shared::now_ms();
+        let epoch = ces_shared::redis::new_epoch();
+        let ms = |d: Duration| Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64);
         for ev in events {
-            let keys = vec![
-                ces_shared::keys::seq_key(&ev.session_id),
-                ces_shared::keys::channel(&ev.session_id),
-            ];
+            let k = SessionKeys::of(&ev.session_id);
+            let keys = vec![k.meta, k.buffer, k.ids, k.channel];
             let args: Vec<Value> = vec![
                 Value::Bytes(ev.envelope.clone().into()),
-                Value::Integer(self.idle_ttl_ms as i64),
+                Value::from(ev.event_id.as_str()),
+                Value::Integer(now),
+                Value::Integer(self.limits.buffer_max_events as i64),
+                ms(self.limits.buffer_max_age),
+                ms(self.limits.dedup_window),
+                ms(self.limits.state_ttl),
+                Value::from(epoch.as_str()),
             ];
             // Queues in memory; cannot fail before `try_all`.
             let queued: Result<(), _> = pipeline.fcall(PUBLISH_FUNCTION, keys, args).await;
@@ -108,18 +103,21 @@ impl Publisher {
             .try_all::<u64>()
             .await
             .into_iter()
-            .map(|r| r.map_err(Error::Redis))
+            .map(|r| match r {
+                Ok(0) => Ok(Outcome::Duplicate),
+                Ok(seq) => Ok(Outcome::Published(seq)),
+                Err(e) => Err(Error::Redis(e)),
+            })
             .collect()
     }
 
     /// (Re)loads the function library, e.g. after Redis restarted without persistence.
     pub async fn load_library(&self) -> Result<(), Error> {
-        let _: String = self.client.function_load(true, LIBRARY).await?;
-        Ok(())
+        Ok(ces_shared::redis::load_library(&self.client).await?)
     }
 }
 
 /// Whether a Redis error says the publish function is not loaded.
 pub fn is_function_missing(e: &Error) -> bool {
-    matches!(e, Error::Redis(r) if r.details().contains("Function not found"))
+    matches!(e, Error::Redis(r) if ces_shared::redis::is_function_missing(r))
 }

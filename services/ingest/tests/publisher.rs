@@ -1,21 +1,23 @@
-//! The Redis publish function against a real redis-server: the `seq` it appends is what decoders read at every
-//! varint width, numbers are consecutive, the counter gets its idle TTL, and a lost library is detected and
-//! reloaded.
+//! The Redis functions against a real redis-server: `seq` and epoch appended so decoders read them at every
+//! varint width, duplicates dropped, the buffer trimmed by count with the evicted range remembered, and a lost
+//! function library detected and reloaded.
 
 use std::time::Duration;
 
 use ces_ingest::batch::Publish;
-use ces_ingest::publisher::{Publisher, is_function_missing};
+use ces_ingest::publisher::{Limits, Outcome, Publisher, is_function_missing};
 use ces_shared::envelope::{self, Envelope};
-use ces_shared::keys;
+use ces_shared::keys::{self, SessionKeys};
 use ces_systest::Redis;
+use fred::clients::Client;
 use fred::interfaces::{
-    ClientLike, EventInterface, FunctionInterface, KeysInterface, PubsubInterface,
+    ClientLike, EventInterface, FunctionInterface, HashesInterface, KeysInterface, PubsubInterface,
+    StreamsInterface,
 };
 
-fn event(session: &str, n: u64) -> Publish {
+fn event(session: &str, id: &str, n: u64) -> Publish {
     let env = Envelope {
-        event_id: format!("id-{n}"),
+        event_id: id.into(),
         session_id: session.into(),
         event_type: "t".into(),
         data: format!("{{\"n\":{n}}}").into_bytes().into(),
@@ -23,23 +25,47 @@ fn event(session: &str, n: u64) -> Publish {
     };
     Publish {
         session_id: session.into(),
-        event_id: env.event_id.clone(),
+        event_id: id.into(),
         envelope: envelope::encode(&env),
     }
 }
 
-#[tokio::test]
-async fn seq_is_consecutive_and_decodable_at_every_varint_width() -> anyhow::Result<()> {
-    let redis = Redis::start().await?;
+fn limits(buffer_max_events: u64) -> Limits {
+    Limits {
+        buffer_max_events,
+        buffer_max_age: Duration::from_secs(300),
+        dedup_window: Duration::from_secs(3600),
+        state_ttl: Duration::from_secs(120),
+    }
+}
+
+async fn client(redis: &Redis) -> anyhow::Result<Client> {
     let client = ces_shared::redis::builder(&redis.url())?.build()?;
     client.init().await?;
+    Ok(client)
+}
+
+async fn publish(p: &Publisher, events: &[Publish]) -> anyhow::Result<Vec<Outcome>> {
+    let refs: Vec<&Publish> = events.iter().collect();
+    Ok(p.publish(&refs)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?)
+}
+
+#[tokio::test]
+async fn seq_and_epoch_are_decodable_at_every_varint_width() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
     let subscriber = ces_shared::redis::builder(&redis.url())?.build_subscriber_client()?;
     subscriber.init().await?;
     let mut messages = subscriber.message_rx();
     subscriber.subscribe(keys::channel("s1")).await?;
-    let publisher = Publisher::new(client.clone(), Duration::from_secs(120)).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    let meta = SessionKeys::of("s1").meta;
 
     // Each start puts the next two numbers on either side of a varint width boundary.
+    let mut n = 0;
     for start in [
         0u64,
         126,
@@ -48,54 +74,100 @@ async fn seq_is_consecutive_and_decodable_at_every_varint_width() -> anyhow::Res
         (1 << 40) - 1,
         (1 << 53) - 3,
     ] {
-        let _: () = client
-            .set(keys::seq_key("s1"), start, None, None, false)
-            .await?;
-        let (a, b) = (event("s1", start + 1), event("s1", start + 2));
-        let results: Vec<u64> = publisher
-            .publish(&[&a, &b])
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        assert_eq!(results, [start + 1, start + 2]);
+        if start > 0 {
+            let _: () = client.hset(&meta, ("seq", start)).await?;
+        }
+        n += 2;
+        let events = [
+            event("s1", &format!("a{n}"), start + 1),
+            event("s1", &format!("b{n}"), start + 2),
+        ];
+        let outcomes = publish(&publisher, &events).await?;
+        assert_eq!(
+            outcomes,
+            [Outcome::Published(start + 1), Outcome::Published(start + 2)]
+        );
+        let epoch: String = client.hget(&meta, "epoch").await?;
         for expected in [start + 1, start + 2] {
             let msg = tokio::time::timeout(Duration::from_secs(5), messages.recv()).await??;
             // fred hands over payloads that happen to be UTF-8 as strings.
-            let bytes = msg.value.as_bytes().expect("a bulk string payload");
-            let env = envelope::decode(bytes)?;
-            assert_eq!(env.seq, expected);
+            let env = envelope::decode(msg.value.as_bytes().expect("a bulk string payload"))?;
+            assert_eq!((env.seq, env.epoch.as_str()), (expected, epoch.as_str()));
             assert_eq!(&env.data[..], format!("{{\"n\":{expected}}}").as_bytes());
         }
     }
-    let ttl: i64 = client.pttl(keys::seq_key("s1")).await?;
-    assert!(
-        ttl > 0 && ttl <= 120_000,
-        "idle TTL set on the counter, got {ttl}"
+    let ttl: i64 = client.pttl(&meta).await?;
+    assert!(ttl > 0 && ttl <= 120_000, "state TTL set, got {ttl}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_are_dropped_without_a_seq() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let publisher = Publisher::new(client(&redis).await?, limits(1000)).await?;
+    let outcomes = publish(
+        &publisher,
+        &[
+            event("s", "x", 1),
+            event("s", "x", 1),
+            event("s", "y", 2),
+            event("s", "x", 1),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Published(1),
+            Outcome::Duplicate,
+            Outcome::Published(2),
+            Outcome::Duplicate
+        ]
     );
+    // The same id for another session is another event.
+    assert_eq!(
+        publish(&publisher, &[event("t", "x", 1)]).await?,
+        [Outcome::Published(1)]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn buffer_keeps_the_newest_events_and_remembers_what_it_evicted() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(5)).await?;
+    let events: Vec<Publish> = (1..=12).map(|n| event("s", &format!("e{n}"), n)).collect();
+    publish(&publisher, &events).await?;
+    let k = SessionKeys::of("s");
+    let len: u64 = client.xlen(&k.buffer).await?;
+    assert_eq!(len, 5);
+    let (evicted, reason): (u64, String) = client
+        .hmget(&k.meta, vec!["evicted", "evicted_reason"])
+        .await?;
+    assert_eq!((evicted, reason.as_str()), (7, "buffer_overflow"));
     Ok(())
 }
 
 #[tokio::test]
 async fn a_lost_function_library_is_detected_and_reloaded() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
-    let client = ces_shared::redis::builder(&redis.url())?.build()?;
-    client.init().await?;
-    let publisher = Publisher::new(client.clone(), Duration::from_secs(60)).await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
     let _: () = client.function_flush(false).await?;
 
-    let e = event("s2", 1);
+    let e = event("s2", "only", 1);
     let failed = publisher
         .publish(&[&e])
         .await
         .remove(0)
         .expect_err("function is gone");
     assert!(is_function_missing(&failed), "{failed}");
-    assert!(!failed.to_string().is_empty());
     publisher.load_library().await?;
     assert_eq!(
         publisher.publish(&[&e]).await.remove(0)?,
-        1,
-        "nothing was assigned by the failed call"
+        Outcome::Published(1),
+        "nothing ran before"
     );
     Ok(())
 }
