@@ -44,6 +44,24 @@ pub enum ServerFrame {
         session_id: String,
         /// Id of the edge node serving it.
         node: String,
+        /// The session buffer's current epoch; `seq` counts within it.
+        epoch: String,
+        /// The latest `seq` assigned in this epoch (0 if none yet).
+        seq: u64,
+    },
+    /// Answer to a resume request (`last_seq`/`epoch` on connect), or to a gap found while live; followed by
+    /// the replayed events.
+    Resumed {
+        /// Whether every event after the client's position could be replayed.
+        ok: bool,
+        /// How many events follow as replay.
+        replayed: u64,
+        /// Why not everything could be replayed: `buffer_overflow`, `expired` or `epoch_changed`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The exact range that is gone.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lost: Option<Lost>,
     },
     /// Answer to a client `ping`.
     Pong,
@@ -61,6 +79,16 @@ impl ServerFrame {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// A range of sequence numbers that can no longer be delivered. `to` is `None` when the range is open-ended:
+/// after an epoch change the old epoch's last `seq` is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// First lost `seq`.
+    pub from: u64,
+    /// Last lost `seq`, inclusive.
+    pub to: Option<u64>,
 }
 
 /// Frames a client may send.
@@ -139,9 +167,40 @@ mod tests {
         let w = ServerFrame::Welcome {
             session_id: "s".into(),
             node: "edge-a".into(),
+            epoch: "e1".into(),
+            seq: 7,
         }
         .to_json();
-        assert_eq!(w, r#"{"type":"welcome","session_id":"s","node":"edge-a"}"#);
+        assert_eq!(
+            w,
+            r#"{"type":"welcome","session_id":"s","node":"edge-a","epoch":"e1","seq":7}"#
+        );
+    }
+
+    #[test]
+    fn resumed_has_the_contract_shape() {
+        let ok = ServerFrame::Resumed {
+            ok: true,
+            replayed: 3,
+            reason: None,
+            lost: None,
+        }
+        .to_json();
+        assert_eq!(ok, r#"{"type":"resumed","ok":true,"replayed":3}"#);
+        let lost = ServerFrame::Resumed {
+            ok: false,
+            replayed: 2,
+            reason: Some("buffer_overflow".into()),
+            lost: Some(Lost {
+                from: 3,
+                to: Some(7),
+            }),
+        }
+        .to_json();
+        assert_eq!(
+            lost,
+            r#"{"type":"resumed","ok":false,"replayed":2,"reason":"buffer_overflow","lost":{"from":3,"to":7}}"#
+        );
     }
 
     #[test]

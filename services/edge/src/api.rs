@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::resume::Position;
 use crate::ws::{SocketParams, serve_socket};
 use crate::{AppState, Error, metrics as m};
 
@@ -104,6 +105,10 @@ fn parse_metadata(body: &[u8]) -> Result<String, Error> {
 pub struct WsQuery {
     /// Session token from registration.
     pub token: Option<String>,
+    /// Resume: the last `seq` the client processed.
+    pub last_seq: Option<u64>,
+    /// Resume: the epoch that `last_seq` belongs to (from the welcome frame).
+    pub epoch: Option<String>,
 }
 
 /// `GET /v1/ws?token=`: checks the token before anything else (401 without upgrading), then upgrades.
@@ -129,7 +134,24 @@ pub async fn websocket(
     if state.shutdown.is_cancelled() {
         return Err(Error::Draining);
     }
+    if query
+        .epoch
+        .as_ref()
+        .is_some_and(|e| e.is_empty() || e.len() > 64)
+    {
+        return Err(Error::BadRequest {
+            code: "invalid_epoch",
+            message: "epoch must be 1-64 characters".into(),
+        });
+    }
+    let position = (query.last_seq.is_some() || query.epoch.is_some()).then(|| Position {
+        last_seq: query.last_seq.unwrap_or(0),
+        epoch: query.epoch,
+    });
     let params = SocketParams {
+        position,
+        redis: state.redis.clone(),
+        state_ttl: state.config.state_ttl,
         session: verified.session_id,
         node_id: state.config.node_id.clone(),
         ping_interval: state.config.ping_interval,

@@ -27,6 +27,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Longest registration body in bytes.
     pub max_body_bytes: usize,
+    /// A session's epoch and `seq` survive this long without events (must match ingest's).
+    pub state_ttl: Duration,
     /// How long shutdown waits for sockets to close.
     pub shutdown_grace: Duration,
     /// Redis and logging.
@@ -57,6 +59,8 @@ impl Config {
             v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
         let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
+        let state_ttl =
+            Duration::from_secs(v.bounded("CES_SESSION_STATE_TTL_SECS", 86_400, 60, 90 * 86_400));
         let common = Common::read(&mut v);
 
         let token_key = TokenKey::new(secret.as_bytes());
@@ -82,6 +86,7 @@ impl Config {
             max_message_bytes,
             max_body_bytes,
             shutdown_grace,
+            state_ttl,
             common,
         })
     }

@@ -28,6 +28,9 @@ pub enum Error {
         /// Human-readable detail.
         message: String,
     },
+    /// Redis answered something CES does not expect (a foreign library, a corrupt key).
+    #[error("unexpected redis reply: {0}")]
+    UnexpectedReply(&'static str),
     /// The node is shutting down and takes no new connections.
     #[error("draining")]
     Draining,
@@ -57,7 +60,7 @@ impl IntoResponse for Error {
                     "storage temporarily unavailable".to_owned(),
                 )
             }
-            Error::Shared(_) | Error::Io(_) => {
+            Error::Shared(_) | Error::Io(_) | Error::UnexpectedReply(_) => {
                 tracing::error!(error = %self, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,

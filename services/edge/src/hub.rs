@@ -12,8 +12,8 @@
 //!   consumer, which is closed with 4008 and resumes from the reconnection buffer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -25,6 +25,18 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::metrics as m;
+
+/// A live event, ready to write: its position, to detect duplicates and gaps against what the socket already
+/// sent, and its frame, built once by the dispatch task.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Sequence number within `epoch`.
+    pub seq: u64,
+    /// The session buffer's epoch.
+    pub epoch: Arc<str>,
+    /// The event frame.
+    pub frame: Utf8Bytes,
+}
 
 /// Why the hub wants a connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +60,7 @@ pub const SLOW_CONSUMER: CloseReason = CloseReason {
 
 struct Slot {
     conn_id: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Live>,
     close: oneshot::Sender<CloseReason>,
 }
 
@@ -57,8 +69,8 @@ struct Slot {
 pub struct Attachment {
     /// Identifies this connection in [`Hub::detach`].
     pub conn_id: u64,
-    /// Event frames for the socket.
-    pub frames: mpsc::Receiver<Utf8Bytes>,
+    /// Live events for the socket.
+    pub frames: mpsc::Receiver<Live>,
     /// Fires when the hub wants the socket closed.
     pub close: oneshot::Receiver<CloseReason>,
 }
@@ -168,7 +180,7 @@ impl Hub {
         self.slots.lock().expect("hub lock").len()
     }
 
-    fn deliver(&self, session: &str, frame: Utf8Bytes) {
+    fn deliver(&self, session: &str, frame: Live) {
         let mut slots = self.slots.lock().expect("hub lock");
         let Some(slot) = slots.get(session) else {
             // Published between the last connection leaving and the UNSUBSCRIBE taking effect.
@@ -313,7 +325,12 @@ async fn dispatch_task(
     debug!("dispatch task stopped");
 }
 
-fn frame_of(payload: Bytes) -> Option<Utf8Bytes> {
+fn frame_of(payload: Bytes) -> Option<Live> {
     let env = ces_shared::envelope::decode_bytes(payload).ok()?;
-    ces_shared::frame::event_frame(&env).map(Utf8Bytes::from)
+    let frame = ces_shared::frame::event_frame(&env)?;
+    Some(Live {
+        seq: env.seq,
+        epoch: Arc::from(env.epoch.as_str()),
+        frame: Utf8Bytes::from(frame),
+    })
 }

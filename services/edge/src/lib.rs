@@ -8,12 +8,14 @@
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
+//! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
 //! - [`ws`]: one WebSocket connection's protocol loop.
 
 pub mod api;
 pub mod config;
 pub mod hub;
 pub mod metrics;
+pub mod resume;
 pub mod ws;
 
 mod error;

@@ -6,6 +6,12 @@ pub const CONNECTIONS: &str = "ces_edge_connections";
 pub const SESSIONS_REGISTERED: &str = "ces_edge_sessions_registered_total";
 /// Event frames written to sockets.
 pub const DELIVERED: &str = "ces_edge_delivered_total";
+/// Resume answers, labelled by `result` (`ok`, `buffer_overflow`, `expired`, `epoch_changed`).
+pub const RESUMES: &str = "ces_edge_resumes_total";
+/// Events replayed from reconnection buffers.
+pub const REPLAYED: &str = "ces_edge_replayed_total";
+/// Live events not written because the socket already had them (the subscribe/replay overlap).
+pub const SKIPPED: &str = "ces_edge_skipped_total";
 /// Sockets closed, labelled by close `code`.
 pub const CLOSED: &str = "ces_edge_closed_total";
 /// Connections closed because their queue overflowed.

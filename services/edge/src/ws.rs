@@ -11,13 +11,15 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use ces_shared::frame::{ClientFrame, ServerFrame, parse_client_frame};
 use ces_shared::keys::SessionId;
+use fred::clients::Client;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::hub::{Attachment, CloseReason, Hub};
+use crate::hub::{Attachment, CloseReason, Hub, Live};
 use crate::metrics as m;
+use crate::resume::{self, Decision, Position, Snapshot};
 
 /// Close codes the edge uses (docs/protocol.md).
 pub mod close_code {
@@ -59,6 +61,19 @@ pub struct SocketParams {
     pub ping_interval: Duration,
     /// Pings in a row without any inbound frame before the socket is closed.
     pub max_missed_pongs: u32,
+    /// Where the client says it is (`last_seq`/`epoch` on connect), `None` for a fresh connection.
+    pub position: Option<Position>,
+    /// Command connection, to read the reconnection buffer.
+    pub redis: Client,
+    /// TTL of a session's epoch and `seq` state, given to a session that has none yet.
+    pub state_ttl: Duration,
+}
+
+/// Where the socket stands in the session's event stream.
+#[derive(Debug)]
+struct Cursor {
+    epoch: String,
+    last_sent: u64,
 }
 
 /// Serves one socket until it closes, then releases everything it held. Returns the close code.
@@ -118,14 +133,41 @@ where
     if let Ok(CloseReason { code, reason }) = hub_close.try_recv() {
         return close(socket, code, reason).await;
     }
+    // Subscribed first (the caller waited for Redis to confirm), so everything published from here on is queued
+    // in `frames`; everything before is in the buffer. Reading the buffer now leaves no gap, and the cursor drops
+    // what both hold.
+    let session = params.session.as_str();
+    let decision = match read_position(params).await {
+        Ok(d) => d,
+        Err(e) => {
+            info!(session, error = %e, "cannot read the session buffer; closing");
+            return close(
+                socket,
+                close_code::INTERNAL_ERROR,
+                "temporarily unavailable",
+            )
+            .await;
+        }
+    };
+    let (snapshot, decision) = decision;
     let welcome = ServerFrame::Welcome {
         session_id: params.session.to_string(),
         node: params.node_id.clone(),
+        epoch: snapshot.epoch.clone(),
+        seq: snapshot.last_seq,
     };
     if bounded(socket.send(Message::Text(welcome.to_json().into())))
         .await
         .is_err()
     {
+        return close_code::ABNORMAL;
+    }
+    record_resume(&decision);
+    let mut cursor = Cursor {
+        epoch: snapshot.epoch,
+        last_sent: decision.last_sent,
+    };
+    if bounded(send_decision(socket, decision)).await.is_err() {
         return close_code::ABNORMAL;
     }
     let mut ping = tokio::time::interval_at(
@@ -183,12 +225,13 @@ where
                     return close_code::ABNORMAL;
                 }
             }
-            frame = frames.recv() => {
-                let Some(frame) = frame else {
+            live = frames.recv() => {
+                let Some(live) = live else {
                     return close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await;
                 };
-                if bounded(write_coalesced(socket, frame, &mut frames)).await.is_err() {
-                    return close_code::ABNORMAL;
+                match bounded(forward(socket, live, &mut frames, &mut cursor, params)).await {
+                    Ok(()) => {}
+                    Err(()) => return close_code::ABNORMAL,
                 }
             }
         }
@@ -204,27 +247,115 @@ async fn bounded<T>(write: impl Future<Output = Result<T, axum::Error>>) -> Resu
     }
 }
 
-async fn write_coalesced<S>(
+/// Reads the buffer after the client's position (from the epoch's start if the epoch changed) and decides.
+async fn read_position(params: &SocketParams) -> Result<(Snapshot, Decision), crate::Error> {
+    let session = params.session.as_str();
+    let after = params.position.as_ref().map_or(0, |p| p.last_seq);
+    let mut snap = resume::fetch(&params.redis, session, after, params.state_ttl).await?;
+    if let Some(pos) = &params.position
+        && resume::needs_full_read(pos, &snap)
+    {
+        snap = resume::fetch(&params.redis, session, 0, params.state_ttl).await?;
+    }
+    let decision = resume::decide(params.position.as_ref(), &snap);
+    Ok((snap, decision))
+}
+
+fn record_resume(decision: &Decision) {
+    if let Some(ServerFrame::Resumed { ok, reason, .. }) = &decision.resumed {
+        let result = if *ok {
+            "ok".to_owned()
+        } else {
+            reason.clone().unwrap_or_default()
+        };
+        metrics::counter!(m::RESUMES, "result" => result).increment(1);
+    }
+    metrics::counter!(m::REPLAYED).increment(decision.replay.len() as u64);
+}
+
+/// Writes a decision: its `resumed` frame, then the replayed events, with one flush.
+async fn send_decision<S>(socket: &mut S, decision: Decision) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    if let Some(frame) = decision.resumed {
+        socket.feed(Message::Text(frame.to_json().into())).await?;
+    }
+    for frame in decision.replay {
+        socket.feed(Message::Text(frame)).await?;
+    }
+    socket.flush().await
+}
+
+/// Writes `first` and whatever else is already queued (up to [`COALESCE_MAX`]) with one flush, keeping the
+/// stream exact: a frame at or below the cursor was already sent (by the replay) and is dropped; a frame past
+/// a gap first replays the gap from the buffer; a frame from another epoch means Redis lost the session's
+/// buffer, which the client is told before the new epoch is replayed from its start.
+async fn forward<S>(
     socket: &mut S,
-    first: Utf8Bytes,
-    frames: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+    first: Live,
+    frames: &mut tokio::sync::mpsc::Receiver<Live>,
+    cursor: &mut Cursor,
+    params: &SocketParams,
 ) -> Result<(), axum::Error>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    socket.feed(Message::Text(first)).await?;
-    let mut n = 1u64;
-    while (n as usize) < COALESCE_MAX {
-        match frames.try_recv() {
-            Ok(frame) => {
+    let mut next = Some(first);
+    let mut written = 0usize;
+    let mut delivered = 0u64;
+    while let Some(live) = next.take() {
+        written += 1;
+        if *live.epoch != *cursor.epoch || live.seq > cursor.last_sent + 1 {
+            // Rare paths: read the buffer, then continue from wherever it leaves the cursor.
+            let position = Position {
+                last_seq: cursor.last_sent,
+                epoch: Some(cursor.epoch.clone()),
+            };
+            let snap = resume::fetch(
+                &params.redis,
+                params.session.as_str(),
+                cursor.last_sent,
+                params.state_ttl,
+            )
+            .await;
+            let snap = match snap {
+                Ok(s) if resume::needs_full_read(&position, &s) => {
+                    resume::fetch(&params.redis, params.session.as_str(), 0, params.state_ttl).await
+                }
+                other => other,
+            };
+            let Ok(snap) = snap else {
+                return Err(axum::Error::new(
+                    "cannot read the session buffer to fill a gap",
+                ));
+            };
+            let decision = resume::decide(Some(&position), &snap);
+            record_resume(&decision);
+            cursor.epoch = snap.epoch;
+            cursor.last_sent = decision.last_sent;
+            for frame in decision
+                .resumed
+                .into_iter()
+                .map(|f| Utf8Bytes::from(f.to_json()))
+                .chain(decision.replay)
+            {
                 socket.feed(Message::Text(frame)).await?;
-                n += 1;
             }
-            Err(_) => break,
+        }
+        if *live.epoch == *cursor.epoch && live.seq == cursor.last_sent + 1 {
+            socket.feed(Message::Text(live.frame)).await?;
+            cursor.last_sent = live.seq;
+            delivered += 1;
+        } else {
+            metrics::counter!(m::SKIPPED).increment(1);
+        }
+        if written < COALESCE_MAX {
+            next = frames.try_recv().ok();
         }
     }
     socket.flush().await?;
-    metrics::counter!(m::DELIVERED).increment(n);
+    metrics::counter!(m::DELIVERED).increment(delivered);
     Ok(())
 }
 

@@ -1,0 +1,352 @@
+//! Resuming a session from its reconnection buffer.
+//!
+//! [`fetch`] reads the session's epoch, latest `seq`, eviction mark and buffered events after a position in one
+//! atomic step (`ces_resume`). [`decide`] is pure: given where the client says it is and that snapshot, it says
+//! what to answer (`resumed ok:true`, or `ok:false` with the exact lost range and why), what to replay, and the
+//! position the socket is at afterwards. The same two steps heal a gap found while live (a Pub/Sub message lost
+//! during a reconnect) and an epoch change under a live socket (Redis lost its data).
+
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use ces_shared::envelope::{self, Envelope};
+use ces_shared::frame::{Lost, ServerFrame};
+use ces_shared::keys::SessionKeys;
+use ces_shared::redis::RESUME_FUNCTION;
+use fred::clients::Client;
+use fred::interfaces::FunctionInterface;
+use fred::types::Value;
+
+use crate::Error;
+
+/// Reasons in `resumed ok:false` frames (docs/protocol.md).
+pub mod reason {
+    /// The buffer's count limit evicted the events.
+    pub const BUFFER_OVERFLOW: &str = "buffer_overflow";
+    /// The buffer's age limit (or its idle expiry) evicted the events.
+    pub const EXPIRED: &str = "expired";
+    /// The buffer was lost (Redis flushed or restarted without persistence, state expired): numbering restarted.
+    pub const EPOCH_CHANGED: &str = "epoch_changed";
+}
+
+/// Where a client says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Last `seq` it processed.
+    pub last_seq: u64,
+    /// The epoch that `seq` belongs to, if the client sent it.
+    pub epoch: Option<String>,
+}
+
+/// The session's buffer as read after some `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Current epoch.
+    pub epoch: String,
+    /// Latest `seq` assigned in it.
+    pub last_seq: u64,
+    /// Highest `seq` trimmed from the buffer, and why.
+    pub evicted: u64,
+    /// `buffer_overflow` or `expired`, empty if nothing was trimmed.
+    pub evicted_reason: String,
+    /// The `seq` the read started after.
+    pub after: u64,
+    /// Buffered events after `after`, in order.
+    pub events: Vec<Envelope>,
+}
+
+/// What to send and where the socket stands afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The `resumed` frame, if one is due.
+    pub resumed: Option<ServerFrame>,
+    /// Event frames to replay, in order.
+    pub replay: Vec<Utf8Bytes>,
+    /// Last `seq` the client has (or is about to have) after the replay.
+    pub last_sent: u64,
+}
+
+/// Reads the session's snapshot after `after`, creating an epoch if the session has none. Reloads the function
+/// library once if Redis lost it.
+pub async fn fetch(
+    redis: &Client,
+    session: &str,
+    after: u64,
+    state_ttl: Duration,
+) -> Result<Snapshot, Error> {
+    let k = SessionKeys::of(session);
+    let call = || {
+        let args: Vec<Value> = vec![
+            Value::Integer(after as i64),
+            Value::from(ces_shared::redis::new_epoch()),
+            Value::Integer(state_ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
+        ];
+        redis.fcall::<Vec<Value>, _, _, _>(
+            RESUME_FUNCTION,
+            vec![k.meta.clone(), k.buffer.clone()],
+            args,
+        )
+    };
+    let reply = match call().await {
+        Err(e) if ces_shared::redis::is_function_missing(&e) => {
+            ces_shared::redis::load_library(redis).await?;
+            call().await?
+        }
+        other => other?,
+    };
+    parse_snapshot(reply, after)
+}
+
+fn parse_snapshot(reply: Vec<Value>, after: u64) -> Result<Snapshot, Error> {
+    let malformed = || Error::UnexpectedReply("malformed ces_resume reply");
+    let mut it = reply.into_iter();
+    let epoch = it
+        .next()
+        .and_then(|v| v.as_string())
+        .ok_or_else(malformed)?;
+    let mut number = || it.next().and_then(|v| v.as_u64()).ok_or_else(malformed);
+    let (last_seq, evicted) = (number()?, number()?);
+    let evicted_reason = it.next().and_then(|v| v.as_string()).unwrap_or_default();
+    let mut events = Vec::new();
+    for v in it {
+        let bytes = v.as_bytes().ok_or_else(malformed)?;
+        match envelope::decode(bytes) {
+            Ok(env) => events.push(env),
+            Err(e) => tracing::warn!(error = %e, "malformed envelope in buffer skipped"),
+        }
+    }
+    Ok(Snapshot {
+        epoch,
+        last_seq,
+        evicted,
+        evicted_reason,
+        after,
+        events,
+    })
+}
+
+/// Whether `snap` (read after the client's `last_seq`) belongs to another epoch than the client's, so the new
+/// epoch must be read from its start.
+pub fn needs_full_read(pos: &Position, snap: &Snapshot) -> bool {
+    match &pos.epoch {
+        Some(e) => *e != snap.epoch,
+        // Without an epoch, a position beyond the newest `seq` can only come from an earlier epoch.
+        None => pos.last_seq > snap.last_seq,
+    }
+}
+
+/// Decides the answer to a connection. `pos` is `None` for a fresh connection (replay whatever is buffered,
+/// no `resumed` frame). For an epoch change, `snap` must be read from the new epoch's start (`after == 0`).
+pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
+    let replay: Vec<Utf8Bytes> = snap
+        .events
+        .iter()
+        .filter_map(ces_shared::frame::event_frame)
+        .map(Utf8Bytes::from)
+        .collect();
+    let newest = snap.events.last().map_or(snap.after, |e| e.seq);
+    let Some(pos) = pos else {
+        return Decision {
+            resumed: None,
+            last_sent: newest.max(snap.last_seq),
+            replay,
+        };
+    };
+    let replayed = replay.len() as u64;
+    if needs_full_read(pos, snap) {
+        let resumed = ServerFrame::Resumed {
+            ok: false,
+            replayed,
+            reason: Some(reason::EPOCH_CHANGED.into()),
+            lost: Some(Lost {
+                from: pos.last_seq + 1,
+                to: None,
+            }),
+        };
+        return Decision {
+            resumed: Some(resumed),
+            replay,
+            last_sent: newest.max(snap.last_seq),
+        };
+    }
+    let first_available = snap.events.first().map_or(snap.last_seq + 1, |e| e.seq);
+    let resumed = if pos.last_seq + 1 < first_available {
+        let to = first_available - 1;
+        let why = if snap.evicted >= to && !snap.evicted_reason.is_empty() {
+            snap.evicted_reason.clone()
+        } else {
+            // The whole buffer expired while idle: nothing recorded the eviction.
+            reason::EXPIRED.to_owned()
+        };
+        ServerFrame::Resumed {
+            ok: false,
+            replayed,
+            reason: Some(why),
+            lost: Some(Lost {
+                from: pos.last_seq + 1,
+                to: Some(to),
+            }),
+        }
+    } else {
+        ServerFrame::Resumed {
+            ok: true,
+            replayed,
+            reason: None,
+            lost: None,
+        }
+    };
+    Decision {
+        resumed: Some(resumed),
+        replay,
+        last_sent: newest.max(pos.last_seq).max(snap.last_seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(seq: u64) -> Envelope {
+        Envelope {
+            seq,
+            epoch: "e1".into(),
+            event_id: format!("id{seq}"),
+            event_type: "t".into(),
+            data: "1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn snap(
+        after: u64,
+        seqs: impl IntoIterator<Item = u64>,
+        last_seq: u64,
+        evicted: u64,
+        why: &str,
+    ) -> Snapshot {
+        Snapshot {
+            epoch: "e1".into(),
+            last_seq,
+            evicted,
+            evicted_reason: why.into(),
+            after,
+            events: seqs.into_iter().map(env).collect(),
+        }
+    }
+
+    fn pos(last_seq: u64, epoch: Option<&str>) -> Position {
+        Position {
+            last_seq,
+            epoch: epoch.map(Into::into),
+        }
+    }
+
+    fn resumed(d: &Decision) -> (bool, u64, Option<String>, Option<Lost>) {
+        match d.resumed.clone() {
+            Some(ServerFrame::Resumed {
+                ok,
+                replayed,
+                reason,
+                lost,
+            }) => (ok, replayed, reason, lost),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_resume_replays_everything_after_the_position() {
+        let d = decide(Some(&pos(3, Some("e1"))), &snap(3, 4..=6, 6, 0, ""));
+        assert_eq!(resumed(&d), (true, 3, None, None));
+        assert_eq!(d.replay.len(), 3);
+        assert!(d.replay[0].as_str().contains(r#""seq":4"#));
+        assert_eq!(d.last_sent, 6);
+    }
+
+    #[test]
+    fn up_to_date_client_gets_ok_with_nothing_to_replay() {
+        let d = decide(Some(&pos(6, Some("e1"))), &snap(6, [], 6, 0, ""));
+        assert_eq!(resumed(&d), (true, 0, None, None));
+        assert_eq!(d.last_sent, 6);
+    }
+
+    #[test]
+    fn overflow_names_exactly_the_evicted_range() {
+        let d = decide(
+            Some(&pos(2, Some("e1"))),
+            &snap(2, 8..=12, 12, 7, "buffer_overflow"),
+        );
+        assert_eq!(
+            resumed(&d),
+            (
+                false,
+                5,
+                Some("buffer_overflow".into()),
+                Some(Lost {
+                    from: 3,
+                    to: Some(7)
+                })
+            )
+        );
+        assert_eq!(d.last_sent, 12);
+    }
+
+    #[test]
+    fn a_buffer_that_expired_whole_is_reported_as_expired() {
+        let d = decide(Some(&pos(2, Some("e1"))), &snap(2, [], 9, 0, ""));
+        assert_eq!(
+            resumed(&d),
+            (
+                false,
+                0,
+                Some("expired".into()),
+                Some(Lost {
+                    from: 3,
+                    to: Some(9)
+                })
+            )
+        );
+        assert_eq!(d.last_sent, 9);
+    }
+
+    #[test]
+    fn another_epoch_is_epoch_changed_with_an_open_range() {
+        let s = Snapshot {
+            epoch: "e2".into(),
+            ..snap(0, 1..=2, 2, 0, "")
+        };
+        let p = pos(40, Some("e1"));
+        assert!(needs_full_read(&p, &s));
+        let d = decide(Some(&p), &s);
+        assert_eq!(
+            resumed(&d),
+            (
+                false,
+                2,
+                Some("epoch_changed".into()),
+                Some(Lost { from: 41, to: None })
+            )
+        );
+        assert_eq!(d.last_sent, 2);
+    }
+
+    #[test]
+    fn a_position_beyond_the_newest_seq_without_epoch_is_an_epoch_change() {
+        let p = pos(40, None);
+        let s = snap(0, 1..=2, 2, 0, "");
+        assert!(needs_full_read(&p, &s));
+        assert_eq!(
+            resumed(&decide(Some(&p), &s)).2.as_deref(),
+            Some("epoch_changed")
+        );
+        assert!(!needs_full_read(&pos(2, None), &s));
+    }
+
+    #[test]
+    fn fresh_connection_replays_the_buffer_without_a_resumed_frame() {
+        let d = decide(None, &snap(0, 1..=3, 3, 0, ""));
+        assert_eq!(d.resumed, None);
+        assert_eq!((d.replay.len(), d.last_sent), (3, 3));
+        let empty = decide(None, &snap(0, [], 0, 0, ""));
+        assert_eq!((empty.replay.len(), empty.last_sent), (0, 0));
+    }
+}
