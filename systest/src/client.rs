@@ -44,6 +44,11 @@ pub fn ws_url(base: &str, token: &str) -> String {
     format!("{}/v1/ws?token={token}", base.replacen("http", "ws", 1))
 }
 
+/// `ws://` URL that resumes after `last_seq` in `epoch`.
+pub fn resume_url(base: &str, token: &str, last_seq: u64, epoch: &str) -> String {
+    format!("{}&last_seq={last_seq}&epoch={epoch}", ws_url(base, token))
+}
+
 /// The HTTP status a WebSocket handshake was refused with, or `None` if it was accepted.
 pub async fn handshake_status(url: &str) -> anyhow::Result<Option<u16>> {
     match tokio_tungstenite::connect_async(url).await {

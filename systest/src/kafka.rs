@@ -166,6 +166,29 @@ fn read_blocking(
     Ok(out)
 }
 
+/// Rewinds consumer group `group` to offset 0 on every partition of `topic`, as if it had never committed.
+/// The group must have no active member.
+pub async fn rewind_group(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<()> {
+    let (bootstrap, group, topic) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(&topic, p.id(), Offset::Offset(0))?;
+            }
+        }
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        Ok(())
+    })
+    .await?
+}
+
 /// The value of header `name` as text.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::Headers as _;

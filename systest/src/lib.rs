@@ -107,47 +107,54 @@ where
 pub struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts a server.
     pub async fn start() -> anyhow::Result<Self> {
-        let bin = find_binary("redis-server", "CES_REDIS_SERVER_BIN")?;
         let mut last_error = None;
         for _ in 0..3 {
             let dir = tempfile::tempdir()?;
             let port = free_port();
-            let mut child = Command::new(&bin)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("spawning {}", bin.display()))?;
-            match wait_for("redis-server", &mut child, || ping(port)).await {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        port,
-                        _dir: dir,
-                    });
-                }
+            match Self::spawn(port, &dir).await {
+                Ok(child) => return Ok(Self { child, port, dir }),
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Kills the server and starts a new, empty one on the same port: a restart without persistence.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        let _ = self.child.wait().await;
+        self.child = Self::spawn(self.port, &self.dir).await?;
+        Ok(())
+    }
+
+    async fn spawn(port: u16, dir: &tempfile::TempDir) -> anyhow::Result<Child> {
+        let bin = find_binary("redis-server", "CES_REDIS_SERVER_BIN")?;
+        let mut child = Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        wait_for("redis-server", &mut child, || ping(port)).await?;
+        Ok(child)
     }
 
     /// `redis://127.0.0.1:<port>`.

@@ -23,6 +23,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// Drops the service's main task without a graceful shutdown: nothing is committed or closed politely.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Asks the service to shut down and waits for it.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -108,7 +113,7 @@ pub struct Stack {
     pub broker: Broker,
     pub topic: String,
     pub dlq: String,
-    pub ingest: Service,
+    pub ingest: Option<Service>,
     pub edges: Vec<Service>,
     pub http: reqwest::Client,
 }
@@ -135,15 +140,29 @@ impl Stack {
             broker,
             topic,
             dlq,
-            ingest,
+            ingest: Some(ingest),
             edges: vec![edge_a, edge_b],
             http: reqwest::Client::new(),
         })
     }
 
+    /// Starts another ingest replica on this stack's topics.
+    pub async fn start_ingest(&self, env: &[(&'static str, String)]) -> anyhow::Result<Service> {
+        start_ingest(
+            &self.redis.url(),
+            &self.broker.bootstrap(),
+            &self.topic,
+            &self.dlq,
+            env,
+        )
+        .await
+    }
+
     /// Stops the services (the server processes stop when the stack is dropped).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.ingest.stop().await?;
+        if let Some(ingest) = self.ingest {
+            ingest.stop().await?;
+        }
         for e in self.edges {
             e.stop().await?;
         }

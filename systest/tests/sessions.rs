@@ -1,0 +1,259 @@
+//! Sessions that survive failures: reconnection buffer, resume, dedup and epochs, on a real broker and Redis.
+//! Every test asserts the exact `seq` lists clients receive.
+
+mod common;
+
+use std::time::Duration;
+
+use ces_systest::client::{WsClient, register, resume_url, ws_url};
+use ces_systest::kafka::{self, Record};
+use ces_systest::unique;
+use common::{Stack, event_json};
+use fred::interfaces::{ClientLike, HashesInterface};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+fn ns(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap())
+        .collect()
+}
+
+fn numbered(session: &str, range: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+    range
+        .map(|n| Record::keyed(session, event_json(session, "t", json!({ "n": n }))))
+        .collect()
+}
+
+/// Waits until Redis has assigned `seq` for `session` (ingest is done with everything produced so far).
+async fn wait_for_seq(redis_url: &str, session: &str, seq: u64) -> anyhow::Result<()> {
+    let client = ces_shared::redis::builder(redis_url)?.build()?;
+    client.init().await?;
+    let meta = ces_shared::keys::SessionKeys::of(session).meta;
+    for _ in 0..600 {
+        let current: Option<u64> = client.hget(&meta, "seq").await?;
+        if current.unwrap_or(0) >= seq {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("seq {seq} of {session} not reached")
+}
+
+/// Connects and returns the client with its welcome frame.
+async fn connect(url: &str) -> anyhow::Result<(WsClient, Value)> {
+    let mut ws = WsClient::connect(url).await?;
+    let welcome = ws
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("welcome");
+    assert_eq!(welcome["type"], "welcome");
+    Ok((ws, welcome))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffer_overflow_names_exactly_the_evicted_range_and_replays_the_rest() -> anyhow::Result<()>
+{
+    let stack = Stack::start(1, &[("CES_BUFFER_MAX_EVENTS", "5".into())]).await?;
+    let edge = &stack.edges[0].base;
+    let reg = register(&stack.http, edge).await?;
+    let s = reg.session_id.as_str();
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+
+    let (mut ws, welcome) = connect(&ws_url(edge, &reg.token)).await?;
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(welcome["seq"], 0);
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=2)).await?;
+    assert_eq!(seqs(&ws.events(2, WAIT).await?), [1, 2]);
+    ws.close().await;
+
+    // 10 more while disconnected: seq 3..=12; a 5-event buffer keeps 8..=12.
+    kafka::produce(&producer, &stack.topic, &numbered(s, 3..=12)).await?;
+    wait_for_seq(&stack.redis.url(), s, 12).await?;
+
+    let (mut ws, welcome) =
+        connect(&resume_url(&stack.edges[1].base, &reg.token, 2, &epoch)).await?;
+    assert_eq!(
+        (welcome["epoch"].as_str(), welcome["seq"].as_u64()),
+        (Some(epoch.as_str()), Some(12))
+    );
+    let resumed = ws
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("resumed");
+    assert_eq!(
+        resumed,
+        json!({"type":"resumed","ok":false,"replayed":5,"reason":"buffer_overflow","lost":{"from":3,"to":7}})
+    );
+    let replayed = ws.events(5, WAIT).await?;
+    assert_eq!(seqs(&replayed), [8, 9, 10, 11, 12]);
+    assert_eq!(ns(&replayed), [8, 9, 10, 11, 12]);
+    // Then live, without a gap.
+    kafka::produce(&producer, &stack.topic, &numbered(s, 13..=13)).await?;
+    assert_eq!(seqs(&ws.events(1, WAIT).await?), [13]);
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_resume_replays_exactly_what_was_missed() -> anyhow::Result<()> {
+    let stack = Stack::start(2, &[]).await?;
+    let reg = register(&stack.http, &stack.edges[0].base).await?;
+    let s = reg.session_id.as_str();
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let (mut ws, welcome) = connect(&ws_url(&stack.edges[0].base, &reg.token)).await?;
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=4)).await?;
+    assert_eq!(seqs(&ws.events(4, WAIT).await?), [1, 2, 3, 4]);
+    ws.close().await;
+    kafka::produce(&producer, &stack.topic, &numbered(s, 5..=9)).await?;
+    wait_for_seq(&stack.redis.url(), s, 9).await?;
+
+    let (mut ws, _) = connect(&resume_url(&stack.edges[1].base, &reg.token, 4, &epoch)).await?;
+    let resumed = ws
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("resumed");
+    assert_eq!(resumed, json!({"type":"resumed","ok":true,"replayed":5}));
+    kafka::produce(&producer, &stack.topic, &numbered(s, 10..=11)).await?;
+    let events = ws.events(7, WAIT).await?;
+    assert_eq!(seqs(&events), [5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(ns(&events), [5, 6, 7, 8, 9, 10, 11]);
+    assert!(
+        ws.next_json(Duration::from_millis(300)).await?.is_none(),
+        "nothing after 11"
+    );
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_event_ids_and_replayed_records_are_delivered_once() -> anyhow::Result<()> {
+    let stack = Stack::start(1, &[]).await?;
+    let edge = &stack.edges[0].base;
+    let reg = register(&stack.http, edge).await?;
+    let s = reg.session_id.as_str();
+    let (mut ws, _) = connect(&ws_url(edge, &reg.token)).await?;
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+
+    let with_id = |id: &str, n: u64| {
+        Record::keyed(
+            s,
+            serde_json::to_vec(&json!({"session_id": s, "type": "t", "data": {"n": n}, "id": id}))
+                .unwrap(),
+        )
+    };
+    let same_business_event = Record::keyed(s, event_json(s, "t", json!({ "n": 2, "k": "v" })));
+    let reordered_keys = Record::keyed(
+        s,
+        r#"{"data":{"k":"v","n":2},"type":"t","session_id":"SID"}"#.replace("SID", s),
+    );
+    let records = vec![
+        with_id("order-1", 1),
+        with_id("order-1", 1),   // producer retry: same id
+        with_id("order-1", 100), // same id, other data: still the same event for the producer
+        same_business_event.clone(),
+        reordered_keys,      // same business fields, different bytes
+        same_business_event, // the same record replayed
+    ];
+    kafka::produce(&producer, &stack.topic, &records).await?;
+    // A sentinel shows the pipeline went past every duplicate.
+    kafka::produce(&producer, &stack.topic, &[with_id("sentinel", 3)]).await?;
+    let events = ws.events(3, WAIT).await?;
+    assert_eq!(seqs(&events), [1, 2, 3]);
+    assert_eq!(ns(&events), [1, 2, 3]);
+    assert_eq!(events[0]["id"], "order-1");
+    assert!(ws.next_json(Duration::from_millis(300)).await?.is_none());
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_before_its_commit_redelivers_without_duplicates() -> anyhow::Result<()> {
+    let group = unique("group");
+    let env = [("CES_KAFKA_GROUP", group.clone())];
+    let mut stack = Stack::start(2, &env).await?;
+    let edge = &stack.edges[0].base;
+    let reg = register(&stack.http, edge).await?;
+    let s = reg.session_id.as_str();
+    let (mut ws, _) = connect(&ws_url(edge, &reg.token)).await?;
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=20)).await?;
+    assert_eq!(
+        seqs(&ws.events(20, WAIT).await?),
+        (1..=20).collect::<Vec<_>>()
+    );
+
+    // Redis has every event. Kill ingest without a graceful stop, and make sure Kafka has no commit for any
+    // of them: the restarted replica gets the whole batch again.
+    stack.ingest.take().expect("ingest").abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kafka::rewind_group(&stack.broker.bootstrap(), &group, &stack.topic).await?;
+    stack.ingest = Some(stack.start_ingest(&env).await?);
+
+    kafka::produce(&producer, &stack.topic, &numbered(s, 21..=21)).await?;
+    let events = ws.events(1, WAIT).await?;
+    assert_eq!(
+        seqs(&events),
+        [21],
+        "redelivered events must not reach the client again"
+    );
+    assert_eq!(ns(&events), [21]);
+    assert!(ws.next_json(Duration::from_millis(300)).await?.is_none());
+    // And they really were redelivered: the restarted replica dropped all 20 as duplicates (nextest runs each
+    // test in its own process, so the counter is this test's alone).
+    let base = &stack.ingest.as_ref().expect("ingest").base;
+    let metrics = stack
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ces_ingest_duplicates_total 20"),
+        "{metrics}"
+    );
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_without_persistence_is_an_epoch_change() -> anyhow::Result<()> {
+    let mut stack = Stack::start(1, &[]).await?;
+    let edge = &stack.edges[0].base;
+    let reg = register(&stack.http, edge).await?;
+    let s = reg.session_id.as_str();
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let (mut ws, welcome) = connect(&ws_url(edge, &reg.token)).await?;
+    let old_epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=3)).await?;
+    assert_eq!(seqs(&ws.events(3, WAIT).await?), [1, 2, 3]);
+    ws.close().await;
+
+    stack.redis.restart().await?;
+    ces_systest::wait_ready(&stack.edges[1].base).await?;
+
+    let (mut ws, welcome) =
+        connect(&resume_url(&stack.edges[1].base, &reg.token, 3, &old_epoch)).await?;
+    let new_epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, old_epoch);
+    let resumed = ws
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("resumed");
+    assert_eq!(
+        resumed,
+        json!({"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null}})
+    );
+    // The client continues with new events, numbered from 1 in the new epoch.
+    kafka::produce(&producer, &stack.topic, &numbered(s, 4..=5)).await?;
+    let events = ws.events(2, WAIT).await?;
+    assert_eq!(seqs(&events), [1, 2]);
+    assert_eq!(ns(&events), [4, 5]);
+    stack.stop().await
+}
