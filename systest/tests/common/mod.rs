@@ -177,3 +177,52 @@ pub fn event_json(session: &str, event_type: &str, data: serde_json::Value) -> V
     )
     .unwrap()
 }
+
+/// An edge node on a runtime of its own, so it can be killed like a process: every task (listener, sockets,
+/// Redis clients) is dropped at once and clients see their connections end without a close frame.
+pub struct IsolatedEdge {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IsolatedEdge {
+    /// Starts an edge node against `redis_url` on its own two-thread runtime.
+    pub async fn start(redis_url: &str, node: &str) -> anyhow::Result<Self> {
+        let env = vars(&[
+            ("CES_TOKEN_SECRET", SECRET.to_owned()),
+            ("CES_REDIS_URL", redis_url.to_owned()),
+            ("CES_NODE_ID", node.to_owned()),
+        ]);
+        let config = ces_edge::Config::from_source(&env)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            ces_edge::run(config, listener, std::future::pending()).await
+        });
+        ces_systest::wait_ready(&base).await?;
+        Ok(Self {
+            base,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Kills the node: no close frames, no graceful anything.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for IsolatedEdge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
