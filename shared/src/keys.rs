@@ -117,6 +117,14 @@ impl SessionKeys {
     }
 }
 
+/// Pub/Sub channel on which edge node `node` takes control messages (close a connection it holds).
+pub fn node_channel(node: &str) -> String {
+    format!("ces:node:{node}")
+}
+
+/// Sorted set of registered sessions scored by expiry (ms), for the session cap.
+pub const SESSIONS_KEY: &str = "ces:sessions";
+
 /// Pub/Sub channel of a (validated) session id.
 pub fn channel(session: &str) -> String {
     format!("ces:{{{session}}}:ch")

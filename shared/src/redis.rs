@@ -145,6 +145,49 @@ redis.register_function('ces_publish', function(keys, args)
   return seq
 end)
 
+-- Session state (hash ces:{s}:session). A connection claims the session: the previous holder is returned so
+-- its node can be told to close it (takeover); a closed session cannot be claimed.
+redis.register_function('ces_claim', function(keys, args)
+  local prev = redis.call('HMGET', keys[1], 'conn', 'status')
+  if prev[2] == 'closed' then
+    return { '', 'closed' }
+  end
+  redis.call('HSET', keys[1], 'conn', args[1], 'node', args[2], 'status', 'connected', 'last_seen_ms', args[3])
+  redis.call('PEXPIRE', keys[1], args[4])
+  return { prev[1] or '', prev[2] or '' }
+end)
+
+-- A connection ends: the session becomes disconnected, unless a newer connection holds it already.
+redis.register_function('ces_release', function(keys, args)
+  if redis.call('HGET', keys[1], 'conn') == args[1] then
+    redis.call('HSET', keys[1], 'status', 'disconnected', 'last_seen_ms', args[2])
+    redis.call('HDEL', keys[1], 'conn')
+    redis.call('PEXPIRE', keys[1], args[3])
+    return 1
+  end
+  return 0
+end)
+
+-- The session is closed for good (DELETE): returns the connection that held it, if any.
+redis.register_function('ces_close', function(keys, args)
+  local conn = redis.call('HGET', keys[1], 'conn') or ''
+  redis.call('HSET', keys[1], 'status', 'closed', 'closed_at_ms', args[1])
+  redis.call('HDEL', keys[1], 'conn')
+  redis.call('PEXPIRE', keys[1], args[2])
+  return conn
+end)
+
+-- Registration under a node-wide cap: KEYS[1] is the set of live sessions scored by expiry.
+redis.register_function('ces_admit', function(keys, args)
+  local now, cap = tonumber(args[2]), tonumber(args[4])
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', int(now))
+  if redis.call('ZCARD', keys[1]) >= cap then
+    return 0
+  end
+  redis.call('ZADD', keys[1], args[3], args[1])
+  return 1
+end)
+
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
   local epoch = ensure_epoch(meta, args[2], tonumber(args[3]))
@@ -159,6 +202,15 @@ end)
 
 /// Name of the publish function in [`LIBRARY`].
 pub const PUBLISH_FUNCTION: &str = "ces_publish";
+/// Session state functions in [`LIBRARY`]: claim on connect, release on disconnect, close on DELETE, and
+/// admission under the session cap.
+pub const CLAIM_FUNCTION: &str = "ces_claim";
+/// See [`CLAIM_FUNCTION`].
+pub const RELEASE_FUNCTION: &str = "ces_release";
+/// See [`CLAIM_FUNCTION`].
+pub const CLOSE_FUNCTION: &str = "ces_close";
+/// See [`CLAIM_FUNCTION`].
+pub const ADMIT_FUNCTION: &str = "ces_admit";
 /// Name of the resume function in [`LIBRARY`].
 pub const RESUME_FUNCTION: &str = "ces_resume";
 

@@ -36,6 +36,9 @@ pub enum TokenError {
     /// The token has expired.
     #[error("expired")]
     Expired,
+    /// The token is valid but its session was closed.
+    #[error("revoked")]
+    Revoked,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::resume::Position;
+use crate::session;
 use crate::ws::{SocketParams, serve_socket};
 use crate::{AppState, Error, metrics as m};
 
@@ -63,9 +64,22 @@ pub async fn register(
     {
         fields.insert("user_agent", ua.chars().take(512).collect());
     }
+    fields.insert("status", "disconnected".to_owned());
+    let expires_at_ms = i64::try_from(expires_at.as_millis()).unwrap_or(i64::MAX);
+    if !session::admit(
+        &state.redis,
+        &session,
+        expires_at_ms,
+        state.config.max_sessions,
+    )
+    .await?
+    {
+        return Err(Error::AtCapacity);
+    }
     let key = session.session_key();
     let pipeline = state.redis.pipeline();
     let _: () = pipeline.hset(&key, fields).await?;
+    // A never-connected session lives as long as its token; connecting extends it.
     let _: () = pipeline
         .expire(&key, state.config.token_ttl.as_secs() as i64, None)
         .await?;
@@ -131,6 +145,9 @@ pub async fn websocket(
         Ok(u) => u,
         Err(rejection) => return Ok(rejection.into_response()),
     };
+    if session::is_closed(&state.redis, &verified.session_id).await? {
+        return Err(Error::Unauthorized(TokenError::Revoked));
+    }
     if state.shutdown.is_cancelled() {
         return Err(Error::Draining);
     }
@@ -152,6 +169,7 @@ pub async fn websocket(
         position,
         redis: state.redis.clone(),
         state_ttl: state.config.state_ttl,
+        session_ttl: state.config.session_ttl,
         session: verified.session_id,
         node_id: state.config.node_id.clone(),
         ping_interval: state.config.ping_interval,
@@ -174,6 +192,44 @@ pub async fn websocket(
                 serve_socket(socket, hub, params, shutdown).await;
             })
         }))
+}
+
+/// `DELETE /v1/sessions/{id}` with the session's token as `Authorization: Bearer`: closes the session on every
+/// node (its socket gets 4003) and refuses it from then on.
+pub async fn delete_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Error> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let verified = state
+        .config
+        .token_key
+        .verify(token, now)
+        .map_err(Error::Unauthorized)?;
+    if verified.session_id.as_str() != id {
+        return Err(Error::Forbidden("the token is for another session"));
+    }
+    // The tombstone must outlive every token that could still be presented.
+    let ttl = state.config.token_ttl;
+    if let Some(holder) = session::close(&state.redis, &verified.session_id, ttl).await? {
+        session::tell_holder(
+            &state.redis,
+            &verified.session_id,
+            &holder,
+            session::SESSION_CLOSED.code,
+        )
+        .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /healthz`: the process is alive.

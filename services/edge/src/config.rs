@@ -27,6 +27,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Longest registration body in bytes.
     pub max_body_bytes: usize,
+    /// A session's state lives this long after its last activity (disconnect, ping).
+    pub session_ttl: Duration,
+    /// Most registered sessions at once, across all nodes.
+    pub max_sessions: u64,
     /// A session's epoch and `seq` survive this long without events (must match ingest's).
     pub state_ttl: Duration,
     /// How long shutdown waits for sockets to close.
@@ -61,6 +65,9 @@ impl Config {
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
         let state_ttl =
             Duration::from_secs(v.bounded("CES_SESSION_STATE_TTL_SECS", 86_400, 60, 90 * 86_400));
+        let session_ttl =
+            Duration::from_secs(v.bounded("CES_SESSION_TTL_SECS", 900, 10, 30 * 86_400));
+        let max_sessions = v.bounded("CES_MAX_SESSIONS", 1_000_000, 1, 1 << 40);
         let common = Common::read(&mut v);
 
         let token_key = TokenKey::new(secret.as_bytes());
@@ -87,6 +94,8 @@ impl Config {
             max_body_bytes,
             shutdown_grace,
             state_ttl,
+            session_ttl,
+            max_sessions,
             common,
         })
     }

@@ -31,6 +31,12 @@ pub enum Error {
     /// Redis answered something CES does not expect (a foreign library, a corrupt key).
     #[error("unexpected redis reply: {0}")]
     UnexpectedReply(&'static str),
+    /// The token is valid but not for this resource.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The session cap (`CES_MAX_SESSIONS`) is reached.
+    #[error("at capacity")]
+    AtCapacity,
     /// The node is shutting down and takes no new connections.
     #[error("draining")]
     Draining,
@@ -43,6 +49,14 @@ impl IntoResponse for Error {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!("session token {reason}"),
+            ),
+            Error::Forbidden(message) => {
+                (StatusCode::FORBIDDEN, "forbidden", (*message).to_owned())
+            }
+            Error::AtCapacity => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "at_capacity",
+                "the session limit is reached; try again later".to_owned(),
             ),
             Error::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -107,7 +107,11 @@ const SUBSCRIBE_BATCH: usize = 512;
 impl Hub {
     /// Creates the hub and starts its subscription and dispatch tasks on `subscriber`. The tasks end when the hub
     /// is dropped (subscription) or the subscriber's message stream closes (dispatch).
-    pub fn start(subscriber: SubscriberClient, queue_capacity: usize) -> std::sync::Arc<Self> {
+    pub fn start(
+        subscriber: SubscriberClient,
+        queue_capacity: usize,
+        node_id: &str,
+    ) -> std::sync::Arc<Self> {
         // Unbounded is safe here: each connection sends at most two requests (subscribe, release), so the queue
         // is bounded by twice the number of connections being set up or torn down.
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
@@ -119,7 +123,12 @@ impl Hub {
         });
         let messages = subscriber.message_rx();
         tokio::spawn(subscription_task(subscriber, subs_rx));
-        tokio::spawn(dispatch_task(std::sync::Arc::downgrade(&hub), messages));
+        let control = ces_shared::keys::node_channel(node_id);
+        tokio::spawn(dispatch_task(
+            std::sync::Arc::downgrade(&hub),
+            messages,
+            control,
+        ));
         hub
     }
 
@@ -143,6 +152,16 @@ impl Hub {
             conn_id,
             frames,
             close,
+        }
+    }
+
+    /// Closes connection `conn_id` of `session` with `reason`, if this node still has it.
+    pub fn close_connection(&self, session: &str, conn_id: u64, reason: CloseReason) {
+        let mut slots = self.slots.lock().expect("hub lock");
+        if slots.get(session).is_some_and(|s| s.conn_id == conn_id)
+            && let Some(slot) = slots.remove(session)
+        {
+            let _ = slot.close.send(reason);
         }
     }
 
@@ -290,6 +309,7 @@ async fn subscription_task(
 async fn dispatch_task(
     hub: std::sync::Weak<Hub>,
     mut messages: broadcast::Receiver<PubsubMessage>,
+    control: String,
 ) {
     loop {
         let msg = match messages.recv().await {
@@ -303,6 +323,10 @@ async fn dispatch_task(
             Err(broadcast::error::RecvError::Closed) => break,
         };
         let Some(hub) = hub.upgrade() else { break };
+        if *msg.channel == *control {
+            handle_control(&hub, &msg.value);
+            continue;
+        }
         let Some(session) = ces_shared::keys::session_of_channel(&msg.channel) else {
             continue;
         };
@@ -323,6 +347,27 @@ async fn dispatch_task(
         }
     }
     debug!("dispatch task stopped");
+}
+
+fn handle_control(hub: &Hub, value: &Value) {
+    let text = value
+        .as_bytes()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default();
+    match crate::session::parse_close_message(text) {
+        Some((session, conn_id, code)) => {
+            let reason = match code {
+                4009 => TAKEN_OVER,
+                4003 => crate::session::SESSION_CLOSED,
+                _ => CloseReason {
+                    code,
+                    reason: "closed by the server",
+                },
+            };
+            hub.close_connection(session, conn_id, reason);
+        }
+        None => warn!(message = text, "unknown control message"),
+    }
 }
 
 fn frame_of(payload: Bytes) -> Option<Live> {

@@ -9,6 +9,7 @@
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
+//! - [`session`]: session state in Redis (claim, release, close, admission) and node control messages.
 //! - [`ws`]: one WebSocket connection's protocol loop.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod resume;
+pub mod session;
 pub mod ws;
 
 mod error;
@@ -26,9 +28,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, PubsubInterface};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +69,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/sessions", post(api::register))
+        .route("/v1/sessions/{id}", delete(api::delete_session))
         .route("/v1/ws", get(api::websocket))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -107,7 +110,11 @@ pub async fn run(
     // Re-subscribes every tracked channel after a reconnect.
     let _resubscriber = subscriber.manage_subscriptions();
 
-    let hub = Hub::start(subscriber.clone(), config.queue_capacity);
+    // Takeovers and closes for sockets held here arrive on this node's control channel.
+    subscriber
+        .subscribe(ces_shared::keys::node_channel(&config.node_id))
+        .await?;
+    let hub = Hub::start(subscriber.clone(), config.queue_capacity, &config.node_id);
     let grace = config.shutdown_grace;
     let tracker = TaskTracker::new();
     let state = Arc::new(AppState {

@@ -15,11 +15,12 @@ use fred::clients::Client;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::hub::{Attachment, CloseReason, Hub, Live};
+use crate::hub::{Attachment, CloseReason, Hub, Live, TAKEN_OVER};
 use crate::metrics as m;
 use crate::resume::{self, Decision, Position, Snapshot};
+use crate::session::{self, Claim, SESSION_CLOSED};
 
 /// Close codes the edge uses (docs/protocol.md).
 pub mod close_code {
@@ -67,6 +68,8 @@ pub struct SocketParams {
     pub redis: Client,
     /// TTL of a session's epoch and `seq` state, given to a session that has none yet.
     pub state_ttl: Duration,
+    /// How long the session's state lives after its last activity.
+    pub session_ttl: Duration,
 }
 
 /// Where the socket stands in the session's event stream.
@@ -92,10 +95,39 @@ where
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     // Every subscribe request, successful or not, holds a reference until `release`.
     let subscribed = hub.subscribe(session).await;
-    let code = match subscribed {
-        Ok(()) => run(&mut socket, &params, attachment, &shutdown).await,
+    let conn = session::conn_ref(&params.node_id, conn_id);
+    let claimed = match subscribed {
+        Ok(()) => session::claim(
+            &params.redis,
+            &params.session,
+            &params.node_id,
+            &conn,
+            params.session_ttl,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let code = match claimed {
+        Ok(Claim::Held { previous }) => {
+            if let Some(previous) = previous
+                && let Err(e) =
+                    session::tell_holder(&params.redis, &params.session, &previous, TAKEN_OVER.code)
+                        .await
+            {
+                warn!(session, previous, error = %e, "cannot tell the previous holder to close");
+            }
+            let code = run(&mut socket, &params, attachment, &shutdown).await;
+            if let Err(e) =
+                session::release(&params.redis, &params.session, &conn, params.session_ttl).await
+            {
+                debug!(session, error = %e, "cannot mark the session disconnected");
+            }
+            code
+        }
+        Ok(Claim::Closed) => close(&mut socket, SESSION_CLOSED.code, SESSION_CLOSED.reason).await,
         Err(e) => {
-            info!(session, error = %e, "cannot subscribe; closing");
+            info!(session, error = %e, "cannot set up the session; closing");
             close(
                 &mut socket,
                 close_code::INTERNAL_ERROR,
@@ -199,7 +231,7 @@ where
                         };
                     }
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_client_text(&text, params)
+                        if let Some(reply) = handle_client_text(&text, params).await
                             && bounded(socket.send(Message::Text(reply.to_json().into()))).await.is_err()
                         {
                             return close_code::ABNORMAL;
@@ -221,6 +253,10 @@ where
                     return close(socket, close_code::PING_TIMEOUT, "ping timeout").await;
                 }
                 missed_pongs += 1;
+                // Keeps the session alive in Redis while it is connected.
+                if let Err(e) = session::touch(&params.redis, &params.session, params.session_ttl).await {
+                    debug!(session = %params.session, error = %e, "cannot refresh the session");
+                }
                 if bounded(socket.send(Message::Ping(Default::default()))).await.is_err() {
                     return close_code::ABNORMAL;
                 }
@@ -359,11 +395,13 @@ where
     Ok(())
 }
 
-fn handle_client_text(text: &str, params: &SocketParams) -> Option<ServerFrame> {
+async fn handle_client_text(text: &str, params: &SocketParams) -> Option<ServerFrame> {
     match parse_client_frame(text) {
         Ok(ClientFrame::Ping) => Some(ServerFrame::Pong),
         Ok(ClientFrame::Ack { seq }) => {
-            debug!(session = %params.session, seq, "client ack");
+            if let Err(e) = session::ack(&params.redis, &params.session, seq).await {
+                debug!(session = %params.session, seq, error = %e, "cannot store the ack");
+            }
             None
         }
         Err(reply) => Some(reply),

@@ -1,0 +1,217 @@
+//! Session state in Redis (`ces:{<session>}:session`): who holds the session, since when, and whether it is
+//! closed; plus the node control channel that carries takeovers and closes to the node holding a socket.
+//!
+//! A connection *claims* the session after its subscription is confirmed. The claim returns the previous
+//! holder (`<node>/<conn id>`), and the new connection's node publishes `close <session> <conn id> <code>` on
+//! the previous node's channel (`ces:node:<node>`), which closes the old socket with 4009 in well under a
+//! second. A connection that ends *releases* the session (status `disconnected`, TTL `CES_SESSION_TTL_SECS`)
+//! unless a newer one holds it. `DELETE /v1/sessions/{id}` *closes* it: status `closed` (kept as long as a token
+//! can live), the holder is told to close with 4003, and no new connection is accepted.
+
+use std::time::Duration;
+
+use ces_shared::keys::{self, SessionId};
+use ces_shared::redis::{ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION};
+use fred::clients::Client;
+use fred::interfaces::{FunctionInterface, HashesInterface, KeysInterface, PubsubInterface};
+use fred::types::{FromValue, Value};
+
+use crate::Error;
+use crate::hub::CloseReason;
+
+/// The session was closed by `DELETE /v1/sessions/{id}`.
+pub const SESSION_CLOSED: CloseReason = CloseReason {
+    code: 4003,
+    reason: "session closed",
+};
+
+/// Identifies one connection across nodes: `<node>/<conn id>`.
+pub fn conn_ref(node: &str, conn_id: u64) -> String {
+    format!("{node}/{conn_id}")
+}
+
+/// A control message for a node: close connection `conn_id` of `session` with `code`.
+pub fn close_message(session: &str, conn_id: u64, code: u16) -> String {
+    format!("close {session} {conn_id} {code}")
+}
+
+/// Parses [`close_message`].
+pub fn parse_close_message(text: &str) -> Option<(&str, u64, u16)> {
+    let mut parts = text.split(' ');
+    if parts.next()? != "close" {
+        return None;
+    }
+    let session = parts.next()?;
+    let conn_id = parts.next()?.parse().ok()?;
+    let code = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((session, conn_id, code))
+}
+
+async fn fcall<R: FromValue>(
+    redis: &Client,
+    function: &str,
+    key: String,
+    args: Vec<Value>,
+) -> Result<R, Error> {
+    match redis
+        .fcall::<R, _, _, _>(function, vec![key.clone()], args.clone())
+        .await
+    {
+        Err(e) if ces_shared::redis::is_function_missing(&e) => {
+            ces_shared::redis::load_library(redis).await?;
+            Ok(redis.fcall(function, vec![key], args).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
+fn ms(d: Duration) -> Value {
+    Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64)
+}
+
+/// Outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The connection holds the session; `previous` held it before (`<node>/<conn id>`), if anyone did.
+    Held {
+        /// The previous holder.
+        previous: Option<String>,
+    },
+    /// The session was closed; the connection must not serve it.
+    Closed,
+}
+
+/// Claims `session` for connection `conn` on `node`; the session hash lives `ttl` from now.
+pub async fn claim(
+    redis: &Client,
+    session: &SessionId,
+    node: &str,
+    conn: &str,
+    ttl: Duration,
+) -> Result<Claim, Error> {
+    let args = vec![
+        conn.into(),
+        node.into(),
+        Value::Integer(ces_shared::now_ms()),
+        ms(ttl),
+    ];
+    let (previous, status): (String, String) =
+        fcall(redis, CLAIM_FUNCTION, session.session_key(), args).await?;
+    if status == "closed" {
+        return Ok(Claim::Closed);
+    }
+    Ok(Claim::Held {
+        previous: (!previous.is_empty() && previous != conn).then_some(previous),
+    })
+}
+
+/// Releases `session` if `conn` still holds it; the session then lives `ttl` after this disconnect.
+pub async fn release(
+    redis: &Client,
+    session: &SessionId,
+    conn: &str,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let args = vec![conn.into(), Value::Integer(ces_shared::now_ms()), ms(ttl)];
+    let _: i64 = fcall(redis, RELEASE_FUNCTION, session.session_key(), args).await?;
+    Ok(())
+}
+
+/// Closes `session` for good; the tombstone lives `ttl`. Returns the connection that held it.
+pub async fn close(
+    redis: &Client,
+    session: &SessionId,
+    ttl: Duration,
+) -> Result<Option<String>, Error> {
+    let args = vec![Value::Integer(ces_shared::now_ms()), ms(ttl)];
+    let holder: String = fcall(redis, CLOSE_FUNCTION, session.session_key(), args).await?;
+    Ok((!holder.is_empty()).then_some(holder))
+}
+
+/// Whether `session` was closed.
+pub async fn is_closed(redis: &Client, session: &SessionId) -> Result<bool, Error> {
+    let status: Option<String> = redis.hget(session.session_key(), "status").await?;
+    Ok(status.as_deref() == Some("closed"))
+}
+
+/// Admits a new session under the cap `max`; `false` when the cap is reached.
+pub async fn admit(
+    redis: &Client,
+    session: &SessionId,
+    expires_at_ms: i64,
+    max: u64,
+) -> Result<bool, Error> {
+    let args = vec![
+        session.as_str().into(),
+        Value::Integer(ces_shared::now_ms()),
+        Value::Integer(expires_at_ms),
+        Value::Integer(max as i64),
+    ];
+    let admitted: i64 = fcall(redis, ADMIT_FUNCTION, keys::SESSIONS_KEY.to_owned(), args).await?;
+    Ok(admitted == 1)
+}
+
+/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`.
+pub async fn tell_holder(
+    redis: &Client,
+    session: &SessionId,
+    holder: &str,
+    code: u16,
+) -> Result<(), Error> {
+    let Some((node, conn_id)) = holder.split_once('/') else {
+        return Ok(());
+    };
+    let Ok(conn_id) = conn_id.parse::<u64>() else {
+        return Ok(());
+    };
+    let _: i64 = redis
+        .publish(
+            keys::node_channel(node),
+            close_message(session.as_str(), conn_id, code),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records activity of a connected session: last seen now, alive for `ttl` more.
+pub async fn touch(redis: &Client, session: &SessionId, ttl: Duration) -> Result<(), Error> {
+    let key = session.session_key();
+    let pipeline = redis.pipeline();
+    let _: () = pipeline
+        .hset(&key, ("last_seen_ms", ces_shared::now_ms()))
+        .await?;
+    let _: () = pipeline.pexpire(&key, ttl.as_millis() as i64, None).await?;
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
+}
+
+/// Stores the client's last acknowledged `seq`.
+pub async fn ack(redis: &Client, session: &SessionId, seq: u64) -> Result<(), Error> {
+    let _: () = redis.hset(session.session_key(), ("last_ack", seq)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_messages_round_trip_and_reject_garbage() {
+        assert_eq!(
+            parse_close_message(&close_message("s-1", 42, 4009)),
+            Some(("s-1", 42, 4009))
+        );
+        for bad in [
+            "",
+            "close",
+            "close s",
+            "close s x 4009",
+            "close s 1 99999",
+            "open s 1 4009",
+            "close s 1 4009 x",
+        ] {
+            assert_eq!(parse_close_message(bad), None, "{bad:?}");
+        }
+        assert_eq!(conn_ref("edge-a", 7), "edge-a/7");
+    }
+}
