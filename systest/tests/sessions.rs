@@ -257,3 +257,95 @@ async fn redis_restarted_without_persistence_is_an_epoch_change() -> anyhow::Res
     assert_eq!(ns(&events), [4, 5]);
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_on_another_edge_takes_over() -> anyhow::Result<()> {
+    let stack = Stack::start(1, &[]).await?;
+    let (a, b) = (&stack.edges[0].base, &stack.edges[1].base);
+    let reg = register(&stack.http, a).await?;
+    let s = reg.session_id.as_str();
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let (mut old, welcome) = connect(&ws_url(a, &reg.token)).await?;
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=3)).await?;
+    assert_eq!(seqs(&old.events(3, WAIT).await?), [1, 2, 3]);
+
+    // The client processed up to 2 when it moved.
+    let (mut new, _) = connect(&resume_url(b, &reg.token, 2, &epoch)).await?;
+    assert_eq!(
+        old.ending(Duration::from_secs(1)).await,
+        Some(ces_systest::client::Ending::Closed(4009))
+    );
+    let resumed = new
+        .next_json(Duration::from_secs(5))
+        .await?
+        .expect("resumed");
+    assert_eq!(resumed, json!({"type":"resumed","ok":true,"replayed":1}));
+    kafka::produce(&producer, &stack.topic, &numbered(s, 4..=5)).await?;
+    let events = new.events(3, WAIT).await?;
+    assert_eq!(seqs(&events), [3, 4, 5]);
+    assert_eq!(ns(&events), [3, 4, 5]);
+
+    // The session records who holds it.
+    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
+    redis.init().await?;
+    let (status, node): (String, String) = redis
+        .hmget(format!("ces:{{{s}}}:session"), vec!["status", "node"])
+        .await?;
+    assert_eq!((status.as_str(), node.as_str()), ("connected", "edge-b"));
+    new.send_text(r#"{"type":"ack","seq":5}"#).await?;
+    new.close().await;
+    let mut state = (String::new(), 0u64);
+    for _ in 0..100 {
+        let (status, ack): (String, Option<u64>) = redis
+            .hmget(format!("ces:{{{s}}}:session"), vec!["status", "last_ack"])
+            .await?;
+        state = (status, ack.unwrap_or(0));
+        if state.0 == "disconnected" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, ("disconnected".to_owned(), 5));
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_session_closes_it_on_every_edge_and_refuses_it_after() -> anyhow::Result<()> {
+    let stack = Stack::start(1, &[]).await?;
+    let (a, b) = (&stack.edges[0].base, &stack.edges[1].base);
+    let reg = register(&stack.http, a).await?;
+    let other = register(&stack.http, a).await?;
+    let (mut ws, _) = connect(&ws_url(a, &reg.token)).await?;
+    let url = format!("{b}/v1/sessions/{}", reg.session_id);
+
+    let unauthenticated = stack.http.delete(&url).send().await?;
+    assert_eq!(unauthenticated.status(), 401);
+    let wrong_session = stack
+        .http
+        .delete(&url)
+        .bearer_auth(&other.token)
+        .send()
+        .await?;
+    assert_eq!(wrong_session.status(), 403);
+    let deleted = stack
+        .http
+        .delete(&url)
+        .bearer_auth(&reg.token)
+        .send()
+        .await?;
+    assert_eq!(deleted.status(), 204);
+
+    assert_eq!(
+        ws.ending(Duration::from_secs(1)).await,
+        Some(ces_systest::client::Ending::Closed(4003))
+    );
+    for edge in [a, b] {
+        let status = ces_systest::client::handshake_status(&ws_url(edge, &reg.token)).await?;
+        assert_eq!(status, Some(401), "a closed session is refused on {edge}");
+    }
+    // The other session is untouched.
+    let (_ws, welcome) = connect(&ws_url(b, &other.token)).await?;
+    assert_eq!(welcome["session_id"], other.session_id.as_str());
+    stack.stop().await
+}
