@@ -189,6 +189,19 @@ pub async fn rewind_group(bootstrap: &str, group: &str, topic: &str) -> anyhow::
     .await?
 }
 
+/// Members of consumer group `group` (as the broker describes it).
+pub async fn group_members(bootstrap: &str, group: &str) -> anyhow::Result<usize> {
+    let (bootstrap, group) = (bootstrap.to_owned(), group.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()?;
+        let groups = consumer.fetch_group_list(Some(&group), Duration::from_secs(10))?;
+        Ok(groups.groups().iter().map(|g| g.members().len()).sum())
+    })
+    .await?
+}
+
 /// The value of header `name` as text.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::Headers as _;

@@ -226,3 +226,19 @@ async fn silent_clients_are_closed_after_missed_pings() -> anyhow::Result<()> {
     assert_eq!(saw_close, Some(4000));
     Ok(())
 }
+
+#[tokio::test]
+async fn registration_stops_at_the_session_cap() -> anyhow::Result<()> {
+    let edge = start(&[("CES_MAX_SESSIONS", "2")]).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/sessions", edge.base);
+    for _ in 0..2 {
+        assert_eq!(http.post(&url).send().await?.status(), 201);
+    }
+    let refused = http.post(&url).send().await?;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"], "at_capacity");
+    Ok(())
+}

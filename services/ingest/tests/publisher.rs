@@ -171,3 +171,29 @@ async fn a_lost_function_library_is_detected_and_reloaded() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let limits = Limits {
+        buffer_max_age: Duration::from_secs(1),
+        ..limits(1000)
+    };
+    let publisher = Publisher::new(client.clone(), limits).await?;
+    // e1 at 0 s, e2 at 0.6 s, e3 at 1.2 s: by then e1 is older than the limit and trimmed; the buffer key itself
+    // stays alive because each publish refreshes its TTL.
+    publish(&publisher, &[event("s", "e1", 1)]).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publish(&publisher, &[event("s", "e2", 2)]).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publish(&publisher, &[event("s", "e3", 3)]).await?;
+    let k = SessionKeys::of("s");
+    let len: u64 = client.xlen(&k.buffer).await?;
+    assert_eq!(len, 2, "e2 and e3 stay");
+    let (evicted, reason): (u64, String) = client
+        .hmget(&k.meta, vec!["evicted", "evicted_reason"])
+        .await?;
+    assert_eq!((evicted, reason.as_str()), (1, "expired"));
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! A second ingest replica joins the consumer group mid-stream and later leaves: partitions move twice, and
+//! every client still gets every event exactly once, in order.
+
+mod common;
+
+use std::time::Duration;
+
+use ces_systest::client::{WsClient, register, ws_url};
+use ces_systest::kafka::{self, Record};
+use ces_systest::unique;
+use common::{Stack, event_json};
+use serde_json::json;
+
+const SESSIONS: usize = 40;
+const ROUNDS: u64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joining_and_leaving_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let group = unique("group");
+    let env = [("CES_KAFKA_GROUP", group.clone())];
+    let stack = Stack::start(4, &env).await?;
+    let mut clients = Vec::with_capacity(SESSIONS);
+    for i in 0..SESSIONS {
+        let edge = &stack.edges[i % 2].base;
+        let reg = register(&stack.http, edge).await?;
+        let mut ws = WsClient::connect(&ws_url(edge, &reg.token)).await?;
+        ws.next_json(Duration::from_secs(5))
+            .await?
+            .expect("welcome");
+        clients.push((reg.session_id, ws));
+    }
+
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let mut second = None;
+    for n in 1..=ROUNDS {
+        let round: Vec<Record> = clients
+            .iter()
+            .map(|(s, _)| Record::keyed(s, event_json(s, "t", json!({ "n": n }))))
+            .collect();
+        kafka::produce(&producer, &stack.topic, &round).await?;
+        if n == 5 {
+            second = Some(stack.start_ingest(&env).await?);
+            // Wait until the group really has both replicas.
+            let mut members = 0;
+            for _ in 0..100 {
+                members = kafka::group_members(&stack.broker.bootstrap(), &group).await?;
+                if members == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(members, 2, "the second replica joined the group");
+        }
+        if n == 14 {
+            second.take().expect("second replica").stop().await?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let expected: Vec<u64> = (1..=ROUNDS).collect();
+    for (session, ws) in &mut clients {
+        let events = ws.events(ROUNDS as usize, Duration::from_secs(60)).await?;
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        let ns: Vec<u64> = events
+            .iter()
+            .map(|e| e["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, expected, "session {session}");
+        assert_eq!(ns, expected, "session {session}");
+    }
+    for (session, ws) in &mut clients {
+        assert!(
+            ws.next_json(Duration::from_millis(20)).await?.is_none(),
+            "session {session}: extra frame"
+        );
+    }
+    stack.stop().await
+}
