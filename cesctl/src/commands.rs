@@ -90,7 +90,9 @@ pub(crate) struct ProduceArgs {
     /// Event data, as JSON.
     #[arg(long, default_value = "{}")]
     data: String,
-    /// Producer idempotency key (`id`); with --count > 1 each event gets `<id>-<n>`.
+    /// Producer idempotency key (`id`); with --count > 1 each event gets `<id>-<n>`. Without it every run gets a
+    /// fresh id, so running the same command twice sends two events; give the same --id twice to see the second
+    /// dropped as a duplicate.
     #[arg(long)]
     id: Option<String>,
     /// Number of events; with more than one, each event's data object also gets `"n": 1..=count`.
@@ -139,6 +141,10 @@ fn event_values(args: &ProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
     if args.raw {
         return Ok(vec![args.data.as_bytes().to_vec(); args.count as usize]);
     }
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("cesctl-{:016x}", rand::random::<u64>()));
     let data: Value = serde_json::from_str(&args.data)
         .with_context(|| format!("--data is not JSON: {}", args.data))?;
     (1..=args.count)
@@ -156,13 +162,11 @@ fn event_values(args: &ProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
             }
             let mut event =
                 json!({ "session_id": args.session, "type": args.event_type, "data": data });
-            if let Some(id) = &args.id {
-                event["id"] = json!(if args.count > 1 {
-                    format!("{id}-{n}")
-                } else {
-                    id.clone()
-                });
-            }
+            event["id"] = json!(if args.count > 1 {
+                format!("{id}-{n}")
+            } else {
+                id.clone()
+            });
             Ok(serde_json::to_vec(&event)?)
         })
         .collect()
