@@ -349,3 +349,83 @@ async fn deleting_a_session_closes_it_on_every_edge_and_refuses_it_after() -> an
     assert_eq!(welcome["session_id"], other.session_id.as_str());
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_gap_is_filled_from_the_buffer_and_an_epoch_change_is_announced()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start(1, &[]).await?;
+    let edge = &stack.edges[0].base;
+    let reg = register(&stack.http, edge).await?;
+    let s = reg.session_id.as_str();
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let (mut ws, _) = connect(&ws_url(edge, &reg.token)).await?;
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=1)).await?;
+    assert_eq!(seqs(&ws.events(1, WAIT).await?), [1]);
+
+    // Event 2 reaches the buffer but its Pub/Sub message is lost (published on a channel nobody reads).
+    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
+    redis.init().await?;
+    let keys = ces_shared::keys::SessionKeys::of(s);
+    let env = ces_shared::envelope::encode(&ces_shared::envelope::Envelope {
+        event_id: "lost-on-the-wire".into(),
+        session_id: s.into(),
+        event_type: "t".into(),
+        data: br#"{"n":2}"#.to_vec().into(),
+        ..Default::default()
+    });
+    let args: Vec<fred::types::Value> = vec![
+        fred::types::Value::Bytes(env.into()),
+        "lost-on-the-wire".into(),
+        ces_shared::now_ms().into(),
+        1000.into(),
+        300_000.into(),
+        3_600_000.into(),
+        86_400_000.into(),
+        "unused".into(),
+    ];
+    let seq: u64 = fred::interfaces::FunctionInterface::fcall(
+        &redis,
+        ces_shared::redis::PUBLISH_FUNCTION,
+        vec![
+            keys.meta.clone(),
+            keys.buffer.clone(),
+            keys.ids.clone(),
+            "nowhere".into(),
+        ],
+        args,
+    )
+    .await?;
+    assert_eq!(seq, 2);
+    // Event 3 arrives live; the edge notices the gap and replays 2 first, with no `resumed` frame.
+    kafka::produce(&producer, &stack.topic, &numbered(s, 3..=3)).await?;
+    let frames: Vec<Value> = {
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            out.push(ws.next_json(WAIT).await?.expect("frame"));
+        }
+        out
+    };
+    assert_eq!(
+        frames
+            .iter()
+            .map(|f| f["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["event", "event"]
+    );
+    assert_eq!(seqs(&frames), [2, 3]);
+    assert_eq!(ns(&frames), [2, 3]);
+
+    // Redis loses everything while the socket stays open: the next event is of a new epoch, announced in-band.
+    stack.redis.restart().await?;
+    ces_systest::wait_ready(edge).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kafka::produce(&producer, &stack.topic, &numbered(s, 4..=4)).await?;
+    let resumed = ws.next_json(WAIT).await?.expect("resumed");
+    assert_eq!(
+        resumed,
+        json!({"type":"resumed","ok":false,"replayed":1,"reason":"epoch_changed","lost":{"from":4,"to":null}})
+    );
+    let events = ws.events(1, WAIT).await?;
+    assert_eq!((seqs(&events), ns(&events)), (vec![1], vec![4]));
+    stack.stop().await
+}

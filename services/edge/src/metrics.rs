@@ -10,6 +10,8 @@ pub const DELIVERED: &str = "ces_edge_delivered_total";
 pub const RESUMES: &str = "ces_edge_resumes_total";
 /// Events replayed from reconnection buffers.
 pub const REPLAYED: &str = "ces_edge_replayed_total";
+/// Events replayed from the buffer to fill a gap in a live stream (a Pub/Sub message lost in a reconnect).
+pub const GAPS_FILLED: &str = "ces_edge_gap_filled_total";
 /// Live events not written because the socket already had them (the subscribe/replay overlap).
 pub const SKIPPED: &str = "ces_edge_skipped_total";
 /// Sockets closed, labelled by close `code`.

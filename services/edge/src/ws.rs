@@ -367,13 +367,20 @@ where
                 ));
             };
             let decision = resume::decide(Some(&position), &snap);
-            record_resume(&decision);
+            // A gap filled completely is invisible to the client; only a loss or an epoch change is announced.
+            let notice = decision
+                .resumed
+                .filter(|f| matches!(f, ServerFrame::Resumed { ok: false, .. }));
+            if let Some(ServerFrame::Resumed { reason, .. }) = &notice {
+                metrics::counter!(m::RESUMES, "result" => reason.clone().unwrap_or_default())
+                    .increment(1);
+            }
+            metrics::counter!(m::GAPS_FILLED).increment(decision.replay.len() as u64);
             cursor.epoch = snap.epoch;
             cursor.last_sent = decision.last_sent;
-            for frame in decision
-                .resumed
-                .into_iter()
+            for frame in notice
                 .map(|f| Utf8Bytes::from(f.to_json()))
+                .into_iter()
                 .chain(decision.replay)
             {
                 socket.feed(Message::Text(frame)).await?;
