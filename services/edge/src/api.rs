@@ -131,16 +131,7 @@ pub async fn websocket(
     Query(query): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    let token = query.token.unwrap_or_default();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let verified = state
-        .config
-        .token_key
-        .verify(&token, now)
-        .map_err(Error::Unauthorized)?;
+    let verified = verify_token(&state, query.token.as_deref().unwrap_or_default())?;
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return Ok(rejection.into_response()),
@@ -206,15 +197,7 @@ pub async fn delete_session(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let verified = state
-        .config
-        .token_key
-        .verify(token, now)
-        .map_err(Error::Unauthorized)?;
+    let verified = verify_token(&state, token)?;
     if verified.session_id.as_str() != id {
         return Err(Error::Forbidden("the token is for another session"));
     }
@@ -230,6 +213,18 @@ pub async fn delete_session(
         .await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn verify_token(state: &AppState, token: &str) -> Result<ces_shared::token::Verified, Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    state
+        .config
+        .token_key
+        .verify(token, now)
+        .map_err(Error::Unauthorized)
 }
 
 /// `GET /healthz`: the process is alive.
