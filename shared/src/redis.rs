@@ -83,10 +83,14 @@ local function varint(n)
   return table.concat(out)
 end
 
-local function ensure_epoch(meta, candidate, ttl)
+-- A session without state starts a new epoch. A buffer left from a lost state (meta evicted under memory
+-- pressure) belongs to the old epoch and goes with it: its entries would otherwise be replayed as the new
+-- epoch's, and its ids would block the new epoch's numbering.
+local function ensure_epoch(meta, buf, candidate, ttl)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     epoch = candidate
+    redis.call('DEL', buf)
     redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'evicted', 0)
     redis.call('PEXPIRE', meta, ttl)
   end
@@ -116,7 +120,7 @@ redis.register_function('ces_publish', function(keys, args)
   if seen and tonumber(seen) > now - window then
     return 0
   end
-  local epoch = ensure_epoch(meta, args[8], ttl)
+  local epoch = ensure_epoch(meta, buf, args[8], ttl)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
   redis.call('XADD', buf, int(seq) .. '-0', 'e', env, 't', int(now))
@@ -190,7 +194,7 @@ end)
 
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
-  local epoch = ensure_epoch(meta, args[2], tonumber(args[3]))
+  local epoch = ensure_epoch(meta, buf, args[2], tonumber(args[3]))
   local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')
   local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
   for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do

@@ -197,3 +197,24 @@ async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Res
     assert_eq!((evicted, reason.as_str()), (1, "expired"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_lost_state_starts_a_new_epoch_and_drops_the_old_buffer() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    publish(&publisher, &[event("s", "e1", 1), event("s", "e2", 2)]).await?;
+    let k = SessionKeys::of("s");
+    let old: String = client.hget(&k.meta, "epoch").await?;
+    // The state goes (say, evicted under memory pressure) while the buffer stays.
+    let _: () = client.del(&k.meta).await?;
+    assert_eq!(
+        publish(&publisher, &[event("s", "e3", 3)]).await?,
+        [Outcome::Published(1)]
+    );
+    let new: String = client.hget(&k.meta, "epoch").await?;
+    assert_ne!(old, new);
+    let len: u64 = client.xlen(&k.buffer).await?;
+    assert_eq!(len, 1, "only the new epoch's event is buffered");
+    Ok(())
+}
