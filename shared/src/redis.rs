@@ -165,11 +165,32 @@ end)
 redis.register_function('ces_release', function(keys, args)
   if redis.call('HGET', keys[1], 'conn') == args[1] then
     redis.call('HSET', keys[1], 'status', 'disconnected', 'last_seen_ms', args[2])
+    if args[4] ~= '' then
+      redis.call('HSET', keys[1], 'last_ack', args[4])
+    end
     redis.call('HDEL', keys[1], 'conn')
     redis.call('PEXPIRE', keys[1], args[3])
     return 1
   end
   return 0
+end)
+
+-- A connected session's heartbeat (and its client's last ack, if any): refreshes it if this connection still
+-- holds it, and says 'closed' or 'taken' otherwise, so a socket that missed its control message still closes.
+redis.register_function('ces_touch', function(keys, args)
+  local state = redis.call('HMGET', keys[1], 'conn', 'status')
+  if state[2] == 'closed' then
+    return 'closed'
+  end
+  if state[1] ~= args[1] then
+    return 'taken'
+  end
+  redis.call('HSET', keys[1], 'last_seen_ms', args[2])
+  if args[4] ~= '' then
+    redis.call('HSET', keys[1], 'last_ack', args[4])
+  end
+  redis.call('PEXPIRE', keys[1], args[3])
+  return 'ok'
 end)
 
 -- The session is closed for good (DELETE): returns the connection that held it, if any.
@@ -195,6 +216,8 @@ end)
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
   local epoch = ensure_epoch(meta, buf, args[2], tonumber(args[3]))
+  -- A session that is read is alive: its numbering must not expire under a connected client.
+  redis.call('PEXPIRE', meta, args[3])
   local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')
   local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
   for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do
@@ -215,6 +238,8 @@ pub const RELEASE_FUNCTION: &str = "ces_release";
 pub const CLOSE_FUNCTION: &str = "ces_close";
 /// See [`CLAIM_FUNCTION`].
 pub const ADMIT_FUNCTION: &str = "ces_admit";
+/// See [`CLAIM_FUNCTION`].
+pub const TOUCH_FUNCTION: &str = "ces_touch";
 /// Name of the resume function in [`LIBRARY`].
 pub const RESUME_FUNCTION: &str = "ces_resume";
 

@@ -152,6 +152,12 @@ pub async fn websocket(
             message: "epoch must be 1-64 characters".into(),
         });
     }
+    if query.last_seq.is_some_and(|n| n > i64::MAX as u64) {
+        return Err(Error::BadRequest {
+            code: "invalid_last_seq",
+            message: "last_seq is out of range".into(),
+        });
+    }
     let position = (query.last_seq.is_some() || query.epoch.is_some()).then(|| Position {
         last_seq: query.last_seq.unwrap_or(0),
         epoch: query.epoch,

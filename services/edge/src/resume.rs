@@ -128,11 +128,9 @@ fn parse_snapshot(reply: Vec<Value>, after: u64) -> Result<Snapshot, Error> {
 /// Whether `snap` (read after the client's `last_seq`) belongs to another epoch than the client's, so the new
 /// epoch must be read from its start.
 pub fn needs_full_read(pos: &Position, snap: &Snapshot) -> bool {
-    match &pos.epoch {
-        Some(e) => *e != snap.epoch,
-        // Without an epoch, a position beyond the newest `seq` can only come from an earlier epoch.
-        None => pos.last_seq > snap.last_seq,
-    }
+    // A position beyond the newest `seq` can only come from an earlier epoch, even under the same epoch id
+    // (Redis restored from a snapshot older than the client's position).
+    pos.epoch.as_ref().is_some_and(|e| *e != snap.epoch) || pos.last_seq > snap.last_seq
 }
 
 /// Decides the answer to a connection. `pos` is `None` for a fresh connection (replay whatever is buffered,
@@ -153,13 +151,15 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
         };
     };
     let replayed = replay.len() as u64;
-    if needs_full_read(pos, snap) {
+    // `snap` was read from the epoch's start because the client's position belongs to another epoch; judge by
+    // that, not by the fresh numbers, which may have moved past the position meanwhile.
+    if needs_full_read(pos, snap) || (snap.after == 0 && pos.last_seq > 0) {
         let resumed = ServerFrame::Resumed {
             ok: false,
             replayed,
             reason: Some(reason::EPOCH_CHANGED.into()),
             lost: Some(Lost {
-                from: pos.last_seq + 1,
+                from: pos.last_seq.saturating_add(1),
                 to: None,
             }),
         };
@@ -169,8 +169,11 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
             last_sent: newest.max(snap.last_seq),
         };
     }
-    let first_available = snap.events.first().map_or(snap.last_seq + 1, |e| e.seq);
-    let resumed = if pos.last_seq + 1 < first_available {
+    let first_available = snap
+        .events
+        .first()
+        .map_or(snap.last_seq.saturating_add(1), |e| e.seq);
+    let resumed = if pos.last_seq.saturating_add(1) < first_available {
         let to = first_available - 1;
         let why = if snap.evicted >= to && !snap.evicted_reason.is_empty() {
             snap.evicted_reason.clone()
@@ -183,7 +186,7 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
             replayed,
             reason: Some(why),
             lost: Some(Lost {
-                from: pos.last_seq + 1,
+                from: pos.last_seq.saturating_add(1),
                 to: Some(to),
             }),
         }
@@ -330,15 +333,24 @@ mod tests {
     }
 
     #[test]
-    fn a_position_beyond_the_newest_seq_without_epoch_is_an_epoch_change() {
-        let p = pos(40, None);
+    fn a_position_beyond_the_newest_seq_is_an_epoch_change_with_or_without_epoch() {
         let s = snap(0, 1..=2, 2, 0, "");
-        assert!(needs_full_read(&p, &s));
+        for p in [pos(40, None), pos(40, Some("e1"))] {
+            assert!(needs_full_read(&p, &s), "{p:?}");
+            assert_eq!(
+                resumed(&decide(Some(&p), &s)).2.as_deref(),
+                Some("epoch_changed")
+            );
+        }
+        assert!(!needs_full_read(&pos(2, None), &s));
+        // Read from the start because of the epoch, even if numbering has caught up since.
+        let caught_up = snap(0, 1..=50, 50, 0, "");
         assert_eq!(
-            resumed(&decide(Some(&p), &s)).2.as_deref(),
+            resumed(&decide(Some(&pos(40, None)), &caught_up))
+                .2
+                .as_deref(),
             Some("epoch_changed")
         );
-        assert!(!needs_full_read(&pos(2, None), &s));
     }
 
     #[test]

@@ -11,9 +11,11 @@
 use std::time::Duration;
 
 use ces_shared::keys::{self, SessionId};
-use ces_shared::redis::{ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION};
+use ces_shared::redis::{
+    ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION,
+};
 use fred::clients::Client;
-use fred::interfaces::{FunctionInterface, HashesInterface, KeysInterface, PubsubInterface};
+use fred::interfaces::{FunctionInterface, HashesInterface, PubsubInterface};
 use fred::types::{FromValue, Value};
 
 use crate::Error;
@@ -105,14 +107,22 @@ pub async fn claim(
     })
 }
 
-/// Releases `session` if `conn` still holds it; the session then lives `ttl` after this disconnect.
+/// Releases `session` if `conn` still holds it, storing the client's last `ack` if one is pending; the session
+/// then lives `ttl` after this disconnect.
 pub async fn release(
     redis: &Client,
     session: &SessionId,
     conn: &str,
     ttl: Duration,
+    ack: Option<u64>,
 ) -> Result<(), Error> {
-    let args = vec![conn.into(), Value::Integer(ces_shared::now_ms()), ms(ttl)];
+    let ack = ack.map(|a| a.to_string()).unwrap_or_default();
+    let args = vec![
+        conn.into(),
+        Value::Integer(ces_shared::now_ms()),
+        ms(ttl),
+        ack.into(),
+    ];
     let _: i64 = fcall(redis, RELEASE_FUNCTION, session.session_key(), args).await?;
     Ok(())
 }
@@ -173,22 +183,39 @@ pub async fn tell_holder(
     Ok(())
 }
 
-/// Records activity of a connected session: last seen now, alive for `ttl` more.
-pub async fn touch(redis: &Client, session: &SessionId, ttl: Duration) -> Result<(), Error> {
-    let key = session.session_key();
-    let pipeline = redis.pipeline();
-    let _: () = pipeline
-        .hset(&key, ("last_seen_ms", ces_shared::now_ms()))
-        .await?;
-    let _: () = pipeline.pexpire(&key, ttl.as_millis() as i64, None).await?;
-    let _: Vec<Value> = pipeline.all().await?;
-    Ok(())
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// This connection still holds the session; it was refreshed.
+    Held,
+    /// The session was closed (`DELETE`).
+    Closed,
+    /// Another connection holds the session.
+    Taken,
 }
 
-/// Stores the client's last acknowledged `seq`.
-pub async fn ack(redis: &Client, session: &SessionId, seq: u64) -> Result<(), Error> {
-    let _: () = redis.hset(session.session_key(), ("last_ack", seq)).await?;
-    Ok(())
+/// Refreshes a connected session (last seen now, alive `ttl` more) and stores `ack` if given, provided `conn`
+/// still holds it. A socket whose control message was lost learns here that it must close.
+pub async fn heartbeat(
+    redis: &Client,
+    session: &SessionId,
+    conn: &str,
+    ttl: Duration,
+    ack: Option<u64>,
+) -> Result<Heartbeat, Error> {
+    let ack = ack.map(|a| a.to_string()).unwrap_or_default();
+    let args = vec![
+        conn.into(),
+        Value::Integer(ces_shared::now_ms()),
+        ms(ttl),
+        ack.into(),
+    ];
+    let answer: String = fcall(redis, TOUCH_FUNCTION, session.session_key(), args).await?;
+    Ok(match answer.as_str() {
+        "closed" => Heartbeat::Closed,
+        "taken" => Heartbeat::Taken,
+        _ => Heartbeat::Held,
+    })
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::hub::{Attachment, CloseReason, Hub, Live, TAKEN_OVER};
 use crate::metrics as m;
 use crate::resume::{self, Decision, Position, Snapshot};
-use crate::session::{self, Claim, SESSION_CLOSED};
+use crate::session::{self, Claim, Heartbeat, SESSION_CLOSED};
 
 /// Close codes the edge uses (docs/protocol.md).
 pub mod close_code {
@@ -41,6 +41,9 @@ pub mod close_code {
     /// No close frame was exchanged (the peer vanished).
     pub const ABNORMAL: u16 = 1006;
 }
+
+/// Longest a heartbeat may wait on Redis.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest a single socket write (and its flush) may take before the peer is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,9 +120,15 @@ where
             {
                 warn!(session, previous, error = %e, "cannot tell the previous holder to close");
             }
-            let code = run(&mut socket, &params, attachment, &shutdown).await;
-            if let Err(e) =
-                session::release(&params.redis, &params.session, &conn, params.session_ttl).await
+            let (code, ack) = run(&mut socket, &params, &conn, attachment, &shutdown).await;
+            if let Err(e) = session::release(
+                &params.redis,
+                &params.session,
+                &conn,
+                params.session_ttl,
+                ack,
+            )
+            .await
             {
                 debug!(session, error = %e, "cannot mark the session disconnected");
             }
@@ -147,12 +156,15 @@ where
 async fn run<S>(
     socket: &mut S,
     params: &SocketParams,
+    conn: &str,
     attachment: Attachment,
     shutdown: &CancellationToken,
-) -> u16
+) -> (u16, Option<u64>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
+    // Acks are stored with the next heartbeat, so a client acking every event costs no Redis call per frame.
+    let mut pending_ack: Option<u64> = None;
     let Attachment {
         mut frames,
         close: mut hub_close,
@@ -160,10 +172,13 @@ where
     } = attachment;
     // Taken over or shutting down while the subscription was being confirmed: no welcome, just the close.
     if shutdown.is_cancelled() {
-        return close(socket, close_code::SERVICE_RESTART, "server shutting down").await;
+        return (
+            close(socket, close_code::SERVICE_RESTART, "server shutting down").await,
+            pending_ack,
+        );
     }
     if let Ok(CloseReason { code, reason }) = hub_close.try_recv() {
-        return close(socket, code, reason).await;
+        return (close(socket, code, reason).await, pending_ack);
     }
     // Subscribed first (the caller waited for Redis to confirm), so everything published from here on is queued
     // in `frames`; everything before is in the buffer. Reading the buffer now leaves no gap, and the cursor drops
@@ -173,12 +188,15 @@ where
         Ok(d) => d,
         Err(e) => {
             info!(session, error = %e, "cannot read the session buffer; closing");
-            return close(
-                socket,
-                close_code::INTERNAL_ERROR,
-                "temporarily unavailable",
-            )
-            .await;
+            return (
+                close(
+                    socket,
+                    close_code::INTERNAL_ERROR,
+                    "temporarily unavailable",
+                )
+                .await,
+                pending_ack,
+            );
         }
     };
     let (snapshot, decision) = decision;
@@ -192,7 +210,7 @@ where
         .await
         .is_err()
     {
-        return close_code::ABNORMAL;
+        return (close_code::ABNORMAL, pending_ack);
     }
     record_resume(&decision);
     let mut cursor = Cursor {
@@ -200,7 +218,7 @@ where
         last_sent: decision.last_sent,
     };
     if bounded(send_decision(socket, decision)).await.is_err() {
-        return close_code::ABNORMAL;
+        return (close_code::ABNORMAL, pending_ack);
     }
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + params.ping_interval,
@@ -214,60 +232,74 @@ where
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                return close(socket, close_code::SERVICE_RESTART, "server shutting down").await;
+                return (close(socket, close_code::SERVICE_RESTART, "server shutting down").await, pending_ack);
             }
             reason = &mut hub_close => {
                 let CloseReason { code, reason } = reason.unwrap_or(crate::hub::TAKEN_OVER);
-                return close(socket, code, reason).await;
+                return (close(socket, code, reason).await, pending_ack);
             }
             inbound = socket.next() => {
                 missed_pongs = 0;
                 match inbound {
-                    None => return close_code::ABNORMAL,
+                    None => return (close_code::ABNORMAL, pending_ack),
                     Some(Err(e)) => {
                         return match classify(&e) {
-                            Some((code, reason)) => close(socket, code, reason).await,
-                            None => close_code::ABNORMAL,
+                            Some((code, reason)) => (close(socket, code, reason).await, pending_ack),
+                            None => (close_code::ABNORMAL, pending_ack),
                         };
                     }
                     Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_client_text(&text, params).await
+                        let (reply, ack) = handle_client_text(&text);
+                        if let Some(seq) = ack {
+                            pending_ack = Some(pending_ack.map_or(seq, |a| a.max(seq)));
+                        }
+                        if let Some(reply) = reply
                             && bounded(socket.send(Message::Text(reply.to_json().into()))).await.is_err()
                         {
-                            return close_code::ABNORMAL;
+                            return (close_code::ABNORMAL, pending_ack);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        return close(socket, close_code::UNSUPPORTED_DATA, "binary frames are not supported").await;
+                        return (close(socket, close_code::UNSUPPORTED_DATA, "binary frames are not supported").await, pending_ack);
                     }
                     Some(Ok(Message::Close(frame))) => {
                         // tungstenite queued the close reply; flush so the client gets it.
                         let _ = bounded(socket.flush()).await;
-                        return frame.map_or(1005, |f| f.code);
+                        return (frame.map_or(1005, |f| f.code), pending_ack);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
             _ = ping.tick() => {
                 if missed_pongs >= params.max_missed_pongs {
-                    return close(socket, close_code::PING_TIMEOUT, "ping timeout").await;
+                    return (close(socket, close_code::PING_TIMEOUT, "ping timeout").await, pending_ack);
                 }
                 missed_pongs += 1;
-                // Keeps the session alive in Redis while it is connected.
-                if let Err(e) = session::touch(&params.redis, &params.session, params.session_ttl).await {
-                    debug!(session = %params.session, error = %e, "cannot refresh the session");
+                // Keeps the session alive in Redis while it is connected, and closes a socket whose takeover or
+                // close message was lost. Bounded, so a slow Redis cannot hold the loop.
+                let beat = session::heartbeat(&params.redis, &params.session, conn, params.session_ttl, pending_ack.take());
+                match tokio::time::timeout(HEARTBEAT_TIMEOUT, beat).await {
+                    Ok(Ok(Heartbeat::Held)) => {}
+                    Ok(Ok(Heartbeat::Closed)) => {
+                        return (close(socket, SESSION_CLOSED.code, SESSION_CLOSED.reason).await, None);
+                    }
+                    Ok(Ok(Heartbeat::Taken)) => {
+                        return (close(socket, TAKEN_OVER.code, TAKEN_OVER.reason).await, None);
+                    }
+                    Ok(Err(e)) => debug!(session = %params.session, error = %e, "cannot refresh the session"),
+                    Err(_) => debug!(session = %params.session, "session refresh timed out"),
                 }
                 if bounded(socket.send(Message::Ping(Default::default()))).await.is_err() {
-                    return close_code::ABNORMAL;
+                    return (close_code::ABNORMAL, pending_ack);
                 }
             }
             live = frames.recv() => {
                 let Some(live) = live else {
-                    return close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await;
+                    return (close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await, pending_ack);
                 };
                 match bounded(forward(socket, live, &mut frames, &mut cursor, params)).await {
                     Ok(()) => {}
-                    Err(()) => return close_code::ABNORMAL,
+                    Err(()) => return (close_code::ABNORMAL, pending_ack),
                 }
             }
         }
@@ -402,16 +434,12 @@ where
     Ok(())
 }
 
-async fn handle_client_text(text: &str, params: &SocketParams) -> Option<ServerFrame> {
+/// The reply to a client frame, and the `seq` it acknowledges, if any.
+fn handle_client_text(text: &str) -> (Option<ServerFrame>, Option<u64>) {
     match parse_client_frame(text) {
-        Ok(ClientFrame::Ping) => Some(ServerFrame::Pong),
-        Ok(ClientFrame::Ack { seq }) => {
-            if let Err(e) = session::ack(&params.redis, &params.session, seq).await {
-                debug!(session = %params.session, seq, error = %e, "cannot store the ack");
-            }
-            None
-        }
-        Err(reply) => Some(reply),
+        Ok(ClientFrame::Ping) => (Some(ServerFrame::Pong), None),
+        Ok(ClientFrame::Ack { seq }) => (None, Some(seq)),
+        Err(reply) => (Some(reply), None),
     }
 }
 

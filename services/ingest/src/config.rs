@@ -78,6 +78,10 @@ impl Config {
         };
         let http_addr = v.socket_addr("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090");
         let common = Common::read(&mut v);
+        v.check(limits.state_ttl >= limits.buffer_max_age, || {
+            "CES_SESSION_STATE_TTL_SECS must be at least CES_BUFFER_MAX_AGE_SECS: the buffer cannot outlive its epoch"
+                .into()
+        });
 
         v.check(!topics.is_empty(), || {
             "CES_KAFKA_TOPICS names no topic".into()
