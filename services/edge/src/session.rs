@@ -107,6 +107,17 @@ pub async fn claim(
     })
 }
 
+/// Arguments of `ces_release` and `ces_touch`: the connection, now, the TTL, and the pending ack (or '').
+fn conn_args(conn: &str, ttl: Duration, ack: Option<u64>) -> Vec<Value> {
+    let ack = ack.map(|a| a.to_string()).unwrap_or_default();
+    vec![
+        conn.into(),
+        Value::Integer(ces_shared::now_ms()),
+        ms(ttl),
+        ack.into(),
+    ]
+}
+
 /// Releases `session` if `conn` still holds it, storing the client's last `ack` if one is pending; the session
 /// then lives `ttl` after this disconnect.
 pub async fn release(
@@ -116,13 +127,7 @@ pub async fn release(
     ttl: Duration,
     ack: Option<u64>,
 ) -> Result<(), Error> {
-    let ack = ack.map(|a| a.to_string()).unwrap_or_default();
-    let args = vec![
-        conn.into(),
-        Value::Integer(ces_shared::now_ms()),
-        ms(ttl),
-        ack.into(),
-    ];
+    let args = conn_args(conn, ttl, ack);
     let _: i64 = fcall(redis, RELEASE_FUNCTION, session.session_key(), args).await?;
     Ok(())
 }
@@ -203,13 +208,7 @@ pub async fn heartbeat(
     ttl: Duration,
     ack: Option<u64>,
 ) -> Result<Heartbeat, Error> {
-    let ack = ack.map(|a| a.to_string()).unwrap_or_default();
-    let args = vec![
-        conn.into(),
-        Value::Integer(ces_shared::now_ms()),
-        ms(ttl),
-        ack.into(),
-    ];
+    let args = conn_args(conn, ttl, ack);
     let answer: String = fcall(redis, TOUCH_FUNCTION, session.session_key(), args).await?;
     Ok(match answer.as_str() {
         "closed" => Heartbeat::Closed,
