@@ -86,13 +86,12 @@ end
 -- A session without state starts a new epoch. A buffer left from a lost state (meta evicted under memory
 -- pressure) belongs to the old epoch and goes with it: its entries would otherwise be replayed as the new
 -- epoch's, and its ids would block the new epoch's numbering.
-local function ensure_epoch(meta, buf, candidate, ttl)
+local function ensure_epoch(meta, buf, candidate)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     epoch = candidate
     redis.call('DEL', buf)
     redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'evicted', 0)
-    redis.call('PEXPIRE', meta, ttl)
   end
   return epoch
 end
@@ -120,7 +119,7 @@ redis.register_function('ces_publish', function(keys, args)
   if seen and tonumber(seen) > now - window then
     return 0
   end
-  local epoch = ensure_epoch(meta, buf, args[8], ttl)
+  local epoch = ensure_epoch(meta, buf, args[8])
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
   redis.call('XADD', buf, int(seq) .. '-0', 'e', env, 't', int(now))
@@ -215,7 +214,7 @@ end)
 
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
-  local epoch = ensure_epoch(meta, buf, args[2], tonumber(args[3]))
+  local epoch = ensure_epoch(meta, buf, args[2])
   -- A session that is read is alive: its numbering must not expire under a connected client.
   redis.call('PEXPIRE', meta, args[3])
   local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')

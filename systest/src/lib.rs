@@ -161,17 +161,6 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Kills the server (SIGKILL); its data is gone.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
 }
 
 async fn ping(port: u16) -> bool {
