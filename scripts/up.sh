@@ -25,7 +25,7 @@ done
 ((taken)) && exit 1
 
 say "building release binaries (cargo build --release)"
-cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-cli
+cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
 mkdir -p "$logs" "$data/redis"

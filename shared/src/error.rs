@@ -15,6 +15,14 @@ pub enum Error {
     /// A Redis envelope could not be decoded.
     #[error("malformed envelope: {0}")]
     Envelope(#[from] prost::DecodeError),
+    /// A schema directory could not be loaded; every bad file is listed.
+    #[error("invalid schemas in {dir}:\n{problems}")]
+    Schemas {
+        /// The directory.
+        dir: String,
+        /// What is wrong, one entry per file.
+        problems: ConfigErrors,
+    },
     /// Telemetry could not be initialised.
     #[error("telemetry: {0}")]
     Telemetry(String),

@@ -5,6 +5,8 @@
 //! - [`config`]: reading `CES_*` variables from a replaceable [`config::Source`], reporting every error at once.
 //! - [`keys`]: session ids and the hash-tagged Redis key and channel names derived from them.
 //! - [`record`]: validation of an input Kafka record into an event, with stable rejection reason codes.
+//! - [`dlq`]: header names of dead letters and replays, shared by ingest and `cesctl`.
+//! - [`schema`]: JSON Schemas per event type, loaded from a directory.
 //! - [`event_id`]: the deterministic event id (producer key, or a hash of the business fields).
 //! - [`envelope`]: the protobuf envelope on Redis, including the trailing `seq` field the Redis function appends.
 //! - [`frame`]: the JSON WebSocket frames of the client protocol.
@@ -15,12 +17,14 @@
 
 pub mod backoff;
 pub mod config;
+pub mod dlq;
 pub mod envelope;
 pub mod event_id;
 pub mod frame;
 pub mod keys;
 pub mod record;
 pub mod redis;
+pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;

@@ -5,8 +5,10 @@
 //! [`Reason`] code, which operators filter on, and a human detail that points at the problem.
 //!
 //! The accepted value is a JSON object:
-//! `{"session_id": "...", "type": "...", "data": <any JSON>, "id": "<optional producer key>"}`.
-//! Unknown members are ignored so producers can add fields before CES knows them.
+//! `{"session_id": "...", "type": "...", "data": <any JSON>, "id": "<optional producer key>"}`,
+//! or, with the record header `content-type: application/x-protobuf`, a protobuf `ces.v1.Event` with the same
+//! members (`data` as JSON text). Unknown members are ignored so producers can add fields before CES knows them.
+//! Then `data` is checked against the JSON Schema of its event type ([`crate::schema`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,7 +16,10 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use ces_proto::Message as _;
+
 use crate::keys::validate_session_id;
+use crate::schema::Schemas;
 
 /// Default maximum size of a record value: 256 KiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 * 1024;
@@ -51,11 +56,22 @@ pub enum Reason {
     InvalidId,
     /// A header name is not UTF-8 (the Kafka protocol requires it); the headers cannot be kept.
     InvalidHeaders,
+    /// The `content-type` header names an encoding CES does not read.
+    UnsupportedContentType,
+    /// The value is not a protobuf `ces.v1.Event` (with `content-type: application/x-protobuf`).
+    InvalidProtobuf,
+    /// No JSON Schema is registered for the event type and unknown types are rejected.
+    UnknownType,
+    /// `data` does not match the JSON Schema of its event type.
+    SchemaViolation,
+    /// A valid event kept failing in Redis for a reason that is not an outage (e.g. a key of the wrong type),
+    /// and was given up after the configured number of attempts (`ces-dlq-attempts`).
+    ProcessingFailed,
 }
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 17] = [
         Reason::MissingValue,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -68,6 +84,11 @@ impl Reason {
         Reason::MissingData,
         Reason::InvalidId,
         Reason::InvalidHeaders,
+        Reason::UnsupportedContentType,
+        Reason::InvalidProtobuf,
+        Reason::UnknownType,
+        Reason::SchemaViolation,
+        Reason::ProcessingFailed,
     ];
 
     /// The stable code, as written to `ces-dlq-reason`.
@@ -85,6 +106,11 @@ impl Reason {
             Reason::MissingData => "missing_data",
             Reason::InvalidId => "invalid_id",
             Reason::InvalidHeaders => "invalid_headers",
+            Reason::UnsupportedContentType => "unsupported_content_type",
+            Reason::InvalidProtobuf => "invalid_protobuf",
+            Reason::UnknownType => "unknown_type",
+            Reason::SchemaViolation => "schema_violation",
+            Reason::ProcessingFailed => "processing_failed",
         }
     }
 
@@ -110,7 +136,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    /// A rejection with `reason` and `detail`.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
@@ -132,7 +159,7 @@ pub struct Event<'a> {
     /// Event type.
     pub event_type: Cow<'a, str>,
     /// The exact JSON text of `data`, as the producer sent it.
-    pub data: &'a str,
+    pub data: Cow<'a, str>,
     /// Producer idempotency key, if given.
     pub id: Option<Cow<'a, str>>,
 }
@@ -155,11 +182,64 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Validates a record value against the v1 contract.
+/// How a record's value is encoded, named by its `content-type` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// A JSON object (the default when the header is absent).
+    Json,
+    /// A protobuf `ces.v1.Event`.
+    Protobuf,
+}
+
+impl Encoding {
+    /// Reads a `content-type` header value; absent means JSON. Case and parameters (`; charset=utf-8`) are
+    /// ignored, so what HTTP tooling writes is accepted.
+    pub fn from_content_type(value: Option<&[u8]>) -> Result<Self, Rejection> {
+        let Some(value) = value else {
+            return Ok(Encoding::Json);
+        };
+        let text = String::from_utf8_lossy(value);
+        let essence = text.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case(crate::dlq::CONTENT_TYPE_JSON) {
+            Ok(Encoding::Json)
+        } else if essence.eq_ignore_ascii_case(crate::dlq::CONTENT_TYPE_PROTOBUF) {
+            Ok(Encoding::Protobuf)
+        } else {
+            Err(Rejection::new(
+                Reason::UnsupportedContentType,
+                format!(
+                    "content-type {:?} is not {} or {}",
+                    truncate(&text, 64),
+                    crate::dlq::CONTENT_TYPE_JSON,
+                    crate::dlq::CONTENT_TYPE_PROTOBUF
+                ),
+            ))
+        }
+    }
+}
+
+/// Validates a whole record: its `content-type`, size, structure, and the JSON Schema of its event type.
 ///
 /// `value` is `None` for a Kafka tombstone. Size is checked before anything is parsed, so an oversized record
-/// costs no parsing.
-pub fn validate(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rejection> {
+/// costs no parsing. This is the one entry point ingest uses, and the one the fuzz target drives.
+pub fn validate_record<'a>(
+    value: Option<&'a [u8]>,
+    content_type: Option<&[u8]>,
+    max_bytes: usize,
+    schemas: &Schemas,
+) -> Result<Event<'a>, Rejection> {
+    let encoding = Encoding::from_content_type(content_type)?;
+    let event = validate(value, encoding, max_bytes)?;
+    schemas.check(&event)?;
+    Ok(event)
+}
+
+/// Validates a record value against the v1 contract of `encoding` (everything but the schema).
+pub fn validate(
+    value: Option<&[u8]>,
+    encoding: Encoding,
+    max_bytes: usize,
+) -> Result<Event<'_>, Rejection> {
     let value = match value {
         None | Some([]) => return Err(Rejection::new(Reason::MissingValue, "record has no value")),
         Some(v) => v,
@@ -170,6 +250,64 @@ pub fn validate(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rej
             format!("value is {} bytes, limit is {max_bytes}", value.len()),
         ));
     }
+    match encoding {
+        Encoding::Json => validate_json(value),
+        Encoding::Protobuf => validate_protobuf(value),
+    }
+}
+
+fn validate_protobuf(value: &[u8]) -> Result<Event<'static>, Rejection> {
+    let ev = ces_proto::v1::Event::decode(value).map_err(|e| {
+        Rejection::new(
+            Reason::InvalidProtobuf,
+            format!("value is not a ces.v1.Event: {e}"),
+        )
+    })?;
+    if ev.session_id.is_empty() {
+        return Err(Rejection::new(
+            Reason::MissingSessionId,
+            "/session_id is required",
+        ));
+    }
+    validate_session_id(&ev.session_id)
+        .map_err(|e| Rejection::new(Reason::InvalidSessionId, format!("/session_id: {e}")))?;
+    if ev.r#type.is_empty() {
+        return Err(Rejection::new(Reason::MissingType, "/type is required"));
+    }
+    validate_type(&ev.r#type)
+        .map_err(|e| Rejection::new(Reason::InvalidType, format!("/type: {e}")))?;
+    if ev.data.is_empty() {
+        return Err(Rejection::new(
+            Reason::MissingData,
+            "/data is required (use the JSON text null for no data)",
+        ));
+    }
+    let data = String::from_utf8(ev.data.to_vec()).map_err(|e| {
+        Rejection::new(
+            Reason::InvalidUtf8,
+            format!(
+                "/data is not UTF-8: invalid byte at offset {}",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&data)
+        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))?;
+    let id = if ev.id.is_empty() {
+        None
+    } else {
+        validate_id(&ev.id).map_err(|e| Rejection::new(Reason::InvalidId, format!("/id: {e}")))?;
+        Some(Cow::Owned(ev.id))
+    };
+    Ok(Event {
+        session_id: Cow::Owned(ev.session_id),
+        event_type: Cow::Owned(ev.r#type),
+        data: Cow::Owned(data),
+        id,
+    })
+}
+
+fn validate_json(value: &[u8]) -> Result<Event<'_>, Rejection> {
     let text = std::str::from_utf8(value).map_err(|e| {
         Rejection::new(
             Reason::InvalidUtf8,
@@ -217,6 +355,7 @@ pub fn validate(value: Option<&[u8]>, max_bytes: usize) -> Result<Event<'_>, Rej
             )
         })?
         .get();
+    let data = Cow::Borrowed(data);
 
     let id = match members.id {
         None => None,
@@ -253,6 +392,18 @@ fn string_member<'a>(
             format!("/{name} must be a string, got {}", json_kind(raw.get())),
         )
     })
+}
+
+/// The first `max` bytes of `s` (at a character boundary), for details that quote producer input.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn json_kind(raw: &str) -> &'static str {
@@ -308,12 +459,16 @@ fn validate_id(id: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn json(value: Option<&[u8]>, max: usize) -> Result<Event<'_>, Rejection> {
+        validate(value, Encoding::Json, max)
+    }
+
     fn ok(value: &str) -> Event<'_> {
-        validate(Some(value.as_bytes()), DEFAULT_MAX_RECORD_BYTES).expect("valid")
+        json(Some(value.as_bytes()), DEFAULT_MAX_RECORD_BYTES).expect("valid")
     }
 
     fn reason(value: &[u8]) -> Reason {
-        validate(Some(value), 64).expect_err("rejected").reason
+        json(Some(value), 64).expect_err("rejected").reason
     }
 
     #[test]
@@ -401,14 +556,14 @@ mod tests {
                 String::from_utf8_lossy(value)
             );
         }
-        assert_eq!(validate(None, 64).unwrap_err().reason, Reason::MissingValue);
+        assert_eq!(json(None, 64).unwrap_err().reason, Reason::MissingValue);
     }
 
     #[test]
     fn size_limit_is_inclusive_and_checked_before_parsing() {
         let v = br#"{"session_id":"s","type":"t","data":1}"#;
-        assert!(validate(Some(v), v.len()).is_ok());
-        let r = validate(Some(v), v.len() - 1).unwrap_err();
+        assert!(json(Some(v), v.len()).is_ok());
+        let r = json(Some(v), v.len() - 1).unwrap_err();
         assert_eq!(r.reason, Reason::TooLarge);
         assert!(
             r.detail.contains(&format!("{} bytes", v.len())),
@@ -419,9 +574,9 @@ mod tests {
 
     #[test]
     fn details_point_at_the_member() {
-        let r = validate(Some(br#"{"session_id":{"a":1},"type":"t","data":1}"#), 1024).unwrap_err();
+        let r = json(Some(br#"{"session_id":{"a":1},"type":"t","data":1}"#), 1024).unwrap_err();
         assert_eq!(r.detail, "/session_id must be a string, got an object");
-        let r = validate(
+        let r = json(
             Some(br#"{"session_id":"s","type":"bad type","data":1}"#),
             1024,
         )
@@ -439,5 +594,253 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), Reason::ALL.len());
         assert_eq!(Reason::from_code("nope"), None);
+    }
+
+    fn proto(session_id: &str, event_type: &str, data: &[u8], id: &str) -> Vec<u8> {
+        ces_proto::v1::Event {
+            session_id: session_id.into(),
+            r#type: event_type.into(),
+            data: bytes::Bytes::copy_from_slice(data),
+            id: id.into(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn content_type_selects_the_encoding() {
+        let ct = |v: &str| Encoding::from_content_type(Some(v.as_bytes()));
+        assert_eq!(Encoding::from_content_type(None), Ok(Encoding::Json));
+        assert_eq!(ct("application/json; charset=utf-8"), Ok(Encoding::Json));
+        assert_eq!(ct("Application/X-Protobuf"), Ok(Encoding::Protobuf));
+        let r = ct("text/xml").unwrap_err();
+        assert_eq!(r.reason, Reason::UnsupportedContentType);
+        assert!(
+            r.detail.starts_with(r#"content-type "text/xml""#),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[test]
+    fn protobuf_events_carry_the_same_members_and_get_the_same_id_as_json() {
+        let v = proto("s1", "order.updated", br#"{"a": 1}"#, "");
+        let e = validate(Some(&v), Encoding::Protobuf, 1024).unwrap();
+        assert_eq!(
+            (
+                e.session_id.as_ref(),
+                e.event_type.as_ref(),
+                e.data.as_ref(),
+                e.id.as_deref()
+            ),
+            ("s1", "order.updated", r#"{"a": 1}"#, None)
+        );
+        let j = json(
+            Some(br#"{"session_id":"s1","type":"order.updated","data":{"a":1}}"#),
+            1024,
+        )
+        .unwrap();
+        let id = |e: &Event<'_>| {
+            crate::event_id::derive(e.id.as_deref(), &e.session_id, &e.event_type, &e.data)
+        };
+        assert_eq!(id(&e), id(&j));
+        let v = proto("s", "t", b"1", "k1");
+        let e = validate(Some(&v), Encoding::Protobuf, 1024).unwrap();
+        assert_eq!(e.id.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn each_protobuf_rule_has_its_reason() {
+        let cases: Vec<(Vec<u8>, Reason, &str)> = vec![
+            (
+                vec![0xff, 0xff, 0xff],
+                Reason::InvalidProtobuf,
+                "value is not a ces.v1.Event",
+            ),
+            (
+                proto("", "t", b"1", ""),
+                Reason::MissingSessionId,
+                "/session_id is required",
+            ),
+            (
+                proto("a b", "t", b"1", ""),
+                Reason::InvalidSessionId,
+                "/session_id: ",
+            ),
+            (
+                proto("s", "", b"1", ""),
+                Reason::MissingType,
+                "/type is required",
+            ),
+            (proto("s", "-t", b"1", ""), Reason::InvalidType, "/type: "),
+            (
+                proto("s", "t", b"", ""),
+                Reason::MissingData,
+                "/data is required",
+            ),
+            (
+                proto("s", "t", b"\xff", ""),
+                Reason::InvalidUtf8,
+                "/data is not UTF-8",
+            ),
+            (
+                proto("s", "t", b"{", ""),
+                Reason::InvalidJson,
+                "/data is not JSON",
+            ),
+            (
+                proto("s", "t", b"1 2", ""),
+                Reason::InvalidJson,
+                "/data is not JSON",
+            ),
+            (proto("s", "t", b"1", "\u{7}"), Reason::InvalidId, "/id: "),
+        ];
+        for (value, reason, detail) in cases {
+            let r = validate(Some(&value), Encoding::Protobuf, 1024).unwrap_err();
+            assert_eq!(r.reason, reason, "{value:?}");
+            assert!(r.detail.starts_with(detail), "{}", r.detail);
+        }
+        let big = proto("s", "t", &[b'1'; 100], "");
+        let r = validate(Some(&big), Encoding::Protobuf, 64).unwrap_err();
+        assert_eq!(r.reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn validate_record_applies_content_type_structure_and_schema_in_turn() {
+        let mut schemas = Schemas::new(crate::schema::UnknownTypes::Allow);
+        schemas
+            .insert("t", &serde_json::json!({"type": "integer"}))
+            .unwrap();
+        let check = |v: &[u8], ct: Option<&[u8]>| {
+            validate_record(Some(v), ct, 1024, &schemas)
+                .map(|_| ())
+                .map_err(|r| r.reason)
+        };
+        let good = br#"{"session_id":"s","type":"t","data":1}"#;
+        assert!(check(good, None).is_ok());
+        assert_eq!(
+            check(br#"{"session_id":"s","type":"t","data":"x"}"#, None).unwrap_err(),
+            Reason::SchemaViolation
+        );
+        assert_eq!(
+            check(good, Some(b"text/plain")).unwrap_err(),
+            Reason::UnsupportedContentType
+        );
+        assert_eq!(
+            check(good, Some(b"application/x-protobuf")).unwrap_err(),
+            Reason::InvalidProtobuf
+        );
+        assert_eq!(
+            check(
+                &proto("s", "t", b"\"x\"", ""),
+                Some(b"application/x-protobuf")
+            )
+            .unwrap_err(),
+            Reason::SchemaViolation
+        );
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        use super::super::*;
+        use crate::schema::UnknownTypes;
+
+        fn schemas() -> Schemas {
+            let mut s = Schemas::new(UnknownTypes::Reject);
+            s.insert(
+                "t",
+                &serde_json::json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}),
+            )
+            .unwrap();
+            s
+        }
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("session_id".to_owned()),
+                                Just("type".to_owned()),
+                                Just("data".to_owned()),
+                                Just("id".to_owned()),
+                                ".{0,6}"
+                            ],
+                            inner
+                        ),
+                        0..6
+                    )
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            // Whatever the bytes, the validator answers (never panics) and a rejection has a non-empty detail.
+            #[test]
+            fn arbitrary_bytes_are_accepted_or_rejected_with_a_detail(
+                value in prop::collection::vec(any::<u8>(), 0..512),
+                protobuf in any::<bool>(),
+            ) {
+                let ct: Option<&[u8]> = protobuf.then_some(b"application/x-protobuf");
+                if let Err(r) = validate_record(Some(&value), ct, 256, &schemas()) {
+                    prop_assert!(!r.detail.is_empty());
+                }
+            }
+
+            // Arbitrary JSON: accepted exactly when it has the required members and its data matches the
+            // schema; an accepted event reports the members it was given.
+            #[test]
+            fn arbitrary_json_is_judged_by_its_members(value in arb_json()) {
+                let text = serde_json::to_string(&value).unwrap();
+                let result = validate_record(Some(text.as_bytes()), None, 1 << 20, &schemas());
+                let obj = value.as_object();
+                let member = |k: &str| obj.and_then(|o| o.get(k));
+                // JSON Schema's "integer" is any number without a fractional part, 1.0 included.
+                let data_ok = member("data")
+                    .and_then(Value::as_object)
+                    .and_then(|d| d.get("n"))
+                    .is_some_and(|n| n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0));
+                let structurally_ok = member("session_id").and_then(Value::as_str).is_some_and(|s| crate::keys::validate_session_id(s).is_ok())
+                    && member("type").and_then(Value::as_str) == Some("t")
+                    && member("data").is_some()
+                    && member("id").is_none_or(|i| i.is_null() || i.as_str().is_some_and(|s| !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)));
+                match result {
+                    Ok(e) => {
+                        prop_assert!(structurally_ok && data_ok, "accepted {text}");
+                        prop_assert_eq!(Some(e.session_id.as_ref()), member("session_id").and_then(Value::as_str));
+                        let data: Value = serde_json::from_str(&e.data).unwrap();
+                        prop_assert_eq!(Some(&data), member("data"));
+                    }
+                    Err(r) => prop_assert!(!(structurally_ok && data_ok), "rejected {text}: {r}"),
+                }
+            }
+
+            // A well-formed event round-trips through both encodings with the same id.
+            #[test]
+            fn valid_events_are_accepted_in_both_encodings(
+                sid in "[A-Za-z0-9_.:-]{1,40}",
+                n in any::<i64>(),
+            ) {
+                let data = format!(r#"{{"n":{n}}}"#);
+                let json_text = format!(r#"{{"session_id":"{sid}","type":"t","data":{data}}}"#);
+                let j = validate_record(Some(json_text.as_bytes()), None, 1 << 20, &schemas()).unwrap();
+                let pb = ces_proto::v1::Event { session_id: sid.clone(), r#type: "t".into(), data: data.clone().into(), id: String::new() }.encode_to_vec();
+                let p = validate_record(Some(&pb), Some(b"application/x-protobuf"), 1 << 20, &schemas()).unwrap();
+                prop_assert_eq!(&j, &p);
+            }
+        }
     }
 }

@@ -8,25 +8,9 @@ use std::collections::BTreeMap;
 
 use ces_proto::v1::Envelope;
 use ces_shared::record::{self, Reason};
-use ces_shared::{envelope, event_id};
+use ces_shared::{dlq, envelope, event_id};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-/// Header names of a dead letter (docs/protocol.md). Existing headers with these names are replaced.
-pub mod dlq_header {
-    /// Stable reason code.
-    pub const REASON: &str = "ces-dlq-reason";
-    /// Human-readable detail.
-    pub const DETAIL: &str = "ces-dlq-detail";
-    /// Topic the record was consumed from.
-    pub const SOURCE_TOPIC: &str = "ces-dlq-source-topic";
-    /// Partition it was consumed from.
-    pub const SOURCE_PARTITION: &str = "ces-dlq-source-partition";
-    /// Its offset there.
-    pub const SOURCE_OFFSET: &str = "ces-dlq-source-offset";
-    /// When it was rejected (RFC 3339, UTC).
-    pub const FAILED_AT: &str = "ces-dlq-failed-at";
-}
 
 /// A Kafka record, detached from the client library.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,16 +131,16 @@ pub fn dead_letter(
     let mut headers: Vec<(String, Option<Vec<u8>>)> = r
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with("ces-dlq-"))
+        .filter(|(k, _)| !k.starts_with(dlq::PREFIX))
         .cloned()
         .collect();
     for (k, v) in [
-        (dlq_header::REASON, reason.as_str().to_owned()),
-        (dlq_header::DETAIL, detail.to_owned()),
-        (dlq_header::SOURCE_TOPIC, r.topic.clone()),
-        (dlq_header::SOURCE_PARTITION, r.partition.to_string()),
-        (dlq_header::SOURCE_OFFSET, r.offset.to_string()),
-        (dlq_header::FAILED_AT, failed_at),
+        (dlq::REASON, reason.as_str().to_owned()),
+        (dlq::DETAIL, detail.to_owned()),
+        (dlq::SOURCE_TOPIC, r.topic.clone()),
+        (dlq::SOURCE_PARTITION, r.partition.to_string()),
+        (dlq::SOURCE_OFFSET, r.offset.to_string()),
+        (dlq::FAILED_AT, failed_at),
     ] {
         headers.push((k.to_owned(), Some(v.into_bytes())));
     }
@@ -264,17 +248,17 @@ mod tests {
             (r.key.as_ref(), r.value.as_ref())
         );
         assert_eq!(header(d, "trace"), "t1");
-        assert_eq!(header(d, dlq_header::REASON), "invalid_json");
-        assert!(header(d, dlq_header::DETAIL).starts_with("value is not JSON"));
-        assert_eq!(header(d, dlq_header::SOURCE_TOPIC), "ces.events");
-        assert_eq!(header(d, dlq_header::SOURCE_PARTITION), "4");
-        assert_eq!(header(d, dlq_header::SOURCE_OFFSET), "77");
-        assert_eq!(header(d, dlq_header::FAILED_AT), "2023-11-14T22:13:20Z");
+        assert_eq!(header(d, dlq::REASON), "invalid_json");
+        assert!(header(d, dlq::DETAIL).starts_with("value is not JSON"));
+        assert_eq!(header(d, dlq::SOURCE_TOPIC), "ces.events");
+        assert_eq!(header(d, dlq::SOURCE_PARTITION), "4");
+        assert_eq!(header(d, dlq::SOURCE_OFFSET), "77");
+        assert_eq!(header(d, dlq::FAILED_AT), "2023-11-14T22:13:20Z");
         // A stale reason from an earlier dead-lettering is replaced, not duplicated.
         assert_eq!(
             d.headers
                 .iter()
-                .filter(|(k, _)| k == dlq_header::REASON)
+                .filter(|(k, _)| k == dlq::REASON)
                 .count(),
             1
         );
@@ -297,7 +281,7 @@ mod tests {
         let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
         let d = dead_letter(&rec(0, 0, "x"), Reason::InvalidJson, "d", now);
         assert_eq!(
-            header(&d, dlq_header::FAILED_AT),
+            header(&d, dlq::FAILED_AT),
             "2023-11-14T22:13:20.123Z"
         );
     }

@@ -20,9 +20,6 @@ use crate::{Error, metrics as m};
 /// Largest dead letter the producer sends (librdkafka allows up to 1e9).
 const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Header added when a dead letter is too large for the DLQ topic and is written without its value.
-pub const VALUE_OMITTED_HEADER: &str = "ces-dlq-value-omitted";
-
 /// Logs partition assignment changes and offset commit results.
 #[derive(Debug, Default)]
 pub struct IngestContext;
@@ -193,7 +190,7 @@ pub async fn send_dead_letters(
                             "dead letter too large; value omitted"
                         );
                         d.headers.push((
-                            VALUE_OMITTED_HEADER.to_owned(),
+                            ces_shared::dlq::VALUE_OMITTED.to_owned(),
                             Some(v.len().to_string().into_bytes()),
                         ));
                     }

@@ -1,0 +1,36 @@
+//! The dead-letter record format: header names shared by ingest (which writes dead letters) and `cesctl`
+//! (which reads and replays them). The names are part of the external contract (docs/protocol.md).
+//!
+//! A dead letter is the original record, byte for byte (key, value, headers), plus these headers. Every
+//! `ces-dlq-*` header already on the record (from an earlier dead-lettering) is replaced, never duplicated.
+
+/// Prefix of every header ingest adds to a dead letter.
+pub const PREFIX: &str = "ces-dlq-";
+/// Stable reason code ([`crate::record::Reason`]).
+pub const REASON: &str = "ces-dlq-reason";
+/// Human-readable detail pointing at the problem (a JSON pointer where there is one).
+pub const DETAIL: &str = "ces-dlq-detail";
+/// Topic the record was consumed from.
+pub const SOURCE_TOPIC: &str = "ces-dlq-source-topic";
+/// Partition it was consumed from.
+pub const SOURCE_PARTITION: &str = "ces-dlq-source-partition";
+/// Its offset there.
+pub const SOURCE_OFFSET: &str = "ces-dlq-source-offset";
+/// When it was rejected (RFC 3339, UTC, milliseconds).
+pub const FAILED_AT: &str = "ces-dlq-failed-at";
+/// How many times processing was attempted before the record was given up (only for `processing_failed`).
+pub const ATTEMPTS: &str = "ces-dlq-attempts";
+/// Present when the dead letter was too large for the DLQ topic and was written without its value; the value
+/// is its original size in bytes. The original is still at the source coordinates.
+pub const VALUE_OMITTED: &str = "ces-dlq-value-omitted";
+
+/// Set by `cesctl dlq replay` on a re-produced record: how many times it has been replayed. Not a `ces-dlq-*`
+/// header, so it survives dead-lettering and a record that fails again shows its count.
+pub const REPLAY_COUNT: &str = "ces-replay-count";
+
+/// Header naming the encoding of a record's value ([`CONTENT_TYPE_JSON`] when absent).
+pub const CONTENT_TYPE: &str = "content-type";
+/// JSON event (the default).
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// Protobuf `ces.v1.Event`.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
