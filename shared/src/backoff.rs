@@ -43,6 +43,15 @@ impl Backoff {
     }
 }
 
+/// An endless sequence of delays, so a backoff can drive failsafe's circuit breaker open periods.
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

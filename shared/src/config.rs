@@ -84,6 +84,11 @@ impl<'a> Vars<'a> {
         self.raw(key).unwrap_or_else(|| default.to_owned())
     }
 
+    /// A value that may be absent: `None` when unset.
+    pub fn optional(&mut self, key: &str) -> Option<String> {
+        self.raw(key)
+    }
+
     /// A value that must be given; records an error and returns an empty string when it is not.
     pub fn required(&mut self, key: &str, what: &str) -> String {
         match self.raw(key) {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use ces_proto::v1::Envelope;
 use ces_shared::record::{self, Reason};
+use ces_shared::schema::Schemas;
 use ces_shared::{dlq, envelope, event_id};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -36,6 +37,8 @@ pub struct InputRecord {
 /// An event ready for the Redis publish function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
+    /// Index of its record in the batch, to dead-letter it if processing keeps failing.
+    pub record: usize,
     /// Session the event goes to.
     pub session_id: String,
     /// Its deterministic id.
@@ -69,10 +72,15 @@ pub struct Plan {
 }
 
 /// Plans a batch. `now` stamps `ingested_at_ms` and `ces-dlq-failed-at`.
-pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTime) -> Plan {
+pub fn plan(
+    records: &[InputRecord],
+    max_record_bytes: usize,
+    schemas: &Schemas,
+    now: OffsetDateTime,
+) -> Plan {
     let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
     let mut plan = Plan::default();
-    for r in records {
+    for (index, r) in records.iter().enumerate() {
         let next = plan
             .commit
             .entry((r.topic.clone(), r.partition))
@@ -84,10 +92,16 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
                 .push(dead_letter(r, Reason::InvalidHeaders, detail, now));
             continue;
         }
-        match record::validate(r.value.as_deref(), max_record_bytes) {
+        let content_type = r
+            .headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(dlq::CONTENT_TYPE))
+            .map(|(_, v)| v.as_deref().unwrap_or_default());
+        match record::validate_record(r.value.as_deref(), content_type, max_record_bytes, schemas) {
             Ok(ev) => {
                 let id =
-                    event_id::derive(ev.id.as_deref(), &ev.session_id, &ev.event_type, ev.data);
+                    event_id::derive(ev.id.as_deref(), &ev.session_id, &ev.event_type, &ev.data);
                 let env = Envelope {
                     seq: 0,
                     event_id: id.clone(),
@@ -102,6 +116,7 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
                     epoch: String::new(),
                 };
                 plan.publish.push(Publish {
+                    record: index,
                     session_id: ev.session_id.into_owned(),
                     event_id: id,
                     envelope: envelope::encode(&env),
@@ -114,6 +129,18 @@ pub fn plan(records: &[InputRecord], max_record_bytes: usize, now: OffsetDateTim
         }
     }
     plan
+}
+
+/// The dead letter of an event that kept failing in Redis for an event-specific reason: `ces-dlq-attempts`
+/// says how often it was tried.
+pub fn given_up(r: &InputRecord, attempts: u32, error: &str, now: OffsetDateTime) -> DeadLetter {
+    let detail = format!("redis rejected the event {attempts} times: {error}");
+    let mut d = dead_letter(r, Reason::ProcessingFailed, &detail, now);
+    d.headers.push((
+        dlq::ATTEMPTS.to_owned(),
+        Some(attempts.to_string().into_bytes()),
+    ));
+    d
 }
 
 /// Builds the dead letter of `r`: original key, value and headers, plus the `ces-dlq-*` headers.
@@ -185,7 +212,12 @@ mod tests {
             rec(1, 5, r#"{"session_id":"b","type":"t","data":2}"#),
             rec(0, 12, r#"{"session_id":"a","type":"t","data":3}"#),
         ];
-        let p = plan(&records, 1024, OffsetDateTime::UNIX_EPOCH);
+        let p = plan(
+            &records,
+            1024,
+            &Schemas::default(),
+            OffsetDateTime::UNIX_EPOCH,
+        );
         let sessions: Vec<_> = p.publish.iter().map(|e| e.session_id.as_str()).collect();
         assert_eq!(sessions, ["a", "b", "a"]);
         assert_eq!(p.dead.len(), 1);
@@ -209,6 +241,7 @@ mod tests {
                 r#"{"session_id":"a","type":"t","data":{"x" : 1}}"#,
             )],
             1024,
+            &Schemas::default(),
             OffsetDateTime::UNIX_EPOCH,
         );
         let env = envelope::decode(&p.publish[0].envelope).unwrap();
@@ -232,6 +265,7 @@ mod tests {
         let p = plan(
             &[rec(0, 1, v), rec(3, 99, v)],
             1024,
+            &Schemas::default(),
             OffsetDateTime::UNIX_EPOCH,
         );
         assert_eq!(p.publish[0].event_id, p.publish[1].event_id);
@@ -241,7 +275,7 @@ mod tests {
     fn dead_letter_keeps_the_original_and_adds_coordinates() {
         let r = rec(4, 77, "{");
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let p = plan(std::slice::from_ref(&r), 1024, now);
+        let p = plan(std::slice::from_ref(&r), 1024, &Schemas::default(), now);
         let d = &p.dead[0];
         assert_eq!(
             (d.key.as_ref(), d.value.as_ref()),
@@ -256,10 +290,7 @@ mod tests {
         assert_eq!(header(d, dlq::FAILED_AT), "2023-11-14T22:13:20Z");
         // A stale reason from an earlier dead-lettering is replaced, not duplicated.
         assert_eq!(
-            d.headers
-                .iter()
-                .filter(|(k, _)| k == dlq::REASON)
-                .count(),
+            d.headers.iter().filter(|(k, _)| k == dlq::REASON).count(),
             1
         );
     }
@@ -269,7 +300,12 @@ mod tests {
         let mut r = rec(0, 3, r#"{"session_id":"a","type":"t","data":1}"#);
         r.headers.clear();
         r.headers_unreadable = true;
-        let p = plan(std::slice::from_ref(&r), 1024, OffsetDateTime::UNIX_EPOCH);
+        let p = plan(
+            std::slice::from_ref(&r),
+            1024,
+            &Schemas::default(),
+            OffsetDateTime::UNIX_EPOCH,
+        );
         assert!(p.publish.is_empty());
         assert_eq!(p.dead[0].reason, Reason::InvalidHeaders);
         assert_eq!(p.dead[0].value, r.value);
@@ -280,9 +316,50 @@ mod tests {
     fn failed_at_has_millisecond_precision() {
         let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
         let d = dead_letter(&rec(0, 0, "x"), Reason::InvalidJson, "d", now);
-        assert_eq!(
-            header(&d, dlq::FAILED_AT),
-            "2023-11-14T22:13:20.123Z"
-        );
+        assert_eq!(header(&d, dlq::FAILED_AT), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn content_type_header_selects_protobuf_and_the_schema_of_the_type_applies() {
+        use ces_proto::Message as _;
+        let mut schemas = Schemas::default();
+        schemas
+            .insert(
+                "t",
+                &serde_json::json!({"type": "object", "required": ["n"]}),
+            )
+            .unwrap();
+        let pb = ces_proto::v1::Event {
+            session_id: "a".into(),
+            r#type: "t".into(),
+            data: br#"{"n":1}"#.to_vec().into(),
+            id: String::new(),
+        }
+        .encode_to_vec();
+        let mut proto = rec(0, 1, "");
+        proto.value = Some(pb);
+        proto.headers.push((
+            "Content-Type".into(),
+            Some(b"application/x-protobuf".to_vec()),
+        ));
+        let records = [
+            proto,
+            rec(0, 2, r#"{"session_id":"a","type":"t","data":{"m":1}}"#),
+        ];
+        let p = plan(&records, 1024, &schemas, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(p.publish.len(), 1);
+        assert_eq!(p.publish[0].record, 0);
+        assert_eq!(p.dead.len(), 1);
+        assert_eq!(p.dead[0].reason, Reason::SchemaViolation);
+        assert!(header(&p.dead[0], dlq::DETAIL).starts_with("/data: "));
+    }
+
+    #[test]
+    fn a_given_up_event_says_how_often_it_was_tried() {
+        let d = given_up(&rec(0, 9, "{}"), 5, "WRONGTYPE", OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(d.reason, Reason::ProcessingFailed);
+        assert_eq!(header(&d, dlq::ATTEMPTS), "5");
+        assert_eq!(header(&d, dlq::SOURCE_OFFSET), "9");
+        assert!(header(&d, dlq::DETAIL).contains("5 times: WRONGTYPE"));
     }
 }

@@ -1,10 +1,14 @@
 //! Ingest configuration, read once from `CES_*` variables (see docs/configuration.md).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ces_shared::config::{Common, Source, Vars};
 use ces_shared::record::DEFAULT_MAX_RECORD_BYTES;
+use ces_shared::schema::UnknownTypes;
+
+use crate::breaker;
 
 /// Everything ingest needs to run.
 #[derive(Debug, Clone)]
@@ -17,6 +21,22 @@ pub struct Config {
     pub group: String,
     /// Dead-letter topic.
     pub dlq_topic: String,
+    /// Create the dead-letter topic at start-up when it does not exist.
+    pub dlq_create: bool,
+    /// Partitions of a created dead-letter topic.
+    pub dlq_partitions: i32,
+    /// Replication factor of a created dead-letter topic; -1 is the broker's default.
+    pub dlq_replication: i32,
+    /// Directory of `<type>.json` JSON Schemas; `None`: no schemas, only structural checks.
+    pub schema_dir: Option<PathBuf>,
+    /// What happens to an event whose type has no schema.
+    pub unknown_types: UnknownTypes,
+    /// Attempts at an event Redis keeps rejecting for an event-specific reason before it is dead-lettered.
+    pub max_attempts: u32,
+    /// When the Redis and Kafka circuit breakers open and for how long.
+    pub breaker: breaker::Policy,
+    /// Most kilobytes librdkafka prefetches per partition queue: the memory bound while ingest is busy.
+    pub queue_max_kbytes: u64,
     /// Where a new consumer group starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// Largest accepted record value in bytes; larger ones are dead-lettered as `too_large`.
@@ -46,6 +66,33 @@ impl Config {
         let topics = v.list("CES_KAFKA_TOPICS", &["ces.events"]);
         let group = v.string("CES_KAFKA_GROUP", "ces-ingest");
         let dlq_topic = v.string("CES_DLQ_TOPIC", "ces.events.dlq");
+        let dlq_create = v.parse("CES_DLQ_CREATE", true);
+        let dlq_partitions = v.bounded("CES_DLQ_PARTITIONS", 3, 1, 10_000) as i32;
+        let dlq_replication = v.parse("CES_DLQ_REPLICATION", -1i32);
+        v.check(
+            dlq_replication == -1 || (1..=16).contains(&dlq_replication),
+            || {
+                format!(
+                    "CES_DLQ_REPLICATION={dlq_replication} must be -1 (broker default) or 1..=16"
+                )
+            },
+        );
+        let schema_dir = v.optional("CES_SCHEMA_DIR").map(PathBuf::from);
+        let unknown = v.string("CES_UNKNOWN_TYPES", "allow");
+        let unknown_types = UnknownTypes::parse(&unknown).unwrap_or_default();
+        v.check(UnknownTypes::parse(&unknown).is_some(), || {
+            format!("CES_UNKNOWN_TYPES={unknown:?} must be allow or reject")
+        });
+        let max_attempts = v.bounded("CES_MAX_ATTEMPTS", 5, 1, 100) as u32;
+        let breaker = breaker::Policy {
+            failures: v.bounded("CES_BREAKER_FAILURES", 5, 1, 1000) as u32,
+            open_min: v.millis("CES_BREAKER_OPEN_MS", 1000, 10, 600_000),
+            open_max: v.millis("CES_BREAKER_OPEN_MAX_MS", 30_000, 10, 3_600_000),
+        };
+        v.check(breaker.open_min <= breaker.open_max, || {
+            "CES_BREAKER_OPEN_MS must not exceed CES_BREAKER_OPEN_MAX_MS".into()
+        });
+        let queue_max_kbytes = v.bounded("CES_KAFKA_QUEUE_MAX_KBYTES", 16_384, 64, 2_097_151);
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
         let max_record_bytes = v.bounded(
             "CES_MAX_RECORD_BYTES",
@@ -103,6 +150,14 @@ impl Config {
             topics,
             group,
             dlq_topic,
+            dlq_create,
+            dlq_partitions,
+            dlq_replication,
+            schema_dir,
+            unknown_types,
+            max_attempts,
+            breaker,
+            queue_max_kbytes,
             auto_offset_reset,
             max_record_bytes: max_record_bytes as usize,
             batch_max: batch_max as usize,
@@ -137,6 +192,10 @@ mod tests {
             ("CES_BATCH_MAX", "0"),
             ("CES_KAFKA_AUTO_OFFSET_RESET", "middle"),
             ("CES_REDIS_URL", "localhost"),
+            ("CES_UNKNOWN_TYPES", "maybe"),
+            ("CES_BREAKER_OPEN_MS", "5000"),
+            ("CES_BREAKER_OPEN_MAX_MS", "1000"),
+            ("CES_DLQ_REPLICATION", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
@@ -147,6 +206,9 @@ mod tests {
             "CES_BATCH_MAX",
             "CES_KAFKA_AUTO_OFFSET_RESET",
             "CES_REDIS_URL",
+            "CES_UNKNOWN_TYPES",
+            "CES_BREAKER_OPEN_MAX_MS",
+            "CES_DLQ_REPLICATION",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

@@ -15,6 +15,9 @@ pub enum Error {
     /// The HTTP listener failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    /// Start-up could not complete.
+    #[error("start-up: {0}")]
+    Startup(String),
     /// Shutdown was requested while a step was waiting to be retried.
     #[error("shutting down")]
     ShuttingDown,
@@ -26,7 +29,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Kafka(_) | Error::Redis(_) => true,
-            Error::Shared(_) | Error::Http(_) | Error::ShuttingDown => false,
+            Error::Shared(_) | Error::Http(_) | Error::Startup(_) | Error::ShuttingDown => false,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Ingest's operational HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
 use axum::extract::State as AxumState;
@@ -14,11 +13,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What the probes report on.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     redis: OnceLock<Client>,
-    consuming: AtomicBool,
+    /// Why ingest is not consuming (starting, waiting for topics, stopped); `None` while it consumes.
+    not_ready: Mutex<Option<String>>,
     metrics: OnceLock<PrometheusHandle>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            redis: OnceLock::new(),
+            not_ready: Mutex::new(Some("starting".into())),
+            metrics: OnceLock::new(),
+        }
+    }
 }
 
 impl State {
@@ -26,8 +36,18 @@ impl State {
         let _ = self.redis.set(client);
     }
 
-    pub(crate) fn set_consuming(&self, on: bool) {
-        self.consuming.store(on, Ordering::Release);
+    pub(crate) fn set_not_ready(&self, why: impl Into<String>) {
+        *self.lock() = Some(why.into());
+    }
+
+    pub(crate) fn set_consuming(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -41,9 +61,10 @@ pub fn app(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, &'static str) {
+async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, String) {
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
     let Some(redis) = state.redis.get() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "redis not connected");
+        return unavailable("redis not connected");
     };
     // Bounded well below a load balancer's check timeout, whatever the command timeout is.
     let ping = tokio::time::timeout(
@@ -52,12 +73,12 @@ async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, &'stati
     )
     .await;
     if !matches!(ping, Ok(Ok(_))) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable");
+        return unavailable("redis unreachable");
     }
-    if !state.consuming.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not consuming");
+    if let Some(why) = state.lock().clone() {
+        return unavailable(&why);
     }
-    (StatusCode::OK, "ready")
+    (StatusCode::OK, "ready".to_owned())
 }
 
 async fn render_metrics(AxumState(state): AxumState<Arc<State>>) -> String {

@@ -1,6 +1,8 @@
 //! The Kafka side of ingest: the consumer, batching, dead-letter production and offset commits.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -20,20 +22,31 @@ use crate::{Error, metrics as m};
 /// Largest dead letter the producer sends (librdkafka allows up to 1e9).
 const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Logs partition assignment changes and offset commit results.
+/// Logs partition assignment changes and offset commit results, and keeps newly assigned partitions paused
+/// while ingest is paused.
 #[derive(Debug, Default)]
-pub struct IngestContext;
+pub struct IngestContext {
+    paused: Arc<AtomicBool>,
+}
 
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
     fn post_rebalance(
         &self,
-        _base: &rdkafka::consumer::BaseConsumer<Self>,
+        base: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
         match rebalance {
-            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                info!(partitions = tpl.count(), "partitions assigned");
+                // A partition assigned during an outage must not start fetching into memory.
+                if self.paused.load(Ordering::Acquire)
+                    && let Err(e) = base.pause(tpl)
+                {
+                    warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+            }
             Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
@@ -58,16 +71,36 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 /// commits explicitly after Redis has every event of a batch.
 pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
     let consumer: IngestConsumer = ClientConfig::new()
+        // The bound on what librdkafka reads ahead while ingest is busy publishing: past it, fetching stops.
+        .set(
+            "queued.max.messages.kbytes",
+            config.queue_max_kbytes.to_string(),
+        )
+        .set("queued.min.messages", (config.batch_max * 2).to_string())
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &config.auto_offset_reset)
         .set("enable.partition.eof", "false")
-        .create_with_context(IngestContext)?;
+        .create_with_context(IngestContext::default())?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
+}
+
+/// Pauses or resumes every assigned partition; returns how many are paused. While paused the consumer is still
+/// polled, so it keeps its group membership, but fetches nothing.
+pub fn set_paused(consumer: &IngestConsumer, paused: bool) -> Result<usize, Error> {
+    consumer.context().paused.store(paused, Ordering::Release);
+    let assignment = consumer.assignment()?;
+    if paused {
+        consumer.pause(&assignment)?;
+        Ok(assignment.count())
+    } else {
+        consumer.resume(&assignment)?;
+        Ok(0)
+    }
 }
 
 /// Creates the dead-letter producer. `acks=all` so a dead letter is durable before its offset is committed.
@@ -108,6 +141,7 @@ pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
             (Vec::new(), true)
         }
     };
+    metrics::counter!(m::RECORDS, "topic" => msg.topic().to_owned()).increment(1);
     InputRecord {
         topic: msg.topic().to_owned(),
         partition: msg.partition(),
@@ -120,16 +154,18 @@ pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
     }
 }
 
-/// Waits for the next record, then collects more until `max` records or `linger` after the first one.
+/// Waits for the next record (unless `batch` already has some, read ahead), then collects more until `max`
+/// records or `linger` after the first one.
 pub async fn next_batch(
     consumer: &IngestConsumer,
+    mut batch: Vec<InputRecord>,
     max: usize,
     linger: Duration,
 ) -> Result<Vec<InputRecord>, Error> {
-    let first = consumer.recv().await?;
-    let mut batch = Vec::with_capacity(max.min(1024));
-    batch.push(to_input(&first));
-    drop(first);
+    if batch.is_empty() {
+        let first = consumer.recv().await?;
+        batch.push(to_input(&first));
+    }
     let deadline = Instant::now() + linger;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -141,9 +177,6 @@ pub async fn next_batch(
                 break;
             }
         }
-    }
-    for r in &batch {
-        metrics::counter!(m::RECORDS, "topic" => r.topic.clone()).increment(1);
     }
     Ok(batch)
 }

@@ -1,28 +1,37 @@
 //! CES ingest: moves customer events from Kafka to Redis without losing or reordering them.
 //!
 //! Each loop iteration takes a batch of records (bounded by count and linger time), plans it ([`batch`]: valid
-//! events to publish, bad records to dead-letter), publishes the events to Redis with one pipelined Redis function call
-//! per event ([`publisher`]) while producing the dead letters ([`kafka`]), and only when both are acknowledged
-//! commits the batch's offsets. Transient failures (Redis or Kafka unavailable) are retried with backoff and never
-//! turn an event into a dead letter; a record is dead-lettered only for a permanent reason. See
-//! docs/architecture.md for the invariants.
+//! events to publish, bad records to dead-letter, judged by the JSON Schemas of [`schemas`]), publishes the
+//! events to Redis with one pipelined Redis function call per event ([`publisher`]) while producing the dead
+//! letters ([`kafka`]), and only when both are acknowledged commits the batch's offsets. While a batch is in
+//! flight the consumer keeps being polled: it reads ahead at most one batch, and when a [`breaker`] opens it
+//! pauses every partition, so an outage costs neither memory nor group membership. Transient failures (Redis or
+//! Kafka unavailable) are retried with backoff and never turn an event into a dead letter; a record is
+//! dead-lettered only for a permanent reason. See docs/ingest.md for the design and its invariants.
 //!
 //! # Layout
 //! - [`config`]: `CES_*` configuration.
 //! - [`batch`]: pure planning of a batch, including dead-letter headers.
-//! - [`publisher`]: the Redis publish function and pipelining.
-//! - [`kafka`]: consumer, batching, dead-letter producer, commits.
+//! - [`schemas`]: the JSON Schema set, reloaded on SIGHUP.
+//! - [`publisher`]: the Redis publish function, pipelining, and which Redis errors are the event's own.
+//! - [`breaker`]: circuit breakers for Redis and Kafka.
+//! - [`kafka`]: consumer, batching, pause/resume, dead-letter producer, commits.
+//! - [`topics`]: waiting for input topics and creating the dead-letter topic.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod batch;
+pub mod breaker;
 pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod publisher;
+pub mod schemas;
+pub mod topics;
 
 mod error;
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,30 +46,42 @@ use tracing::{error, info, warn};
 pub use config::Config;
 pub use error::Error;
 
-use crate::batch::{DeadLetter, Publish};
+use crate::batch::{DeadLetter, InputRecord, Publish};
+use crate::breaker::Breaker;
+use crate::kafka::IngestConsumer;
 use crate::metrics as m;
 use crate::publisher::Publisher;
+use crate::schemas::SchemaStore;
 use ces_shared::backoff::Backoff;
 
 const RETRY_START: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How often a waiting loop looks at the breakers again.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Runs ingest until `shutdown` completes: serves `http` and moves records from Kafka to Redis.
 ///
-/// On shutdown the batch in progress finishes (or, if it is waiting to retry, is abandoned uncommitted), the
-/// offsets of every acknowledged batch are committed synchronously, and the function returns.
+/// Fails at once if the schema directory does not load. On shutdown the batch in progress finishes (or, if it
+/// is waiting to retry, is abandoned uncommitted), the offsets of every acknowledged batch are committed
+/// synchronously, and the function returns.
 pub async fn run(
     config: Config,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let schemas = Arc::new(SchemaStore::load(
+        config.schema_dir.clone(),
+        config.unknown_types,
+    )?);
     let cancel = ces_shared::shutdown::cancel_on(shutdown);
 
     let state = Arc::new(http::State::default());
     let server = tokio::spawn(http::serve(http, state.clone(), cancel.clone()));
+    let reloads = tokio::spawn(schemas::reload_on_hangup(schemas.clone(), cancel.clone()));
 
-    let result = consume(&config, &state, &cancel).await;
+    let result = consume(&config, &schemas, &state, &cancel).await;
     cancel.cancel();
+    let _ = reloads.await;
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "http server failed"),
         Err(e) => warn!(error = %e, "http server task failed"),
@@ -69,8 +90,20 @@ pub async fn run(
     result
 }
 
+/// What one batch needs besides its records.
+struct Sinks<'a> {
+    publisher: &'a Publisher,
+    producer: &'a FutureProducer,
+    dlq_topic: &'a str,
+    redis: &'a Breaker,
+    kafka: &'a Breaker,
+    max_attempts: u32,
+    cancel: &'a CancellationToken,
+}
+
 async fn consume(
     config: &Config,
+    schemas: &SchemaStore,
     state: &http::State,
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
@@ -78,18 +111,42 @@ async fn consume(
         return Ok(());
     };
     state.set_redis(publisher.client().clone());
+    if !topics::ensure(config, state, cancel).await? {
+        return Ok(());
+    }
     let consumer = kafka::consumer(config)?;
     let producer = kafka::producer(config)?;
-    state.set_consuming(true);
+    let redis = Breaker::new("redis", config.breaker);
+    let kafka_breaker = Breaker::new("kafka", config.breaker);
+    let sinks = Sinks {
+        publisher: &publisher,
+        producer: &producer,
+        dlq_topic: &config.dlq_topic,
+        redis: &redis,
+        kafka: &kafka_breaker,
+        max_attempts: config.max_attempts,
+        cancel,
+    };
+    ::metrics::gauge!(m::PAUSED_PARTITIONS).set(0.0);
+    state.set_consuming();
     info!(topics = ?config.topics, group = %config.group, "consuming");
 
-    let mut acknowledged = std::collections::BTreeMap::new();
+    let mut acknowledged = BTreeMap::new();
+    // Records read while the previous batch was in flight: at most one batch, the memory bound of ingest.
+    let mut ahead: Vec<InputRecord> = Vec::new();
+    let mut paused = false;
     let mut poll_backoff = Backoff::new(RETRY_START, RETRY_MAX);
     loop {
+        let next = kafka::next_batch(
+            &consumer,
+            std::mem::take(&mut ahead),
+            config.batch_max,
+            config.batch_linger,
+        );
         let batch = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            b = kafka::next_batch(&consumer, config.batch_max, config.batch_linger) => b,
+            b = next => b,
         };
         let batch = match batch {
             Ok(b) => {
@@ -103,15 +160,27 @@ async fn consume(
             }
         };
         ::metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
-        let plan = batch::plan(&batch, config.max_record_bytes, OffsetDateTime::now_utc());
-        let (dead, published) = tokio::join!(
-            dead_letter_all(&producer, &config.dlq_topic, plan.dead, cancel),
-            publish_all(&publisher, &plan.publish, cancel),
+        let plan = batch::plan(
+            &batch,
+            config.max_record_bytes,
+            &schemas.current(),
+            OffsetDateTime::now_utc(),
         );
-        if dead.is_err() || published.is_err() {
+        let work = settle(&batch, plan.dead, &plan.publish, &sinks);
+        let settled = drive(
+            work,
+            &consumer,
+            &mut ahead,
+            batch.len(),
+            config.batch_max,
+            &[&redis, &kafka_breaker],
+            &mut paused,
+        )
+        .await;
+        if settled.is_err() {
             // Shutdown interrupted a retry: the batch is not fully acknowledged, so it is not committed.
             info!(
-                records = batch.len(),
+                records = batch.len() + ahead.len(),
                 "shutdown before the batch was acknowledged; it will be redelivered"
             );
             break;
@@ -119,10 +188,80 @@ async fn consume(
         kafka::commit(&consumer, &plan.commit, CommitMode::Async);
         // Merge, so the final synchronous commit covers every partition this replica acknowledged.
         acknowledged.extend(plan.commit);
+        ::metrics::gauge!(m::PENDING_RECORDS).set(ahead.len() as f64);
     }
     kafka::commit(&consumer, &acknowledged, CommitMode::Sync);
-    state.set_consuming(false);
+    state.set_not_ready("stopped");
     info!("ingest stopped");
+    Ok(())
+}
+
+/// Runs `work` (one batch) to completion while polling the consumer: records are read ahead up to `max_ahead`,
+/// and every partition is paused while a breaker is tripped, so the consumer stays in its group through an
+/// outage of any length without fetching anything.
+async fn drive(
+    work: impl Future<Output = Result<(), Error>>,
+    consumer: &IngestConsumer,
+    ahead: &mut Vec<InputRecord>,
+    in_flight: usize,
+    max_ahead: usize,
+    breakers: &[&Breaker],
+    paused: &mut bool,
+) -> Result<(), Error> {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut consumer_failing = false;
+    loop {
+        let trip = breakers.iter().any(|b| b.is_tripped());
+        if trip != *paused {
+            match kafka::set_paused(consumer, trip) {
+                Ok(partitions) => {
+                    *paused = trip;
+                    ::metrics::gauge!(m::PAUSED_PARTITIONS).set(partitions as f64);
+                    info!(partitions, paused = trip, "partitions paused or resumed");
+                }
+                Err(e) => warn!(error = %e, "cannot pause or resume partitions; retrying"),
+            }
+        }
+        ::metrics::gauge!(m::PENDING_RECORDS).set((in_flight + ahead.len()) as f64);
+        // Paused partitions deliver nothing, but polling must go on: it is what keeps the group membership.
+        let poll = !consumer_failing && (*paused || ahead.len() < max_ahead);
+        tokio::select! {
+            biased;
+            r = &mut work => return r,
+            m = consumer.recv(), if poll => match m {
+                Ok(msg) => ahead.push(kafka::to_input(&msg)),
+                Err(e) => {
+                    // Back off until the next tick rather than spin on a failing broker.
+                    warn!(error = %e, "consumer error while a batch is in flight");
+                    consumer_failing = true;
+                }
+            },
+            _ = tick.tick() => consumer_failing = false,
+        }
+    }
+}
+
+/// Settles one batch: dead letters produced and events published (those Redis keeps rejecting dead-lettered
+/// too). `Err` only when shutdown interrupted it.
+async fn settle(
+    batch: &[InputRecord],
+    dead: Vec<DeadLetter>,
+    publish: &[Publish],
+    sinks: &Sinks<'_>,
+) -> Result<(), Error> {
+    let (dead, given_up) = tokio::join!(dead_letter_all(sinks, dead), publish_all(sinks, publish),);
+    dead?;
+    let given_up = given_up?;
+    if !given_up.is_empty() {
+        let now = OffsetDateTime::now_utc();
+        let letters = given_up
+            .iter()
+            .map(|g| batch::given_up(&batch[g.record], g.attempts, &g.error, now))
+            .collect();
+        dead_letter_all(sinks, letters).await?;
+    }
     Ok(())
 }
 
@@ -148,47 +287,83 @@ async fn connect_redis(
     Ok(None)
 }
 
+/// An event Redis kept rejecting for a reason of its own.
+struct GivenUp {
+    record: usize,
+    attempts: u32,
+    error: String,
+}
+
 /// Publishes every event, retrying the failed suffix in order until Redis has acknowledged all of them.
-async fn publish_all(
-    publisher: &Publisher,
-    events: &[Publish],
-    cancel: &CancellationToken,
-) -> Result<(), Error> {
+///
+/// An outage (see [`publisher::is_event_error`]) is retried for as long as it lasts, through the breaker; an
+/// event Redis rejects for a reason of its own is retried `max_attempts` times, then given up and returned.
+async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenUp>, Error> {
+    let mut given_up = Vec::new();
     if events.is_empty() {
-        return Ok(());
+        return Ok(given_up);
     }
     let started = Instant::now();
     let mut pending: Vec<&Publish> = events.iter().collect();
+    let mut attempts: HashMap<usize, u32> = HashMap::new();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while !pending.is_empty() {
-        let results = publisher.publish(&pending).await;
+        if !wait_permitted(sinks.redis, sinks.cancel).await {
+            return Err(Error::ShuttingDown);
+        }
+        let results = sinks.publisher.publish(&pending).await;
         let first_failed = results
             .iter()
             .position(Result::is_err)
             .unwrap_or(results.len());
         count_outcomes(&results[..first_failed]);
-        if first_failed == results.len() {
+        let Some(error) = results.into_iter().nth(first_failed).and_then(Result::err) else {
+            sinks.redis.on_success();
             break;
-        }
+        };
         // Retry from the first failure on, including events after it that did run: per-session order needs the
         // failed event to go first, and the ones that ran are then dropped as duplicates by their id.
-        let error = results.into_iter().nth(first_failed).and_then(Result::err);
         pending.drain(..first_failed);
-        ::metrics::counter!(m::RETRIES, "target" => "redis").increment(1);
-        if let Some(e) = &error {
-            if publisher::is_function_missing(e)
-                && let Err(e) = publisher.load_library().await
+        if publisher::is_event_error(&error) {
+            // Redis answered: it is up, so this is not an outage and must not trip the breaker.
+            sinks.redis.on_success();
+            let event = pending[0];
+            let tries = attempts.entry(event.record).or_insert(0);
+            *tries += 1;
+            if *tries >= sinks.max_attempts {
+                error!(
+                    session_id = %event.session_id,
+                    event_id = %event.event_id,
+                    attempts = *tries,
+                    error = %error,
+                    "redis keeps rejecting the event; dead-lettering it"
+                );
+                ::metrics::counter!(m::GIVEN_UP).increment(1);
+                given_up.push(GivenUp {
+                    record: event.record,
+                    attempts: *tries,
+                    error: error.to_string(),
+                });
+                pending.remove(0);
+                continue;
+            }
+            warn!(session_id = %event.session_id, attempts = *tries, error = %error, "redis rejected an event; retrying");
+        } else {
+            sinks.redis.on_error();
+            ::metrics::counter!(m::RETRIES, "target" => "redis").increment(1);
+            if publisher::is_function_missing(&error)
+                && let Err(e) = sinks.publisher.load_library().await
             {
                 warn!(error = %e, "reloading the redis function library failed");
             }
-            warn!(pending = pending.len(), error = %e, "redis publish failed; retrying");
+            warn!(pending = pending.len(), error = %error, "redis publish failed; retrying");
         }
-        if !sleep_or_cancel(backoff.next_delay(), cancel).await {
+        if !sleep_or_cancel(backoff.next_delay(), sinks.cancel).await {
             return Err(Error::ShuttingDown);
         }
     }
     ::metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(given_up)
 }
 
 fn count_outcomes(results: &[Result<publisher::Outcome, Error>]) {
@@ -200,26 +375,38 @@ fn count_outcomes(results: &[Result<publisher::Outcome, Error>]) {
     ::metrics::counter!(m::DUPLICATES).increment(duplicates as u64);
 }
 
-/// Produces every dead letter, retrying the failed ones until Kafka has acknowledged all of them.
-async fn dead_letter_all(
-    producer: &FutureProducer,
-    topic: &str,
-    mut dead: Vec<DeadLetter>,
-    cancel: &CancellationToken,
-) -> Result<(), Error> {
+/// Produces every dead letter, retrying the failed ones through the Kafka breaker until all are acknowledged.
+async fn dead_letter_all(sinks: &Sinks<'_>, mut dead: Vec<DeadLetter>) -> Result<(), Error> {
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while !dead.is_empty() {
-        let (failed, error) = kafka::send_dead_letters(producer, topic, dead).await;
+        if !wait_permitted(sinks.kafka, sinks.cancel).await {
+            return Err(Error::ShuttingDown);
+        }
+        let (failed, error) = kafka::send_dead_letters(sinks.producer, sinks.dlq_topic, dead).await;
         dead = failed;
-        if let Some(e) = error {
-            ::metrics::counter!(m::RETRIES, "target" => "kafka").increment(1);
-            error!(pending = dead.len(), error = %e, "dead-letter produce failed; retrying");
-            if !sleep_or_cancel(backoff.next_delay(), cancel).await {
-                return Err(Error::ShuttingDown);
+        match error {
+            None => sinks.kafka.on_success(),
+            Some(e) => {
+                sinks.kafka.on_error();
+                ::metrics::counter!(m::RETRIES, "target" => "kafka").increment(1);
+                error!(pending = dead.len(), error = %e, "dead-letter produce failed; retrying");
+                if !sleep_or_cancel(backoff.next_delay(), sinks.cancel).await {
+                    return Err(Error::ShuttingDown);
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Waits until `breaker` lets a call through; `false` if cancelled first.
+async fn wait_permitted(breaker: &Breaker, cancel: &CancellationToken) -> bool {
+    while !breaker.is_call_permitted() {
+        if !sleep_or_cancel(TICK, cancel).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Sleeps for `d`; `false` if cancelled first.

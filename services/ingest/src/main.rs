@@ -30,6 +30,11 @@ async fn main() -> ExitCode {
     tracing::info!(addr = %config.http_addr, "ces-ingest starting");
     match ces_ingest::run(config, listener, ces_shared::shutdown::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ces_ingest::Error::Shared(_)) => {
+            // Bad configuration (the schema directory, say): not worth a restart loop.
+            tracing::error!(error = %e, "ces-ingest cannot start");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
         Err(e) => {
             tracing::error!(error = %e, "ces-ingest failed");
             ExitCode::FAILURE

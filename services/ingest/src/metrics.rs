@@ -16,3 +16,17 @@ pub const PUBLISH_SECONDS: &str = "ces_ingest_publish_seconds";
 pub const RETRIES: &str = "ces_ingest_retries_total";
 /// Offset commits Kafka refused (the records will be redelivered).
 pub const COMMIT_FAILURES: &str = "ces_ingest_commit_failures_total";
+/// 1 while the circuit breaker of a `target` (`redis` or `kafka`) is open or half-open, else 0.
+pub const BREAKER_OPEN: &str = "ces_ingest_breaker_open";
+/// Circuit breaker state changes, labelled by `target` and the state entered (`to`: open, half_open, closed).
+pub const BREAKER_TRANSITIONS: &str = "ces_ingest_breaker_transitions_total";
+/// Partitions currently paused because a dependency is down.
+pub const PAUSED_PARTITIONS: &str = "ces_ingest_paused_partitions";
+/// Records held in memory: the batch in progress plus the records read ahead of it.
+pub const PENDING_RECORDS: &str = "ces_ingest_pending_records";
+/// Events given up after repeated event-specific Redis failures (then dead-lettered as `processing_failed`).
+pub const GIVEN_UP: &str = "ces_ingest_given_up_total";
+/// Schema directory reloads, labelled by `result` (`ok` or `error`).
+pub const SCHEMA_RELOADS: &str = "ces_ingest_schema_reloads_total";
+/// Event types with a loaded JSON Schema.
+pub const SCHEMAS_LOADED: &str = "ces_ingest_schemas_loaded";

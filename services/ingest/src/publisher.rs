@@ -121,3 +121,84 @@ impl Publisher {
 pub fn is_function_missing(e: &Error) -> bool {
     matches!(e, Error::Redis(r) if ces_shared::redis::is_function_missing(r))
 }
+
+/// Redis error replies that describe the server's state (loading, failing over, out of memory, busy script),
+/// not the event: retried as an outage, whatever the command.
+const TRANSIENT_REPLIES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "READONLY",
+    "OOM",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+    "MISCONF",
+];
+
+/// Whether Redis rejected this event for a reason of its own (a key of the wrong type that another program
+/// wrote, a script error on this session's state), as opposed to being unavailable. Such an event is retried
+/// a few times and then dead-lettered as `processing_failed`; everything else, unknown errors included, counts
+/// as an outage and is retried for as long as it takes, so an outage never turns events into dead letters.
+pub fn is_event_error(e: &Error) -> bool {
+    let Error::Redis(r) = e else {
+        return false;
+    };
+    let details = r.details();
+    if TRANSIENT_REPLIES.iter().any(|p| details.starts_with(p)) {
+        return false;
+    }
+    match r.kind() {
+        fred::error::ErrorKind::InvalidArgument => true,
+        fred::error::ErrorKind::Unknown => {
+            details.contains("script:") || details.contains("user_function")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error as RedisError, ErrorKind};
+
+    use super::*;
+
+    fn redis(kind: ErrorKind, details: &str) -> Error {
+        Error::Redis(RedisError::new(kind, details.to_owned()))
+    }
+
+    #[test]
+    fn only_replies_about_the_event_itself_are_event_errors() {
+        let event = [
+            redis(
+                ErrorKind::InvalidArgument,
+                "WRONGTYPE Operation against a key holding the wrong kind of value script: ces_publish",
+            ),
+            redis(
+                ErrorKind::Unknown,
+                "ERR user_function:12: attempt to compare nil",
+            ),
+        ];
+        for e in &event {
+            assert!(is_event_error(e), "{e}");
+        }
+        let outage = [
+            redis(ErrorKind::IO, "Connection reset by peer"),
+            redis(ErrorKind::Timeout, "Request timed out."),
+            redis(ErrorKind::Canceled, "Canceled."),
+            redis(
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            redis(
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'. script: ces_publish",
+            ),
+            redis(ErrorKind::Unknown, "ERR Function not found"),
+            redis(ErrorKind::Unknown, "ERR something new"),
+        ];
+        for e in &outage {
+            assert!(!is_event_error(e), "{e}");
+        }
+    }
+}

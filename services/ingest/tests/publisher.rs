@@ -24,6 +24,7 @@ fn event(session: &str, id: &str, n: u64) -> Publish {
         ..Default::default()
     };
     Publish {
+        record: 0,
         session_id: session.into(),
         event_id: id.into(),
         envelope: envelope::encode(&env),
@@ -216,5 +217,35 @@ async fn a_lost_state_starts_a_new_epoch_and_drops_the_old_buffer() -> anyhow::R
     assert_ne!(old, new);
     let len: u64 = client.xlen(&k.buffer).await?;
     assert_eq!(len, 1, "only the new epoch's event is buffered");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_of_the_wrong_type_fails_only_its_event_and_is_an_event_error() -> anyhow::Result<()>
+{
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    // Another program wrote a plain string where the session's dedup set lives.
+    let _: () = client
+        .set(SessionKeys::of("bad").ids, "oops", None, None, false)
+        .await?;
+    let events = [
+        event("ok", "e1", 1),
+        event("bad", "e2", 1),
+        event("ok", "e3", 2),
+    ];
+    let refs: Vec<&Publish> = events.iter().collect();
+    let results = publisher.publish(&refs).await;
+    assert!(matches!(results[0], Ok(Outcome::Published(1))));
+    let error = results[1].as_ref().expect_err("wrong type");
+    assert!(ces_ingest::publisher::is_event_error(error), "{error}");
+    assert!(matches!(results[2], Ok(Outcome::Published(2))));
+
+    // Redis gone: the same call is an outage, never an event error.
+    drop(redis);
+    let results = publisher.publish(&refs[..1]).await;
+    let error = results[0].as_ref().expect_err("redis is down");
+    assert!(!ces_ingest::publisher::is_event_error(error), "{error}");
     Ok(())
 }

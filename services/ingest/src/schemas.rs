@@ -1,0 +1,91 @@
+//! The JSON Schemas ingest validates against, reloadable while it runs (SIGHUP).
+//!
+//! A reload replaces the whole set atomically, or, if any file is bad, keeps the previous set and logs every
+//! problem: a typo in one schema never leaves ingest without the others, nor dead-letters events wholesale.
+//! Each batch takes the set current when it starts, so one batch is judged by one set.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use ces_shared::schema::{Schemas, UnknownTypes};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{Error, metrics as m};
+
+/// The current schema set and where it comes from.
+#[derive(Debug)]
+pub struct SchemaStore {
+    dir: Option<PathBuf>,
+    unknown: UnknownTypes,
+    current: RwLock<Arc<Schemas>>,
+}
+
+impl SchemaStore {
+    /// Loads `dir` (no directory: no schemas). Fails on any bad file.
+    pub fn load(dir: Option<PathBuf>, unknown: UnknownTypes) -> Result<Self, Error> {
+        let schemas = read(dir.as_ref(), unknown)?;
+        Ok(Self {
+            dir,
+            unknown,
+            current: RwLock::new(Arc::new(schemas)),
+        })
+    }
+
+    /// The set to judge the next batch by.
+    pub fn current(&self) -> Arc<Schemas> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the directory again and swaps the new set in; on error the previous set stays.
+    pub fn reload(&self) -> Result<usize, Error> {
+        let result = read(self.dir.as_ref(), self.unknown);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        ::metrics::counter!(m::SCHEMA_RELOADS, "result" => outcome).increment(1);
+        let schemas = result?;
+        let types = schemas.types().len();
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(schemas);
+        Ok(types)
+    }
+}
+
+fn read(dir: Option<&PathBuf>, unknown: UnknownTypes) -> Result<Schemas, Error> {
+    let schemas = match dir {
+        Some(dir) => Schemas::load_dir(dir, unknown)?,
+        None => Schemas::new(unknown),
+    };
+    ::metrics::gauge!(m::SCHEMAS_LOADED).set(schemas.types().len() as f64);
+    info!(types = ?schemas.types(), unknown = ?unknown, "schemas loaded");
+    Ok(schemas)
+}
+
+/// Reloads `store` on every SIGHUP until `cancel`.
+pub async fn reload_on_hangup(store: Arc<SchemaStore>, cancel: CancellationToken) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; schemas will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            got = hangups.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                match store.reload() {
+                    Ok(types) => info!(types, "SIGHUP: schemas reloaded"),
+                    Err(e) => error!(error = %e, "SIGHUP: schema reload failed; the previous schemas stay in force"),
+                }
+            }
+        }
+    }
+}
