@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`Redis`], [`Broker`]: the server fixtures.
+//! - [`Process`]: a CES service binary run as a child process (for RSS, signals, and kills).
+//! - [`Metrics`]: a scraped Prometheus `/metrics` page.
 //! - [`kafka`]: topic creation, producing, and reading a topic to its end.
 //! - [`client`]: session registration and a WebSocket client that collects frames.
 
@@ -102,23 +104,41 @@ where
     bail!("{what} not ready after 5 s")
 }
 
-/// A `redis-server` with no persistence, on a free port.
+/// A `redis-server` on a free port: without persistence ([`Redis::start`]) or writing every command to its
+/// append-only file ([`Redis::start_persistent`]).
 #[derive(Debug)]
 pub struct Redis {
-    child: Child,
+    child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 impl Redis {
-    /// Starts a server.
+    /// Starts a server without persistence.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Starts a server that survives [`Redis::stop`] and [`Redis::start_again`] with its data.
+    pub async fn start_persistent() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> anyhow::Result<Self> {
         let mut last_error = None;
         for _ in 0..3 {
             let dir = tempfile::tempdir()?;
             let port = free_port();
-            match Self::spawn(port, &dir).await {
-                Ok(child) => return Ok(Self { child, port, dir }),
+            match Self::spawn(port, &dir, persistent).await {
+                Ok(child) => {
+                    return Ok(Self {
+                        child: Some(child),
+                        port,
+                        dir,
+                        persistent,
+                    });
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -127,14 +147,32 @@ impl Redis {
 
     /// Kills the server and starts a new, empty one on the same port: a restart without persistence.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        let _ = self.child.wait().await;
-        self.child = Self::spawn(self.port, &self.dir).await?;
+        self.stop().await?;
+        self.start_again().await
+    }
+
+    /// Kills the server (SIGKILL): clients see their connections reset and the port refuses connections.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+            let _ = child.wait().await;
+        }
         Ok(())
     }
 
-    async fn spawn(port: u16, dir: &tempfile::TempDir) -> anyhow::Result<Child> {
+    /// Starts the server again on the same port and directory (with its data if it is persistent).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.child = Some(Self::spawn(self.port, &self.dir, self.persistent).await?);
+        Ok(())
+    }
+
+    async fn spawn(port: u16, dir: &tempfile::TempDir, persistent: bool) -> anyhow::Result<Child> {
         let bin = find_binary("redis-server", "CES_REDIS_SERVER_BIN")?;
+        let (appendonly, fsync) = if persistent {
+            ("yes", "always")
+        } else {
+            ("no", "no")
+        };
         let mut child = Command::new(&bin)
             .args([
                 "--port",
@@ -144,7 +182,9 @@ impl Redis {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                appendonly,
+                "--appendfsync",
+                fsync,
             ])
             .arg("--dir")
             .arg(dir.path())
@@ -226,5 +266,136 @@ impl Broker {
     /// Bootstrap servers string.
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
+    }
+}
+
+/// The path of a workspace binary built next to the running test (`target/<profile>/<name>`), or at `env_override`.
+pub fn workspace_binary(name: &str, env_override: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_override) {
+        return Ok(PathBuf::from(p));
+    }
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(name))
+        .context("test executable has no parent directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} not built; run the workspace tests (`make test`) or `cargo build --bin {name}`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A CES service binary running as a child process, killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// `http://127.0.0.1:<port>` of its HTTP port.
+    pub base: String,
+}
+
+impl Process {
+    /// Starts `bin` with `env` (plus `http_var` set to a free port) and waits until `/readyz` answers 200.
+    pub async fn start(
+        bin: &std::path::Path,
+        http_var: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let port = free_port();
+        let child = Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(http_var, format!("127.0.0.1:{port}"))
+            .env("CES_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&base).await?;
+        Ok(Self { child, base })
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("process already exited")
+    }
+
+    /// Resident set size in bytes (Linux `/proc`).
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub async fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid()?.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to `grace` for the exit status.
+    pub async fn stop(mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal("TERM").await?;
+        Ok(tokio::time::timeout(grace, self.child.wait()).await??)
+    }
+}
+
+/// One scrape of a Prometheus text page.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    series: Vec<(String, f64)>,
+}
+
+impl Metrics {
+    /// Scrapes `<base>/metrics`.
+    pub async fn scrape(base: &str) -> anyhow::Result<Self> {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses the text format: `name{labels} value` lines.
+    pub fn parse(text: &str) -> Self {
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Self { series }
+    }
+
+    /// The sum over every series of `name` carrying all `labels` (0 when there is none).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(series, _)| {
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|(_, v)| v)
+            .sum()
     }
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// When the Redis and Kafka circuit breakers open and for how long.
     pub breaker: breaker::Policy,
+    /// Bound on one pipelined publish to Redis; past it the attempt counts as a transient failure.
+    pub redis_timeout: Duration,
     /// Most kilobytes librdkafka prefetches per partition queue: the memory bound while ingest is busy.
     pub queue_max_kbytes: u64,
     /// Where a new consumer group starts: `earliest` or `latest`.
@@ -92,6 +94,7 @@ impl Config {
         v.check(breaker.open_min <= breaker.open_max, || {
             "CES_BREAKER_OPEN_MS must not exceed CES_BREAKER_OPEN_MAX_MS".into()
         });
+        let redis_timeout = v.millis("CES_REDIS_TIMEOUT_MS", 3000, 100, 60_000);
         let queue_max_kbytes = v.bounded("CES_KAFKA_QUEUE_MAX_KBYTES", 16_384, 64, 2_097_151);
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
         let max_record_bytes = v.bounded(
@@ -157,6 +160,7 @@ impl Config {
             unknown_types,
             max_attempts,
             breaker,
+            redis_timeout,
             queue_max_kbytes,
             auto_offset_reset,
             max_record_bytes: max_record_bytes as usize,

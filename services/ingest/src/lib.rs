@@ -213,23 +213,17 @@ async fn drive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut consumer_failing = false;
     loop {
-        let trip = breakers.iter().any(|b| b.is_tripped());
-        if trip != *paused {
-            match kafka::set_paused(consumer, trip) {
-                Ok(partitions) => {
-                    *paused = trip;
-                    ::metrics::gauge!(m::PAUSED_PARTITIONS).set(partitions as f64);
-                    info!(partitions, paused = trip, "partitions paused or resumed");
-                }
-                Err(e) => warn!(error = %e, "cannot pause or resume partitions; retrying"),
-            }
-        }
+        follow_breakers(consumer, breakers, paused);
         ::metrics::gauge!(m::PENDING_RECORDS).set((in_flight + ahead.len()) as f64);
         // Paused partitions deliver nothing, but polling must go on: it is what keeps the group membership.
         let poll = !consumer_failing && (*paused || ahead.len() < max_ahead);
         tokio::select! {
             biased;
-            r = &mut work => return r,
+            r = &mut work => {
+                // Resume before the next batch waits for records that paused partitions would never deliver.
+                follow_breakers(consumer, breakers, paused);
+                return r;
+            }
             m = consumer.recv(), if poll => match m {
                 Ok(msg) => ahead.push(kafka::to_input(&msg)),
                 Err(e) => {
@@ -240,6 +234,22 @@ async fn drive(
             },
             _ = tick.tick() => consumer_failing = false,
         }
+    }
+}
+
+/// Pauses every partition while a breaker is tripped and resumes them when none is.
+fn follow_breakers(consumer: &IngestConsumer, breakers: &[&Breaker], paused: &mut bool) {
+    let trip = breakers.iter().any(|b| b.is_tripped());
+    if trip == *paused {
+        return;
+    }
+    match kafka::set_paused(consumer, trip) {
+        Ok(partitions) => {
+            *paused = trip;
+            ::metrics::gauge!(m::PAUSED_PARTITIONS).set(partitions as f64);
+            info!(partitions, paused = trip, "partitions paused or resumed");
+        }
+        Err(e) => warn!(error = %e, "cannot pause or resume partitions; retrying"),
     }
 }
 
@@ -272,7 +282,7 @@ async fn connect_redis(
     let make = || ces_shared::redis::builder(&config.common.redis_url)?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
-        match Publisher::new(client.clone(), config.limits).await {
+        match Publisher::new(client.clone(), config.limits, config.redis_timeout).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => {
                 // fred clients are not closed by drop; quit so each attempt does not leak a connection.

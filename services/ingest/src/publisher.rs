@@ -51,13 +51,19 @@ pub enum Outcome {
 pub struct Publisher {
     client: Client,
     limits: Limits,
+    timeout: Duration,
 }
 
 impl Publisher {
-    /// Wraps a connected client and loads the function library.
-    pub async fn new(client: Client, limits: Limits) -> Result<Self, Error> {
+    /// Wraps a connected client and loads the function library. `timeout` bounds each publish call: a
+    /// command sent just as Redis died is not answered, and waiting longer only delays the breaker.
+    pub async fn new(client: Client, limits: Limits, timeout: Duration) -> Result<Self, Error> {
         ces_shared::redis::load_library(&client).await?;
-        Ok(Self { client, limits })
+        Ok(Self {
+            client,
+            limits,
+            timeout,
+        })
     }
 
     /// The Redis client, for readiness checks.
@@ -71,6 +77,7 @@ impl Publisher {
         // timed out and retried.
         let options = Options {
             fail_fast: true,
+            timeout: Some(self.timeout),
             ..Options::default()
         };
         let pipeline = Pipeline::from(self.client.with_options(&options));

@@ -62,7 +62,7 @@ async fn seq_and_epoch_are_decodable_at_every_varint_width() -> anyhow::Result<(
     subscriber.init().await?;
     let mut messages = subscriber.message_rx();
     subscriber.subscribe(keys::channel("s1")).await?;
-    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
     let meta = SessionKeys::of("s1").meta;
 
     // Each start puts the next two numbers on either side of a varint width boundary.
@@ -105,7 +105,8 @@ async fn seq_and_epoch_are_decodable_at_every_varint_width() -> anyhow::Result<(
 #[tokio::test]
 async fn duplicates_are_dropped_without_a_seq() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
-    let publisher = Publisher::new(client(&redis).await?, limits(1000)).await?;
+    let publisher =
+        Publisher::new(client(&redis).await?, limits(1000), Duration::from_secs(3)).await?;
     let outcomes = publish(
         &publisher,
         &[
@@ -137,7 +138,7 @@ async fn duplicates_are_dropped_without_a_seq() -> anyhow::Result<()> {
 async fn buffer_keeps_the_newest_events_and_remembers_what_it_evicted() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let publisher = Publisher::new(client.clone(), limits(5)).await?;
+    let publisher = Publisher::new(client.clone(), limits(5), Duration::from_secs(3)).await?;
     let events: Vec<Publish> = (1..=12).map(|n| event("s", &format!("e{n}"), n)).collect();
     publish(&publisher, &events).await?;
     let k = SessionKeys::of("s");
@@ -154,7 +155,7 @@ async fn buffer_keeps_the_newest_events_and_remembers_what_it_evicted() -> anyho
 async fn a_lost_function_library_is_detected_and_reloaded() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
     let _: () = client.function_flush(false).await?;
 
     let e = event("s2", "only", 1);
@@ -181,7 +182,7 @@ async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Res
         buffer_max_age: Duration::from_secs(1),
         ..limits(1000)
     };
-    let publisher = Publisher::new(client.clone(), limits).await?;
+    let publisher = Publisher::new(client.clone(), limits, Duration::from_secs(3)).await?;
     // e1 at 0 s, e2 at 0.6 s, e3 at 1.2 s: by then e1 is older than the limit and trimmed; the buffer key itself
     // stays alive because each publish refreshes its TTL.
     publish(&publisher, &[event("s", "e1", 1)]).await?;
@@ -203,7 +204,7 @@ async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Res
 async fn a_lost_state_starts_a_new_epoch_and_drops_the_old_buffer() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
     publish(&publisher, &[event("s", "e1", 1), event("s", "e2", 2)]).await?;
     let k = SessionKeys::of("s");
     let old: String = client.hget(&k.meta, "epoch").await?;
@@ -225,7 +226,7 @@ async fn a_key_of_the_wrong_type_fails_only_its_event_and_is_an_event_error() ->
 {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let publisher = Publisher::new(client.clone(), limits(1000)).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
     // Another program wrote a plain string where the session's dedup set lives.
     let _: () = client
         .set(SessionKeys::of("bad").ids, "oops", None, None, false)
