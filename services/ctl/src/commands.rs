@@ -14,7 +14,8 @@ use rdkafka::util::Timeout;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Default Kafka bootstrap servers (`CES_KAFKA_BROKERS`).
+pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 const DEFAULT_EDGE: &str = "http://127.0.0.1:8080";
 
 /// `cesctl topics ...`

@@ -4,10 +4,18 @@
 //! - `cesctl produce`: send test events to the input topic.
 //! - `cesctl session create`: register a session at an edge and print its token.
 //! - `cesctl watch`: register (or reuse a token), connect and print every frame as it arrives.
+//! - `cesctl dlq list`: list dead letters (filter by reason, age; table or JSONL).
+//! - `cesctl dlq show P:O`: every header, the key and the full value of one dead letter.
+//! - `cesctl dlq stats`: dead letters by reason and by age.
+//! - `cesctl dlq replay`: re-produce selected dead letters to their source topic, at most `--max-replays` times.
+//!
+//! docs/cesctl.md describes every command, flag and output.
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
 
 mod commands;
+mod dlq;
+mod table;
 
 use std::process::ExitCode;
 
@@ -40,6 +48,8 @@ enum Command {
     },
     /// Connect a WebSocket client and print every frame.
     Watch(commands::WatchArgs),
+    /// Inspect and replay the dead-letter topic.
+    Dlq(dlq::DlqArgs),
 }
 
 #[tokio::main]
@@ -50,6 +60,7 @@ async fn main() -> ExitCode {
         Command::Produce(args) => commands::produce(args).await,
         Command::Session { command } => commands::session(command).await,
         Command::Watch(args) => commands::watch(args).await,
+        Command::Dlq(args) => dlq::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

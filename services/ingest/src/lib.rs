@@ -31,7 +31,7 @@ pub mod topics;
 
 mod error;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -316,6 +316,9 @@ async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenU
     let started = Instant::now();
     let mut pending: Vec<&Publish> = events.iter().collect();
     let mut attempts: HashMap<usize, u32> = HashMap::new();
+    // Events whose outcome is already counted: after a failure the ones behind it run again and come back as
+    // duplicates of themselves, which must not count twice.
+    let mut counted: HashSet<usize> = HashSet::new();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while !pending.is_empty() {
         if !wait_permitted(sinks.redis, sinks.cancel).await {
@@ -326,7 +329,7 @@ async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenU
             .iter()
             .position(Result::is_err)
             .unwrap_or(results.len());
-        count_outcomes(&results[..first_failed]);
+        count_outcomes(&pending, &results, &mut counted);
         let Some(error) = results.into_iter().nth(first_failed).and_then(Result::err) else {
             sinks.redis.on_success();
             break;
@@ -355,6 +358,8 @@ async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenU
                     error: error.to_string(),
                 });
                 pending.remove(0);
+                // The next event's trouble is its own; it starts from the shortest delay.
+                backoff.reset();
                 continue;
             }
             warn!(session_id = %event.session_id, attempts = *tries, error = %error, "redis rejected an event; retrying");
@@ -376,13 +381,24 @@ async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenU
     Ok(given_up)
 }
 
-fn count_outcomes(results: &[Result<publisher::Outcome, Error>]) {
-    let duplicates = results
-        .iter()
-        .filter(|r| matches!(r, Ok(publisher::Outcome::Duplicate)))
-        .count();
-    ::metrics::counter!(m::PUBLISHED).increment((results.len() - duplicates) as u64);
-    ::metrics::counter!(m::DUPLICATES).increment(duplicates as u64);
+fn count_outcomes(
+    events: &[&Publish],
+    results: &[Result<publisher::Outcome, Error>],
+    counted: &mut HashSet<usize>,
+) {
+    let (mut published, mut duplicates) = (0u64, 0u64);
+    for (event, result) in events.iter().zip(results) {
+        let Ok(outcome) = result else { continue };
+        if !counted.insert(event.record) {
+            continue;
+        }
+        match outcome {
+            publisher::Outcome::Published(_) => published += 1,
+            publisher::Outcome::Duplicate => duplicates += 1,
+        }
+    }
+    ::metrics::counter!(m::PUBLISHED).increment(published);
+    ::metrics::counter!(m::DUPLICATES).increment(duplicates);
 }
 
 /// Produces every dead letter, retrying the failed ones through the Kafka breaker until all are acknowledged.

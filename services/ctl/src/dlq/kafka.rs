@@ -1,0 +1,309 @@
+//! Kafka I/O for `cesctl dlq`: reading the dead-letter topic without joining a consumer group, and
+//! re-producing dead letters.
+//!
+//! The reader assigns partitions itself (never `subscribe`, never commits), so inspecting the DLQ neither
+//! moves any group's offsets nor triggers a rebalance. It reads each partition from a start offset up to the
+//! high watermark fetched when it started, so it terminates even while ingest keeps dead-lettering. Every
+//! broker call is bounded by [`TIMEOUT`]: a broker that is down gives an error naming it, never a hang.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::letter::{DeadLetter, Replay};
+
+/// Bound on every broker call, and on how long a read may go without progress.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reader of one topic, connected: the topic is known to exist.
+pub(crate) struct Reader {
+    consumer: BaseConsumer,
+    brokers: String,
+    topic: String,
+    partitions: Vec<i32>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// Connects to `brokers` and looks `topic` up. Blocking (up to [`TIMEOUT`]).
+    pub(crate) fn connect(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // librdkafka needs a group id to create a consumer; it is never joined (no subscribe) and nothing
+            // is committed, so a throwaway name leaves no trace.
+            .set(
+                "group.id",
+                format!("cesctl-dlq-reader-{:016x}", rand::random::<u64>()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // Stops a partition early when the broker says it is at its end (e.g. the last offsets were
+            // transaction markers, so no record ever reaches the high watermark).
+            .set("enable.partition.eof", "true")
+            // A start offset below the low watermark means retention deleted it meanwhile: read what is left.
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            .set("socket.timeout.ms", TIMEOUT.as_millis().to_string())
+            .create()
+            .context("kafka consumer")?;
+        let mut reader = Self {
+            consumer,
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            partitions: Vec::new(),
+        };
+        reader.partitions = reader
+            .topic_partitions(topic)?
+            .with_context(|| format!("topic {topic} does not exist at {brokers}"))?;
+        Ok(reader)
+    }
+
+    /// The partitions of the topic.
+    pub(crate) fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// The partitions of any `topic` (`None` when it does not exist), to check replay targets.
+    pub(crate) fn topic_partitions(&self, topic: &str) -> anyhow::Result<Option<Vec<i32>>> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), TIMEOUT)
+            // The error's Display already names its code; its source would repeat it.
+            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", self.brokers))?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(None);
+        };
+        match t.error() {
+            None => {}
+            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => return Ok(None),
+            Some(e) => bail!("looking up topic {topic} at {}: {e:?}", self.brokers),
+        }
+        let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        partitions.sort_unstable();
+        Ok((!partitions.is_empty()).then_some(partitions))
+    }
+
+    /// The watermarks of `partition` as ListOffsets reports them: low..high.
+    pub(crate) fn watermarks(&self, partition: i32) -> anyhow::Result<Range<i64>> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, TIMEOUT)
+            .with_context(|| {
+                format!(
+                    "reading the offsets of {} partition {partition} at {}",
+                    self.topic, self.brokers
+                )
+            })?;
+        Ok(low..high.max(low))
+    }
+
+    /// Reads each partition in `spans` from its start and hands every record to `visit`, in offset order
+    /// within a partition (partitions interleave). A partition is done at the end the broker reports
+    /// (partition EOF), at its span's `until` offset, or at the first record that is both at or past the high
+    /// watermark of [`Span::high`] and newer than this call: that record was produced after the read started, so
+    /// a DLQ that keeps growing cannot keep the read going. Fails after [`TIMEOUT`] without progress.
+    ///
+    /// The end is not simply the high watermark because some Kafka-API brokers (tansu) under-report it in
+    /// ListOffsets (base offset of the last batch + 1), which would hide the tail of the topic.
+    pub(crate) fn read(
+        &self,
+        spans: &BTreeMap<i32, Span>,
+        mut visit: impl FnMut(DeadLetter),
+    ) -> anyhow::Result<()> {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut pending: BTreeMap<i32, Span> = spans.clone();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, span) in &pending {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(span.start))?;
+        }
+        self.consumer.assign(&tpl).context("assigning partitions")?;
+        let mut progress = Instant::now();
+        let mut last_error = None;
+        while !pending.is_empty() {
+            if progress.elapsed() > TIMEOUT {
+                let stuck: Vec<String> = pending
+                    .iter()
+                    .map(|(p, span)| format!("{p}:{}", span.start))
+                    .collect();
+                let why = last_error
+                    .map(|e: KafkaError| format!(": {e}"))
+                    .unwrap_or_default();
+                bail!(
+                    "no progress reading {} at {} for {} s (waiting at {}){why}",
+                    self.topic,
+                    self.brokers,
+                    TIMEOUT.as_secs(),
+                    stuck.join(", ")
+                );
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    let p = m.partition();
+                    let Some(span) = pending.get_mut(&p) else {
+                        continue;
+                    };
+                    progress = Instant::now();
+                    let offset = m.offset();
+                    let newer = m.timestamp().to_millis().is_some_and(|t| t >= started_ms);
+                    if span.high.is_some_and(|h| offset >= h) && newer {
+                        pending.remove(&p);
+                        continue;
+                    }
+                    if offset >= span.start {
+                        visit(to_letter(&m));
+                        span.start = offset + 1;
+                    }
+                    if span.until.is_some_and(|u| offset >= u) {
+                        pending.remove(&p);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    progress = Instant::now();
+                    pending.remove(&p);
+                }
+                // librdkafka retries transient errors itself; remember the last one for the timeout message.
+                Some(Err(e)) => last_error = Some(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The offsets `partition` really holds. The high watermark is checked by reading from just below it to
+    /// the end (one record on Kafka, the last batch on a broker that under-reports it).
+    pub(crate) fn held(&self, partition: i32) -> anyhow::Result<Range<i64>> {
+        let reported = self.watermarks(partition)?;
+        let span = Span {
+            start: reported.start.max(reported.end - 1),
+            until: None,
+            high: None,
+        };
+        let mut end = reported.start;
+        self.read(&[(partition, span)].into(), |d| end = end.max(d.offset + 1))?;
+        Ok(reported.start..end)
+    }
+
+    /// A span for every partition: all it holds.
+    pub(crate) fn whole_topic(&self) -> anyhow::Result<BTreeMap<i32, Span>> {
+        self.partitions
+            .iter()
+            .map(|&p| {
+                let w = self.watermarks(p)?;
+                let span = Span {
+                    start: w.start,
+                    until: None,
+                    high: Some(w.end),
+                };
+                Ok((p, span))
+            })
+            .collect()
+    }
+}
+
+/// Where to read one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    /// First offset to read.
+    pub(crate) start: i64,
+    /// Last offset wanted, when the caller knows it.
+    pub(crate) until: Option<i64>,
+    /// The high watermark when the read was planned.
+    pub(crate) high: Option<i64>,
+}
+
+fn to_letter(m: &impl Message) -> DeadLetter {
+    DeadLetter {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A producer for replays: `acks=all`, and every delivery bounded by [`TIMEOUT`].
+pub(crate) fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        // A retried send must not duplicate a replay.
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", TIMEOUT.as_millis().to_string())
+        .create()
+        .context("kafka producer")
+}
+
+/// Where a replayed record landed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivered {
+    /// Partition of the source topic.
+    pub(crate) partition: i32,
+    /// Offset there.
+    pub(crate) offset: i64,
+}
+
+/// Produces `replay` and waits for the broker's acknowledgement.
+pub(crate) async fn produce(
+    producer: &FutureProducer,
+    brokers: &str,
+    replay: &Replay,
+) -> anyhow::Result<Delivered> {
+    let mut headers = OwnedHeaders::new_with_capacity(replay.headers.len());
+    for (key, value) in &replay.headers {
+        headers = headers.insert(Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    let mut record = FutureRecord::<[u8], [u8]>::to(&replay.topic).headers(headers);
+    if let Some(k) = &replay.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(v) = &replay.value {
+        record = record.payload(v.as_slice());
+    }
+    if let Some(p) = replay.partition {
+        record = record.partition(p);
+    }
+    let delivery = producer
+        .send(record, Timeout::After(TIMEOUT))
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("producing to {} at {brokers}", replay.topic))?;
+    Ok(Delivered {
+        partition: delivery.partition,
+        offset: delivery.offset,
+    })
+}
