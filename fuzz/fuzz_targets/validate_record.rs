@@ -1,0 +1,52 @@
+//! Fuzzes the whole record validator: content type, size, JSON or protobuf structure, and a JSON Schema.
+//!
+//! The first input byte picks the `content-type` header (none, JSON, protobuf, or something unsupported); the rest
+//! is the record value. Whatever the bytes, validation must answer without panicking, an accepted event must
+//! satisfy every rule the validator promises, and a rejection must explain itself.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use ces_shared::keys::validate_session_id;
+use ces_shared::record::{validate_record, validate_type};
+use ces_shared::schema::{Schemas, UnknownTypes};
+use libfuzzer_sys::fuzz_target;
+
+fn schemas() -> &'static Schemas {
+    static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let mut s = Schemas::new(UnknownTypes::Allow);
+        s.insert(
+            "t",
+            &serde_json::json!({
+                "type": "object",
+                "required": ["n"],
+                "properties": {"n": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}}
+            }),
+        )
+        .expect("schema compiles");
+        s
+    })
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&selector, value)) = input.split_first() else {
+        return;
+    };
+    let content_type: Option<&[u8]> = match selector % 4 {
+        0 => None,
+        1 => Some(b"application/json"),
+        2 => Some(b"application/x-protobuf"),
+        _ => Some(b"text/plain"),
+    };
+    match validate_record(Some(value), content_type, 4096, schemas()) {
+        Ok(event) => {
+            assert!(selector % 4 != 3, "an unsupported content type was accepted");
+            assert!(validate_session_id(&event.session_id).is_ok());
+            assert!(validate_type(&event.event_type).is_ok());
+            assert!(serde_json::from_str::<serde_json::Value>(&event.data).is_ok());
+        }
+        Err(rejection) => assert!(!rejection.detail.is_empty()),
+    }
+});
