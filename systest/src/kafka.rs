@@ -217,3 +217,22 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 pub fn value(m: &OwnedMessage) -> Option<&[u8]> {
     m.payload()
 }
+
+/// How many partitions `topic` has, or `None` if the broker does not know it.
+pub async fn partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Option<usize>> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()?;
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0))
+    })
+    .await?
+}
