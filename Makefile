@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up test deps lint clean
+.PHONY: help up test deps lint fuzz clean
 
 help:
 	@echo "make up    - start broker, Redis, ingest, two edges and HAProxy on this machine (Ctrl-C stops)"
 	@echo "make test  - run the whole test suite against real redis-server and tansu processes"
 	@echo "make lint  - rustfmt and clippy, as CI runs them"
+	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
 
 up:
 	@scripts/up.sh
@@ -22,6 +23,13 @@ test: deps
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "[fuzz] installing cargo-fuzz"; cargo install cargo-fuzz --locked; }
+	@mkdir -p fuzz/corpus/validate_record && cp -n fuzz/seeds/validate_record/* fuzz/corpus/validate_record/
+	@echo "[fuzz] cargo +nightly fuzz run validate_record for $(FUZZ_SECONDS) s"
+	@cd fuzz && cargo +nightly fuzz run validate_record -- -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf .ces

@@ -87,8 +87,8 @@ wait_port redis 6379
 say "creating topics ces.events and ces.events.dlq"
 "$bin/cesctl" topics create --partitions 8 ces.events ces.events.dlq
 
-say "starting ingest (health and metrics on 127.0.0.1:8090)"
-CES_INGEST_HTTP_ADDR=127.0.0.1:8090 start ingest "$bin/ces-ingest"
+say "starting ingest (health and metrics on 127.0.0.1:8090, schemas from schemas/, reloaded by kill -HUP)"
+CES_INGEST_HTTP_ADDR=127.0.0.1:8090 CES_SCHEMA_DIR="$PWD/schemas" start ingest "$bin/ces-ingest"
 wait_port ingest 8090
 
 say "starting edge-a on 127.0.0.1:8081 and edge-b on 127.0.0.1:8082"
