@@ -56,6 +56,8 @@ use ces_shared::backoff::Backoff;
 
 const RETRY_START: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Bound on the synchronous offset commit at shutdown.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiting loop looks at the breakers again.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -114,7 +116,7 @@ async fn consume(
     if !topics::ensure(config, state, cancel).await? {
         return Ok(());
     }
-    let consumer = kafka::consumer(config)?;
+    let consumer = Arc::new(kafka::consumer(config)?);
     let producer = kafka::producer(config)?;
     let redis = Breaker::new("redis", config.breaker);
     let kafka_breaker = Breaker::new("kafka", config.breaker);
@@ -190,10 +192,37 @@ async fn consume(
         acknowledged.extend(plan.commit);
         ::metrics::gauge!(m::PENDING_RECORDS).set(ahead.len() as f64);
     }
-    kafka::commit(&consumer, &acknowledged, CommitMode::Sync);
+    final_commit(consumer, acknowledged).await;
     state.set_not_ready("stopped");
     info!("ingest stopped");
     Ok(())
+}
+
+/// Commits every acknowledged offset synchronously, within [`FINAL_COMMIT_TIMEOUT`], then lets go of the consumer.
+///
+/// With the brokers gone, librdkafka's synchronous commit and its close both wait for a coordinator that never
+/// answers; neither may hold up the process exit. An offset not committed is only a redelivery, which event ids
+/// make harmless.
+async fn final_commit(consumer: Arc<IngestConsumer>, acknowledged: BTreeMap<(String, i32), i64>) {
+    // A plain thread, not `spawn_blocking`: the runtime waits for its blocking tasks when it shuts down, and
+    // this one may never return.
+    let (done, committed) = tokio::sync::oneshot::channel();
+    let committing = consumer.clone();
+    std::thread::spawn(move || {
+        kafka::commit(&committing, &acknowledged, CommitMode::Sync);
+        let _ = done.send(());
+    });
+    if tokio::time::timeout(FINAL_COMMIT_TIMEOUT, committed)
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout = ?FINAL_COMMIT_TIMEOUT,
+            "final offset commit did not finish; those records will be redelivered and deduplicated"
+        );
+    }
+    // Leaving the group (close) happens when the last reference drops; do it off the runtime, unawaited.
+    std::thread::spawn(move || drop(consumer));
 }
 
 /// Runs `work` (one batch) to completion while polling the consumer: records are read ahead up to `max_ahead`,
