@@ -89,14 +89,7 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
 
     for (session, ws) in &mut clients {
         let events = ws.events(ROUNDS as usize, Duration::from_secs(60)).await?;
-        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        let ns: Vec<u64> = events
-            .iter()
-            .map(|e| e["data"]["n"].as_u64().unwrap())
-            .collect();
-        let expected: Vec<u64> = (1..=ROUNDS).collect();
-        assert_eq!(seqs, expected, "seqs of {session}");
-        assert_eq!(ns, expected, "data of {session}");
+        common::assert_numbered(session, &events, ROUNDS);
     }
 
     let m = Metrics::scrape(&ingest.base).await?;

@@ -179,14 +179,7 @@ async fn ten_thousand_mixed_records_each_end_up_exactly_where_they_belong() -> a
         let events = ws
             .events(per_session[s] as usize, Duration::from_secs(60))
             .await?;
-        let expected: Vec<u64> = (1..=per_session[s]).collect();
-        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        let ns: Vec<u64> = events
-            .iter()
-            .map(|e| e["data"]["n"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, expected, "seqs of {session}");
-        assert_eq!(ns, expected, "data of {session}");
+        common::assert_numbered(session, &events, per_session[s]);
         let extra = ws.next_json(Duration::from_millis(100)).await?;
         assert!(extra.is_none(), "nothing more for {session}: {extra:?}");
     }

@@ -57,16 +57,9 @@ async fn a_replica_joining_and_leaving_loses_and_duplicates_nothing() -> anyhow:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let expected: Vec<u64> = (1..=ROUNDS).collect();
     for (session, ws) in &mut clients {
         let events = ws.events(ROUNDS as usize, Duration::from_secs(60)).await?;
-        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        let ns: Vec<u64> = events
-            .iter()
-            .map(|e| e["data"]["n"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, expected, "session {session}");
-        assert_eq!(ns, expected, "session {session}");
+        common::assert_numbered(session, &events, ROUNDS);
     }
     for (session, ws) in &mut clients {
         assert!(

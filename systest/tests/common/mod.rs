@@ -226,3 +226,16 @@ impl Drop for IsolatedEdge {
         self.kill();
     }
 }
+
+/// Asserts that `events` are exactly `seq` 1..=n, in order, carrying `data.n` 1..=n: every event once, in
+/// production order, nothing else.
+pub fn assert_numbered(session: &str, events: &[serde_json::Value], n: u64) {
+    let expected: Vec<u64> = (1..=n).collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, expected, "seqs of session {session}");
+    assert_eq!(ns, expected, "data of session {session}");
+}
