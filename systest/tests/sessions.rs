@@ -25,6 +25,41 @@ fn ns(events: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+/// Runs the publish function for event `n` of `session` as ingest would, but publishes on a channel nobody
+/// reads: the event is in the buffer, its Pub/Sub message is lost. Returns its `seq`.
+async fn publish_unseen(redis_url: &str, session: &str, n: u64) -> anyhow::Result<u64> {
+    let redis = ces_shared::redis::builder(redis_url)?.build()?;
+    redis.init().await?;
+    let keys = ces_shared::keys::SessionKeys::of(session);
+    let id = format!("lost-on-the-wire-{n}");
+    let env = ces_shared::envelope::encode(&ces_shared::envelope::Envelope {
+        event_id: id.clone(),
+        session_id: session.into(),
+        event_type: "t".into(),
+        data: format!(r#"{{"n":{n}}}"#).into_bytes().into(),
+        ..Default::default()
+    });
+    let args: Vec<fred::types::Value> = vec![
+        fred::types::Value::Bytes(env.into()),
+        id.into(),
+        ces_shared::now_ms().into(),
+        1000.into(),
+        300_000.into(),
+        3_600_000.into(),
+        86_400_000.into(),
+        "unused".into(),
+    ];
+    let seq = fred::interfaces::FunctionInterface::fcall(
+        &redis,
+        ces_shared::redis::PUBLISH_FUNCTION,
+        vec![keys.meta, keys.buffer, keys.ids, "nowhere".into()],
+        args,
+    )
+    .await?;
+    let _ = fred::interfaces::ClientLike::quit(&redis).await;
+    Ok(seq)
+}
+
 fn numbered(session: &str, range: std::ops::RangeInclusive<u64>) -> Vec<Record> {
     range
         .map(|n| Record::keyed(session, event_json(session, "t", json!({ "n": n }))))
@@ -363,38 +398,7 @@ async fn a_live_gap_is_filled_from_the_buffer_and_an_epoch_change_is_announced()
     assert_eq!(seqs(&ws.events(1, WAIT).await?), [1]);
 
     // Event 2 reaches the buffer but its Pub/Sub message is lost (published on a channel nobody reads).
-    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
-    redis.init().await?;
-    let keys = ces_shared::keys::SessionKeys::of(s);
-    let env = ces_shared::envelope::encode(&ces_shared::envelope::Envelope {
-        event_id: "lost-on-the-wire".into(),
-        session_id: s.into(),
-        event_type: "t".into(),
-        data: br#"{"n":2}"#.to_vec().into(),
-        ..Default::default()
-    });
-    let args: Vec<fred::types::Value> = vec![
-        fred::types::Value::Bytes(env.into()),
-        "lost-on-the-wire".into(),
-        ces_shared::now_ms().into(),
-        1000.into(),
-        300_000.into(),
-        3_600_000.into(),
-        86_400_000.into(),
-        "unused".into(),
-    ];
-    let seq: u64 = fred::interfaces::FunctionInterface::fcall(
-        &redis,
-        ces_shared::redis::PUBLISH_FUNCTION,
-        vec![
-            keys.meta.clone(),
-            keys.buffer.clone(),
-            keys.ids.clone(),
-            "nowhere".into(),
-        ],
-        args,
-    )
-    .await?;
+    let seq = publish_unseen(&stack.redis.url(), s, 2).await?;
     assert_eq!(seq, 2);
     // Event 3 arrives live; the edge notices the gap and replays 2 first, with no `resumed` frame.
     kafka::produce(&producer, &stack.topic, &numbered(s, 3..=3)).await?;
@@ -415,17 +419,55 @@ async fn a_live_gap_is_filled_from_the_buffer_and_an_epoch_change_is_announced()
     assert_eq!(seqs(&frames), [2, 3]);
     assert_eq!(ns(&frames), [2, 3]);
 
-    // Redis loses everything while the socket stays open: the next event is of a new epoch, announced in-band.
+    // Redis loses everything while the socket stays open. As soon as the edge's Pub/Sub connection is back it
+    // compares every socket with its buffer: the epoch change is announced in-band before any new event.
     stack.redis.restart().await?;
-    ces_systest::wait_ready(edge).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    kafka::produce(&producer, &stack.topic, &numbered(s, 4..=4)).await?;
     let resumed = ws.next_json(WAIT).await?.expect("resumed");
     assert_eq!(
         resumed,
-        json!({"type":"resumed","ok":false,"replayed":1,"reason":"epoch_changed","lost":{"from":4,"to":null}})
+        json!({"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null}})
     );
+    kafka::produce(&producer, &stack.topic, &numbered(s, 4..=4)).await?;
     let events = ws.events(1, WAIT).await?;
     assert_eq!((seqs(&events), ns(&events)), (vec![1], vec![4]));
+    stack.stop().await
+}
+
+/// The edge's Pub/Sub connection drops while an event is published (here: the event's message is lost and the
+/// connection is killed). Once it is back, every socket catches up from its buffer at once, without waiting for
+/// the session's next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_missed_while_the_subscriber_reconnected_arrives_without_a_next_event()
+-> anyhow::Result<()> {
+    let stack = Stack::start(1, &[]).await?;
+    let edge = &stack.edges[0].base;
+    let reg = register(&stack.http, edge).await?;
+    let s = reg.session_id.as_str();
+    let (mut ws, _) = connect(&ws_url(edge, &reg.token)).await?;
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=1)).await?;
+    assert_eq!(seqs(&ws.events(1, WAIT).await?), [1]);
+
+    assert_eq!(publish_unseen(&stack.redis.url(), s, 2).await?, 2);
+    assert!(
+        ws.next_json(Duration::from_millis(300)).await?.is_none(),
+        "lost on the wire"
+    );
+    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
+    redis.init().await?;
+    let killed: u64 = fred::interfaces::ClientLike::custom(
+        &redis,
+        fred::types::CustomCommand::new_static("CLIENT", None, false),
+        vec!["KILL", "TYPE", "pubsub"],
+    )
+    .await?;
+    assert!(killed >= 2, "both edges' subscribers killed, got {killed}");
+
+    let frames = ws.events(1, WAIT).await?;
+    assert_eq!((seqs(&frames), ns(&frames)), (vec![2], vec![2]));
+    assert!(
+        ws.next_json(Duration::from_millis(300)).await?.is_none(),
+        "no resumed frame"
+    );
     stack.stop().await
 }

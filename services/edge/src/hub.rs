@@ -36,6 +36,21 @@ pub struct Live {
     pub epoch: Arc<str>,
     /// The event frame.
     pub frame: Utf8Bytes,
+    /// Not an event: a request to compare the socket's position with the buffer and send what is missing (after
+    /// the Pub/Sub connection was re-established, messages published while it was down were never received).
+    pub resync: bool,
+}
+
+impl Live {
+    /// A resync request ([`Live::resync`]).
+    pub fn resync() -> Self {
+        Self {
+            seq: 0,
+            epoch: Arc::from(""),
+            frame: Utf8Bytes::from_static(""),
+            resync: true,
+        }
+    }
 }
 
 /// Why the hub wants a connection closed.
@@ -197,6 +212,22 @@ impl Hub {
     /// Number of sessions with a local connection.
     pub fn local_sessions(&self) -> usize {
         self.slots.lock().expect("hub lock").len()
+    }
+
+    /// Asks every local socket to catch up from the buffer: called once the Pub/Sub connection is back and
+    /// subscribed again, so an event published while it was down reaches its client now, not with the session's
+    /// next event.
+    pub fn resync_all(&self) {
+        let sessions: Vec<String> = self
+            .slots
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .cloned()
+            .collect();
+        for session in &sessions {
+            self.deliver(session, Live::resync());
+        }
     }
 
     fn deliver(&self, session: &str, frame: Live) {
@@ -377,5 +408,6 @@ fn frame_of(payload: Bytes) -> Option<Live> {
         seq: env.seq,
         epoch: Arc::from(env.epoch.as_str()),
         frame: Utf8Bytes::from(frame),
+        resync: false,
     })
 }

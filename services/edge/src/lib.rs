@@ -107,14 +107,12 @@ pub async fn run(
     else {
         return Ok(());
     };
-    // Re-subscribes every tracked channel after a reconnect.
-    let _resubscriber = subscriber.manage_subscriptions();
-
     // Takeovers and closes for sockets held here arrive on this node's control channel.
     subscriber
         .subscribe(ces_shared::keys::node_channel(&config.node_id))
         .await?;
     let hub = Hub::start(subscriber.clone(), config.queue_capacity, &config.node_id);
+    let _resubscriber = resubscribe_on_reconnect(&subscriber, &hub);
     let grace = config.shutdown_grace;
     let tracker = TaskTracker::new();
     let state = Arc::new(AppState {
@@ -144,4 +142,42 @@ pub async fn run(
     let _ = redis.quit().await;
     info!("edge stopped");
     Ok(())
+}
+
+/// After the Pub/Sub connection comes back: subscribe every tracked channel again, then have every local socket
+/// catch up from its buffer. In that order, an event published while the connection was down is read from the
+/// buffer, and one published after the SUBSCRIBE arrives live (the socket's cursor drops the overlap).
+fn resubscribe_on_reconnect(
+    subscriber: &SubscriberClient,
+    hub: &Arc<Hub>,
+) -> tokio::task::JoinHandle<Result<(), fred::error::Error>> {
+    use fred::interfaces::EventInterface as _;
+    let client = subscriber.clone();
+    let hub = Arc::downgrade(hub);
+    subscriber.on_reconnect(move |_server| {
+        let client = client.clone();
+        let hub = hub.clone();
+        async move {
+            let mut backoff = ces_shared::backoff::Backoff::new(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(2),
+            );
+            // Bounded: if Redis drops again, the next reconnect starts over.
+            for _ in 0..10 {
+                match client.resubscribe_all().await {
+                    Ok(()) => {
+                        if let Some(hub) = hub.upgrade() {
+                            hub.resync_all();
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-subscribing after a reconnect failed; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+            Ok(())
+        }
+    })
 }

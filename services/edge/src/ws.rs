@@ -374,7 +374,7 @@ where
     let mut delivered = 0u64;
     while let Some(live) = next.take() {
         written += 1;
-        if *live.epoch != *cursor.epoch || live.seq > cursor.last_sent + 1 {
+        if live.resync || *live.epoch != *cursor.epoch || live.seq > cursor.last_sent + 1 {
             // Rare paths: read the buffer, then continue from wherever it leaves the cursor.
             let position = Position {
                 last_seq: cursor.last_sent,
@@ -418,7 +418,9 @@ where
                 socket.feed(Message::Text(frame)).await?;
             }
         }
-        if *live.epoch == *cursor.epoch && live.seq == cursor.last_sent + 1 {
+        if live.resync {
+            // Nothing to write beyond what the buffer read above sent.
+        } else if *live.epoch == *cursor.epoch && live.seq == cursor.last_sent + 1 {
             socket.feed(Message::Text(live.frame)).await?;
             cursor.last_sent = live.seq;
             delivered += 1;
