@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 * 1024;
 pub const MAX_TYPE_LEN: usize = 128;
 /// Longest accepted producer event id.
 pub const MAX_ID_LEN: usize = 256;
+/// Deepest accepted nesting of arrays and objects in `data`. The structural parser has no depth limit but the
+/// event id and schema checks parse `data` into a tree (serde_json stops at 128 levels); rejecting deeper data
+/// up front gives it one clear reason instead of a misleading one.
+pub const MAX_DEPTH: usize = 64;
 
 /// Why a record was rejected. The string forms are part of the external contract (the `ces-dlq-reason` header)
 /// and never change meaning.
@@ -64,6 +68,8 @@ pub enum Reason {
     UnknownType,
     /// `data` does not match the JSON Schema of its event type.
     SchemaViolation,
+    /// `data` nests arrays and objects deeper than [`MAX_DEPTH`].
+    TooDeep,
     /// A valid event kept failing in Redis for a reason that is not an outage (e.g. a key of the wrong type),
     /// and was given up after the configured number of attempts (`ces-dlq-attempts`).
     ProcessingFailed,
@@ -71,7 +77,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::MissingValue,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -88,6 +94,7 @@ impl Reason {
         Reason::InvalidProtobuf,
         Reason::UnknownType,
         Reason::SchemaViolation,
+        Reason::TooDeep,
         Reason::ProcessingFailed,
     ];
 
@@ -110,6 +117,7 @@ impl Reason {
             Reason::InvalidProtobuf => "invalid_protobuf",
             Reason::UnknownType => "unknown_type",
             Reason::SchemaViolation => "schema_violation",
+            Reason::TooDeep => "too_deep",
             Reason::ProcessingFailed => "processing_failed",
         }
     }
@@ -291,6 +299,7 @@ fn validate_protobuf(value: &[u8]) -> Result<Event<'static>, Rejection> {
             ),
         )
     })?;
+    check_depth(&data)?;
     serde_json::from_str::<serde::de::IgnoredAny>(&data)
         .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))?;
     let id = if ev.id.is_empty() {
@@ -355,6 +364,7 @@ fn validate_json(value: &[u8]) -> Result<Event<'_>, Rejection> {
             )
         })?
         .get();
+    check_depth(data)?;
     let data = Cow::Borrowed(data);
 
     let id = match members.id {
@@ -392,6 +402,37 @@ fn string_member<'a>(
             format!("/{name} must be a string, got {}", json_kind(raw.get())),
         )
     })
+}
+
+/// Rejects `data` nested deeper than [`MAX_DEPTH`]; a linear scan that skips string contents.
+fn check_depth(data: &str) -> Result<(), Rejection> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in data.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Rejection::new(
+                        Reason::TooDeep,
+                        format!("/data nests arrays and objects deeper than {MAX_DEPTH} levels"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The first `max` bytes of `s` (at a character boundary), for details that quote producer input.
@@ -548,6 +589,24 @@ mod tests {
                 Reason::InvalidJson,
             ),
         ];
+        let deep = format!(
+            r#"{{"session_id":"s","type":"t","data":{}1{}}}"#,
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert_eq!(
+            json(Some(deep.as_bytes()), 1024).unwrap_err().reason,
+            Reason::TooDeep
+        );
+        let ok_depth = format!(
+            r#"{{"session_id":"s","type":"t","data":{}"[[{{"{}}}"#,
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(
+            json(Some(ok_depth.as_bytes()), 1024).is_ok(),
+            "brackets inside strings do not count"
+        );
         for (value, expected) in cases {
             assert_eq!(
                 reason(value),
@@ -693,6 +752,11 @@ mod tests {
                 "/data is not JSON",
             ),
             (proto("s", "t", b"1", "\u{7}"), Reason::InvalidId, "/id: "),
+            (
+                proto("s", "t", &[b'['; 65], ""),
+                Reason::TooDeep,
+                "/data nests",
+            ),
         ];
         for (value, reason, detail) in cases {
             let r = validate(Some(&value), Encoding::Protobuf, 1024).unwrap_err();

@@ -62,10 +62,13 @@ where
 /// answers "Function not found" (a restart without persistence, `FUNCTION FLUSH`); loading is idempotent.
 ///
 /// - `ces_publish(meta, buffer, ids, channel; envelope, event_id, now_ms, max_events, max_age_ms, dedup_ms,
-///   state_ttl_ms, epoch_candidate)`: drops the event if its id was seen within the dedup window (returns 0);
-///   otherwise assigns the next `seq`, appends `seq` and the epoch to the envelope, adds it to the buffer, trims
-///   the buffer by count and by age (remembering the highest evicted `seq` and why), publishes it, and returns
-///   the `seq`. All in one atomic step, so `seq`, buffer and channel always agree.
+///   state_ttl_ms, epoch_candidate[, after_id])`: drops the event if its id was seen within the dedup window
+///   (returns 0); refuses it with `CESORDER` if `after_id` is given and not among the session's event ids (the
+///   session's previous event in the same pipeline failed, so this one must wait for it); otherwise assigns the
+///   next `seq`, appends `seq` and the epoch to the envelope, adds it to the buffer, trims the buffer by count and
+///   by age (remembering the highest evicted `seq` and why), publishes it, and returns the `seq`. All in one
+///   atomic step, so `seq`, buffer and channel always agree; the checks and the buffer append come before `seq`
+///   is stored, so a failing call leaves no gap in `seq`.
 /// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms)`: returns `[epoch, last_seq,
 ///   evicted_upto, evicted_reason, envelope...]` for every buffered event after `after_seq`, creating the epoch
 ///   if the session has none yet.
@@ -119,10 +122,14 @@ redis.register_function('ces_publish', function(keys, args)
   if seen and tonumber(seen) > now - window then
     return 0
   end
+  if args[9] and args[9] ~= '' and not redis.call('ZSCORE', ids, args[9]) then
+    return redis.error_reply('CESORDER the previous event of this session in the batch is not published yet')
+  end
   local epoch = ensure_epoch(meta, buf, args[8])
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local seq = tonumber(redis.call('HGET', meta, 'seq') or '0') + 1
   local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
   redis.call('XADD', buf, int(seq) .. '-0', 'e', env, 't', int(now))
+  redis.call('HSET', meta, 'seq', int(seq))
   if seq > max_events then
     redis.call('XTRIM', buf, 'MINID', int(seq - max_events + 1) .. '-0')
     note_eviction(meta, seq - max_events, 'buffer_overflow')

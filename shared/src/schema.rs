@@ -151,14 +151,13 @@ impl Schemas {
             return Ok(());
         };
         let more = errors.count();
-        let mut detail = format!("/data{}: {first}", first.instance_path());
+        let message = format!("/data{}: {first}", first.instance_path());
+        // Cut the message, never the count: the offending value it quotes can be large.
+        let mut detail = truncate(&message, MAX_DETAIL).to_owned();
         if more > 0 {
             detail.push_str(&format!(" (and {more} more)"));
         }
-        Err(Rejection::new(
-            Reason::SchemaViolation,
-            truncate(&detail, MAX_DETAIL),
-        ))
+        Err(Rejection::new(Reason::SchemaViolation, detail))
     }
 }
 

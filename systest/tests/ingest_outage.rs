@@ -90,6 +90,8 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     for (session, ws) in &mut clients {
         let events = ws.events(ROUNDS as usize, Duration::from_secs(60)).await?;
         common::assert_numbered(session, &events, ROUNDS);
+        let extra = ws.next_json(Duration::from_millis(50)).await?;
+        assert!(extra.is_none(), "nothing more for {session}: {extra:?}");
     }
 
     let m = Metrics::scrape(&ingest.base).await?;

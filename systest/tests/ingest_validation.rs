@@ -64,6 +64,12 @@ fn invalid(reason: &str, i: usize, session: &str) -> Record {
             vec![0x0a, 0x10 + (i % 64) as u8, b'x']
         }
         "unknown_type" => obj(json!({"session_id": session, "type": "mystery", "data": {"n": 1}})),
+        "too_deep" => format!(
+            r#"{{"session_id":"{session}","type":"order","data":{{"n":1,"x":{}{}}}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        )
+        .into_bytes(),
         "schema_violation" => {
             obj(json!({"session_id": session, "type": "order", "data": {"n": format!("{i}")}}))
         }
@@ -72,7 +78,7 @@ fn invalid(reason: &str, i: usize, session: &str) -> Record {
     r
 }
 
-const INVALID: [&str; 15] = [
+const INVALID: [&str; 16] = [
     "missing_value",
     "too_large",
     "invalid_utf8",
@@ -88,6 +94,7 @@ const INVALID: [&str; 15] = [
     "invalid_protobuf",
     "unknown_type",
     "schema_violation",
+    "too_deep",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! The Kafka side of ingest: the consumer, batching, dead-letter production and offset commits.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -27,6 +27,8 @@ const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[derive(Debug, Default)]
 pub struct IngestContext {
     paused: Arc<AtomicBool>,
+    /// Partitions revoked since ingest last looked ([`take_revoked`]).
+    revoked: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for IngestContext {}
@@ -47,7 +49,17 @@ impl ConsumerContext for IngestContext {
                     warn!(error = %e, "cannot pause newly assigned partitions");
                 }
             }
-            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                info!(partitions = tpl.count(), "partitions revoked");
+                self.revoked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(
+                        tpl.elements()
+                            .iter()
+                            .map(|e| (e.topic().to_owned(), e.partition())),
+                    );
+            }
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
     }
@@ -89,6 +101,18 @@ pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
     Ok(consumer)
 }
 
+/// The partitions revoked since the last call. Their records held in memory belong to the next owner now, and
+/// their offsets must not be committed from here: a late commit could move the new owner's position back.
+pub fn take_revoked(consumer: &IngestConsumer) -> Vec<(String, i32)> {
+    std::mem::take(
+        &mut *consumer
+            .context()
+            .revoked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
 /// Pauses or resumes every assigned partition; returns how many are paused. While paused the consumer is still
 /// polled, so it keeps its group membership, but fetches nothing.
 pub fn set_paused(consumer: &IngestConsumer, paused: bool) -> Result<usize, Error> {
@@ -108,6 +132,8 @@ pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("acks", "all")
+        // A produce that times out after the broker wrote it is retried without a second copy.
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
         // A `too_large` record is by definition big; the producer must accept anything the broker delivered.

@@ -58,6 +58,9 @@ const RETRY_START: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Bound on the synchronous offset commit at shutdown.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A batch still in flight after this long with the read-ahead full means ingest is saturated: partitions are
+/// paused until it catches up.
+const SATURATED_AFTER: Duration = Duration::from_secs(5);
 /// How often a waiting loop looks at the breakers again.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -139,6 +142,10 @@ async fn consume(
     let mut paused = false;
     let mut poll_backoff = Backoff::new(RETRY_START, RETRY_MAX);
     loop {
+        // Paused partitions deliver nothing: make sure they are flowing before waiting for records.
+        if !resume(&consumer, &mut paused, cancel).await {
+            break;
+        }
         let next = kafka::next_batch(
             &consumer,
             std::mem::take(&mut ahead),
@@ -162,7 +169,7 @@ async fn consume(
             }
         };
         ::metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
-        let plan = batch::plan(
+        let mut plan = batch::plan(
             &batch,
             config.max_record_bytes,
             &schemas.current(),
@@ -187,15 +194,60 @@ async fn consume(
             );
             break;
         }
+        forget_revoked(&consumer, &mut plan.commit, &mut acknowledged, &mut ahead);
         kafka::commit(&consumer, &plan.commit, CommitMode::Async);
         // Merge, so the final synchronous commit covers every partition this replica acknowledged.
         acknowledged.extend(plan.commit);
         ::metrics::gauge!(m::PENDING_RECORDS).set(ahead.len() as f64);
     }
+    forget_revoked(
+        &consumer,
+        &mut BTreeMap::new(),
+        &mut acknowledged,
+        &mut ahead,
+    );
     final_commit(consumer, acknowledged).await;
     state.set_not_ready("stopped");
     info!("ingest stopped");
     Ok(())
+}
+
+/// Drops what belongs to partitions revoked since the last look: offsets not to commit (the new owner's position
+/// must never move back) and records read ahead (the new owner reads them again). A batch already published for
+/// such a partition is harmless: its events are duplicates to whoever reads them next.
+fn forget_revoked(
+    consumer: &IngestConsumer,
+    commit: &mut BTreeMap<(String, i32), i64>,
+    acknowledged: &mut BTreeMap<(String, i32), i64>,
+    ahead: &mut Vec<InputRecord>,
+) {
+    let revoked = kafka::take_revoked(consumer);
+    if revoked.is_empty() {
+        return;
+    }
+    let revoked: HashSet<(String, i32)> = revoked.into_iter().collect();
+    commit.retain(|tp, _| !revoked.contains(tp));
+    acknowledged.retain(|tp, _| !revoked.contains(tp));
+    let before = ahead.len();
+    ahead.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+    info!(
+        partitions = revoked.len(),
+        dropped = before - ahead.len(),
+        "forgot revoked partitions"
+    );
+}
+
+/// Resumes paused partitions, retrying until librdkafka accepts; `false` if cancelled first.
+async fn resume(consumer: &IngestConsumer, paused: &mut bool, cancel: &CancellationToken) -> bool {
+    loop {
+        pause(consumer, false, paused);
+        if !*paused {
+            return true;
+        }
+        if !sleep_or_cancel(TICK, cancel).await {
+            return false;
+        }
+    }
 }
 
 /// Commits every acknowledged offset synchronously, within [`FINAL_COMMIT_TIMEOUT`], then lets go of the consumer.
@@ -238,21 +290,25 @@ async fn drive(
     paused: &mut bool,
 ) -> Result<(), Error> {
     tokio::pin!(work);
+    let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut consumer_failing = false;
     loop {
-        follow_breakers(consumer, breakers, paused);
+        // Saturated: the read-ahead is full and the batch is slow. Pausing lets polling go on (rebalances are
+        // served, the group membership kept) without reading more.
+        let saturated = ahead.len() >= max_ahead && started.elapsed() >= SATURATED_AFTER;
+        pause(
+            consumer,
+            saturated || breakers.iter().any(|b| b.is_tripped()),
+            paused,
+        );
         ::metrics::gauge!(m::PENDING_RECORDS).set((in_flight + ahead.len()) as f64);
         // Paused partitions deliver nothing, but polling must go on: it is what keeps the group membership.
         let poll = !consumer_failing && (*paused || ahead.len() < max_ahead);
         tokio::select! {
             biased;
-            r = &mut work => {
-                // Resume before the next batch waits for records that paused partitions would never deliver.
-                follow_breakers(consumer, breakers, paused);
-                return r;
-            }
+            r = &mut work => return r,
             m = consumer.recv(), if poll => match m {
                 Ok(msg) => ahead.push(kafka::to_input(&msg)),
                 Err(e) => {
@@ -266,17 +322,16 @@ async fn drive(
     }
 }
 
-/// Pauses every partition while a breaker is tripped and resumes them when none is.
-fn follow_breakers(consumer: &IngestConsumer, breakers: &[&Breaker], paused: &mut bool) {
-    let trip = breakers.iter().any(|b| b.is_tripped());
-    if trip == *paused {
+/// Pauses every partition when `want`, resumes them when not; a failure is retried at the next call.
+fn pause(consumer: &IngestConsumer, want: bool, paused: &mut bool) {
+    if want == *paused {
         return;
     }
-    match kafka::set_paused(consumer, trip) {
+    match kafka::set_paused(consumer, want) {
         Ok(partitions) => {
-            *paused = trip;
+            *paused = want;
             ::metrics::gauge!(m::PAUSED_PARTITIONS).set(partitions as f64);
-            info!(partitions, paused = trip, "partitions paused or resumed");
+            info!(partitions, paused = want, "partitions paused or resumed");
         }
         Err(e) => warn!(error = %e, "cannot pause or resume partitions; retrying"),
     }

@@ -11,6 +11,7 @@
 //! as duplicates by their id. Commands are sent fail-fast, never queued while disconnected, and the client never
 //! re-sends a command by itself (see `ces_shared::redis`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ces_shared::keys::SessionKeys;
@@ -84,9 +85,16 @@ impl Publisher {
         let now = ces_shared::now_ms();
         let epoch = ces_shared::redis::new_epoch();
         let ms = |d: Duration| Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64);
+        // Each event names its session's previous event in this pipeline: Redis runs the pipeline to the end
+        // even after a command fails, and an event must never be published before an earlier one of its
+        // session that failed (say, with BUSY) and will be retried.
+        let mut previous: HashMap<&str, &str> = HashMap::new();
         for ev in events {
             let k = SessionKeys::of(&ev.session_id);
             let keys = vec![k.meta, k.buffer, k.ids, k.channel];
+            let after = previous
+                .insert(ev.session_id.as_str(), ev.event_id.as_str())
+                .unwrap_or_default();
             let args: Vec<Value> = vec![
                 Value::Bytes(ev.envelope.clone().into()),
                 Value::from(ev.event_id.as_str()),
@@ -96,6 +104,7 @@ impl Publisher {
                 ms(self.limits.dedup_window),
                 ms(self.limits.state_ttl),
                 Value::from(epoch.as_str()),
+                Value::from(after),
             ];
             // Queues in memory; cannot fail before `try_all`.
             let queued: Result<(), _> = pipeline.fcall(PUBLISH_FUNCTION, keys, args).await;
@@ -106,7 +115,7 @@ impl Publisher {
                     .collect();
             }
         }
-        pipeline
+        let mut results: Vec<Result<Outcome, Error>> = pipeline
             .try_all::<u64>()
             .await
             .into_iter()
@@ -115,7 +124,16 @@ impl Publisher {
                 Ok(seq) => Ok(Outcome::Published(seq)),
                 Err(e) => Err(Error::Redis(e)),
             })
-            .collect()
+            .collect();
+        // A result per event, whatever the client returned: a missing one is a failure, never a success.
+        if results.len() < events.len() {
+            let missing = fred::error::Error::new(
+                fred::error::ErrorKind::Unknown,
+                "pipeline returned fewer results than commands",
+            );
+            results.resize_with(events.len(), || Err(Error::Redis(missing.clone())));
+        }
+        results
     }
 
     /// (Re)loads the function library, e.g. after Redis restarted without persistence.
@@ -129,39 +147,17 @@ pub fn is_function_missing(e: &Error) -> bool {
     matches!(e, Error::Redis(r) if ces_shared::redis::is_function_missing(r))
 }
 
-/// Redis error replies that describe the server's state (loading, failing over, out of memory, busy script),
-/// not the event: retried as an outage, whatever the command.
-const TRANSIENT_REPLIES: &[&str] = &[
-    "LOADING",
-    "BUSY",
-    "MASTERDOWN",
-    "READONLY",
-    "OOM",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-    "MISCONF",
-];
-
-/// Whether Redis rejected this event for a reason of its own (a key of the wrong type that another program
-/// wrote, a script error on this session's state), as opposed to being unavailable. Such an event is retried
-/// a few times and then dead-lettered as `processing_failed`; everything else, unknown errors included, counts
-/// as an outage and is retried for as long as it takes, so an outage never turns events into dead letters.
+/// Whether Redis rejected this event for a reason of its own: `WRONGTYPE`, a key of this session that another
+/// program wrote with the wrong type. Such an event is retried a few times and then dead-lettered as
+/// `processing_failed`. Everything else counts as an outage and is retried for as long as it takes, including
+/// errors raised inside the function (a bug or a version mismatch would fail every event alike, and must stall
+/// ingest with an open breaker rather than dead-letter good events) and `CESORDER` (the event waits for the
+/// failed event before it).
 pub fn is_event_error(e: &Error) -> bool {
     let Error::Redis(r) = e else {
         return false;
     };
-    let details = r.details();
-    if TRANSIENT_REPLIES.iter().any(|p| details.starts_with(p)) {
-        return false;
-    }
-    match r.kind() {
-        fred::error::ErrorKind::InvalidArgument => true,
-        fred::error::ErrorKind::Unknown => {
-            details.contains("script:") || details.contains("user_function")
-        }
-        _ => false,
-    }
+    *r.kind() == fred::error::ErrorKind::InvalidArgument && r.details().starts_with("WRONGTYPE")
 }
 
 #[cfg(test)]
@@ -175,17 +171,11 @@ mod tests {
     }
 
     #[test]
-    fn only_replies_about_the_event_itself_are_event_errors() {
-        let event = [
-            redis(
-                ErrorKind::InvalidArgument,
-                "WRONGTYPE Operation against a key holding the wrong kind of value script: ces_publish",
-            ),
-            redis(
-                ErrorKind::Unknown,
-                "ERR user_function:12: attempt to compare nil",
-            ),
-        ];
+    fn only_wrongtype_is_an_event_error_everything_else_an_outage() {
+        let event = [redis(
+            ErrorKind::InvalidArgument,
+            "WRONGTYPE Operation against a key holding the wrong kind of value script: ces_publish",
+        )];
         for e in &event {
             assert!(is_event_error(e), "{e}");
         }
@@ -203,6 +193,15 @@ mod tests {
             ),
             redis(ErrorKind::Unknown, "ERR Function not found"),
             redis(ErrorKind::Unknown, "ERR something new"),
+            redis(
+                ErrorKind::Unknown,
+                "ERR user_function:12: attempt to compare nil",
+            ),
+            redis(ErrorKind::InvalidArgument, "Invalid argument(s)"),
+            redis(
+                ErrorKind::Unknown,
+                "CESORDER the previous event of this session",
+            ),
         ];
         for e in &outage {
             assert!(!is_event_error(e), "{e}");

@@ -250,3 +250,54 @@ async fn a_key_of_the_wrong_type_fails_only_its_event_and_is_an_event_error() ->
     assert!(!ces_ingest::publisher::is_event_error(error), "{error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_event_holds_back_the_rest_of_its_session_and_leaves_no_seq_gap()
+-> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
+    assert_eq!(
+        publish(&publisher, &[event("s", "e0", 0)]).await?,
+        [Outcome::Published(1)]
+    );
+    // The session's buffer is broken for a moment (another program wrote a string there).
+    let keys = SessionKeys::of("s");
+    let _: () = client.del(&keys.buffer).await?;
+    let _: () = client.set(&keys.buffer, "oops", None, None, false).await?;
+    let events = [
+        event("s", "e1", 1),
+        event("other", "o1", 1),
+        event("s", "e2", 2),
+    ];
+    let refs: Vec<&Publish> = events.iter().collect();
+    let results = publisher.publish(&refs).await;
+    assert!(results[0].is_err(), "e1 fails on the broken key");
+    assert!(
+        matches!(results[1], Ok(Outcome::Published(1))),
+        "other sessions go on"
+    );
+    let held = results[2].as_ref().expect_err("e2 must wait for e1");
+    assert!(held.to_string().contains("CESORDER"), "{held}");
+    assert!(!ces_ingest::publisher::is_event_error(held));
+    let seq: u64 = client.hget(&keys.meta, "seq").await?;
+    assert_eq!(seq, 1, "no seq was spent on the failed calls");
+
+    // Repaired, the retry from the first failure publishes both, in order, with the next seqs.
+    let _: () = client.del(&keys.buffer).await?;
+    let retry: Vec<&Publish> = vec![&events[0], &events[1], &events[2]];
+    let outcomes: Vec<Outcome> = publisher
+        .publish(&retry)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Published(2),
+            Outcome::Duplicate,
+            Outcome::Published(3)
+        ]
+    );
+    Ok(())
+}
