@@ -8,11 +8,14 @@
 //! - The producer's `id`, when given, is used verbatim: the producer knows best what "the same event" means.
 //! - Otherwise the id is `ev_` + the first 128 bits (hex) of SHA-256 over a versioned domain tag and the
 //!   length-prefixed session id, type and canonical JSON of `data` (object keys sorted, insignificant whitespace
-//!   removed, numbers as parsed), so `{"a":1,"b":2}` and `{ "b": 2, "a": 1 }` are the same event.
+//!   removed, numbers as parsed unless that would merge different numbers), so `{"a":1,"b":2}` and `{ "b": 2, "a": 1 }` are the same event.
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 const DOMAIN: &[u8] = b"ces.event-id.v1\0";
@@ -46,44 +49,71 @@ pub fn derive(producer_id: Option<&str>, session_id: &str, event_type: &str, dat
 }
 
 /// The canonical form of JSON text: keys sorted by their UTF-8 bytes, no insignificant whitespace, strings
-/// re-escaped the way serde_json writes them. `None` if `text` is not JSON.
+/// re-escaped the way serde_json writes them, numbers as parsed into a double when that loses nothing.
+/// `None` if `text` is not JSON.
+///
+/// A number with more than 15 significant digits that is not an exact 64-bit integer (a 20-digit id, a float
+/// written to 17+ digits) is kept as written: parsed into a double, distinct numbers would collapse into one and
+/// genuinely different events would share an id, so one of them would be dropped as a duplicate.
 pub fn canonical_json(text: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(text).ok()?;
     let mut out = String::with_capacity(text.len());
-    write_canonical(&value, &mut out);
+    write_canonical(text, &mut out)?;
     Some(out)
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            // Sort explicitly rather than rely on serde_json's map type, which changes with the
-            // `preserve_order` feature that any crate in the build may switch on.
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+fn write_canonical(raw: &str, out: &mut String) -> Option<()> {
+    let text = raw.trim();
+    match text.as_bytes().first()? {
+        b'{' => {
+            // A BTreeMap sorts by the names' UTF-8 bytes, whatever map type serde_json is built with.
+            let members: BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
             out.push('{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
+            for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(&serde_json::to_string(&k).ok()?);
                 out.push(':');
-                write_canonical(v, out);
+                write_canonical(v.get(), out)?;
             }
             out.push('}');
         }
-        Value::Array(items) => {
+        b'[' => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
             out.push('[');
-            for (i, v) in items.iter().enumerate() {
+            for (i, v) in items.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write_canonical(v, out);
+                write_canonical(v.get(), out)?;
             }
             out.push(']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        b'"' => {
+            let s: String = serde_json::from_str(text).ok()?;
+            out.push_str(&serde_json::to_string(&s).ok()?);
+        }
+        b't' | b'f' | b'n' => {
+            let v: Value = serde_json::from_str(text).ok()?;
+            out.push_str(&v.to_string());
+        }
+        _ => {
+            let n: serde_json::Number = serde_json::from_str(text).ok()?;
+            if n.is_f64() && significant_digits(text) > 15 {
+                out.push_str(text);
+            } else {
+                out.push_str(&n.to_string());
+            }
+        }
     }
+    Some(())
+}
+
+/// Significant digits of a JSON number token: its mantissa digits without leading or trailing zeros.
+fn significant_digits(token: &str) -> usize {
+    let mantissa = token.split(['e', 'E']).next().unwrap_or_default();
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len()
 }
 
 #[cfg(test)]
@@ -133,6 +163,27 @@ mod tests {
         assert_eq!(
             derive(None, "s1", "order.updated", r#"{"n":1}"#),
             "ev_5a9418aec085e94d677e279abbd001ea"
+        );
+    }
+
+    #[test]
+    fn numbers_compare_as_doubles_unless_a_double_would_merge_different_numbers() {
+        assert_eq!(
+            canonical_json("[1e2, 100.0, 1, -0, 1.5]").unwrap(),
+            "[100.0,100.0,1,-0.0,1.5]"
+        );
+        // Beyond u64 and beyond 15 significant digits, numbers keep their text: these two must not merge.
+        let a = derive(None, "s", "t", r#"{"id":98765432109876543210}"#);
+        let b = derive(None, "s", "t", r#"{"id":98765432109876543211}"#);
+        assert_ne!(a, b);
+        assert_ne!(
+            derive(None, "s", "t", "0.12345678901234567"),
+            derive(None, "s", "t", "0.12345678901234568")
+        );
+        // Exact 64-bit integers are still numbers, whatever their size.
+        assert_eq!(
+            canonical_json("18446744073709551615").unwrap(),
+            "18446744073709551615"
         );
     }
 
