@@ -21,6 +21,9 @@ pub const EXIT_CONFIG: i32 = 64;
 pub trait Source {
     /// The raw value of `key`, or `None` when it is not set.
     fn get(&self, key: &str) -> Option<String>;
+
+    /// Every key that starts with `prefix`, sorted.
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<String>;
 }
 
 /// The process environment.
@@ -32,17 +35,46 @@ impl Source for Env {
         // A value that is not UTF-8 is passed on lossily; every parser below then rejects it with the key named.
         std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
     }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        keys
+    }
 }
 
 impl<S: std::hash::BuildHasher> Source for HashMap<String, String, S> {
     fn get(&self, key: &str) -> Option<String> {
         HashMap::get(self, key).cloned()
     }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
 }
 
 impl<S: std::hash::BuildHasher> Source for HashMap<&'static str, String, S> {
     fn get(&self, key: &str) -> Option<String> {
         HashMap::get(self, key).cloned()
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(|k| (*k).to_owned())
+            .collect();
+        keys.sort();
+        keys
     }
 }
 
@@ -154,6 +186,28 @@ impl<'a> Vars<'a> {
                 items.into_iter().filter(|s| !s.is_empty()).collect()
             }
         }
+    }
+
+    /// Every `<prefix>NAME=value` as (`name`, `value`), for settings passed through to a library: `NAME` is
+    /// lowercased and its `_` become `.` (`CES_KAFKA_PROP_SECURITY_PROTOCOL` → `security.protocol`). Names
+    /// in `reserved` are refused: the service sets them itself and relies on their values.
+    pub fn passthrough(&mut self, prefix: &str, reserved: &[&str]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for key in self.source.keys_with_prefix(prefix) {
+            let name = key[prefix.len()..].to_ascii_lowercase().replace('_', ".");
+            let Some(value) = self.raw(&key) else {
+                continue;
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                self.errors.push(format!("{key} does not name a property"));
+            } else if reserved.contains(&name.as_str()) {
+                self.errors
+                    .push(format!("{key} sets {name}, which CES manages itself"));
+            } else {
+                out.push((name, value));
+            }
+        }
+        out
     }
 
     /// Records an error unless `ok`.

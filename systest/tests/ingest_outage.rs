@@ -10,6 +10,7 @@ use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
 use ces_systest::{Broker, Metrics, Process, Redis, unique, workspace_binary};
 use common::{event_json, start_edge};
+use fred::interfaces::{ClientLike as _, HashesInterface as _, StreamsInterface as _};
 use serde_json::json;
 
 const SESSIONS: usize = 20;
@@ -51,7 +52,8 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();
 
     // A paced stream: 16 s in all, Redis down from 2 s to 12 s.
-    let producer = kafka::producer(&broker.bootstrap())?;
+    // Ingest pauses and resumes its partitions here; see `producer_unbatched` for why records go one per batch.
+    let producer = kafka::producer_unbatched(&broker.bootstrap())?;
     let stream = {
         let topic = topic.clone();
         tokio::spawn(async move {
@@ -87,8 +89,33 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     assert!(!down, "the stream outlasts the outage");
     stream.await??;
 
+    let check = ces_shared::redis::builder(&redis.url())?.build()?;
+    check.init().await?;
     for (session, ws) in &mut clients {
         let events = ws.events(ROUNDS as usize, Duration::from_secs(60)).await?;
+        if events.len() < ROUNDS as usize {
+            // Say where the missing events are: never published, or published and not delivered.
+            let keys = ces_shared::keys::SessionKeys::of(session);
+            let seq: Option<u64> = check.hget(&keys.meta, "seq").await?;
+            let buffered: u64 = check.xlen(&keys.buffer).await?;
+            let m = Metrics::scrape(&ingest.base).await?;
+            let page = reqwest::get(format!("{}/metrics", ingest.base))
+                .await?
+                .text()
+                .await?;
+            for line in page
+                .lines()
+                .filter(|l| l.starts_with("ces_ingest") && !l.contains("_bucket"))
+            {
+                eprintln!("  {line}");
+            }
+            eprintln!(
+                "session {session}: {} events received; redis seq {seq:?}, {buffered} buffered; ingest read {} records, published {}",
+                events.len(),
+                m.get("ces_ingest_records_total", &[]),
+                m.get("ces_ingest_published_total", &[])
+            );
+        }
         common::assert_numbered(session, &events, ROUNDS);
         let extra = ws.next_json(Duration::from_millis(50)).await?;
         assert!(extra.is_none(), "nothing more for {session}: {extra:?}");

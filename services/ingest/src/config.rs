@@ -35,6 +35,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// When the Redis and Kafka circuit breakers open and for how long.
     pub breaker: breaker::Policy,
+    /// librdkafka properties passed through from `CES_KAFKA_PROP_*` (TLS, SASL, tuning, `debug`), set on the
+    /// consumer, the dead-letter producer and the admin client.
+    pub kafka_properties: Vec<(String, String)>,
     /// Bound on one pipelined publish to Redis; past it the attempt counts as a transient failure.
     pub redis_timeout: Duration,
     /// Most kilobytes librdkafka prefetches per partition queue: the memory bound while ingest is busy.
@@ -94,6 +97,7 @@ impl Config {
         v.check(breaker.open_min <= breaker.open_max, || {
             "CES_BREAKER_OPEN_MS must not exceed CES_BREAKER_OPEN_MAX_MS".into()
         });
+        let kafka_properties = v.passthrough("CES_KAFKA_PROP_", crate::kafka::RESERVED_PROPERTIES);
         let redis_timeout = v.millis("CES_REDIS_TIMEOUT_MS", 3000, 100, 60_000);
         let queue_max_kbytes = v.bounded("CES_KAFKA_QUEUE_MAX_KBYTES", 16_384, 64, 2_097_151);
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
@@ -160,6 +164,7 @@ impl Config {
             unknown_types,
             max_attempts,
             breaker,
+            kafka_properties,
             redis_timeout,
             queue_max_kbytes,
             auto_offset_reset,
@@ -189,6 +194,25 @@ mod tests {
     }
 
     #[test]
+    fn kafka_properties_pass_through() {
+        let src: HashMap<&'static str, String> = [
+            ("CES_KAFKA_PROP_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("CES_KAFKA_PROP_SASL_MECHANISMS", "SCRAM-SHA-512"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(
+            c.kafka_properties,
+            [
+                ("sasl.mechanisms".to_owned(), "SCRAM-SHA-512".to_owned()),
+                ("security.protocol".to_owned(), "sasl_ssl".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
     fn reports_every_problem() {
         let src: HashMap<&'static str, String> = [
             ("CES_KAFKA_TOPICS", "a,b"),
@@ -200,6 +224,7 @@ mod tests {
             ("CES_BREAKER_OPEN_MS", "5000"),
             ("CES_BREAKER_OPEN_MAX_MS", "1000"),
             ("CES_DLQ_REPLICATION", "0"),
+            ("CES_KAFKA_PROP_ENABLE_AUTO_COMMIT", "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
@@ -213,6 +238,7 @@ mod tests {
             "CES_UNKNOWN_TYPES",
             "CES_BREAKER_OPEN_MAX_MS",
             "CES_DLQ_REPLICATION",
+            "CES_KAFKA_PROP_ENABLE_AUTO_COMMIT",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

@@ -19,6 +19,31 @@ use crate::batch::{DeadLetter, InputRecord};
 use crate::config::Config;
 use crate::{Error, metrics as m};
 
+/// librdkafka properties ingest sets itself and depends on: commits only after Redis, never automatically.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+];
+
+/// A client configuration for `config.brokers`: ingest's own `settings`, then every passed-through property
+/// (which may override a tuning default, never a [`RESERVED_PROPERTIES`] one).
+pub fn client_config(config: &Config, settings: &[(&str, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in settings {
+        c.set(*k, v);
+    }
+    for (k, v) in &config.kafka_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// How long one wait for the first record of a batch lasts before it is re-armed.
+const RECV_REARM: Duration = Duration::from_millis(250);
+
 /// Largest dead letter the producer sends (librdkafka allows up to 1e9).
 const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -82,20 +107,23 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 /// Creates the consumer and subscribes it to the input topics. Offsets are never committed automatically: ingest
 /// commits explicitly after Redis has every event of a batch.
 pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
-    let consumer: IngestConsumer = ClientConfig::new()
-        // The bound on what librdkafka reads ahead while ingest is busy publishing: past it, fetching stops.
-        .set(
-            "queued.max.messages.kbytes",
-            config.queue_max_kbytes.to_string(),
-        )
-        .set("queued.min.messages", (config.batch_max * 2).to_string())
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &config.auto_offset_reset)
-        .set("enable.partition.eof", "false")
-        .create_with_context(IngestContext::default())?;
+    let consumer: IngestConsumer = client_config(
+        config,
+        &[
+            // The bound on what librdkafka reads ahead while ingest is busy publishing: past it, fetching stops.
+            (
+                "queued.max.messages.kbytes",
+                config.queue_max_kbytes.to_string(),
+            ),
+            ("queued.min.messages", (config.batch_max * 2).to_string()),
+            ("group.id", config.group.clone()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", config.auto_offset_reset.clone()),
+            ("enable.partition.eof", "false".into()),
+        ],
+    )
+    .create_with_context(IngestContext::default())?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
@@ -129,17 +157,21 @@ pub fn set_paused(consumer: &IngestConsumer, paused: bool) -> Result<usize, Erro
 
 /// Creates the dead-letter producer. `acks=all` so a dead letter is durable before its offset is committed.
 pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("acks", "all")
-        // A produce that times out after the broker wrote it is retried without a second copy.
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        // A `too_large` record is by definition big; the producer must accept anything the broker delivered.
-        // Larger than the broker's own limit, the dead letter goes without its value (see `send_dead_letters`).
-        .set("message.max.bytes", DLQ_MAX_MESSAGE_BYTES.to_string())
-        .create()?)
+    Ok(client_config(
+        config,
+        &[
+            ("acks", "all".into()),
+            // A produce that times out after the broker wrote it is retried without a second copy.
+            ("enable.idempotence", "true".into()),
+            ("linger.ms", "5".into()),
+            ("message.timeout.ms", "30000".into()),
+            // A `too_large` record is by definition big; the producer must accept anything the broker
+            // delivered. Larger than the broker's own limit, the dead letter goes without its value (see
+            // `send_dead_letters`).
+            ("message.max.bytes", DLQ_MAX_MESSAGE_BYTES.to_string()),
+        ],
+    )
+    .create()?)
 }
 
 /// Detaches a consumed message from the client.
@@ -189,7 +221,14 @@ pub async fn next_batch(
     linger: Duration,
 ) -> Result<Vec<InputRecord>, Error> {
     if batch.is_empty() {
-        let first = consumer.recv().await?;
+        // Never one unbounded wait: the stream is woken only when librdkafka's queue turns non-empty, and an
+        // event the stream consumes internally can leave messages queued with nobody woken (rust-rdkafka #665).
+        // A fresh `recv` polls the queue first, so re-arming it every interval recovers a lost wakeup.
+        let first = loop {
+            if let Ok(r) = tokio::time::timeout(RECV_REARM, consumer.recv()).await {
+                break r?;
+            }
+        };
         batch.push(to_input(&first));
     }
     let deadline = Instant::now() + linger;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use ces_shared::backoff::Backoff;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -25,11 +24,8 @@ pub async fn ensure(
     state: &http::State,
     cancel: &CancellationToken,
 ) -> Result<bool, Error> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .create()?,
-    );
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(crate::kafka::client_config(config, &[]).create()?);
     let mut wanted = config.topics.clone();
     wanted.push(config.dlq_topic.clone());
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
