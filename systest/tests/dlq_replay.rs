@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
-use ces_systest::{Broker, Metrics, Process, Redis, unique, workspace_binary};
+use ces_systest::{Broker, Metrics, Redis, unique, workspace_binary};
 use common::{event_json, start_edge};
 use serde_json::{Value, json};
 
@@ -56,17 +56,12 @@ async fn fixed_schema_then_replay_delivers_once_and_loops_are_refused() -> anyho
     let schemas = tempfile::tempdir()?;
     let schema_file = schemas.path().join("order.json");
     std::fs::write(&schema_file, STRICT)?;
-    let ingest = Process::start(
-        &workspace_binary("ces-ingest", "CES_INGEST_BIN")?,
-        "CES_INGEST_HTTP_ADDR",
-        &[
-            ("CES_REDIS_URL", redis.url()),
-            ("CES_KAFKA_BROKERS", bootstrap.clone()),
-            ("CES_KAFKA_TOPICS", topic.clone()),
-            ("CES_DLQ_TOPIC", dlq.clone()),
-            ("CES_KAFKA_GROUP", unique("ingest")),
-            ("CES_SCHEMA_DIR", schemas.path().display().to_string()),
-        ],
+    let ingest = common::ingest_process(
+        &redis.url(),
+        &bootstrap,
+        &topic,
+        &dlq,
+        &[("CES_SCHEMA_DIR", schemas.path().display().to_string())],
     )
     .await?;
     let edge = start_edge(&redis.url(), "edge-a", &[]).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
-use ces_systest::{Broker, Metrics, Process, Redis, unique, workspace_binary};
+use ces_systest::{Broker, Metrics, Redis, unique};
 use common::{event_json, start_edge};
 use fred::interfaces::{ClientLike as _, HashesInterface as _, StreamsInterface as _};
 use serde_json::json;
@@ -25,15 +25,12 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     let topic = unique("ces.events");
     let dlq = format!("{topic}.dlq");
     kafka::create_topics(&broker.bootstrap(), &[(&topic, 4), (&dlq, 1)]).await?;
-    let ingest = Process::start(
-        &workspace_binary("ces-ingest", "CES_INGEST_BIN")?,
-        "CES_INGEST_HTTP_ADDR",
+    let ingest = common::ingest_process(
+        &redis.url(),
+        &broker.bootstrap(),
+        &topic,
+        &dlq,
         &[
-            ("CES_REDIS_URL", redis.url()),
-            ("CES_KAFKA_BROKERS", broker.bootstrap()),
-            ("CES_KAFKA_TOPICS", topic.clone()),
-            ("CES_DLQ_TOPIC", dlq.clone()),
-            ("CES_KAFKA_GROUP", unique("ingest")),
             ("CES_BATCH_MAX", BATCH_MAX.to_string()),
             ("CES_BREAKER_FAILURES", "3".into()),
             ("CES_BREAKER_OPEN_MS", "500".into()),

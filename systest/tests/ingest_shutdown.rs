@@ -1,10 +1,12 @@
 //! Ingest stops on SIGTERM even when the brokers are already gone (a whole stack stopped at once, or a broker
 //! outage during a rollout): the final commit is bounded and leaving the group does not hold up the exit.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use ces_systest::kafka::{self, Record};
-use ces_systest::{Broker, Process, Redis, unique, workspace_binary};
+use ces_systest::{Broker, Redis, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_promptly_with_the_broker_gone() -> anyhow::Result<()> {
@@ -14,18 +16,7 @@ async fn sigterm_exits_promptly_with_the_broker_gone() -> anyhow::Result<()> {
     let topic = unique("ces.events");
     let dlq = format!("{topic}.dlq");
     kafka::create_topics(&bootstrap, &[(&topic, 1), (&dlq, 1)]).await?;
-    let ingest = Process::start(
-        &workspace_binary("ces-ingest", "CES_INGEST_BIN")?,
-        "CES_INGEST_HTTP_ADDR",
-        &[
-            ("CES_REDIS_URL", redis.url()),
-            ("CES_KAFKA_BROKERS", bootstrap.clone()),
-            ("CES_KAFKA_TOPICS", topic.clone()),
-            ("CES_DLQ_TOPIC", dlq.clone()),
-            ("CES_KAFKA_GROUP", unique("ingest")),
-        ],
-    )
-    .await?;
+    let ingest = common::ingest_process(&redis.url(), &bootstrap, &topic, &dlq, &[]).await?;
     // Something to commit at shutdown.
     let producer = kafka::producer(&bootstrap)?;
     kafka::produce(&producer, &topic, &[Record::keyed("k", "not json")]).await?;

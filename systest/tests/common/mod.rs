@@ -239,3 +239,28 @@ pub fn assert_numbered(session: &str, events: &[serde_json::Value], n: u64) {
     assert_eq!(seqs, expected, "seqs of session {session}");
     assert_eq!(ns, expected, "data of session {session}");
 }
+
+/// Starts the `ces-ingest` binary as a child process (for tests that need its RSS, a signal, or a real exit)
+/// on `topic` and `dlq`, with a group of its own, plus `extra` variables; waits until it is ready.
+pub async fn ingest_process(
+    redis_url: &str,
+    brokers: &str,
+    topic: &str,
+    dlq: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<ces_systest::Process> {
+    let mut env = vec![
+        ("CES_REDIS_URL", redis_url.to_owned()),
+        ("CES_KAFKA_BROKERS", brokers.to_owned()),
+        ("CES_KAFKA_TOPICS", topic.to_owned()),
+        ("CES_DLQ_TOPIC", dlq.to_owned()),
+        ("CES_KAFKA_GROUP", unique("ingest")),
+    ];
+    env.extend(extra.iter().cloned());
+    ces_systest::Process::start(
+        &ces_systest::workspace_binary("ces-ingest", "CES_INGEST_BIN")?,
+        "CES_INGEST_HTTP_ADDR",
+        &env,
+    )
+    .await
+}
