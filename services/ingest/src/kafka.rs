@@ -1,8 +1,8 @@
 //! The Kafka side of ingest: the consumer, batching, dead-letter production and offset commits.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -52,8 +52,6 @@ const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[derive(Debug, Default)]
 pub struct IngestContext {
     paused: Arc<AtomicBool>,
-    /// Partitions revoked since ingest last looked ([`take_revoked`]).
-    revoked: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for IngestContext {}
@@ -74,17 +72,7 @@ impl ConsumerContext for IngestContext {
                     warn!(error = %e, "cannot pause newly assigned partitions");
                 }
             }
-            Rebalance::Revoke(tpl) => {
-                info!(partitions = tpl.count(), "partitions revoked");
-                self.revoked
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend(
-                        tpl.elements()
-                            .iter()
-                            .map(|e| (e.topic().to_owned(), e.partition())),
-                    );
-            }
+            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
     }
@@ -127,18 +115,6 @@ pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
-}
-
-/// The partitions revoked since the last call. Their records held in memory belong to the next owner now, and
-/// their offsets must not be committed from here: a late commit could move the new owner's position back.
-pub fn take_revoked(consumer: &IngestConsumer) -> Vec<(String, i32)> {
-    std::mem::take(
-        &mut *consumer
-            .context()
-            .revoked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
 }
 
 /// Pauses or resumes every assigned partition; returns how many are paused. While paused the consumer is still

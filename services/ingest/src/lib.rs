@@ -36,7 +36,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::CommitMode;
+use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::producer::FutureProducer;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -194,47 +194,42 @@ async fn consume(
             );
             break;
         }
-        forget_revoked(&consumer, &mut plan.commit, &mut acknowledged, &mut ahead);
+        keep_owned(&consumer, &mut plan.commit, &mut acknowledged);
         kafka::commit(&consumer, &plan.commit, CommitMode::Async);
         // Merge, so the final synchronous commit covers every partition this replica acknowledged.
         acknowledged.extend(plan.commit);
         ::metrics::gauge!(m::PENDING_RECORDS).set(ahead.len() as f64);
     }
-    forget_revoked(
-        &consumer,
-        &mut BTreeMap::new(),
-        &mut acknowledged,
-        &mut ahead,
-    );
+    keep_owned(&consumer, &mut BTreeMap::new(), &mut acknowledged);
     final_commit(consumer, acknowledged).await;
     state.set_not_ready("stopped");
     info!("ingest stopped");
     Ok(())
 }
 
-/// Drops what belongs to partitions revoked since the last look: offsets not to commit (the new owner's position
-/// must never move back) and records read ahead (the new owner reads them again). A batch already published for
-/// such a partition is harmless: its events are duplicates to whoever reads them next.
-fn forget_revoked(
+/// Keeps only the offsets of partitions this replica owns now: a late commit for a partition that moved to
+/// another replica could move that replica's position back. Records read ahead are kept whatever their
+/// partition: dropping them could lose records fetched after a partition came back to this replica, while
+/// publishing them is harmless (the next owner's copies are dropped as duplicates).
+fn keep_owned(
     consumer: &IngestConsumer,
     commit: &mut BTreeMap<(String, i32), i64>,
     acknowledged: &mut BTreeMap<(String, i32), i64>,
-    ahead: &mut Vec<InputRecord>,
 ) {
-    let revoked = kafka::take_revoked(consumer);
-    if revoked.is_empty() {
-        return;
-    }
-    let revoked: HashSet<(String, i32)> = revoked.into_iter().collect();
-    commit.retain(|tp, _| !revoked.contains(tp));
-    acknowledged.retain(|tp, _| !revoked.contains(tp));
-    let before = ahead.len();
-    ahead.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
-    info!(
-        partitions = revoked.len(),
-        dropped = before - ahead.len(),
-        "forgot revoked partitions"
-    );
+    let owned: HashSet<(String, i32)> = match consumer.assignment() {
+        Ok(tpl) => tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect(),
+        // Not knowing, commit nothing: a skipped commit is a redelivery, never a loss.
+        Err(e) => {
+            warn!(error = %e, "cannot read the assignment; skipping this commit");
+            HashSet::new()
+        }
+    };
+    commit.retain(|tp, _| owned.contains(tp));
+    acknowledged.retain(|tp, _| owned.contains(tp));
 }
 
 /// Resumes paused partitions, retrying until librdkafka accepts; `false` if cancelled first.
