@@ -84,6 +84,9 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(!down, "the stream outlasts the outage");
+    eprintln!(
+        "outage: peak pending {peak_pending}, peak paused {peak_paused}, rss before {rss_before} B, peak {peak_rss} B"
+    );
     stream.await??;
 
     let check = ces_shared::redis::builder(&redis.url())?.build()?;
