@@ -171,6 +171,8 @@ pub async fn websocket(
         node_id: state.config.node_id.clone(),
         ping_interval: state.config.ping_interval,
         max_missed_pongs: state.config.max_missed_pongs,
+        drain_delay: state.config.drain_delay,
+        drain_window: state.config.drain_window,
     };
     let max = state.config.max_message_bytes;
     let hub = state.hub.clone();

@@ -35,6 +35,12 @@ pub struct Config {
     pub state_ttl: Duration,
     /// How long shutdown waits for sockets to close.
     pub shutdown_grace: Duration,
+    /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
+    /// closing and the listener stops accepting.
+    pub drain_delay: Duration,
+    /// Draining: sockets close with 1012 at random moments over this window, so their clients do not all
+    /// reconnect to the other nodes at once.
+    pub drain_window: Duration,
     /// Redis and logging.
     pub common: Common,
 }
@@ -63,6 +69,11 @@ impl Config {
             v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
         let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
+        let drain_delay = v.millis("CES_DRAIN_DELAY_MS", 1000, 0, 60_000);
+        let drain_window = v.millis("CES_DRAIN_WINDOW_MS", 5000, 0, 600_000);
+        v.check(drain_delay + drain_window <= shutdown_grace, || {
+            "CES_DRAIN_DELAY_MS + CES_DRAIN_WINDOW_MS must not exceed CES_SHUTDOWN_GRACE_MS".into()
+        });
         let state_ttl =
             Duration::from_secs(v.bounded("CES_SESSION_STATE_TTL_SECS", 86_400, 60, 90 * 86_400));
         let session_ttl =
@@ -93,6 +104,8 @@ impl Config {
             max_message_bytes,
             max_body_bytes,
             shutdown_grace,
+            drain_delay,
+            drain_window,
             state_ttl,
             session_ttl,
             max_sessions,

@@ -123,12 +123,22 @@ pub async fn run(
         tracker: tracker.clone(),
         metrics: ces_shared::telemetry::metrics_handle(),
     });
+    let state_drain_delay = state.config.drain_delay;
     info!(addr = %listener.local_addr()?, node = %state.config.node_id, "edge listening");
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(cancel.clone().cancelled_owned())
+    // Keep accepting (and answering new sockets and registrations with 503 `draining`) until the load balancer has
+    // seen `/readyz` fail, then stop.
+    .with_graceful_shutdown({
+        let cancel = cancel.clone();
+        let delay = state_drain_delay;
+        async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(delay).await;
+        }
+    })
     .await?;
 
     tracker.close();

@@ -73,6 +73,10 @@ pub struct SocketParams {
     pub state_ttl: Duration,
     /// How long the session's state lives after its last activity.
     pub session_ttl: Duration,
+    /// When shutdown starts, the socket closes with 1012 after this delay plus a random part of `drain_window`.
+    pub drain_delay: Duration,
+    /// See `drain_delay`.
+    pub drain_window: Duration,
 }
 
 /// Where the socket stands in the session's event stream.
@@ -226,12 +230,18 @@ where
     );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut missed_pongs = 0u32;
+    // Draining: this socket's own moment in the window, fixed once so a busy socket cannot postpone it.
+    let drain_at = params.drain_delay + params.drain_window.mul_f64(rand::random::<f64>());
+    let mut close_at: Option<tokio::time::Instant> = None;
     loop {
         // Inbound and pings come before outbound frames, so a steady stream cannot starve the client's close
         // frames, its pings, or the liveness check.
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
+            () = shutdown.cancelled(), if close_at.is_none() => {
+                close_at = Some(tokio::time::Instant::now() + drain_at);
+            }
+            () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
                 return (close(socket, close_code::SERVICE_RESTART, "server shutting down").await, pending_ack);
             }
             reason = &mut hub_close => {

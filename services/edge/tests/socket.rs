@@ -26,6 +26,8 @@ async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
         ("CES_TOKEN_SECRET", SECRET.to_owned()),
         ("CES_REDIS_URL", redis.url()),
         ("CES_NODE_ID", "edge-t".into()),
+        ("CES_DRAIN_DELAY_MS", "0".into()),
+        ("CES_DRAIN_WINDOW_MS", "0".into()),
     ]
     .into_iter()
     .collect();

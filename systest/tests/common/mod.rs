@@ -71,6 +71,9 @@ pub async fn start_edge(
         ("CES_TOKEN_SECRET", SECRET.to_owned()),
         ("CES_REDIS_URL", redis_url.to_owned()),
         ("CES_NODE_ID", node.to_owned()),
+        // Tests that stop an edge want it gone at once unless they test draining.
+        ("CES_DRAIN_DELAY_MS", "0".to_owned()),
+        ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
     ]);
     env.extend(extra.iter().cloned());
     let config = ces_edge::Config::from_source(&env)?;
@@ -193,6 +196,8 @@ impl IsolatedEdge {
             ("CES_TOKEN_SECRET", SECRET.to_owned()),
             ("CES_REDIS_URL", redis_url.to_owned()),
             ("CES_NODE_ID", node.to_owned()),
+            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
+            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
         ]);
         let config = ces_edge::Config::from_source(&env)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -263,4 +268,91 @@ pub async fn ingest_process(
         &env,
     )
     .await
+}
+
+/// The edges a load balancer would send clients to; a test changes it as edges stop and start.
+pub type LiveEdges = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// What one following client saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// `seq` of every event frame, in arrival order.
+    pub seqs: Vec<u64>,
+    /// `data.n` of every event frame, in arrival order.
+    pub ns: Vec<u64>,
+    /// Every `resumed` frame.
+    pub resumed: Vec<serde_json::Value>,
+    /// Close codes that ended its connections (`None`: dropped without a close frame).
+    pub closes: Vec<Option<u16>>,
+    /// When each of those connections ended.
+    pub closed_at: Vec<tokio::time::Instant>,
+}
+
+/// Follows a session like a real client until it has `events` events: on every socket end it reconnects to a
+/// live edge (rotating from `start`), resuming from its position; a refused handshake (draining, gone) moves on to
+/// the next edge after 50 ms.
+pub async fn follow(
+    live: LiveEdges,
+    start: usize,
+    token: String,
+    events: u64,
+) -> anyhow::Result<Seen> {
+    use ces_systest::client::{WsClient, resume_url, ws_url};
+    let mut seen = Seen::default();
+    let mut epoch: Option<String> = None;
+    let mut attempt = start;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    while tokio::time::Instant::now() < deadline {
+        let base = {
+            let live = live.lock().unwrap();
+            live[attempt % live.len()].clone()
+        };
+        let url = match &epoch {
+            None => ws_url(&base, &token),
+            Some(e) => resume_url(&base, &token, seen.seqs.last().copied().unwrap_or(0), e),
+        };
+        let Ok(mut ws) = WsClient::connect(&url).await else {
+            attempt += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        loop {
+            match ws.next_json(std::time::Duration::from_secs(20)).await {
+                Ok(Some(frame)) => match frame["type"].as_str() {
+                    Some("welcome") => epoch = frame["epoch"].as_str().map(str::to_owned),
+                    Some("resumed") => seen.resumed.push(frame),
+                    Some("event") => {
+                        seen.seqs.push(frame["seq"].as_u64().unwrap());
+                        seen.ns.push(frame["data"]["n"].as_u64().unwrap());
+                        if seen.seqs.len() as u64 >= events {
+                            return Ok(seen);
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(None) => anyhow::bail!("stalled after {:?}", seen.seqs),
+                Err(e) => {
+                    let text = e.to_string();
+                    // "socket closed: Some(CloseFrame { code: Restart, .. })" carries the code; a drop does not.
+                    seen.closes.push(close_code(&text));
+                    seen.closed_at.push(tokio::time::Instant::now());
+                    attempt += 1;
+                    break;
+                }
+            }
+        }
+    }
+    anyhow::bail!("gave up after {:?}", seen.seqs)
+}
+
+fn close_code(error: &str) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    [
+        (CloseCode::Restart, "Restart"),
+        (CloseCode::Away, "Away"),
+        (CloseCode::Error, "Error"),
+    ]
+    .into_iter()
+    .find(|(_, name)| error.contains(&format!("code: {name}")))
+    .map(|(code, _)| code.into())
 }
