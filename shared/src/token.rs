@@ -1,9 +1,11 @@
-//! Signed session tokens.
+//! Signed session tokens, with key ids so keys can be rotated without downtime.
 //!
-//! A token is `v1.<payload>.<signature>`: the payload is base64url (no padding) of the JSON
-//! `{"sid":"<session id>","exp":<unix seconds>}` and the signature is base64url of HMAC-SHA256 over the text
-//! `v1.<payload>` with the configured secret. The signature is checked in constant time before the payload is
-//! parsed, so forged input never reaches the JSON parser.
+//! A token is `v1.<kid>.<payload>.<signature>`: `kid` names the key that signed it, the payload is base64url (no
+//! padding) of the JSON `{"sid":"<session id>","exp":<unix seconds>}`, and the signature is base64url of
+//! HMAC-SHA256 over the text `v1.<kid>.<payload>` with that key's secret. [`TokenKeys`] holds every configured
+//! key: the first signs, all verify, so a new key is rolled out first as a second entry (verify only), then moved
+//! first (signing), and the old one removed once every token it signed has expired. The signature is checked in
+//! constant time before the payload is parsed, so forged input never reaches the JSON parser.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +35,9 @@ pub enum TokenError {
     /// The signature does not match.
     #[error("bad_signature")]
     BadSignature,
+    /// The token names a key that is not (or no longer) configured.
+    #[error("unknown_key")]
+    UnknownKey,
     /// The token has expired.
     #[error("expired")]
     Expired,
@@ -47,15 +52,19 @@ struct Claims {
     exp: u64,
 }
 
-/// Signs and verifies session tokens with one secret.
+/// Longest key id.
+pub const MAX_KID_LEN: usize = 32;
+
+/// The signing and verifying keys: the first signs, all verify.
 #[derive(Clone)]
-pub struct TokenKey {
-    mac: HmacSha256,
+pub struct TokenKeys {
+    keys: Vec<(String, HmacSha256)>,
 }
 
-impl std::fmt::Debug for TokenKey {
+impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenKey(<redacted>)")
+        let kids: Vec<&str> = self.keys.iter().map(|(k, _)| k.as_str()).collect();
+        write!(f, "TokenKeys({kids:?}, <secrets redacted>)")
     }
 }
 
@@ -68,32 +77,73 @@ pub struct Verified {
     pub expires_at: u64,
 }
 
-impl TokenKey {
-    /// A key from a secret of at least [`MIN_SECRET_LEN`] bytes; `None` if it is shorter.
-    pub fn new(secret: &[u8]) -> Option<Self> {
-        if secret.len() < MIN_SECRET_LEN {
-            return None;
+impl TokenKeys {
+    /// Keys from `(kid, secret)` pairs, the first signing. Every kid is 1–[`MAX_KID_LEN`] of `[A-Za-z0-9_-]`
+    /// and unique; every secret at least [`MIN_SECRET_LEN`] bytes.
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, String> {
+        let mut keys: Vec<(String, HmacSha256)> = Vec::new();
+        for (kid, secret) in pairs {
+            if kid.is_empty()
+                || kid.len() > MAX_KID_LEN
+                || !kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(format!(
+                    "key id {kid:?} must be 1-{MAX_KID_LEN} characters of A-Z a-z 0-9 _ -"
+                ));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "the secret of key {kid:?} is {} bytes; it must be at least {MIN_SECRET_LEN}",
+                    secret.len()
+                ));
+            }
+            if keys.iter().any(|(k, _)| k == kid) {
+                return Err(format!("key id {kid:?} is given twice"));
+            }
+            let mac = HmacSha256::new_from_slice(secret).map_err(|e| e.to_string())?;
+            keys.push((kid.to_owned(), mac));
         }
-        Some(Self {
-            mac: HmacSha256::new_from_slice(secret).ok()?,
-        })
+        if keys.is_empty() {
+            return Err("no key given".into());
+        }
+        Ok(Self { keys })
     }
 
-    /// A token for `session` valid until `expires_at` (unix seconds).
+    /// Parses `kid=secret,kid=secret` (the first signs).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut pairs = Vec::new();
+        for item in spec.split(',').map(str::trim) {
+            let (kid, secret) = item
+                .split_once('=')
+                .ok_or_else(|| "each key must be written kid=secret".to_owned())?;
+            pairs.push((kid.trim(), secret.as_bytes()));
+        }
+        Self::new(pairs)
+    }
+
+    /// The id of the signing key.
+    pub fn signing_kid(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// A token for `session` valid until `expires_at` (unix seconds), signed with the first key.
     pub fn sign(&self, session: &SessionId, expires_at: u64) -> String {
+        let (kid, mac) = &self.keys[0];
         let claims = Claims {
             sid: session.as_str().to_owned(),
             exp: expires_at,
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
-        let signed = format!("{VERSION}.{payload}");
-        let mut mac = self.mac.clone();
+        let signed = format!("{VERSION}.{kid}.{payload}");
+        let mut mac = mac.clone();
         mac.update(signed.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("{signed}.{sig}")
     }
 
-    /// Checks signature and expiry against `now` (unix seconds).
+    /// Checks the key id, signature and expiry against `now` (unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Verified, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
@@ -102,14 +152,23 @@ impl TokenKey {
             return Err(TokenError::Malformed);
         }
         let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let (version, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
-        if version != VERSION {
+        let mut parts = signed.splitn(3, '.');
+        let (Some(version), Some(kid), Some(payload)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        if version != VERSION || payload.contains('.') {
             return Err(TokenError::Malformed);
         }
+        let (_, mac) = self
+            .keys
+            .iter()
+            .find(|(k, _)| k == kid)
+            .ok_or(TokenError::UnknownKey)?;
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac.clone();
+        let mut mac = mac.clone();
         mac.update(signed.as_bytes());
         mac.verify_slice(&sig)
             .map_err(|_| TokenError::BadSignature)?;
@@ -133,8 +192,12 @@ impl TokenKey {
 mod tests {
     use super::*;
 
-    fn key(b: u8) -> TokenKey {
-        TokenKey::new(&[b; 32]).unwrap()
+    fn keys(pairs: &[(&str, u8)]) -> TokenKeys {
+        let secrets: Vec<(String, [u8; 32])> = pairs
+            .iter()
+            .map(|(k, b)| ((*k).to_owned(), [*b; 32]))
+            .collect();
+        TokenKeys::new(secrets.iter().map(|(k, s)| (k.as_str(), &s[..]))).unwrap()
     }
 
     fn sid() -> SessionId {
@@ -142,10 +205,12 @@ mod tests {
     }
 
     #[test]
-    fn round_trip() {
-        let t = key(1).sign(&sid(), 1_000);
+    fn round_trip_names_the_signing_key() {
+        let k = keys(&[("k1", 1)]);
+        let t = k.sign(&sid(), 1_000);
+        assert!(t.starts_with("v1.k1."), "{t}");
         assert_eq!(
-            key(1).verify(&t, 999),
+            k.verify(&t, 999),
             Ok(Verified {
                 session_id: sid(),
                 expires_at: 1_000
@@ -154,55 +219,92 @@ mod tests {
     }
 
     #[test]
-    fn short_secrets_are_refused() {
-        assert!(TokenKey::new(&[0; 31]).is_none());
+    fn rotation_the_first_key_signs_and_every_listed_key_verifies() {
+        let old = keys(&[("old", 1)]);
+        let both = keys(&[("new", 2), ("old", 1)]);
+        let new_only = keys(&[("new", 2)]);
+        let old_token = old.sign(&sid(), 1_000);
+        assert!(
+            both.verify(&old_token, 0).is_ok(),
+            "old tokens work while the old key is listed"
+        );
+        let new_token = both.sign(&sid(), 1_000);
+        assert!(new_token.starts_with("v1.new."));
+        assert!(new_only.verify(&new_token, 0).is_ok());
+        assert_eq!(new_only.verify(&old_token, 0), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn key_specs_are_checked() {
+        assert!(TokenKeys::parse(&format!("a={},b={}", "x".repeat(32), "y".repeat(40))).is_ok());
+        for bad in [
+            "".to_owned(),
+            "nosecret".to_owned(),
+            format!("a={}", "x".repeat(31)),
+            format!("a={0},a={0}", "x".repeat(32)),
+            format!("bad kid={}", "x".repeat(32)),
+        ] {
+            assert!(TokenKeys::parse(&bad).is_err(), "{bad}");
+        }
+        let k = keys(&[("k1", 1)]);
+        assert!(!format!("{k:?}").contains("\\x01"), "secrets never printed");
     }
 
     #[test]
     fn expiry_is_exclusive() {
-        let t = key(1).sign(&sid(), 1_000);
-        assert_eq!(key(1).verify(&t, 1_000), Err(TokenError::Expired));
+        let k = keys(&[("k1", 1)]);
+        let t = k.sign(&sid(), 1_000);
+        assert_eq!(k.verify(&t, 1_000), Err(TokenError::Expired));
     }
 
     #[test]
-    fn another_key_or_a_changed_payload_is_a_bad_signature() {
-        let t = key(1).sign(&sid(), 1_000);
-        assert_eq!(key(2).verify(&t, 0), Err(TokenError::BadSignature));
-        let (_, rest) = t.split_once('.').unwrap();
-        let (_, sig) = rest.split_once('.').unwrap();
+    fn another_secret_under_the_same_kid_or_a_changed_payload_is_a_bad_signature() {
+        let t = keys(&[("k1", 1)]).sign(&sid(), 1_000);
+        assert_eq!(
+            keys(&[("k1", 2)]).verify(&t, 0),
+            Err(TokenError::BadSignature)
+        );
+        let sig = t.rsplit_once('.').unwrap().1;
         let forged_payload = URL_SAFE_NO_PAD.encode(br#"{"sid":"other","exp":99999999999}"#);
-        let forged = format!("v1.{forged_payload}.{sig}");
-        assert_eq!(key(1).verify(&forged, 0), Err(TokenError::BadSignature));
+        let forged = format!("v1.k1.{forged_payload}.{sig}");
+        assert_eq!(
+            keys(&[("k1", 1)]).verify(&forged, 0),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn malformed_input_is_rejected_without_panicking() {
         let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        let k = keys(&[("k1", 1)]);
         for bad in [
             "x",
             "v1.x",
-            "v2.a.b",
-            "v1..",
-            "v1.a.!!!",
+            "v2.k1.a.b",
+            "v1...",
+            "v1.k1.a.!!!",
             "....",
             long.as_str(),
-            "v1.a.b.c",
+            "v1.k1.a.b.c",
         ] {
-            let r = key(1).verify(bad, 0);
+            let r = k.verify(bad, 0);
             assert!(
-                matches!(r, Err(TokenError::Malformed | TokenError::BadSignature)),
+                matches!(
+                    r,
+                    Err(TokenError::Malformed | TokenError::BadSignature | TokenError::UnknownKey)
+                ),
                 "{bad}: {r:?}"
             );
         }
-        assert_eq!(key(1).verify("", 0), Err(TokenError::Missing));
+        assert_eq!(k.verify("", 0), Err(TokenError::Missing));
     }
 
     #[test]
     fn a_signed_but_invalid_session_id_is_malformed() {
-        let k = key(1);
+        let k = keys(&[("k1", 1)]);
         let payload = URL_SAFE_NO_PAD.encode(br#"{"sid":"bad id","exp":5}"#);
-        let signed = format!("v1.{payload}");
-        let mut mac = k.mac.clone();
+        let signed = format!("v1.k1.{payload}");
+        let mut mac = k.keys[0].1.clone();
         mac.update(signed.as_bytes());
         let token = format!(
             "{signed}.{}",

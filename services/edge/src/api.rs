@@ -49,7 +49,7 @@ pub async fn register(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let expires_at = now + state.config.token_ttl;
-    let token = state.config.token_key.sign(&session, expires_at.as_secs());
+    let token = state.config.token_keys.sign(&session, expires_at.as_secs());
 
     let mut fields: HashMap<&str, String> = HashMap::new();
     fields.insert("created_at_ms", now.as_millis().to_string());
@@ -230,7 +230,7 @@ fn verify_token(state: &AppState, token: &str) -> Result<ces_shared::token::Veri
         .as_secs();
     state
         .config
-        .token_key
+        .token_keys
         .verify(token, now)
         .map_err(Error::Unauthorized)
 }

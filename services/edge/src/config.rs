@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ces_shared::config::{Common, Source, Vars};
-use ces_shared::token::{MIN_SECRET_LEN, TokenKey};
+use ces_shared::token::TokenKeys;
 
 /// Everything an edge node needs to run.
 #[derive(Debug, Clone)]
@@ -14,7 +14,7 @@ pub struct Config {
     /// This node's id, sent in the welcome frame and stored with sessions.
     pub node_id: String,
     /// Session token signing key.
-    pub token_key: TokenKey,
+    pub token_keys: TokenKeys,
     /// How long a new session token is valid.
     pub token_ttl: Duration,
     /// Interval between WebSocket pings.
@@ -57,10 +57,9 @@ impl Config {
         let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
         let default_node = format!("edge-{}", std::process::id());
         let node_id = v.string("CES_NODE_ID", &default_node);
-        let secret = v.required(
-            "CES_TOKEN_SECRET",
-            "at least 32 bytes used to sign session tokens",
-        );
+        // Either one secret, or several keys with ids for rotation (the first signs, all verify).
+        let secret = v.optional("CES_TOKEN_SECRET");
+        let key_spec = v.optional("CES_TOKEN_KEYS");
         let token_ttl = Duration::from_secs(v.bounded("CES_TOKEN_TTL_SECS", 900, 10, 7 * 86_400));
         let ping_interval = v.millis("CES_WS_PING_INTERVAL_MS", 30_000, 100, 600_000);
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
@@ -81,13 +80,19 @@ impl Config {
         let max_sessions = v.bounded("CES_MAX_SESSIONS", 1_000_000, 1, 1 << 40);
         let common = Common::read(&mut v);
 
-        let token_key = TokenKey::new(secret.as_bytes());
-        v.check(secret.is_empty() || token_key.is_some(), || {
-            format!(
-                "CES_TOKEN_SECRET is {} bytes; it must be at least {MIN_SECRET_LEN}",
-                secret.len()
-            )
-        });
+        let token_keys = match (&secret, &key_spec) {
+            (Some(secret), None) => TokenKeys::new([("default", secret.as_bytes())])
+                .map_err(|e| format!("CES_TOKEN_SECRET: {e}")),
+            (None, Some(spec)) => TokenKeys::parse(spec).map_err(|e| format!("CES_TOKEN_KEYS: {e}")),
+            (Some(_), Some(_)) => Err("set CES_TOKEN_SECRET or CES_TOKEN_KEYS, not both".into()),
+            (None, None) => Err(
+                "CES_TOKEN_SECRET (at least 32 bytes) or CES_TOKEN_KEYS (kid=secret,...; the first signs) is required"
+                    .into(),
+            ),
+        };
+        if let Err(e) = &token_keys {
+            v.check(false, || e.clone());
+        }
         v.check(
             ces_shared::keys::validate_session_id(&node_id).is_ok(),
             || format!("CES_NODE_ID={node_id:?} must be 1-128 of A-Z a-z 0-9 _ . : -"),
@@ -96,7 +101,7 @@ impl Config {
         Ok(Self {
             listen,
             node_id,
-            token_key: token_key.expect("checked above"),
+            token_keys: token_keys.expect("a key error fails `finish` above"),
             token_ttl,
             ping_interval,
             max_missed_pongs,
@@ -127,11 +132,27 @@ mod tests {
     #[test]
     fn secret_is_required_and_must_be_long_enough() {
         let err = Config::from_source(&src(&[])).unwrap_err().to_string();
-        assert!(err.contains("CES_TOKEN_SECRET is required"), "{err}");
+        assert!(
+            err.contains("CES_TOKEN_SECRET (at least 32 bytes) or CES_TOKEN_KEYS"),
+            "{err}"
+        );
         let err = Config::from_source(&src(&[("CES_TOKEN_SECRET", "short")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("CES_TOKEN_SECRET is 5 bytes"), "{err}");
+        assert!(
+            err.contains("CES_TOKEN_SECRET: the secret of key \"default\" is 5 bytes"),
+            "{err}"
+        );
+        let keys = format!("k2={},k1={}", "b".repeat(32), "a".repeat(32));
+        let c = Config::from_source(&src(&[("CES_TOKEN_KEYS", &keys)])).unwrap();
+        assert_eq!(c.token_keys.signing_kid(), "k2");
+        let err = Config::from_source(&src(&[
+            ("CES_TOKEN_KEYS", &keys),
+            ("CES_TOKEN_SECRET", &keys),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]

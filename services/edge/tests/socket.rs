@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ces_shared::keys::SessionId;
-use ces_shared::token::TokenKey;
+use ces_shared::token::TokenKeys;
 use ces_systest::Redis;
 use ces_systest::client::{Ending, WsClient, handshake_status, register, ws_url};
 use tokio::net::TcpListener;
@@ -69,8 +69,8 @@ async fn connected(edge: &Edge) -> anyhow::Result<WsClient> {
 async fn bad_tokens_get_401_before_any_upgrade() -> anyhow::Result<()> {
     let edge = start(&[]).await?;
     let session = SessionId::parse("s-1")?;
-    let right = TokenKey::new(SECRET.as_bytes()).unwrap();
-    let wrong = TokenKey::new(&[7u8; 32]).unwrap();
+    let right = TokenKeys::new([("default", SECRET.as_bytes())]).unwrap();
+    let wrong = TokenKeys::new([("default", &[7u8; 32][..])]).unwrap();
     let ws = |q: &str| format!("{}/v1/ws{q}", edge.base.replacen("http", "ws", 1));
     let cases = [
         ("missing", ws("")),
