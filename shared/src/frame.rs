@@ -65,6 +65,11 @@ pub enum ServerFrame {
     },
     /// Answer to a client `ping`.
     Pong,
+    /// Answer to a client `refresh`: the socket now lives until `expires_at`.
+    Refreshed {
+        /// New expiry of the socket's token, unix seconds.
+        expires_at: u64,
+    },
     /// A client frame could not be understood; the connection stays open.
     Error {
         /// Stable code: `invalid_json`, `unknown_type`, `invalid_frame`.
@@ -102,6 +107,12 @@ pub enum ClientFrame {
         /// Highest processed sequence number.
         seq: u64,
     },
+    /// A fresher token for the same session (from `POST /v1/sessions/{id}/refresh`): the socket stays open past
+    /// the old token's expiry.
+    Refresh {
+        /// The new token.
+        token: String,
+    },
 }
 
 /// Parses a client text frame, or says which error frame to answer with.
@@ -115,10 +126,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ServerFrame> {
         .and_then(|t| t.as_str())
         .map(str::to_owned);
     match kind.as_deref() {
-        Some("ping" | "ack") => serde_json::from_value(value).map_err(|e| ServerFrame::Error {
-            code: "invalid_frame".into(),
-            message: format!("{e}"),
-        }),
+        Some("ping" | "ack" | "refresh") => {
+            serde_json::from_value(value).map_err(|e| ServerFrame::Error {
+                code: "invalid_frame".into(),
+                message: format!("{e}"),
+            })
+        }
         Some(other) => Err(ServerFrame::Error {
             code: "unknown_type".into(),
             message: format!("unknown frame type {other:?}"),
@@ -223,5 +236,20 @@ mod tests {
         assert_eq!(code(r#"{"type":"ack"}"#), "invalid_frame");
         assert_eq!(code("[]"), "invalid_frame");
         assert_eq!(code(r#"{"type":1}"#), "invalid_frame");
+    }
+
+    #[test]
+    fn refresh_frames() {
+        assert_eq!(
+            parse_client_frame(r#"{"type":"refresh","token":"v1.k.p.s"}"#),
+            Ok(ClientFrame::Refresh {
+                token: "v1.k.p.s".into()
+            })
+        );
+        assert!(parse_client_frame(r#"{"type":"refresh"}"#).is_err());
+        assert_eq!(
+            ServerFrame::Refreshed { expires_at: 5 }.to_json(),
+            r#"{"type":"refreshed","expires_at":5}"#
+        );
     }
 }

@@ -173,6 +173,8 @@ pub async fn websocket(
         max_missed_pongs: state.config.max_missed_pongs,
         drain_delay: state.config.drain_delay,
         drain_window: state.config.drain_window,
+        expires_at: verified.expires_at,
+        token_keys: state.config.token_keys.clone(),
     };
     let max = state.config.max_message_bytes;
     let hub = state.hub.clone();
@@ -193,6 +195,53 @@ pub async fn websocket(
         }))
 }
 
+/// Answer to `POST /v1/sessions/{id}/refresh`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refreshed {
+    /// A new token for the same session, signed with the current signing key.
+    pub token: String,
+    /// When it expires (RFC 3339, UTC).
+    pub expires_at: String,
+}
+
+/// `POST /v1/sessions/{id}/refresh` with the session's current (unexpired) token as `Authorization: Bearer`:
+/// a new token with a full lifetime. A live socket takes it in-band (`{"type":"refresh","token":...}`) and stays
+/// open past the old token's expiry. A closed session is refused (401 `revoked`).
+pub async fn refresh(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Refreshed>, Error> {
+    let verified = verify_token(&state, bearer(&headers))?;
+    if verified.session_id.as_str() != id {
+        return Err(Error::Forbidden("the token is for another session"));
+    }
+    if session::is_closed(&state.redis, &verified.session_id).await? {
+        return Err(Error::Unauthorized(TokenError::Revoked));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let expires_at = (now + state.config.token_ttl).as_secs();
+    let token = state
+        .config
+        .token_keys
+        .sign(&verified.session_id, expires_at);
+    let expires_at = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(expires_at);
+    Ok(Json(Refreshed {
+        token,
+        expires_at: expires_at.format(&Rfc3339).unwrap_or_default(),
+    }))
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+}
+
 /// `DELETE /v1/sessions/{id}` with the session's token as `Authorization: Bearer`: closes the session on every
 /// node (its socket gets 4003) and refuses it from then on.
 pub async fn delete_session(
@@ -200,12 +249,7 @@ pub async fn delete_session(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Error> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let verified = verify_token(&state, token)?;
+    let verified = verify_token(&state, bearer(&headers))?;
     if verified.session_id.as_str() != id {
         return Err(Error::Forbidden("the token is for another session"));
     }

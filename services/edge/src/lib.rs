@@ -70,6 +70,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/sessions", post(api::register))
         .route("/v1/sessions/{id}", delete(api::delete_session))
+        .route("/v1/sessions/{id}/refresh", post(api::refresh))
         .route("/v1/ws", get(api::websocket))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

@@ -26,6 +26,8 @@ use crate::session::{self, Claim, Heartbeat, SESSION_CLOSED};
 pub mod close_code {
     /// The server is shutting down or restarting; reconnect (to any node).
     pub const SERVICE_RESTART: u16 = 1012;
+    /// The socket's token expired without a refresh.
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// The client sent a binary frame.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// The client sent a text frame that is not UTF-8.
@@ -77,6 +79,10 @@ pub struct SocketParams {
     pub drain_delay: Duration,
     /// See `drain_delay`.
     pub drain_window: Duration,
+    /// When the socket's token expires (unix seconds); the socket is closed with 4001 then unless refreshed.
+    pub expires_at: u64,
+    /// Keys to verify an in-band refresh token.
+    pub token_keys: ces_shared::token::TokenKeys,
 }
 
 /// Where the socket stands in the session's event stream.
@@ -233,6 +239,7 @@ where
     // Draining: this socket's own moment in the window, fixed once so a busy socket cannot postpone it.
     let drain_at = params.drain_delay + params.drain_window.mul_f64(rand::random::<f64>());
     let mut close_at: Option<tokio::time::Instant> = None;
+    let mut expires_at = params.expires_at;
     loop {
         // Inbound and pings come before outbound frames, so a steady stream cannot starve the client's close
         // frames, its pings, or the liveness check.
@@ -243,6 +250,9 @@ where
             }
             () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
                 return (close(socket, close_code::SERVICE_RESTART, "server shutting down").await, pending_ack);
+            }
+            () = tokio::time::sleep_until(instant_of(expires_at)) => {
+                return (close(socket, close_code::TOKEN_EXPIRED, "token expired").await, pending_ack);
             }
             reason = &mut hub_close => {
                 let CloseReason { code, reason } = reason.unwrap_or(crate::hub::TAKEN_OVER);
@@ -259,7 +269,7 @@ where
                         };
                     }
                     Some(Ok(Message::Text(text))) => {
-                        let (reply, ack) = handle_client_text(&text);
+                        let (reply, ack) = handle_client_text(&text, params, &mut expires_at);
                         if let Some(seq) = ack {
                             pending_ack = Some(pending_ack.map_or(seq, |a| a.max(seq)));
                         }
@@ -446,13 +456,48 @@ where
     Ok(())
 }
 
-/// The reply to a client frame, and the `seq` it acknowledges, if any.
-fn handle_client_text(text: &str) -> (Option<ServerFrame>, Option<u64>) {
+/// The reply to a client frame, and the `seq` it acknowledges, if any. A valid `refresh` for this session moves
+/// `expires_at` (never back).
+fn handle_client_text(
+    text: &str,
+    params: &SocketParams,
+    expires_at: &mut u64,
+) -> (Option<ServerFrame>, Option<u64>) {
     match parse_client_frame(text) {
         Ok(ClientFrame::Ping) => (Some(ServerFrame::Pong), None),
         Ok(ClientFrame::Ack { seq }) => (None, Some(seq)),
+        Ok(ClientFrame::Refresh { token }) => {
+            let now = u64::try_from(ces_shared::now_ms() / 1000).unwrap_or(0);
+            let reply = match params.token_keys.verify(&token, now) {
+                Ok(v) if v.session_id == params.session => {
+                    *expires_at = (*expires_at).max(v.expires_at);
+                    ServerFrame::Refreshed {
+                        expires_at: *expires_at,
+                    }
+                }
+                Ok(_) => ServerFrame::Error {
+                    code: "invalid_token".into(),
+                    message: "the token is for another session".into(),
+                },
+                Err(e) => {
+                    metrics::counter!(m::TOKEN_FAILURES, "reason" => e.to_string()).increment(1);
+                    ServerFrame::Error {
+                        code: "invalid_token".into(),
+                        message: format!("token rejected: {e}"),
+                    }
+                }
+            };
+            (Some(reply), None)
+        }
         Err(reply) => (Some(reply), None),
     }
+}
+
+/// The monotonic instant of a unix time in seconds (now, if it is already past).
+fn instant_of(unix_secs: u64) -> tokio::time::Instant {
+    let now_ms = u64::try_from(ces_shared::now_ms()).unwrap_or(0);
+    let left = unix_secs.saturating_mul(1000).saturating_sub(now_ms);
+    tokio::time::Instant::now() + Duration::from_millis(left)
 }
 
 /// Maps a receive error to the close code and reason to answer with; `None` means the connection is gone.

@@ -32,6 +32,9 @@ async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
     .into_iter()
     .collect();
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    if env.contains_key("CES_TOKEN_KEYS") {
+        env.remove("CES_TOKEN_SECRET");
+    }
     let config = ces_edge::Config::from_source(&env)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -242,5 +245,131 @@ async fn registration_stops_at_the_session_cap() -> anyhow::Result<()> {
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: serde_json::Value = refused.json().await?;
     assert_eq!(body["error"], "at_capacity");
+    Ok(())
+}
+
+fn keys(spec: &[(&str, &str)]) -> TokenKeys {
+    TokenKeys::new(spec.iter().map(|(k, s)| (*k, s.as_bytes()))).unwrap()
+}
+
+async fn refresh(base: &str, session: &str, token: &str) -> anyhow::Result<reqwest::Response> {
+    Ok(reqwest::Client::new()
+        .post(format!("{base}/v1/sessions/{session}/refresh"))
+        .bearer_auth(token)
+        .send()
+        .await?)
+}
+
+const OLD_SECRET: &str = "old-secret-old-secret-old-secret-0000";
+const NEW_SECRET: &str = "new-secret-new-secret-new-secret-1111";
+
+/// Rotation: while the old key is still listed its tokens work, new tokens are signed with the first key, and a
+/// key that is no longer listed is refused as `unknown_key`.
+#[tokio::test]
+async fn tokens_of_every_listed_key_work_and_the_first_key_signs() -> anyhow::Result<()> {
+    let spec = format!("new={NEW_SECRET},old={OLD_SECRET}");
+    let edge = start(&[("CES_TOKEN_KEYS", &spec)]).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    assert!(reg.token.starts_with("v1.new."), "{}", reg.token);
+    let session = SessionId::parse(&reg.session_id)?;
+    let old_token = keys(&[("old", OLD_SECRET)]).sign(&session, now() + 60);
+    let mut ws = WsClient::connect(&ws_url(&edge.base, &old_token)).await?;
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "welcome"
+    );
+    ws.close().await;
+    let retired = keys(&[("older", OLD_SECRET)]).sign(&session, now() + 60);
+    let r = reqwest::get(format!("{}/v1/ws?token={retired}", edge.base)).await?;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["message"],
+        "session token unknown_key"
+    );
+    Ok(())
+}
+
+/// A socket whose token expires is closed with 4001; one that refreshes in-band stays open past the old expiry.
+#[tokio::test]
+async fn expiry_closes_with_4001_unless_refreshed_in_band() -> anyhow::Result<()> {
+    let edge = start(&[]).await?;
+    let k = keys(&[("default", SECRET)]);
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let session = SessionId::parse(&reg.session_id)?;
+
+    let short = k.sign(&session, now() + 2);
+    let mut expiring = WsClient::connect(&ws_url(&edge.base, &short)).await?;
+    assert_eq!(
+        expiring.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(4001))
+    );
+
+    let short = k.sign(&session, now() + 2);
+    let mut ws = WsClient::connect(&ws_url(&edge.base, &short)).await?;
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "welcome"
+    );
+    let fresh: serde_json::Value = refresh(&edge.base, &reg.session_id, &short)
+        .await?
+        .json()
+        .await?;
+    let token = fresh["token"].as_str().unwrap();
+    ws.send_text(&serde_json::json!({"type": "refresh", "token": token}).to_string())
+        .await?;
+    let reply = ws.next_json(Duration::from_secs(5)).await?.unwrap();
+    assert_eq!(reply["type"], "refreshed");
+    assert!(
+        reply["expires_at"].as_u64().unwrap() > now() + 60,
+        "{reply}"
+    );
+    // Past the old expiry, the socket still answers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ws.send_text(r#"{"type":"ping"}"#).await?;
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "pong"
+    );
+
+    // A token of another session or a forged one is refused in-band, and the socket stays open.
+    let other = k.sign(&SessionId::parse("someone-else")?, now() + 60);
+    for bad in [other.as_str(), "v1.default.x.y"] {
+        ws.send_text(&serde_json::json!({"type": "refresh", "token": bad}).to_string())
+            .await?;
+        let reply = ws.next_json(Duration::from_secs(5)).await?.unwrap();
+        assert_eq!(reply["code"], "invalid_token", "{reply}");
+    }
+    Ok(())
+}
+
+/// The refresh endpoint: a new token for the token's own session, never for another, never after DELETE.
+#[tokio::test]
+async fn refresh_needs_the_sessions_own_live_token() -> anyhow::Result<()> {
+    let edge = start(&[]).await?;
+    let http = reqwest::Client::new();
+    let a = register(&http, &edge.base).await?;
+    let b = register(&http, &edge.base).await?;
+    let r = refresh(&edge.base, &a.session_id, &a.token).await?;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await?;
+    assert!(body["token"].as_str().unwrap().starts_with("v1.default."));
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        refresh(&edge.base, &b.session_id, &a.token).await?.status(),
+        403
+    );
+    assert_eq!(refresh(&edge.base, &a.session_id, "").await?.status(), 401);
+    let deleted = http
+        .delete(format!("{}/v1/sessions/{}", edge.base, a.session_id))
+        .bearer_auth(&a.token)
+        .send()
+        .await?;
+    assert_eq!(deleted.status(), 204);
+    let r = refresh(&edge.base, &a.session_id, &a.token).await?;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["message"],
+        "session token revoked"
+    );
     Ok(())
 }
