@@ -42,6 +42,12 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Registered>), Error> {
+    if let Some(Extension(ConnectInfo(addr))) = &connect_info {
+        state
+            .limits
+            .register(addr.ip())
+            .map_err(Error::RateLimited)?;
+    }
     let metadata = parse_metadata(&body)?;
     let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string())
         .expect("uuid is a valid session id");
@@ -128,9 +134,20 @@ pub struct WsQuery {
 /// `GET /v1/ws?token=`: checks the token before anything else (401 without upgrading), then upgrades.
 pub async fn websocket(
     State(state): State<Arc<AppState>>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
     Query(query): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
+    // Cheapest checks first: a storm is turned away before any token or Redis work.
+    if let Some(Extension(ConnectInfo(addr))) = &connect_info {
+        state
+            .limits
+            .connect(addr.ip())
+            .map_err(Error::RateLimited)?;
+    }
+    if state.hub.local_sessions() >= state.limits.max_connections() {
+        return Err(Error::NodeFull);
+    }
     let verified = verify_token(&state, query.token.as_deref().unwrap_or_default())?;
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -175,6 +192,7 @@ pub async fn websocket(
         drain_window: state.config.drain_window,
         expires_at: verified.expires_at,
         token_keys: state.config.token_keys.clone(),
+        inbound_limit: Arc::new(state.limits.socket()),
     };
     let max = state.config.max_message_bytes;
     let hub = state.hub.clone();

@@ -35,6 +35,8 @@ pub struct Config {
     pub state_ttl: Duration,
     /// How long shutdown waits for sockets to close.
     pub shutdown_grace: Duration,
+    /// Admission limits.
+    pub rates: crate::limits::Rates,
     /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
     /// closing and the listener stops accepting.
     pub drain_delay: Duration,
@@ -68,6 +70,18 @@ impl Config {
             v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
         let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
+        let nonzero = |n: u64| std::num::NonZeroU32::new(n as u32).expect("bounded below by 1");
+        let rates = crate::limits::Rates {
+            registrations_per_min: nonzero(v.bounded(
+                "CES_LIMIT_REGISTRATIONS_PER_MIN",
+                60,
+                1,
+                1_000_000,
+            )),
+            connects_per_min: nonzero(v.bounded("CES_LIMIT_CONNECTS_PER_MIN", 600, 1, 1_000_000)),
+            messages_per_sec: nonzero(v.bounded("CES_LIMIT_MESSAGES_PER_SEC", 50, 1, 100_000)),
+            max_connections: v.bounded("CES_MAX_CONNECTIONS", 200_000, 1, 10_000_000) as usize,
+        };
         let drain_delay = v.millis("CES_DRAIN_DELAY_MS", 1000, 0, 60_000);
         let drain_window = v.millis("CES_DRAIN_WINDOW_MS", 5000, 0, 600_000);
         v.check(drain_delay + drain_window <= shutdown_grace, || {
@@ -109,6 +123,7 @@ impl Config {
             max_message_bytes,
             max_body_bytes,
             shutdown_grace,
+            rates,
             drain_delay,
             drain_window,
             state_ttl,

@@ -40,6 +40,12 @@ pub enum Error {
     /// The node is shutting down and takes no new connections.
     #[error("draining")]
     Draining,
+    /// This node holds `CES_MAX_CONNECTIONS` sockets.
+    #[error("node full")]
+    NodeFull,
+    /// The client IP exceeded a rate limit; retry after the duration.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
 }
 
 impl IntoResponse for Error {
@@ -62,6 +68,17 @@ impl IntoResponse for Error {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "draining",
                 "node is shutting down; connect again (to any node)".to_owned(),
+            ),
+            Error::NodeFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_full",
+                "this node holds its maximum of connections; connect again (to any node)"
+                    .to_owned(),
+            ),
+            Error::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address; retry after the Retry-After delay".to_owned(),
             ),
             Error::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, *code, message.clone())
@@ -92,6 +109,14 @@ impl IntoResponse for Error {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Error::RateLimited(wait) = &self {
+            // Whole seconds, rounded up: a client that waits exactly this long is admitted.
+            let secs = wait.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
         }
         if let Error::Unauthorized(reason) = &self {
             metrics::counter!(crate::metrics::TOKEN_FAILURES, "reason" => reason.to_string())

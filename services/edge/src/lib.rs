@@ -15,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod resume;
 pub mod session;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Prometheus registry.
     pub metrics: PrometheusHandle,
+    /// Admission limits.
+    pub limits: limits::Limits,
 }
 
 /// The router.
@@ -116,6 +119,7 @@ pub async fn run(
     let _resubscriber = resubscribe_on_reconnect(&subscriber, &hub);
     let grace = config.shutdown_grace;
     let tracker = TaskTracker::new();
+    let config_rates = config.rates;
     let state = Arc::new(AppState {
         config,
         redis: redis.clone(),
@@ -123,6 +127,21 @@ pub async fn run(
         shutdown: cancel.clone(),
         tracker: tracker.clone(),
         metrics: ces_shared::telemetry::metrics_handle(),
+        limits: limits::Limits::new(config_rates),
+    });
+    // The per-IP maps keep only recently seen clients.
+    tokio::spawn({
+        let state = Arc::downgrade(&state);
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                match state.upgrade() {
+                    Some(s) => s.limits.forget_idle(),
+                    None => break,
+                }
+            }
+        }
     });
     let state_drain_delay = state.config.drain_delay;
     info!(addr = %listener.local_addr()?, node = %state.config.node_id, "edge listening");

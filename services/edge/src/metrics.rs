@@ -28,3 +28,5 @@ pub const SUBSCRIBER_LAGGED: &str = "ces_edge_subscriber_lagged_total";
 pub const MALFORMED_ENVELOPES: &str = "ces_edge_malformed_envelopes_total";
 /// Channels this node is subscribed to.
 pub const SUBSCRIBED_CHANNELS: &str = "ces_edge_subscribed_channels";
+/// Requests refused with 429 by a per-IP limit.
+pub const RATE_LIMITED_TOTAL: &str = "ces_edge_rate_limited_total";

@@ -28,6 +28,8 @@ pub mod close_code {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The socket's token expired without a refresh.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The client sent messages faster than `CES_LIMIT_MESSAGES_PER_SEC`.
+    pub const RATE_LIMITED: u16 = 4029;
     /// The client sent a binary frame.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// The client sent a text frame that is not UTF-8.
@@ -83,6 +85,8 @@ pub struct SocketParams {
     pub expires_at: u64,
     /// Keys to verify an in-band refresh token.
     pub token_keys: ces_shared::token::TokenKeys,
+    /// Inbound message budget; a client over it is closed with 4029.
+    pub inbound_limit: Arc<governor::DefaultDirectRateLimiter>,
 }
 
 /// Where the socket stands in the session's event stream.
@@ -260,6 +264,11 @@ where
             }
             inbound = socket.next() => {
                 missed_pongs = 0;
+                if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_))))
+                    && params.inbound_limit.check().is_err()
+                {
+                    return (close(socket, close_code::RATE_LIMITED, "too many messages").await, pending_ack);
+                }
                 match inbound {
                     None => return (close_code::ABNORMAL, pending_ack),
                     Some(Err(e)) => {

@@ -373,3 +373,104 @@ async fn refresh_needs_the_sessions_own_live_token() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+fn from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(ip.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
+/// Registrations per IP: past the limit 429 with Retry-After, while another address still registers.
+#[tokio::test]
+async fn registrations_past_the_per_ip_limit_get_429_and_others_are_served() -> anyhow::Result<()> {
+    let edge = start(&[("CES_LIMIT_REGISTRATIONS_PER_MIN", "3")]).await?;
+    let flood = from("127.0.0.1");
+    for _ in 0..3 {
+        register(&flood, &edge.base).await?;
+    }
+    let r = flood
+        .post(format!("{}/v1/sessions", edge.base))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=20).contains(&retry), "retry after {retry} s");
+    assert_eq!(
+        r.json::<serde_json::Value>().await?["error"],
+        "rate_limited"
+    );
+    register(&from("127.0.0.2"), &edge.base).await?;
+    Ok(())
+}
+
+/// Connection attempts per IP: past the limit the handshake gets 429 before any token or Redis work; another
+/// address is not limited.
+#[tokio::test]
+async fn connection_attempts_past_the_per_ip_limit_get_429() -> anyhow::Result<()> {
+    let edge = start(&[("CES_LIMIT_CONNECTS_PER_MIN", "2")]).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let url = ws_url(&edge.base, &reg.token);
+    let mut first = WsClient::connect(&url).await?;
+    assert_eq!(
+        first.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "welcome"
+    );
+    first.close().await;
+    assert_eq!(
+        handshake_status(&url).await?,
+        None,
+        "second attempt admitted"
+    );
+    assert_eq!(handshake_status(&url).await?, Some(429));
+    let other = from("127.0.0.2")
+        .get(format!("{}/v1/ws?token={}", edge.base, reg.token))
+        .send()
+        .await?;
+    assert_ne!(other.status(), 429, "another address is not limited");
+    Ok(())
+}
+
+/// A socket that floods is closed with 4029; its neighbour keeps being served.
+#[tokio::test]
+async fn an_inbound_flood_is_closed_with_4029() -> anyhow::Result<()> {
+    let edge = start(&[("CES_LIMIT_MESSAGES_PER_SEC", "5")]).await?;
+    let mut calm = connected(&edge).await?;
+    let mut flood = connected(&edge).await?;
+    for _ in 0..20 {
+        if flood.send_text(r#"{"type":"ping"}"#).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        flood.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(4029))
+    );
+    calm.send_text(r#"{"type":"ping"}"#).await?;
+    assert_eq!(
+        calm.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "pong"
+    );
+    Ok(())
+}
+
+/// A full node answers 503 with Retry-After before the upgrade, and admits again once a socket leaves.
+#[tokio::test]
+async fn a_full_node_refuses_new_sockets_with_503() -> anyhow::Result<()> {
+    let edge = start(&[("CES_MAX_CONNECTIONS", "1")]).await?;
+    let first = connected(&edge).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let url = ws_url(&edge.base, &reg.token);
+    assert_eq!(handshake_status(&url).await?, Some(503));
+    first.close().await;
+    let mut admitted = false;
+    for _ in 0..50 {
+        if handshake_status(&url).await?.is_none() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "a socket is admitted once the node has room");
+    Ok(())
+}

@@ -74,6 +74,9 @@ pub async fn start_edge(
         // Tests that stop an edge want it gone at once unless they test draining.
         ("CES_DRAIN_DELAY_MS", "0".to_owned()),
         ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
+        // Every test client comes from 127.0.0.1; the per-IP limits are tested in the edge's service tests.
+        ("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000000".to_owned()),
+        ("CES_LIMIT_CONNECTS_PER_MIN", "1000000".to_owned()),
     ]);
     env.extend(extra.iter().cloned());
     let config = ces_edge::Config::from_source(&env)?;
@@ -198,6 +201,8 @@ impl IsolatedEdge {
             ("CES_NODE_ID", node.to_owned()),
             ("CES_DRAIN_DELAY_MS", "0".to_owned()),
             ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
+            ("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000000".to_owned()),
+            ("CES_LIMIT_CONNECTS_PER_MIN", "1000000".to_owned()),
         ]);
         let config = ces_edge::Config::from_source(&env)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -1,0 +1,117 @@
+//! Admission limits of an edge node: registrations and connection attempts per client IP, inbound messages per
+//! socket, and sockets per node. All checks are lock-free or sharded (governor's GCRA with a dashmap per key), and
+//! none is held across an await, so a reconnect storm is answered with 429/503 and `Retry-After` at line rate
+//! instead of stalling the node.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// The configured rates.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    /// Registrations per client IP per minute (`CES_LIMIT_REGISTRATIONS_PER_MIN`).
+    pub registrations_per_min: NonZeroU32,
+    /// WebSocket connection attempts per client IP per minute (`CES_LIMIT_CONNECTS_PER_MIN`).
+    pub connects_per_min: NonZeroU32,
+    /// Inbound messages per socket per second, also the burst (`CES_LIMIT_MESSAGES_PER_SEC`).
+    pub messages_per_sec: NonZeroU32,
+    /// Open sockets per node before new ones get 503 (`CES_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+}
+
+/// The node's limiters.
+#[derive(Debug)]
+pub struct Limits {
+    rates: Rates,
+    registrations: DefaultKeyedRateLimiter<IpAddr>,
+    connects: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+}
+
+impl Limits {
+    /// Limiters for `rates`.
+    pub fn new(rates: Rates) -> Self {
+        Self {
+            rates,
+            registrations: RateLimiter::keyed(Quota::per_minute(rates.registrations_per_min)),
+            connects: RateLimiter::keyed(Quota::per_minute(rates.connects_per_min)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Admits a registration from `ip`, or says how long to wait.
+    pub fn register(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.registrations
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Admits a connection attempt from `ip`, or says how long to wait.
+    pub fn connect(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.connects
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Most open sockets on this node.
+    pub fn max_connections(&self) -> usize {
+        self.rates.max_connections
+    }
+
+    /// A limiter for one socket's inbound messages.
+    pub fn socket(&self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(Quota::per_second(self.rates.messages_per_sec))
+    }
+
+    /// Forgets IPs whose limits have fully recovered, so the per-IP maps stay as large as the recent clients.
+    pub fn forget_idle(&self) {
+        self.registrations.retain_recent();
+        self.connects.retain_recent();
+        self.registrations.shrink_to_fit();
+        self.connects.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rates(per_min: u32) -> Rates {
+        Rates {
+            registrations_per_min: NonZeroU32::new(per_min).unwrap(),
+            connects_per_min: NonZeroU32::new(per_min).unwrap(),
+            messages_per_sec: NonZeroU32::new(3).unwrap(),
+            max_connections: 10,
+        }
+    }
+
+    #[test]
+    fn each_ip_has_its_own_budget_and_a_refusal_says_when_to_retry() {
+        let l = Limits::new(rates(2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.register(a).is_ok() && l.register(a).is_ok());
+        let wait = l.register(a).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(20) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert!(l.register(b).is_ok(), "another IP is not affected");
+        assert!(
+            l.connect(a).is_ok(),
+            "registrations and connections are separate budgets"
+        );
+    }
+
+    #[test]
+    fn a_socket_may_burst_its_rate_then_is_refused() {
+        let l = Limits::new(rates(2));
+        let s = l.socket();
+        assert!((0..3).all(|_| s.check().is_ok()));
+        assert!(s.check().is_err());
+    }
+}
