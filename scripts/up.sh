@@ -92,6 +92,8 @@ CES_INGEST_HTTP_ADDR=127.0.0.1:8090 CES_SCHEMA_DIR="$PWD/schemas" start ingest "
 wait_port ingest 8090
 
 say "starting edge-a on 127.0.0.1:8081 and edge-b on 127.0.0.1:8082"
+# HAProxy (127.0.0.1) adds X-Forwarded-For; the edges believe it from there only.
+export CES_TRUSTED_PROXIES=127.0.0.1
 CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:8081 start edge-a "$bin/ces-edge"
 CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:8082 start edge-b "$bin/ces-edge"
 wait_port edge-a 8081

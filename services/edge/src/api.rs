@@ -42,11 +42,9 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Registered>), Error> {
-    if let Some(Extension(ConnectInfo(addr))) = &connect_info {
-        state
-            .limits
-            .register(addr.ip())
-            .map_err(Error::RateLimited)?;
+    let client = client_ip(&state, connect_info.as_ref(), &headers);
+    if let Some(ip) = client {
+        state.limits.register(ip).map_err(Error::RateLimited)?;
     }
     let metadata = parse_metadata(&body)?;
     let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string())
@@ -61,8 +59,8 @@ pub async fn register(
     fields.insert("created_at_ms", now.as_millis().to_string());
     fields.insert("node", state.config.node_id.clone());
     fields.insert("metadata", metadata);
-    if let Some(Extension(ConnectInfo(addr))) = connect_info {
-        fields.insert("ip", addr.ip().to_string());
+    if let Some(ip) = client {
+        fields.insert("ip", ip.to_string());
     }
     if let Some(ua) = headers
         .get(header::USER_AGENT)
@@ -250,6 +248,21 @@ pub async fn refresh(
         token,
         expires_at: expires_at.format(&Rfc3339).unwrap_or_default(),
     }))
+}
+
+/// The client's address (through trusted proxies, see [`crate::limits::client_ip`]).
+fn client_ip(
+    state: &AppState,
+    connect_info: Option<&Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let Extension(ConnectInfo(peer)) = connect_info?;
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(crate::limits::client_ip(
+        peer.ip(),
+        forwarded,
+        &state.config.trusted_proxies,
+    ))
 }
 
 fn bearer(headers: &HeaderMap) -> &str {

@@ -37,6 +37,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Admission limits.
     pub rates: crate::limits::Rates,
+    /// Proxies whose `X-Forwarded-For` names the client (the load balancers' addresses).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
     /// closing and the listener stops accepting.
     pub drain_delay: Duration,
@@ -82,6 +84,12 @@ impl Config {
             messages_per_sec: nonzero(v.bounded("CES_LIMIT_MESSAGES_PER_SEC", 50, 1, 100_000)),
             max_connections: v.bounded("CES_MAX_CONNECTIONS", 200_000, 1, 10_000_000) as usize,
         };
+        let proxies = v.list("CES_TRUSTED_PROXIES", &[]);
+        let trusted_proxies: Vec<std::net::IpAddr> =
+            proxies.iter().filter_map(|p| p.parse().ok()).collect();
+        v.check(trusted_proxies.len() == proxies.len(), || {
+            format!("CES_TRUSTED_PROXIES={proxies:?} must be IP addresses, comma-separated")
+        });
         let drain_delay = v.millis("CES_DRAIN_DELAY_MS", 1000, 0, 60_000);
         let drain_window = v.millis("CES_DRAIN_WINDOW_MS", 5000, 0, 600_000);
         v.check(drain_delay + drain_window <= shutdown_grace, || {
@@ -124,6 +132,7 @@ impl Config {
             max_body_bytes,
             shutdown_grace,
             rates,
+            trusted_proxies,
             drain_delay,
             drain_window,
             state_ttl,

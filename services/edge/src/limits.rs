@@ -76,9 +76,56 @@ impl Limits {
     }
 }
 
+/// The client's address: the peer's, unless the peer is a trusted proxy, in which case the right-most address in
+/// `X-Forwarded-For` that is not itself a trusted proxy (entries left of it could have been written by the
+/// client). A malformed header from a trusted proxy falls back to the proxy's address.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
+    for entry in header.rsplit(',').map(str::trim) {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let lb: IpAddr = "10.0.0.9".parse().unwrap();
+        let trusted = [lb];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_ip(ip("1.2.3.4"), Some("5.6.7.8"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(client_ip(lb, Some("5.6.7.8"), &trusted), ip("5.6.7.8"));
+        // A client cannot pick its address by sending its own header: the proxy appends the real one.
+        assert_eq!(
+            client_ip(lb, Some("6.6.6.6, 5.6.7.8"), &trusted),
+            ip("5.6.7.8")
+        );
+        assert_eq!(
+            client_ip(lb, Some("5.6.7.8, 10.0.0.9"), &trusted),
+            ip("5.6.7.8")
+        );
+        assert_eq!(client_ip(lb, Some("garbage"), &trusted), lb);
+        assert_eq!(client_ip(lb, None, &trusted), lb);
+        assert_eq!(
+            client_ip(lb, Some("2001:db8::1"), &trusted),
+            ip("2001:db8::1")
+        );
+    }
 
     fn rates(per_min: u32) -> Rates {
         Rates {

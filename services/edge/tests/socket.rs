@@ -474,3 +474,46 @@ async fn a_full_node_refuses_new_sockets_with_503() -> anyhow::Result<()> {
     assert!(admitted, "a socket is admitted once the node has room");
     Ok(())
 }
+
+async fn register_as(base: &str, forwarded_for: &str) -> anyhow::Result<u16> {
+    Ok(reqwest::Client::new()
+        .post(format!("{base}/v1/sessions"))
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// Behind a trusted proxy the limits apply per client named in `X-Forwarded-For`; from anyone else the header is
+/// ignored, so a client cannot dodge its limit by inventing addresses.
+#[tokio::test]
+async fn per_ip_limits_follow_x_forwarded_for_only_from_trusted_proxies() -> anyhow::Result<()> {
+    let trusting = start(&[
+        ("CES_LIMIT_REGISTRATIONS_PER_MIN", "2"),
+        ("CES_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await?;
+    for _ in 0..2 {
+        assert_eq!(register_as(&trusting.base, "9.9.9.1").await?, 201);
+    }
+    assert_eq!(register_as(&trusting.base, "9.9.9.1").await?, 429);
+    assert_eq!(
+        register_as(&trusting.base, "9.9.9.2").await?,
+        201,
+        "another client behind the proxy"
+    );
+
+    let wary = start(&[("CES_LIMIT_REGISTRATIONS_PER_MIN", "2")]).await?;
+    let statuses = [
+        register_as(&wary.base, "9.9.9.1").await?,
+        register_as(&wary.base, "9.9.9.2").await?,
+        register_as(&wary.base, "9.9.9.3").await?,
+    ];
+    assert_eq!(
+        statuses,
+        [201, 201, 429],
+        "untrusted X-Forwarded-For is ignored"
+    );
+    Ok(())
+}
