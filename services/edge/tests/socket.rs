@@ -149,6 +149,15 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
         ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
         "pong"
     );
+    // The counts the end of this test expects back at zero do count a live socket.
+    let m = ces_systest::Metrics::scrape(&edge.base).await?;
+    assert_eq!(
+        (
+            m.get("ces_edge_connections", &[]),
+            m.get("ces_edge_subscribed_channels", &[])
+        ),
+        (1.0, 1.0)
+    );
     ws.send_text("{nope").await?;
     let err = ws.next_json(Duration::from_secs(5)).await?.unwrap();
     assert_eq!(
@@ -179,6 +188,35 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
     assert_eq!(
         ws.ending(Duration::from_secs(5)).await,
         Some(Ending::Closed(1007))
+    );
+
+    // Half-open and garbage connections: a TCP connection that never finishes its handshake, and one that sends
+    // bytes that are not HTTP, cost nothing lasting.
+    let addr = edge.base.trim_start_matches("http://").to_owned();
+    let idle = tokio::net::TcpStream::connect(&addr).await?;
+    let mut garbage = tokio::net::TcpStream::connect(&addr).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"\x16\x03\x01 not http at all\r\n\r\n")
+        .await?;
+    drop((idle, garbage));
+
+    // Every socket above is gone: no connection or subscription outlives its socket.
+    let mut settled = None;
+    for _ in 0..100 {
+        let m = ces_systest::Metrics::scrape(&edge.base).await?;
+        let counts = (
+            m.get("ces_edge_connections", &[]),
+            m.get("ces_edge_subscribed_channels", &[]),
+        );
+        settled = Some(counts);
+        if counts == (0.0, 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        settled,
+        Some((0.0, 0.0)),
+        "connections and subscriptions back to zero"
     );
     Ok(())
 }
