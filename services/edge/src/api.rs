@@ -133,18 +133,27 @@ pub struct WsQuery {
 pub async fn websocket(
     State(state): State<Arc<AppState>>,
     connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Query(query): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     // Cheapest checks first: a storm is turned away before any token or Redis work.
-    if let Some(Extension(ConnectInfo(addr))) = &connect_info {
-        state
-            .limits
-            .connect(addr.ip())
-            .map_err(Error::RateLimited)?;
+    if let Some(ip) = client_ip(&state, connect_info.as_ref(), &headers) {
+        state.limits.connect(ip).map_err(Error::RateLimited)?;
     }
     if state.hub.local_sessions() >= state.limits.max_connections() {
         return Err(Error::NodeFull);
+    }
+    // A page of another site must not open sockets with a token it got hold of (cross-site WebSocket hijacking).
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !state.config.allowed_origins.is_empty()
+        && !state
+            .config
+            .allowed_origins
+            .iter()
+            .any(|allowed| origin.as_bytes() == allowed.as_bytes())
+    {
+        return Err(Error::Forbidden("this origin may not open sockets"));
     }
     let verified = verify_token(&state, query.token.as_deref().unwrap_or_default())?;
     let upgrade = match upgrade {

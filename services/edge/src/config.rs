@@ -37,6 +37,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Admission limits.
     pub rates: crate::limits::Rates,
+    /// Browser origins allowed to open sockets (`Origin` header, exact match); empty: any. Requests without an
+    /// `Origin` (native apps, servers) are not browsers and are always allowed.
+    pub allowed_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` names the client (the load balancers' addresses).
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
@@ -84,6 +87,13 @@ impl Config {
             messages_per_sec: nonzero(v.bounded("CES_LIMIT_MESSAGES_PER_SEC", 50, 1, 100_000)),
             max_connections: v.bounded("CES_MAX_CONNECTIONS", 200_000, 1, 10_000_000) as usize,
         };
+        let allowed_origins = v.list("CES_ALLOWED_ORIGINS", &[]);
+        v.check(
+            allowed_origins
+                .iter()
+                .all(|o| o.starts_with("https://") || o.starts_with("http://")),
+            || format!("CES_ALLOWED_ORIGINS={allowed_origins:?} must be origins like https://app.example.com"),
+        );
         let proxies = v.list("CES_TRUSTED_PROXIES", &[]);
         let trusted_proxies: Vec<std::net::IpAddr> =
             proxies.iter().filter_map(|p| p.parse().ok()).collect();
@@ -132,6 +142,7 @@ impl Config {
             max_body_bytes,
             shutdown_grace,
             rates,
+            allowed_origins,
             trusted_proxies,
             drain_delay,
             drain_window,

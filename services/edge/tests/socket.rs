@@ -542,6 +542,36 @@ async fn per_ip_limits_follow_x_forwarded_for_only_from_trusted_proxies() -> any
         "another client behind the proxy"
     );
 
+    // Connection attempts too.
+    let trusting = start(&[
+        ("CES_LIMIT_CONNECTS_PER_MIN", "1"),
+        ("CES_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await?;
+    let reg = register(&reqwest::Client::new(), &trusting.base).await?;
+    let url = ws_url(&trusting.base, &reg.token);
+    let handshake = |client: &'static str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+        async move {
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => None,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(handshake("9.9.9.1").await, None);
+    assert_eq!(handshake("9.9.9.1").await, Some(429));
+    assert_eq!(
+        handshake("9.9.9.2").await,
+        None,
+        "another client behind the proxy"
+    );
+
     let wary = start(&[("CES_LIMIT_REGISTRATIONS_PER_MIN", "2")]).await?;
     let statuses = [
         register_as(&wary.base, "9.9.9.1").await?,
@@ -552,6 +582,36 @@ async fn per_ip_limits_follow_x_forwarded_for_only_from_trusted_proxies() -> any
         statuses,
         [201, 201, 429],
         "untrusted X-Forwarded-For is ignored"
+    );
+    Ok(())
+}
+
+/// With an allowlist, a browser page of another origin cannot open a socket; listed origins and clients that send
+/// no `Origin` (native apps) can.
+#[tokio::test]
+async fn sockets_from_unlisted_browser_origins_get_403() -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let edge = start(&[("CES_ALLOWED_ORIGINS", "https://app.example.com")]).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let url = ws_url(&edge.base, &reg.token);
+    let with_origin = |origin: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        request
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example.net")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let (mut ok, _) =
+        tokio_tungstenite::connect_async(with_origin("https://app.example.com")).await?;
+    futures::SinkExt::close(&mut ok).await?;
+    assert_eq!(
+        handshake_status(&url).await?,
+        None,
+        "no Origin: not a browser"
     );
     Ok(())
 }
