@@ -241,19 +241,8 @@ async fn ingest_killed_before_its_commit_redelivers_without_duplicates() -> anyh
     // And they really were redelivered: the restarted replica dropped all 20 as duplicates (nextest runs each
     // test in its own process, so the counter is this test's alone).
     let base = &stack.ingest.as_ref().expect("ingest").base;
-    let metrics = stack
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "ces_ingest_duplicates_total 20"),
-        "{metrics}"
-    );
+    let metrics = ces_systest::Metrics::scrape(base).await?;
+    assert_eq!(metrics.get("ces_ingest_duplicates_total", &[]), 20.0);
     stack.stop().await
 }
 

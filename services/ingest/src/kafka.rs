@@ -41,9 +41,6 @@ pub fn client_config(config: &Config, settings: &[(&str, String)]) -> ClientConf
     c
 }
 
-/// How long one wait for the first record of a batch lasts before it is re-armed.
-const RECV_REARM: Duration = Duration::from_millis(250);
-
 /// Largest dead letter the producer sends (librdkafka allows up to 1e9).
 const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -197,14 +194,7 @@ pub async fn next_batch(
     linger: Duration,
 ) -> Result<Vec<InputRecord>, Error> {
     if batch.is_empty() {
-        // Never one unbounded wait: the stream is woken only when librdkafka's queue turns non-empty, and an
-        // event the stream consumes internally can leave messages queued with nobody woken (rust-rdkafka #665).
-        // A fresh `recv` polls the queue first, so re-arming it every interval recovers a lost wakeup.
-        let first = loop {
-            if let Ok(r) = tokio::time::timeout(RECV_REARM, consumer.recv()).await {
-                break r?;
-            }
-        };
+        let first = consumer.recv().await?;
         batch.push(to_input(&first));
     }
     let deadline = Instant::now() + linger;

@@ -89,3 +89,28 @@ pub async fn reload_on_hangup(store: Arc<SchemaStore>, cancel: CancellationToken
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_reload_keeps_the_previous_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"{"type":"integer"}"#).unwrap();
+        let store = SchemaStore::load(Some(dir.path().to_owned()), UnknownTypes::Reject).unwrap();
+        assert_eq!(store.current().types(), ["a"]);
+
+        std::fs::write(dir.path().join("b.json"), r#"{"type":"string"}"#).unwrap();
+        assert_eq!(store.reload().unwrap(), 2);
+        assert_eq!(store.current().types(), ["a", "b"]);
+
+        std::fs::write(dir.path().join("c.json"), "{").unwrap();
+        assert!(store.reload().is_err());
+        assert_eq!(
+            store.current().types(),
+            ["a", "b"],
+            "the previous set stays"
+        );
+    }
+}

@@ -61,13 +61,9 @@ where
     })
 }
 
-/// Starts an edge node against `redis_url`.
-pub async fn start_edge(
-    redis_url: &str,
-    node: &str,
-    extra: &[(&'static str, String)],
-) -> anyhow::Result<Service> {
-    let mut env = vars(&[
+/// The environment of a test edge node.
+fn edge_env(redis_url: &str, node: &str) -> HashMap<&'static str, String> {
+    vars(&[
         ("CES_TOKEN_SECRET", SECRET.to_owned()),
         ("CES_REDIS_URL", redis_url.to_owned()),
         ("CES_NODE_ID", node.to_owned()),
@@ -77,7 +73,16 @@ pub async fn start_edge(
         // Every test client comes from 127.0.0.1; the per-IP limits are tested in the edge's service tests.
         ("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000000".to_owned()),
         ("CES_LIMIT_CONNECTS_PER_MIN", "1000000".to_owned()),
-    ]);
+    ])
+}
+
+/// Starts an edge node against `redis_url`.
+pub async fn start_edge(
+    redis_url: &str,
+    node: &str,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Service> {
+    let mut env = edge_env(redis_url, node);
     env.extend(extra.iter().cloned());
     let config = ces_edge::Config::from_source(&env)?;
     spawn_service(|listener, stopped| {
@@ -195,15 +200,7 @@ pub struct IsolatedEdge {
 impl IsolatedEdge {
     /// Starts an edge node against `redis_url` on its own two-thread runtime.
     pub async fn start(redis_url: &str, node: &str) -> anyhow::Result<Self> {
-        let env = vars(&[
-            ("CES_TOKEN_SECRET", SECRET.to_owned()),
-            ("CES_REDIS_URL", redis_url.to_owned()),
-            ("CES_NODE_ID", node.to_owned()),
-            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
-            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
-            ("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000000".to_owned()),
-            ("CES_LIMIT_CONNECTS_PER_MIN", "1000000".to_owned()),
-        ]);
+        let env = edge_env(redis_url, node);
         let config = ces_edge::Config::from_source(&env)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
