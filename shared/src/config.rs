@@ -230,8 +230,12 @@ impl<'a> Vars<'a> {
 /// Settings every service reads: where Redis is and how to log.
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`).
+    /// Redis URL (`redis://` or `rediss://` for TLS, `[user:password@]host:port[/db]`). It may hold a password:
+    /// print [`Common::redis_url_redacted`] instead.
     pub redis_url: String,
+    /// TLS to Redis trusting only this CA (`CES_REDIS_TLS_CA_FILE`); `rediss://` without it trusts the system's
+    /// roots.
+    pub redis_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Log filter in `RUST_LOG` syntax.
     pub log: String,
     /// Log line format.
@@ -239,20 +243,64 @@ pub struct Common {
 }
 
 impl Common {
-    /// Reads `CES_REDIS_URL`, `CES_LOG` and `CES_LOG_FORMAT`.
+    /// Reads `CES_REDIS_URL`, `CES_REDIS_TLS_CA_FILE`, `CES_LOG` and `CES_LOG_FORMAT`.
     pub fn read(v: &mut Vars<'_>) -> Self {
         let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
+        let ca_file = v.optional("CES_REDIS_TLS_CA_FILE");
         let log = v.string("CES_LOG", "info");
         let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
-        // TLS to Redis (rediss://) is not built in yet; refusing it beats silently connecting in plain text.
-        v.check(redis_url.starts_with("redis://"), || {
-            format!("CES_REDIS_URL={redis_url:?} must start with redis:// (TLS to Redis is not supported yet)")
+        let shown = redact_url(&redis_url);
+        let tls = redis_url.starts_with("rediss://");
+        v.check(tls || redis_url.starts_with("redis://"), || {
+            format!("CES_REDIS_URL={shown:?} must start with redis:// or rediss:// (TLS)")
         });
+        let redis_tls = match &ca_file {
+            None => None,
+            Some(_) if !tls => {
+                v.check(false, || {
+                    "CES_REDIS_TLS_CA_FILE is set but CES_REDIS_URL is not rediss://".into()
+                });
+                None
+            }
+            Some(path) => match crate::tls::client_config(std::path::Path::new(path)) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    v.check(false, || format!("CES_REDIS_TLS_CA_FILE: {e}"));
+                    None
+                }
+            },
+        };
         Self {
             redis_url,
+            redis_tls,
             log,
             log_format,
         }
+    }
+
+    /// A Redis client builder for this configuration (URL, credentials, TLS).
+    pub fn redis_builder(&self) -> Result<fred::types::Builder, fred::error::Error> {
+        crate::redis::builder_with_tls(&self.redis_url, self.redis_tls.clone())
+    }
+
+    /// The Redis URL with its password replaced by `***`, for logs and error messages.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -262,6 +310,32 @@ mod tests {
 
     fn source(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
         pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn redis_passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("rediss://ces:s3cret@redis:6380/0"),
+            "rediss://ces:***@redis:6380/0"
+        );
+        assert_eq!(redact_url("redis://:s3cret@redis"), "redis://:***@redis");
+        assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
+        let src = source(&[("CES_REDIS_URL", "http://u:s3cret@redis")]);
+        let mut vars = Vars::new(&src);
+        let _ = Common::read(&mut vars);
+        let err = vars.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("u:***@redis") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let src = source(&[
+            ("CES_REDIS_URL", "redis://redis"),
+            ("CES_REDIS_TLS_CA_FILE", "/nonexistent.pem"),
+        ]);
+        let mut vars = Vars::new(&src);
+        let _ = Common::read(&mut vars);
+        let err = vars.finish().unwrap_err().to_string();
+        assert!(err.contains("not rediss://"), "{err}");
     }
 
     #[test]

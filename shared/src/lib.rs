@@ -12,6 +12,7 @@
 //! - [`frame`]: the JSON WebSocket frames of the client protocol.
 //! - [`token`]: HMAC-SHA256 signed session tokens.
 //! - [`redis`]: Redis client construction with CES's reconnect policy.
+//! - [`tls`]: PEM certificates and keys, rustls client configurations.
 //! - [`backoff`]: jittered exponential backoff for transient failures.
 //! - [`telemetry`], [`shutdown`]: logging/metrics initialisation and the process shutdown signal.
 
@@ -27,6 +28,7 @@ pub mod redis;
 pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 mod error;

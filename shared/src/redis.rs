@@ -19,7 +19,20 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client builder for `url` with CES's reconnect and timeout policy.
 pub fn builder(url: &str) -> Result<Builder, fred::error::Error> {
-    let mut builder = Builder::from_config(Config::from_url(url)?);
+    builder_with_tls(url, None)
+}
+
+/// [`builder`], with TLS configured by `tls` when the URL is `rediss://` (without it, `rediss://` trusts the
+/// system's root certificates). Credentials (`user:password@`, Redis ACL) come from the URL.
+pub fn builder_with_tls(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Builder, fred::error::Error> {
+    let mut config = Config::from_url(url)?;
+    if let (Some(_), Some(tls)) = (&config.tls, tls) {
+        config.tls = Some(fred::types::config::TlsConnector::from((*tls).clone()).into());
+    }
+    let mut builder = Builder::from_config(config);
     builder
         .with_connection_config(|c| {
             c.max_command_attempts = 1;

@@ -82,6 +82,18 @@ impl WsClient {
         Ok(Self { stream })
     }
 
+    /// Connects to a `wss://` URL through `connector` (e.g. one that trusts a test CA).
+    pub async fn connect_tls(
+        url: &str,
+        connector: tokio_tungstenite::Connector,
+    ) -> anyhow::Result<Self> {
+        let (stream, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await
+                .with_context(|| format!("connect {url}"))?;
+        Ok(Self { stream })
+    }
+
     /// The next JSON text frame, `Ok(None)` if none within `timeout`; a close or error is an `Err`.
     pub async fn next_json(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
         let deadline = tokio::time::Instant::now() + timeout;

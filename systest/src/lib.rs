@@ -10,9 +10,11 @@
 //! - [`Metrics`]: a scraped Prometheus `/metrics` page.
 //! - [`kafka`]: topic creation, producing, and reading a topic to its end.
 //! - [`client`]: session registration and a WebSocket client that collects frames.
+//! - [`tls`]: a throwaway CA and server certificate, and clients that trust it.
 
 pub mod client;
 pub mod kafka;
+pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! A client that stops reading: its queue overflows and it is closed with 4008, its neighbour on the same edge
-//! keeps receiving meanwhile, and after the close it resumes with nothing lost.
+//! A client that stops reading: its queue overflows (by frame count, or by bytes) and it is closed with 4008, its
+//! neighbour on the same edge keeps receiving meanwhile, and after the close it resumes with nothing lost.
 
 mod common;
 
@@ -19,16 +19,25 @@ const NEIGHBOUR_EVENTS: u64 = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_with_nothing_lost()
 -> anyhow::Result<()> {
+    stops_reading_then_resumes(&[("CES_WS_QUEUE_CAPACITY", "64".into())]).await
+}
+
+/// The byte bound: frames of 16 KiB against a 256 KiB queue whose frame count would allow far more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_full_by_bytes_closes_with_4008_too() -> anyhow::Result<()> {
+    stops_reading_then_resumes(&[
+        ("CES_WS_QUEUE_CAPACITY", "1000000".into()),
+        ("CES_WS_QUEUE_BYTES", (256 * 1024).to_string()),
+    ])
+    .await
+}
+
+async fn stops_reading_then_resumes(edge_env: &[(&'static str, String)]) -> anyhow::Result<()> {
     let mut stack = Stack::start(1, &[("CES_BUFFER_MAX_EVENTS", "5000".into())]).await?;
     for e in std::mem::take(&mut stack.edges) {
         e.stop().await?;
     }
-    let edge = start_edge(
-        &stack.redis.url(),
-        "edge-a",
-        &[("CES_WS_QUEUE_CAPACITY", "64".into())],
-    )
-    .await?;
+    let edge = start_edge(&stack.redis.url(), "edge-a", edge_env).await?;
     let slow = register(&stack.http, &edge.base).await?;
     let neighbour = register(&stack.http, &edge.base).await?;
     let mut slow_ws = WsClient::connect(&ws_url(&edge.base, &slow.token)).await?;

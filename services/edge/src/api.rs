@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::limits::HandshakeSlot;
 use crate::resume::Position;
 use crate::session;
 use crate::ws::{SocketParams, serve_socket};
@@ -160,6 +161,13 @@ pub async fn websocket(
         Ok(u) => u,
         Err(rejection) => return Ok(rejection.into_response()),
     };
+    // Admission: from here on the handshake costs Redis round trips. A reconnect storm waits for a slot (never
+    // holding a lock) and is shed with 503 `overloaded` and a spread-out Retry-After when none frees up in time.
+    let Some(handshake_slot) =
+        HandshakeSlot::acquire(&state.handshakes, state.config.admission_wait).await
+    else {
+        return Err(Error::Overloaded);
+    };
     if session::is_closed(&state.redis, &verified.session_id).await? {
         return Err(Error::Unauthorized(TokenError::Revoked));
     }
@@ -200,6 +208,7 @@ pub async fn websocket(
         expires_at: verified.expires_at,
         token_keys: state.config.token_keys.clone(),
         inbound_limit: Arc::new(state.limits.socket()),
+        handshake_slot: Some(handshake_slot),
     };
     let max = state.config.max_message_bytes;
     let hub = state.hub.clone();

@@ -23,6 +23,14 @@ pub struct Config {
     pub max_missed_pongs: u32,
     /// Frames queued per connection before it counts as a slow consumer and is closed with 4008.
     pub queue_capacity: usize,
+    /// Bytes queued per connection before it counts as a slow consumer and is closed with 4008.
+    pub queue_bytes: usize,
+    /// WebSocket handshakes (token check, session claim, buffer read) in progress at once; more wait.
+    pub max_pending_handshakes: usize,
+    /// How long a handshake waits for one of those slots before it is refused with 503 `overloaded`.
+    pub admission_wait: Duration,
+    /// TLS, the header timeout and the cap on not-yet-upgraded connections.
+    pub serving: crate::serve::Serving,
     /// Largest inbound WebSocket message (and frame) in bytes.
     pub max_message_bytes: usize,
     /// Longest registration body in bytes.
@@ -71,6 +79,34 @@ impl Config {
         let ping_interval = v.millis("CES_WS_PING_INTERVAL_MS", 30_000, 100, 600_000);
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
         let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
+        let queue_bytes = v.bounded("CES_WS_QUEUE_BYTES", 4 << 20, 1024, 1 << 30) as usize;
+        let max_pending_handshakes =
+            v.bounded("CES_WS_MAX_PENDING_HANDSHAKES", 512, 1, 1_000_000) as usize;
+        let admission_wait = v.millis("CES_WS_ADMISSION_WAIT_MS", 2000, 0, 60_000);
+        let header_timeout = v.millis("CES_HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 300_000);
+        let max_http_connections =
+            v.bounded("CES_HTTP_MAX_CONNECTIONS", 10_000, 1, 10_000_000) as usize;
+        let tls = match (
+            v.optional("CES_TLS_CERT_FILE"),
+            v.optional("CES_TLS_KEY_FILE"),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                match crate::serve::tls_config(cert.as_ref(), key.as_ref()) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        v.check(false, || format!("CES_TLS_CERT_FILE/CES_TLS_KEY_FILE: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                v.check(false, || {
+                    "CES_TLS_CERT_FILE and CES_TLS_KEY_FILE go together: set both or neither".into()
+                });
+                None
+            }
+        };
         let max_message_bytes =
             v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
         let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
@@ -138,6 +174,14 @@ impl Config {
             ping_interval,
             max_missed_pongs,
             queue_capacity,
+            queue_bytes,
+            max_pending_handshakes,
+            admission_wait,
+            serving: crate::serve::Serving {
+                tls,
+                header_timeout,
+                max_connections: max_http_connections,
+            },
             max_message_bytes,
             max_body_bytes,
             shutdown_grace,
@@ -208,6 +252,26 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
+    }
+
+    #[test]
+    fn tls_needs_a_readable_certificate_and_its_key() {
+        let secret = "k".repeat(32);
+        let err = Config::from_source(&src(&[
+            ("CES_TOKEN_SECRET", &secret),
+            ("CES_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set both or neither"), "{err}");
+        let err = Config::from_source(&src(&[
+            ("CES_TOKEN_SECRET", &secret),
+            ("CES_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+            ("CES_TLS_KEY_FILE", "/nonexistent/key.pem"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum Error {
     /// This node holds `CES_MAX_CONNECTIONS` sockets.
     #[error("node full")]
     NodeFull,
+    /// No handshake slot freed up within `CES_WS_ADMISSION_WAIT_MS` (a reconnect storm).
+    #[error("overloaded")]
+    Overloaded,
     /// The client IP exceeded a rate limit; retry after the duration.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
@@ -73,6 +76,12 @@ impl IntoResponse for Error {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "node_full",
                 "this node holds its maximum of connections; connect again (to any node)"
+                    .to_owned(),
+            ),
+            Error::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many connections are being set up; retry after the Retry-After delay"
                     .to_owned(),
             ),
             Error::RateLimited(_) => (
@@ -109,6 +118,14 @@ impl IntoResponse for Error {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Error::Overloaded = &self {
+            // Spread the retries of a storm over 1-5 s instead of having them all come back in the same second.
+            let secs = rand::random_range(1..=5u32);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            metrics::counter!(crate::metrics::HANDSHAKES_SHED).increment(1);
         }
         if let Error::RateLimited(wait) = &self {
             // Whole seconds, rounded up: a client that waits exactly this long is admitted.

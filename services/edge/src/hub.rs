@@ -12,7 +12,7 @@
 //!   consumer, which is closed with 4008 and resumes from the reconnection buffer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -76,7 +76,34 @@ pub const SLOW_CONSUMER: CloseReason = CloseReason {
 struct Slot {
     conn_id: u64,
     tx: mpsc::Sender<Live>,
+    /// Bytes of frames in `tx`'s queue; the dispatch task adds, the socket subtracts.
+    queued_bytes: Arc<AtomicUsize>,
     close: oneshot::Sender<CloseReason>,
+}
+
+/// A connection's queue of live events, bounded by count and by bytes.
+#[derive(Debug)]
+pub struct Frames {
+    rx: mpsc::Receiver<Live>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Frames {
+    /// The next frame; `None` once the hub dropped the connection's slot.
+    pub async fn recv(&mut self) -> Option<Live> {
+        let live = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(live.frame.len(), Ordering::Relaxed);
+        Some(live)
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Live> {
+        let live = self.rx.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(live.frame.len(), Ordering::Relaxed);
+        Some(live)
+    }
 }
 
 /// What a connection gets from [`Hub::attach`].
@@ -85,7 +112,7 @@ pub struct Attachment {
     /// Identifies this connection in [`Hub::detach`].
     pub conn_id: u64,
     /// Live events for the socket.
-    pub frames: mpsc::Receiver<Live>,
+    pub frames: Frames,
     /// Fires when the hub wants the socket closed.
     pub close: oneshot::Receiver<CloseReason>,
 }
@@ -105,6 +132,7 @@ pub struct Hub {
     slots: Mutex<HashMap<String, Slot>>,
     next_conn_id: AtomicU64,
     queue_capacity: usize,
+    queue_bytes: usize,
     subs: mpsc::UnboundedSender<SubRequest>,
 }
 
@@ -112,6 +140,7 @@ impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -121,10 +150,13 @@ const SUBSCRIBE_BATCH: usize = 512;
 
 impl Hub {
     /// Creates the hub and starts its subscription and dispatch tasks on `subscriber`. The tasks end when the hub
-    /// is dropped (subscription) or the subscriber's message stream closes (dispatch).
+    /// is dropped (subscription) or the subscriber's message stream closes (dispatch). Each connection's queue
+    /// holds at most `queue_capacity` frames and `queue_bytes` bytes (a single larger frame still fits an empty
+    /// queue).
     pub fn start(
         subscriber: SubscriberClient,
         queue_capacity: usize,
+        queue_bytes: usize,
         node_id: &str,
     ) -> std::sync::Arc<Self> {
         // Unbounded is safe here: each connection sends at most two requests (subscribe, release), so the queue
@@ -134,6 +166,7 @@ impl Hub {
             slots: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             queue_capacity,
+            queue_bytes,
             subs: subs_tx,
         });
         let messages = subscriber.message_rx();
@@ -150,13 +183,15 @@ impl Hub {
     /// Registers a connection for `session`, closing any older one on this node with 4009.
     pub fn attach(&self, session: &str) -> Attachment {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, frames) = mpsc::channel(self.queue_capacity);
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let (close_tx, close) = oneshot::channel();
         let old = self.slots.lock().expect("hub lock").insert(
             session.to_owned(),
             Slot {
                 conn_id,
                 tx,
+                queued_bytes: queued_bytes.clone(),
                 close: close_tx,
             },
         );
@@ -165,7 +200,7 @@ impl Hub {
         }
         Attachment {
             conn_id,
-            frames,
+            frames: Frames { rx, queued_bytes },
             close,
         }
     }
@@ -237,7 +272,19 @@ impl Hub {
             metrics::counter!(m::UNDELIVERABLE).increment(1);
             return;
         };
-        match slot.tx.try_send(frame) {
+        // Counted before the send, so the socket's subtraction can never come first. This task is the only one
+        // adding, so the check cannot be raced past the bound.
+        let len = frame.frame.len();
+        let queued = slot.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let sent = if queued > 0 && queued + len > self.queue_bytes {
+            Err(mpsc::error::TrySendError::Full(frame))
+        } else {
+            slot.tx.try_send(frame)
+        };
+        if sent.is_err() {
+            slot.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);

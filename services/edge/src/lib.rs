@@ -9,6 +9,7 @@
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
+//! - [`serve`]: the accept loop (TLS, header timeout, connection cap, graceful stop).
 //! - [`session`]: session state in Redis (claim, release, close, admission) and node control messages.
 //! - [`ws`]: one WebSocket connection's protocol loop.
 
@@ -18,13 +19,13 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod resume;
+pub mod serve;
 pub mod session;
 pub mod ws;
 
 mod error;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Admission limits.
     pub limits: limits::Limits,
+    /// Slots for WebSocket handshakes in progress (`CES_WS_MAX_PENDING_HANDSHAKES`).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router.
@@ -91,18 +94,15 @@ pub async fn run(
 ) -> Result<(), Error> {
     let cancel = ces_shared::shutdown::cancel_on(shutdown);
 
-    let url = config.common.redis_url.clone();
-    let Some(redis) = ces_shared::redis::connect(
-        "commands",
-        || ces_shared::redis::builder(&url)?.build(),
-        &cancel,
-    )
-    .await?
+    let common = config.common.clone();
+    let Some(redis) =
+        ces_shared::redis::connect("commands", || common.redis_builder()?.build(), &cancel).await?
     else {
         return Ok(());
     };
     let make_subscriber = || {
-        ces_shared::redis::builder(&url)?
+        common
+            .redis_builder()?
             .with_performance_config(|p| p.broadcast_channel_capacity = PUBSUB_BUFFER)
             .build_subscriber_client()
     };
@@ -115,11 +115,17 @@ pub async fn run(
     subscriber
         .subscribe(ces_shared::keys::node_channel(&config.node_id))
         .await?;
-    let hub = Hub::start(subscriber.clone(), config.queue_capacity, &config.node_id);
+    let hub = Hub::start(
+        subscriber.clone(),
+        config.queue_capacity,
+        config.queue_bytes,
+        &config.node_id,
+    );
     let _resubscriber = resubscribe_on_reconnect(&subscriber, &hub);
     let grace = config.shutdown_grace;
     let tracker = TaskTracker::new();
     let config_rates = config.rates;
+    let max_pending_handshakes = config.max_pending_handshakes;
     let state = Arc::new(AppState {
         config,
         redis: redis.clone(),
@@ -128,6 +134,7 @@ pub async fn run(
         tracker: tracker.clone(),
         metrics: ces_shared::telemetry::metrics_handle(),
         limits: limits::Limits::new(config_rates),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(max_pending_handshakes)),
     });
     // The per-IP maps keep only recently seen clients.
     tokio::spawn({
@@ -143,29 +150,38 @@ pub async fn run(
             }
         }
     });
-    let state_drain_delay = state.config.drain_delay;
-    info!(addr = %listener.local_addr()?, node = %state.config.node_id, "edge listening");
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
+    let drain_delay = state.config.drain_delay;
+    let serving = state.config.serving.clone();
+    info!(
+        addr = %listener.local_addr()?,
+        node = %state.config.node_id,
+        tls = serving.tls.is_some(),
+        "edge listening"
+    );
     // Keep accepting (and answering new sockets and registrations with 503 `draining`) until the load balancer has
     // seen `/readyz` fail, then stop.
-    .with_graceful_shutdown({
+    let stop_accepting = CancellationToken::new();
+    tokio::spawn({
         let cancel = cancel.clone();
-        let delay = state_drain_delay;
+        let stop_accepting = stop_accepting.clone();
         async move {
             cancel.cancelled().await;
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(drain_delay).await;
+            stop_accepting.cancel();
         }
-    })
-    .await?;
+    });
+    let connections = serve::serve(listener, app(state), serving, stop_accepting).await;
 
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let everything = async {
+        tracker.wait().await;
+        connections.wait().await;
+    };
+    if tokio::time::timeout(grace, everything).await.is_err() {
         warn!(
-            remaining = tracker.len(),
-            "grace period over; dropping remaining sockets"
+            sockets = tracker.len(),
+            http_connections = connections.len(),
+            "grace period over; dropping what is still open"
         );
     }
     let _ = subscriber.quit().await;

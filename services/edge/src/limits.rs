@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -73,6 +74,31 @@ impl Limits {
         self.connects.retain_recent();
         self.registrations.shrink_to_fit();
         self.connects.shrink_to_fit();
+    }
+}
+
+/// A WebSocket handshake's slot (`CES_WS_MAX_PENDING_HANDSHAKES`): held from the token check until the welcome
+/// frame (and the replay) is sent, so a reconnect storm queues for Redis instead of piling onto it.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HandshakeSlot {
+    /// Waits up to `wait` for a free slot of `slots`; `None` if none freed up (the caller sheds the handshake).
+    pub async fn acquire(slots: &Arc<tokio::sync::Semaphore>, wait: Duration) -> Option<Self> {
+        let permit = tokio::time::timeout(wait, slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        metrics::gauge!(crate::metrics::PENDING_HANDSHAKES).increment(1.0);
+        Some(Self { _permit: permit })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::PENDING_HANDSHAKES).decrement(1.0);
     }
 }
 

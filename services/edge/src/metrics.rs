@@ -30,3 +30,13 @@ pub const MALFORMED_ENVELOPES: &str = "ces_edge_malformed_envelopes_total";
 pub const SUBSCRIBED_CHANNELS: &str = "ces_edge_subscribed_channels";
 /// Requests refused with 429 by a per-IP limit.
 pub const RATE_LIMITED_TOTAL: &str = "ces_edge_rate_limited_total";
+/// TCP connections open and not (yet) upgraded to a WebSocket: waiting for a request, or in one.
+pub const HTTP_CONNECTIONS: &str = "ces_edge_http_connections";
+/// Connections closed at accept because `CES_HTTP_MAX_CONNECTIONS` were open.
+pub const HTTP_CONNECTIONS_SHED: &str = "ces_edge_http_connections_shed_total";
+/// TLS handshakes that failed or timed out.
+pub const TLS_HANDSHAKE_FAILURES: &str = "ces_edge_tls_handshake_failures_total";
+/// WebSocket handshakes refused with 503 `overloaded` because no handshake slot freed up in time.
+pub const HANDSHAKES_SHED: &str = "ces_edge_handshakes_shed_total";
+/// WebSocket handshakes in progress (token checked, not yet welcomed).
+pub const PENDING_HANDSHAKES: &str = "ces_edge_pending_handshakes";

@@ -59,7 +59,7 @@ const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const COALESCE_MAX: usize = 64;
 
 /// Per-connection parameters.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SocketParams {
     /// The session this socket serves.
     pub session: SessionId,
@@ -87,6 +87,8 @@ pub struct SocketParams {
     pub token_keys: ces_shared::token::TokenKeys,
     /// Inbound message budget; a client over it is closed with 4029.
     pub inbound_limit: Arc<governor::DefaultDirectRateLimiter>,
+    /// The handshake's admission slot, released once the welcome and the replay are sent.
+    pub handshake_slot: Option<crate::limits::HandshakeSlot>,
 }
 
 /// Where the socket stands in the session's event stream.
@@ -100,7 +102,7 @@ struct Cursor {
 pub async fn serve_socket<S>(
     mut socket: S,
     hub: Arc<Hub>,
-    params: SocketParams,
+    mut params: SocketParams,
     shutdown: CancellationToken,
 ) -> u16
 where
@@ -134,7 +136,8 @@ where
             {
                 warn!(session, previous, error = %e, "cannot tell the previous holder to close");
             }
-            let (code, ack) = run(&mut socket, &params, &conn, attachment, &shutdown).await;
+            let slot = params.handshake_slot.take();
+            let (code, ack) = run(&mut socket, &params, &conn, attachment, slot, &shutdown).await;
             if let Err(e) = session::release(
                 &params.redis,
                 &params.session,
@@ -172,6 +175,7 @@ async fn run<S>(
     params: &SocketParams,
     conn: &str,
     attachment: Attachment,
+    handshake_slot: Option<crate::limits::HandshakeSlot>,
     shutdown: &CancellationToken,
 ) -> (u16, Option<u64>)
 where
@@ -234,6 +238,7 @@ where
     if bounded(send_decision(socket, decision)).await.is_err() {
         return (close_code::ABNORMAL, pending_ack);
     }
+    drop(handshake_slot);
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + params.ping_interval,
         params.ping_interval,
@@ -391,7 +396,7 @@ where
 async fn forward<S>(
     socket: &mut S,
     first: Live,
-    frames: &mut tokio::sync::mpsc::Receiver<Live>,
+    frames: &mut crate::hub::Frames,
     cursor: &mut Cursor,
     params: &SocketParams,
 ) -> Result<(), axum::Error>
@@ -457,7 +462,7 @@ where
             metrics::counter!(m::SKIPPED).increment(1);
         }
         if written < COALESCE_MAX {
-            next = frames.try_recv().ok();
+            next = frames.try_recv();
         }
     }
     socket.flush().await?;

@@ -1,54 +1,15 @@
 //! Service tests of one edge node on port 0 against a real redis-server: token checks before the upgrade,
 //! registration input, and the socket protocol's answers to client frames.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ces_shared::keys::SessionId;
 use ces_shared::token::TokenKeys;
-use ces_systest::Redis;
 use ces_systest::client::{Ending, WsClient, handshake_status, register, ws_url};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-const SECRET: &str = "edge-test-secret-edge-test-secret-0123";
+mod common;
 
-struct Edge {
-    base: String,
-    _redis: Redis,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start(extra: &[(&'static str, &str)]) -> anyhow::Result<Edge> {
-    ces_systest::init_logs();
-    let redis = Redis::start().await?;
-    let mut env: HashMap<&'static str, String> = [
-        ("CES_TOKEN_SECRET", SECRET.to_owned()),
-        ("CES_REDIS_URL", redis.url()),
-        ("CES_NODE_ID", "edge-t".into()),
-        ("CES_DRAIN_DELAY_MS", "0".into()),
-        ("CES_DRAIN_WINDOW_MS", "0".into()),
-    ]
-    .into_iter()
-    .collect();
-    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    if env.contains_key("CES_TOKEN_KEYS") {
-        env.remove("CES_TOKEN_SECRET");
-    }
-    let config = ces_edge::Config::from_source(&env)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(ces_edge::run(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    ces_systest::wait_ready(&base).await?;
-    Ok(Edge {
-        base,
-        _redis: redis,
-        _stop: stop,
-    })
-}
+use common::{Edge, SECRET, start};
 
 fn now() -> u64 {
     SystemTime::now()

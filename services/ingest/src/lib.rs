@@ -358,7 +358,7 @@ async fn connect_redis(
     config: &Config,
     cancel: &CancellationToken,
 ) -> Result<Option<Publisher>, Error> {
-    let make = || ces_shared::redis::builder(&config.common.redis_url)?.build();
+    let make = || config.common.redis_builder()?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
         match Publisher::new(client.clone(), config.limits, config.redis_timeout).await {
