@@ -114,6 +114,55 @@ pub struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
+    secured: Option<Secured>,
+}
+
+/// TLS and an ACL user on a [`Redis`] ([`Redis::start_secured`]).
+#[derive(Debug, Clone)]
+struct Secured {
+    tls_port: u16,
+    user: String,
+    password: String,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl Secured {
+    fn args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            "--tls-port",
+            &self.tls_port.to_string(),
+            "--tls-cert-file",
+            &path(&self.cert),
+            "--tls-key-file",
+            &path(&self.key),
+            "--tls-ca-cert-file",
+            &path(&self.ca),
+            "--tls-auth-clients",
+            "no",
+            // The plain port answers PING (the fixture's liveness check) and nothing else.
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "-@all",
+            "+ping",
+            // CES's user: its own keys and channels, no administrative commands.
+            "--user",
+            &self.user,
+            "on",
+            &format!(">{}", self.password),
+            "~ces:*",
+            "&ces:*",
+            "+@all",
+            "-@dangerous",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    }
 }
 
 impl Redis {
@@ -127,18 +176,45 @@ impl Redis {
         Self::start_with(true).await
     }
 
+    /// Starts a server that takes data only over TLS (`cert`'s server certificate) and only from ACL user
+    /// `user` with `password`, limited to CES's keys and channels: see [`Redis::secure_url`].
+    pub async fn start_secured(
+        cert: &crate::tls::TestCert,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let secured = Secured {
+            tls_port: 0,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            cert: cert.cert_file(),
+            key: cert.key_file(),
+            ca: cert.ca_file(),
+        };
+        Self::start_inner(false, Some(secured)).await
+    }
+
     async fn start_with(persistent: bool) -> anyhow::Result<Self> {
+        Self::start_inner(persistent, None).await
+    }
+
+    async fn start_inner(persistent: bool, secured: Option<Secured>) -> anyhow::Result<Self> {
         let mut last_error = None;
         for _ in 0..3 {
             let dir = tempfile::tempdir()?;
             let port = free_port();
-            match Self::spawn(port, &dir, persistent).await {
+            let secured = secured.clone().map(|s| Secured {
+                tls_port: free_port(),
+                ..s
+            });
+            match Self::spawn(port, &dir, persistent, secured.as_ref()).await {
                 Ok(child) => {
                     return Ok(Self {
                         child: Some(child),
                         port,
                         dir,
                         persistent,
+                        secured,
                     });
                 }
                 Err(e) => last_error = Some(e),
@@ -164,11 +240,18 @@ impl Redis {
 
     /// Starts the server again on the same port and directory (with its data if it is persistent).
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        self.child = Some(Self::spawn(self.port, &self.dir, self.persistent).await?);
+        self.child = Some(
+            Self::spawn(self.port, &self.dir, self.persistent, self.secured.as_ref()).await?,
+        );
         Ok(())
     }
 
-    async fn spawn(port: u16, dir: &tempfile::TempDir, persistent: bool) -> anyhow::Result<Child> {
+    async fn spawn(
+        port: u16,
+        dir: &tempfile::TempDir,
+        persistent: bool,
+        secured: Option<&Secured>,
+    ) -> anyhow::Result<Child> {
         let bin = find_binary("redis-server", "CES_REDIS_SERVER_BIN")?;
         let (appendonly, fsync) = if persistent {
             ("yes", "always")
@@ -190,6 +273,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(dir.path())
+            .args(secured.map(Secured::args).unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -202,6 +286,13 @@ impl Redis {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://<user>:<password>@127.0.0.1:<tls port>` of a [`Redis::start_secured`] server.
+    pub fn secure_url(&self) -> Option<String> {
+        self.secured
+            .as_ref()
+            .map(|s| format!("rediss://{}:{}@127.0.0.1:{}", s.user, s.password, s.tls_port))
     }
 }
 
