@@ -240,9 +240,8 @@ impl Redis {
 
     /// Starts the server again on the same port and directory (with its data if it is persistent).
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        self.child = Some(
-            Self::spawn(self.port, &self.dir, self.persistent, self.secured.as_ref()).await?,
-        );
+        self.child =
+            Some(Self::spawn(self.port, &self.dir, self.persistent, self.secured.as_ref()).await?);
         Ok(())
     }
 
@@ -290,9 +289,12 @@ impl Redis {
 
     /// `rediss://<user>:<password>@127.0.0.1:<tls port>` of a [`Redis::start_secured`] server.
     pub fn secure_url(&self) -> Option<String> {
-        self.secured
-            .as_ref()
-            .map(|s| format!("rediss://{}:{}@127.0.0.1:{}", s.user, s.password, s.tls_port))
+        self.secured.as_ref().map(|s| {
+            format!(
+                "rediss://{}:{}@127.0.0.1:{}",
+                s.user, s.password, s.tls_port
+            )
+        })
     }
 }
 

@@ -181,23 +181,30 @@ pub(crate) enum SessionCommand {
         /// Edge (or load balancer) base URL.
         #[arg(long, env = "CES_EDGE_URL", default_value = DEFAULT_EDGE)]
         edge: String,
+        /// API key or JWT for an edge whose registration is protected (sent as `Authorization: Bearer`).
+        #[arg(long, env = "CES_REGISTER_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
     },
 }
 
 pub(crate) async fn session(command: SessionCommand) -> anyhow::Result<()> {
-    let SessionCommand::Create { edge } = command;
-    let registered = register(&edge).await?;
+    let SessionCommand::Create { edge, credential } = command;
+    let registered = register(&edge, credential.as_deref()).await?;
     println!("{}", serde_json::to_string_pretty(&registered)?);
     Ok(())
 }
 
-async fn register(edge: &str) -> anyhow::Result<Value> {
+async fn register(edge: &str, credential: Option<&str>) -> anyhow::Result<Value> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let resp = http
+    let mut request = http
         .post(format!("{}/v1/sessions", edge.trim_end_matches('/')))
-        .json(&json!({ "client": "cesctl" }))
+        .json(&json!({ "client": "cesctl" }));
+    if let Some(credential) = credential {
+        request = request.bearer_auth(credential);
+    }
+    let resp = request
         .send()
         .await
         .with_context(|| format!("cannot reach the edge at {edge}"))?;
@@ -218,6 +225,9 @@ pub(crate) struct WatchArgs {
     /// Use this token instead of registering a new session.
     #[arg(long)]
     token: Option<String>,
+    /// API key or JWT for an edge whose registration is protected (sent as `Authorization: Bearer`).
+    #[arg(long, env = "CES_REGISTER_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
     /// Stop after this many event frames (default: run until Ctrl-C).
     #[arg(long)]
     events: Option<u64>,
@@ -228,7 +238,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let token = match args.token {
         Some(t) => t,
         None => {
-            let reg = register(edge).await?;
+            let reg = register(edge, args.credential.as_deref()).await?;
             let session = reg["session_id"].as_str().unwrap_or_default();
             eprintln!("session {session} registered; send it an event from another terminal with:");
             let me = std::env::current_exe()

@@ -36,7 +36,8 @@ pub struct Registered {
 }
 
 /// `POST /v1/sessions`: registers a session. The body is optional; when given it must be a JSON object of client
-/// metadata (stored with the session, at most `CES_MAX_BODY_BYTES`).
+/// metadata (stored with the session, at most `CES_MAX_BODY_BYTES`). When registration is protected
+/// ([`crate::register_auth`]), the request needs `Authorization: Bearer <API key or JWT>`.
 pub async fn register(
     State(state): State<Arc<AppState>>,
     connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -47,6 +48,11 @@ pub async fn register(
     if let Some(ip) = client {
         state.limits.register(ip).map_err(Error::RateLimited)?;
     }
+    let subject = state
+        .config
+        .register_auth
+        .check(bearer(&headers))
+        .map_err(Error::RegistrationRefused)?;
     let metadata = parse_metadata(&body)?;
     let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string())
         .expect("uuid is a valid session id");
@@ -60,6 +66,9 @@ pub async fn register(
     fields.insert("created_at_ms", now.as_millis().to_string());
     fields.insert("node", state.config.node_id.clone());
     fields.insert("metadata", metadata);
+    if let Some(subject) = subject {
+        fields.insert("subject", subject.chars().take(256).collect());
+    }
     if let Some(ip) = client {
         fields.insert("ip", ip.to_string());
     }

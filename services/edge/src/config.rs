@@ -29,6 +29,8 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     /// How long a handshake waits for one of those slots before it is refused with 503 `overloaded`.
     pub admission_wait: Duration,
+    /// Who may register sessions.
+    pub register_auth: crate::register_auth::RegisterAuth,
     /// TLS, the header timeout and the cap on not-yet-upgraded connections.
     pub serving: crate::serve::Serving,
     /// Largest inbound WebSocket message (and frame) in bytes.
@@ -83,6 +85,7 @@ impl Config {
         let max_pending_handshakes =
             v.bounded("CES_WS_MAX_PENDING_HANDSHAKES", 512, 1, 1_000_000) as usize;
         let admission_wait = v.millis("CES_WS_ADMISSION_WAIT_MS", 2000, 0, 60_000);
+        let register_auth = crate::register_auth::RegisterAuth::read(&mut v);
         let header_timeout = v.millis("CES_HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 300_000);
         let max_http_connections =
             v.bounded("CES_HTTP_MAX_CONNECTIONS", 10_000, 1, 10_000_000) as usize;
@@ -177,6 +180,7 @@ impl Config {
             queue_bytes,
             max_pending_handshakes,
             admission_wait,
+            register_auth,
             serving: crate::serve::Serving {
                 tls,
                 header_timeout,

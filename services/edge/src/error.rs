@@ -20,6 +20,9 @@ pub enum Error {
     /// The request carried no valid session token.
     #[error("unauthorized: token {0}")]
     Unauthorized(TokenError),
+    /// Registration is protected and the request's credential was missing or not accepted.
+    #[error("registration refused: {0}")]
+    RegistrationRefused(crate::register_auth::Refusal),
     /// The request was malformed; `code` is stable, `message` explains.
     #[error("bad request: {code}: {message}")]
     BadRequest {
@@ -58,6 +61,13 @@ impl IntoResponse for Error {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!("session token {reason}"),
+            ),
+            Error::RegistrationRefused(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "registration needs an API key or a valid JWT as Authorization: Bearer ({reason})"
+                ),
             ),
             Error::Forbidden(message) => {
                 (StatusCode::FORBIDDEN, "forbidden", (*message).to_owned())
@@ -134,6 +144,10 @@ impl IntoResponse for Error {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
             metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
+        }
+        if let Error::RegistrationRefused(reason) = &self {
+            metrics::counter!(crate::metrics::REGISTRATIONS_REFUSED, "reason" => reason.code())
+                .increment(1);
         }
         if let Error::Unauthorized(reason) = &self {
             metrics::counter!(crate::metrics::TOKEN_FAILURES, "reason" => reason.to_string())

@@ -8,6 +8,7 @@
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
+//! - [`register_auth`]: who may register (API keys, upstream JWT).
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
 //! - [`serve`]: the accept loop (TLS, header timeout, connection cap, graceful stop).
 //! - [`session`]: session state in Redis (claim, release, close, admission) and node control messages.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod register_auth;
 pub mod resume;
 pub mod serve;
 pub mod session;

@@ -40,3 +40,5 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "ces_edge_tls_handshake_failures_total"
 pub const HANDSHAKES_SHED: &str = "ces_edge_handshakes_shed_total";
 /// WebSocket handshakes in progress (token checked, not yet welcomed).
 pub const PENDING_HANDSHAKES: &str = "ces_edge_pending_handshakes";
+/// Registrations refused for a missing or bad credential, labelled by `reason`.
+pub const REGISTRATIONS_REFUSED: &str = "ces_edge_registrations_refused_total";

@@ -36,6 +36,8 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// The client sent a message larger than the limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client kept sending frames the protocol does not know ([`super::MAX_INVALID_FRAMES`] in a row).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// Protocol violation by the client.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// The server could not set up the connection (e.g. Redis unavailable); retry later.
@@ -54,6 +56,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a server-initiated close waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Invalid client frames (bad JSON, unknown types, malformed fields) in a row before the socket is closed with
+/// 1008: each one is answered with an error frame, but a client that only sends garbage is broken or hostile.
+pub const MAX_INVALID_FRAMES: u32 = 10;
 
 /// Most queued frames written before one flush; bounds the latency of the first frame in a burst.
 const COALESCE_MAX: usize = 64;
@@ -245,6 +251,7 @@ where
     );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut missed_pongs = 0u32;
+    let mut invalid_frames = 0u32;
     // Draining: this socket's own moment in the window, fixed once so a busy socket cannot postpone it.
     let drain_at = params.drain_delay + params.drain_window.mul_f64(rand::random::<f64>());
     let mut close_at: Option<tokio::time::Instant> = None;
@@ -284,6 +291,14 @@ where
                     }
                     Some(Ok(Message::Text(text))) => {
                         let (reply, ack) = handle_client_text(&text, params, &mut expires_at);
+                        if matches!(reply, Some(ServerFrame::Error { .. })) {
+                            invalid_frames += 1;
+                            if invalid_frames >= MAX_INVALID_FRAMES {
+                                return (close(socket, close_code::POLICY_VIOLATION, "too many invalid frames").await, pending_ack);
+                            }
+                        } else {
+                            invalid_frames = 0;
+                        }
                         if let Some(seq) = ack {
                             pending_ack = Some(pending_ack.map_or(seq, |a| a.max(seq)));
                         }

@@ -144,6 +144,21 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
         Some(Ending::Closed(1009))
     );
 
+    // Garbage answered with error frames, up to a limit: then 1008.
+    let mut ws = connected(&edge).await?;
+    for _ in 0..ces_edge::ws::MAX_INVALID_FRAMES - 1 {
+        ws.send_text(r#"{"type":"launch"}"#).await?;
+        assert_eq!(
+            ws.next_json(Duration::from_secs(5)).await?.unwrap()["code"],
+            "unknown_type"
+        );
+    }
+    ws.send_text("{nope").await?;
+    assert_eq!(
+        ws.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(1008))
+    );
+
     let mut ws = connected(&edge).await?;
     ws.send_raw_text(vec![b'{', 0xff, 0xfe, b'}']).await?;
     assert_eq!(
@@ -228,6 +243,82 @@ async fn silent_clients_are_closed_after_missed_pings() -> anyhow::Result<()> {
         }
     }
     assert_eq!(saw_close, Some(4000));
+    Ok(())
+}
+
+#[tokio::test]
+async fn protected_registration_needs_an_api_key_or_an_upstream_jwt() -> anyhow::Result<()> {
+    let api_key = "backend-api-key-0123456789abcdef-0123";
+    let public = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/jwt_rs256_public.pem"
+    );
+    let private = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/jwt_rs256_private.pem"
+    ))?;
+    let edge = start(&[
+        ("CES_REGISTER_API_KEYS", api_key),
+        ("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", public),
+        ("CES_REGISTER_JWT_AUDIENCE", "ces"),
+    ])
+    .await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/sessions", edge.base);
+    let jwt = |aud: &str, exp: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &serde_json::json!({"sub": "user-42", "aud": aud, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
+        )
+        .unwrap()
+    };
+    for (credential, reason) in [
+        (None, "missing"),
+        (Some("not-a-key".to_owned()), "invalid"),
+        (Some(jwt("ces", now() - 600)), "expired"),
+        (
+            Some(jwt("billing", now() + 600)),
+            "wrong_issuer_or_audience",
+        ),
+    ] {
+        let mut request = http.post(&url);
+        if let Some(c) = &credential {
+            request = request.bearer_auth(c);
+        }
+        let refused = request.send().await?;
+        assert_eq!(refused.status(), 401, "{reason}");
+        let body: serde_json::Value = refused.json().await?;
+        assert_eq!(body["error"], "unauthorized");
+        assert!(body["message"].as_str().unwrap().contains(reason), "{body}");
+    }
+    let by_key = http.post(&url).bearer_auth(api_key).send().await?;
+    assert_eq!(by_key.status(), 201);
+    let by_jwt = http
+        .post(&url)
+        .bearer_auth(jwt("ces", now() + 600))
+        .send()
+        .await?;
+    assert_eq!(by_jwt.status(), 201);
+    let reg: ces_systest::client::Registered = by_jwt.json().await?;
+    // The JWT's subject is stored with the session.
+    let redis = ces_shared::redis::builder(&edge.redis.url())?.build()?;
+    fred::interfaces::ClientLike::init(&redis).await?;
+    let subject: Option<String> = fred::interfaces::HashesInterface::hget(
+        &redis,
+        SessionId::parse(&reg.session_id)?.session_key(),
+        "subject",
+    )
+    .await?;
+    assert_eq!(subject.as_deref(), Some("user-42"));
+    let m = ces_systest::Metrics::scrape(&edge.base).await?;
+    assert_eq!(
+        m.get(
+            "ces_edge_registrations_refused_total",
+            &[("reason", "expired")]
+        ),
+        1.0
+    );
     Ok(())
 }
 
