@@ -272,8 +272,8 @@ impl Hub {
             metrics::counter!(m::UNDELIVERABLE).increment(1);
             return;
         };
-        // Counted before the send, so the socket's subtraction can never come first. This task is the only one
-        // adding, so the check cannot be raced past the bound.
+        // Counted before the send, so the socket's subtraction can never come first. Only the dispatch task adds
+        // bytes (resync requests are empty), so the check cannot be raced past the bound.
         let len = frame.frame.len();
         let queued = slot.queued_bytes.fetch_add(len, Ordering::Relaxed);
         let sent = if queued > 0 && queued + len > self.queue_bytes {
