@@ -481,7 +481,14 @@ impl Metrics {
 
     /// The sum over every series of `name` carrying all `labels` (0 when there is none).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.series
+        self.series_value(name, labels).unwrap_or(0.0)
+    }
+
+    /// Like [`Metrics::get`], but `None` when no series matches (a metric never recorded).
+    pub fn series_value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut matched = false;
+        let sum = self
+            .series
             .iter()
             .filter(|(series, _)| {
                 let (n, rest) = series.split_once('{').unwrap_or((series, ""));
@@ -490,7 +497,11 @@ impl Metrics {
                         .iter()
                         .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
             })
-            .map(|(_, v)| v)
-            .sum()
+            .map(|(_, v)| {
+                matched = true;
+                v
+            })
+            .sum();
+        matched.then_some(sum)
     }
 }

@@ -39,6 +39,10 @@ pub struct Live {
     /// Not an event: a request to compare the socket's position with the buffer and send what is missing (after
     /// the Pub/Sub connection was re-established, messages published while it was down were never received).
     pub resync: bool,
+    /// When the dispatch task had it, for the `edge_to_socket` hop.
+    pub received: std::time::Instant,
+    /// The Kafka record timestamp (ms since the Unix epoch, 0 if none), for the end-to-end latency.
+    pub produced_at_ms: i64,
 }
 
 impl Live {
@@ -49,6 +53,8 @@ impl Live {
             epoch: Arc::from(""),
             frame: Utf8Bytes::from_static(""),
             resync: true,
+            received: std::time::Instant::now(),
+            produced_at_ms: 0,
         }
     }
 }
@@ -449,12 +455,22 @@ fn handle_control(hub: &Hub, value: &Value) {
 }
 
 fn frame_of(payload: Bytes) -> Option<Live> {
+    use ces_shared::telemetry::{hop, observe_hop, seconds_between};
+    let received = std::time::Instant::now();
     let env = ces_shared::envelope::decode_bytes(payload).ok()?;
     let frame = ces_shared::frame::event_frame(&env)?;
+    if env.ingested_at_ms > 0 {
+        observe_hop(
+            hop::REDIS_TO_EDGE,
+            seconds_between(env.ingested_at_ms, ces_shared::now_ms()),
+        );
+    }
     Some(Live {
         seq: env.seq,
         epoch: Arc::from(env.epoch.as_str()),
         frame: Utf8Bytes::from(frame),
         resync: false,
+        received,
+        produced_at_ms: env.produced_at_ms,
     })
 }

@@ -45,6 +45,10 @@ pub struct Publish {
     pub event_id: String,
     /// Encoded envelope without `seq` (the publish function appends it).
     pub envelope: Vec<u8>,
+    /// The Kafka record timestamp (ms since the Unix epoch), 0 when it had none.
+    pub produced_at_ms: i64,
+    /// When the batch was planned, i.e. read and validated (ms since the Unix epoch).
+    pub ingested_at_ms: i64,
 }
 
 /// A record to write to the dead-letter topic.
@@ -120,6 +124,8 @@ pub fn plan(
                     session_id: ev.session_id.into_owned(),
                     event_id: id,
                     envelope: envelope::encode(&env),
+                    produced_at_ms: env.produced_at_ms,
+                    ingested_at_ms: now_ms,
                 });
             }
             Err(rejection) => {

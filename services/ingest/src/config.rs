@@ -42,6 +42,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Most kilobytes librdkafka prefetches per partition queue: the memory bound while ingest is busy.
     pub queue_max_kbytes: u64,
+    /// How often librdkafka reports statistics (consumer lag, broker states); 0 turns them off.
+    pub stats_interval: std::time::Duration,
     /// Where a new consumer group starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// Largest accepted record value in bytes; larger ones are dead-lettered as `too_large`.
@@ -100,6 +102,7 @@ impl Config {
         let kafka_properties = v.passthrough("CES_KAFKA_PROP_", crate::kafka::RESERVED_PROPERTIES);
         let redis_timeout = v.millis("CES_REDIS_TIMEOUT_MS", 3000, 100, 60_000);
         let queue_max_kbytes = v.bounded("CES_KAFKA_QUEUE_MAX_KBYTES", 16_384, 64, 2_097_151);
+        let stats_interval = v.millis("CES_KAFKA_STATS_INTERVAL_MS", 5000, 0, 86_400_000);
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
         let max_record_bytes = v.bounded(
             "CES_MAX_RECORD_BYTES",
@@ -167,6 +170,7 @@ impl Config {
             kafka_properties,
             redis_timeout,
             queue_max_kbytes,
+            stats_interval,
             auto_offset_reset,
             max_record_bytes: max_record_bytes as usize,
             batch_max: batch_max as usize,

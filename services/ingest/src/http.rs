@@ -19,6 +19,8 @@ pub struct State {
     /// Why ingest is not consuming (starting, waiting for topics, stopped); `None` while it consumes.
     not_ready: Mutex<Option<String>>,
     metrics: OnceLock<PrometheusHandle>,
+    /// Whether librdkafka's last statistics saw any broker up (refreshed every `CES_KAFKA_STATS_INTERVAL_MS`).
+    pub(crate) kafka_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for State {
@@ -27,6 +29,7 @@ impl Default for State {
             redis: OnceLock::new(),
             not_ready: Mutex::new(Some("starting".into())),
             metrics: OnceLock::new(),
+            kafka_up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 }
@@ -77,6 +80,9 @@ async fn readyz(AxumState(state): AxumState<Arc<State>>) -> (StatusCode, String)
     }
     if let Some(why) = state.lock().clone() {
         return unavailable(&why);
+    }
+    if !state.kafka_up.load(std::sync::atomic::Ordering::Acquire) {
+        return unavailable("kafka unreachable: no broker connection is up");
     }
     (StatusCode::OK, "ready".to_owned())
 }

@@ -49,9 +49,32 @@ const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[derive(Debug, Default)]
 pub struct IngestContext {
     paused: Arc<AtomicBool>,
+    kafka_up: Arc<AtomicBool>,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): consumer lag per partition, and whether any
+    /// broker connection is up (for `/readyz`).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if *partition < 0 {
+                    continue;
+                }
+                // A lag of -1 means this replica holds no position for the partition (another replica owns it).
+                ::metrics::gauge!(
+                    crate::metrics::CONSUMER_LAG,
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag.max(0) as f64);
+            }
+        }
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.kafka_up.store(up, Ordering::Release);
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn post_rebalance(
@@ -91,7 +114,7 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 
 /// Creates the consumer and subscribes it to the input topics. Offsets are never committed automatically: ingest
 /// commits explicitly after Redis has every event of a batch.
-pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
+pub fn consumer(config: &Config, kafka_up: Arc<AtomicBool>) -> Result<IngestConsumer, Error> {
     let consumer: IngestConsumer = client_config(
         config,
         &[
@@ -106,9 +129,16 @@ pub fn consumer(config: &Config) -> Result<IngestConsumer, Error> {
             ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", config.auto_offset_reset.clone()),
             ("enable.partition.eof", "false".into()),
+            (
+                "statistics.interval.ms",
+                config.stats_interval.as_millis().to_string(),
+            ),
         ],
     )
-    .create_with_context(IngestContext::default())?;
+    .create_with_context(IngestContext {
+        paused: Arc::default(),
+        kafka_up,
+    })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)

@@ -119,7 +119,7 @@ async fn consume(
     if !topics::ensure(config, state, cancel).await? {
         return Ok(());
     }
-    let consumer = Arc::new(kafka::consumer(config)?);
+    let consumer = Arc::new(kafka::consumer(config, state.kafka_up.clone())?);
     let producer = kafka::producer(config)?;
     let redis = Breaker::new("redis", config.breaker);
     let kafka_breaker = Breaker::new("kafka", config.breaker);
@@ -403,12 +403,14 @@ async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenU
         if !wait_permitted(sinks.redis, sinks.cancel).await {
             return Err(Error::ShuttingDown);
         }
+        let call = Instant::now();
         let results = sinks.publisher.publish(&pending).await;
+        let call_seconds = call.elapsed().as_secs_f64();
         let first_failed = results
             .iter()
             .position(Result::is_err)
             .unwrap_or(results.len());
-        count_outcomes(&pending, &results, &mut counted);
+        count_outcomes(&pending, &results, call_seconds, &mut counted);
         let Some(error) = results.into_iter().nth(first_failed).and_then(Result::err) else {
             sinks.redis.on_success();
             break;
@@ -460,11 +462,15 @@ async fn publish_all(sinks: &Sinks<'_>, events: &[Publish]) -> Result<Vec<GivenU
     Ok(given_up)
 }
 
+/// Counts what Redis did with each event, once per event; a published event's first two hops are timed here
+/// (docs/observability.md), so each hop histogram observes every published event exactly once.
 fn count_outcomes(
     events: &[&Publish],
     results: &[Result<publisher::Outcome, Error>],
+    call_seconds: f64,
     counted: &mut HashSet<usize>,
 ) {
+    use ces_shared::telemetry::{hop, observe_hop, seconds_between};
     let (mut published, mut duplicates) = (0u64, 0u64);
     for (event, result) in events.iter().zip(results) {
         let Ok(outcome) = result else { continue };
@@ -472,7 +478,16 @@ fn count_outcomes(
             continue;
         }
         match outcome {
-            publisher::Outcome::Published(_) => published += 1,
+            publisher::Outcome::Published(_) => {
+                published += 1;
+                if event.produced_at_ms > 0 {
+                    observe_hop(
+                        hop::KAFKA_TO_INGEST,
+                        seconds_between(event.produced_at_ms, event.ingested_at_ms),
+                    );
+                }
+                observe_hop(hop::INGEST_TO_REDIS, call_seconds);
+            }
             publisher::Outcome::Duplicate => duplicates += 1,
         }
     }

@@ -30,3 +30,6 @@ pub const GIVEN_UP: &str = "ces_ingest_given_up_total";
 pub const SCHEMA_RELOADS: &str = "ces_ingest_schema_reloads_total";
 /// Event types with a loaded JSON Schema.
 pub const SCHEMAS_LOADED: &str = "ces_ingest_schemas_loaded";
+/// Records between this replica's position and the partition's end, per `topic` and `partition` (librdkafka
+/// statistics; 0 for partitions another replica owns).
+pub const CONSUMER_LAG: &str = "ces_ingest_consumer_lag";

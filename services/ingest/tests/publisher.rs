@@ -28,6 +28,8 @@ fn event(session: &str, id: &str, n: u64) -> Publish {
         session_id: session.into(),
         event_id: id.into(),
         envelope: envelope::encode(&env),
+        produced_at_ms: 0,
+        ingested_at_ms: 0,
     }
 }
 
