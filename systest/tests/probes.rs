@@ -1,0 +1,81 @@
+//! Readiness follows the dependencies: `/readyz` of ingest and of the edge turns 503 when Redis stops and 200 when
+//! it returns; ingest's turns 503 when no Kafka broker is reachable. (Waiting for topics: `topics.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use ces_systest::{Broker, Redis, kafka, unique};
+use common::{start_edge, start_ingest};
+
+async fn readyz(base: &str) -> (u16, String) {
+    match reqwest::get(format!("{base}/readyz")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls `/readyz` until it answers `status`; returns the body.
+async fn wait_for(base: &str, status: u16) -> anyhow::Result<String> {
+    let mut last = (0, String::new());
+    for _ in 0..200 {
+        last = readyz(base).await;
+        if last.0 == status {
+            return Ok(last.1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{base}/readyz never answered {status}; last {last:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_redis_is_down_and_recovers_with_it() -> anyhow::Result<()> {
+    ces_systest::init_logs();
+    let (mut redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let topic = unique("ces.events");
+    let dlq = unique("ces.dlq");
+    kafka::create_topics(&broker.bootstrap(), &[(&topic, 1), (&dlq, 1)]).await?;
+    let ingest = start_ingest(&redis.url(), &broker.bootstrap(), &topic, &dlq, &[]).await?;
+    let edge = start_edge(&redis.url(), "edge-a", &[]).await?;
+    for base in [&ingest.base, &edge.base] {
+        assert_eq!(wait_for(base, 200).await?, "ready");
+    }
+
+    redis.stop().await?;
+    for base in [&ingest.base, &edge.base] {
+        assert_eq!(wait_for(base, 503).await?, "redis unreachable");
+        // Liveness is not readiness: the process is fine.
+        let alive = reqwest::get(format!("{base}/healthz")).await?;
+        assert_eq!(alive.status(), 200);
+    }
+
+    redis.start_again().await?;
+    for base in [&ingest.base, &edge.base] {
+        assert_eq!(wait_for(base, 200).await?, "ready");
+    }
+    edge.stop().await?;
+    ingest.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_is_not_ready_without_a_reachable_broker() -> anyhow::Result<()> {
+    ces_systest::init_logs();
+    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let topic = unique("ces.events");
+    let dlq = unique("ces.dlq");
+    kafka::create_topics(&broker.bootstrap(), &[(&topic, 1), (&dlq, 1)]).await?;
+    let ingest = start_ingest(
+        &redis.url(),
+        &broker.bootstrap(),
+        &topic,
+        &dlq,
+        &[("CES_KAFKA_STATS_INTERVAL_MS", "200".to_owned())],
+    )
+    .await?;
+    assert_eq!(wait_for(&ingest.base, 200).await?, "ready");
+    drop(broker);
+    let why = wait_for(&ingest.base, 503).await?;
+    assert!(why.starts_with("kafka unreachable"), "{why}");
+    ingest.abort();
+    Ok(())
+}
