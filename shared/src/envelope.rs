@@ -62,6 +62,7 @@ mod tests {
             source_partition: 3,
             source_offset: 42,
             epoch: String::new(),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         }
     }
 

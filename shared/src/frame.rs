@@ -14,6 +14,11 @@ use crate::envelope::Envelope;
 /// Returns `None` when the envelope's `data` is not UTF-8, which only a corrupt or foreign publisher can cause
 /// (ingest publishes validated JSON only).
 pub fn event_frame(env: &Envelope) -> Option<String> {
+    event_frame_traced(env, None)
+}
+
+/// [`event_frame`] with the event's `trace_id` (when tracing is on).
+pub fn event_frame_traced(env: &Envelope, trace_id: Option<&str>) -> Option<String> {
     let data = std::str::from_utf8(&env.data).ok()?;
     let mut out =
         String::with_capacity(64 + env.event_id.len() + env.event_type.len() + data.len());
@@ -25,6 +30,10 @@ pub fn event_frame(env: &Envelope) -> Option<String> {
     push_json_string(&mut out, &env.event_type);
     out.push_str(r#","data":"#);
     out.push_str(if data.is_empty() { "null" } else { data });
+    if let Some(trace_id) = trace_id {
+        out.push_str(r#","trace_id":"#);
+        push_json_string(&mut out, trace_id);
+    }
     out.push('}');
     Some(out)
 }

@@ -11,6 +11,7 @@
 //! - [`envelope`]: the protobuf envelope on Redis, including the trailing `seq` field the Redis function appends.
 //! - [`frame`]: the JSON WebSocket frames of the client protocol.
 //! - [`token`]: HMAC-SHA256 signed session tokens.
+//! - [`otel`]: OpenTelemetry spans and W3C trace context, off unless an OTLP endpoint is configured.
 //! - [`redis`]: Redis client construction with CES's reconnect policy.
 //! - [`tls`]: PEM certificates and keys, rustls client configurations.
 //! - [`backoff`]: jittered exponential backoff for transient failures.
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod event_id;
 pub mod frame;
 pub mod keys;
+pub mod otel;
 pub mod record;
 pub mod redis;
 pub mod schema;

@@ -53,6 +53,34 @@ pub fn init_tracing(filter: &str, format: LogFormat) -> Result<(), Error> {
     result.map_err(|e| Error::Telemetry(e.to_string()))
 }
 
+/// Logging and, when an OTLP endpoint is configured, trace export of a service binary. Dropping it flushes the
+/// spans not yet exported.
+#[derive(Debug)]
+pub struct Telemetry {
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+/// Installs the log subscriber ([`init_tracing`]) and the trace exporter ([`crate::otel::init_from_env`]) of
+/// `service`.
+pub fn init(service: &'static str, log: &str, format: LogFormat) -> Result<Telemetry, Error> {
+    init_tracing(log, format)?;
+    let traces = crate::otel::init_from_env(service)?;
+    if traces.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    Ok(Telemetry { traces })
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {e}");
+        }
+    }
+}
+
 /// Per-hop latency of live events, labelled by `hop` (see [`hop`]); docs/observability.md says where each hop starts
 /// and ends.
 pub const HOP_LATENCY: &str = "ces_hop_latency_seconds";

@@ -43,6 +43,8 @@ pub struct Live {
     pub received: std::time::Instant,
     /// The Kafka record timestamp (ms since the Unix epoch, 0 if none), for the end-to-end latency.
     pub produced_at_ms: i64,
+    /// The delivery span (in the trace of ingest's span), ended when the frame is flushed.
+    pub span: ces_shared::otel::EventSpan,
 }
 
 impl Live {
@@ -55,6 +57,7 @@ impl Live {
             resync: true,
             received: std::time::Instant::now(),
             produced_at_ms: 0,
+            span: Default::default(),
         }
     }
 }
@@ -457,8 +460,24 @@ fn handle_control(hub: &Hub, value: &Value) {
 fn frame_of(payload: Bytes) -> Option<Live> {
     use ces_shared::telemetry::{hop, observe_hop, seconds_between};
     let received = std::time::Instant::now();
+    use ces_shared::otel::{self, EventSpan, KeyValue, SpanKind};
     let env = ces_shared::envelope::decode_bytes(payload).ok()?;
-    let frame = ces_shared::frame::event_frame(&env)?;
+    let trace_id = otel::enabled()
+        .then(|| otel::trace_id_of(&env.traceparent))
+        .flatten();
+    let frame = ces_shared::frame::event_frame_traced(&env, trace_id)?;
+    let span = EventSpan::start(
+        "ces.deliver",
+        SpanKind::Producer,
+        Some(env.traceparent.as_str()).filter(|tp| !tp.is_empty()),
+        || {
+            vec![
+                KeyValue::new("ces.session_id", env.session_id.clone()),
+                KeyValue::new("ces.event_id", env.event_id.clone()),
+                KeyValue::new("ces.seq", i64::try_from(env.seq).unwrap_or(i64::MAX)),
+            ]
+        },
+    );
     if env.ingested_at_ms > 0 {
         observe_hop(
             hop::REDIS_TO_EDGE,
@@ -472,5 +491,6 @@ fn frame_of(payload: Bytes) -> Option<Live> {
         resync: false,
         received,
         produced_at_ms: env.produced_at_ms,
+        span,
     })
 }

@@ -139,7 +139,12 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
     let replay: Vec<Utf8Bytes> = snap
         .events
         .iter()
-        .filter_map(ces_shared::frame::event_frame)
+        .filter_map(|env| {
+            let trace_id = ces_shared::otel::enabled()
+                .then(|| ces_shared::otel::trace_id_of(&env.traceparent))
+                .flatten();
+            ces_shared::frame::event_frame_traced(env, trace_id)
+        })
         .map(Utf8Bytes::from)
         .collect();
     let newest = snap.events.last().map_or(snap.after, |e| e.seq);

@@ -422,7 +422,7 @@ where
     let mut written = 0usize;
     let mut delivered = 0u64;
     // (dispatched, produced_at_ms) of each live frame fed, timed once the flush is done.
-    let mut timings: Vec<(std::time::Instant, i64)> = Vec::new();
+    let mut timings: Vec<(std::time::Instant, i64, ces_shared::otel::EventSpan)> = Vec::new();
     while let Some(live) = next.take() {
         written += 1;
         if live.resync || *live.epoch != *cursor.epoch || live.seq > cursor.last_sent + 1 {
@@ -475,7 +475,7 @@ where
             socket.feed(Message::Text(live.frame)).await?;
             cursor.last_sent = live.seq;
             delivered += 1;
-            timings.push((live.received, live.produced_at_ms));
+            timings.push((live.received, live.produced_at_ms, live.span));
         } else {
             metrics::counter!(m::SKIPPED).increment(1);
         }
@@ -486,7 +486,8 @@ where
     socket.flush().await?;
     metrics::counter!(m::DELIVERED).increment(delivered);
     let now_ms = ces_shared::now_ms();
-    for (received, produced_at_ms) in timings {
+    for (received, produced_at_ms, span) in timings {
+        span.end(Vec::new);
         use ces_shared::telemetry::{E2E_LATENCY, hop, observe_hop, seconds_between};
         observe_hop(hop::EDGE_TO_SOCKET, received.elapsed().as_secs_f64());
         if produced_at_ms > 0 {

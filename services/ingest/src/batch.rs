@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use ces_proto::v1::Envelope;
 use ces_shared::record::{self, Reason};
 use ces_shared::schema::Schemas;
+use ces_shared::otel::{self, EventSpan, KeyValue, SpanKind};
 use ces_shared::{dlq, envelope, event_id};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -49,6 +50,8 @@ pub struct Publish {
     pub produced_at_ms: i64,
     /// When the batch was planned, i.e. read and validated (ms since the Unix epoch).
     pub ingested_at_ms: i64,
+    /// Ingest's span for the event (a child of the record's `traceparent`), ended once Redis answered.
+    pub span: EventSpan,
 }
 
 /// A record to write to the dead-letter topic.
@@ -106,6 +109,21 @@ pub fn plan(
             Ok(ev) => {
                 let id =
                     event_id::derive(ev.id.as_deref(), &ev.session_id, &ev.event_type, &ev.data);
+                let traceparent = r
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(otel::TRACEPARENT))
+                    .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok());
+                let span = EventSpan::start("ces.ingest", SpanKind::Consumer, traceparent, || {
+                    vec![
+                        KeyValue::new("messaging.system", "kafka"),
+                        KeyValue::new("messaging.destination.name", r.topic.clone()),
+                        KeyValue::new("messaging.destination.partition.id", r.partition.to_string()),
+                        KeyValue::new("messaging.kafka.offset", r.offset),
+                        KeyValue::new("ces.event_id", id.clone()),
+                        KeyValue::new("ces.session_id", ev.session_id.to_string()),
+                    ]
+                });
                 let env = Envelope {
                     seq: 0,
                     event_id: id.clone(),
@@ -118,6 +136,7 @@ pub fn plan(
                     source_partition: r.partition,
                     source_offset: r.offset,
                     epoch: String::new(),
+                    traceparent: span.traceparent(),
                 };
                 plan.publish.push(Publish {
                     record: index,
@@ -126,6 +145,7 @@ pub fn plan(
                     envelope: envelope::encode(&env),
                     produced_at_ms: env.produced_at_ms,
                     ingested_at_ms: now_ms,
+                    span,
                 });
             }
             Err(rejection) => {

@@ -487,8 +487,12 @@ fn count_outcomes(
                     );
                 }
                 observe_hop(hop::INGEST_TO_REDIS, call_seconds);
+                event.span.end(Vec::new);
             }
-            publisher::Outcome::Duplicate => duplicates += 1,
+            publisher::Outcome::Duplicate => {
+                duplicates += 1;
+                event.span.end(|| vec![ces_shared::otel::KeyValue::new("ces.duplicate", true)]);
+            }
         }
     }
     ::metrics::counter!(m::PUBLISHED).increment(published);

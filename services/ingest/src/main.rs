@@ -14,12 +14,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    if let Err(e) =
-        ces_shared::telemetry::init_tracing(&config.common.log, config.common.log_format)
-    {
-        eprintln!("ces-ingest: {e}");
-        return ExitCode::from(EXIT_CONFIG as u8);
-    }
+    // Held to the end of `main`: dropping it flushes the traces not yet exported.
+    let _telemetry = match ces_shared::telemetry::init(
+        "ces-ingest",
+        &config.common.log,
+        config.common.log_format,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ces-ingest: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
         Ok(l) => l,
         Err(e) => {

@@ -30,6 +30,7 @@ fn event(session: &str, id: &str, n: u64) -> Publish {
         envelope: envelope::encode(&env),
         produced_at_ms: 0,
         ingested_at_ms: 0,
+        span: Default::default(),
     }
 }
 
