@@ -79,3 +79,27 @@ async fn ingest_is_not_ready_without_a_reachable_broker() -> anyhow::Result<()> 
     ingest.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanly() -> anyhow::Result<()> {
+    ces_systest::init_logs();
+    let redis = Redis::start().await?;
+    let collector = format!("http://127.0.0.1:{}", ces_systest::free_port());
+    let edge = ces_systest::Process::start(
+        &ces_systest::workspace_binary("ces-edge", "CES_EDGE_BIN")?,
+        "CES_EDGE_LISTEN",
+        &[
+            ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
+            ("CES_REDIS_URL", redis.url()),
+            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
+            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ],
+    )
+    .await?;
+    let reg = ces_systest::client::register(&reqwest::Client::new(), &edge.base).await?;
+    assert!(!reg.token.is_empty());
+    let status = edge.stop(Duration::from_secs(15)).await?;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
