@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .PHONY: help up test deps lint fuzz clean
 
 help:
-	@echo "make up    - start broker, Redis, ingest, two edges and HAProxy on this machine (Ctrl-C stops)"
+	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops)"
 	@echo "make test  - run the whole test suite against real redis-server and tansu processes"
 	@echo "make lint  - rustfmt and clippy, as CI runs them"
 	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
@@ -17,6 +17,9 @@ deps:
 	@scripts/deps.sh --test
 
 test: deps
+	@echo "[test] promtool check rules / test rules deploy/prometheus/alerts.yml"
+	@promtool check rules deploy/prometheus/alerts.yml
+	@cd deploy/prometheus && promtool test rules alerts_test.yml
 	@echo "[test] cargo nextest run --workspace"
 	@PATH="$$HOME/.cargo/bin:$$PATH" cargo nextest run --workspace --locked
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what CES needs to run and test, reusing whatever is already there.
-#   redis-server, haproxy  (Debian packages)
+#   redis-server, haproxy, prometheus (Debian packages; prometheus brings promtool, which checks the alert rules)
 #   tansu 0.6.0            (Kafka-API broker, `cargo install`, ~18 min once per machine)
 #   cargo-nextest          (test runner; only with --test)
 set -euo pipefail
@@ -14,6 +14,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 apt_missing=()
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_missing+=(haproxy)
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 if ((${#apt_missing[@]})); then
   sudo=""
   if [[ $(id -u) -ne 0 ]]; then
@@ -31,8 +32,12 @@ if ((${#apt_missing[@]})); then
   if [[ " ${apt_missing[*]} " == *" haproxy "* ]] && command -v systemctl >/dev/null 2>&1; then
     $sudo systemctl disable --now haproxy >/dev/null 2>&1 || true
   fi
+  # Likewise the packaged Prometheus on :9090: `make up` runs its own with CES's scrape configuration.
+  if [[ " ${apt_missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 else
-  say "redis-server and haproxy already installed"
+  say "redis-server, haproxy and prometheus already installed"
 fi
 
 if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q '0\.6\.0'; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a whole local CES stack in the foreground: broker, Redis, ingest, two edges and HAProxy.
+# Starts a whole local CES stack in the foreground: broker, Redis, ingest, two edges, HAProxy and Prometheus.
 # Ctrl-C stops everything it started. A process that dies is reported; the others keep running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ warn() { printf '\033[1;31m[up]\033[0m %s\n' "$*" >&2; }
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-declare -A ports=([broker]=9092 [redis]=6379 [edge-a]=8081 [edge-b]=8082 [haproxy]=8080 [ingest]=8090)
+declare -A ports=([broker]=9092 [redis]=6379 [edge-a]=8081 [edge-b]=8082 [haproxy]=8080 [ingest]=8090 [prometheus]=9090)
 taken=0
 for name in "${!ports[@]}"; do
   port=${ports[$name]}
@@ -104,6 +104,11 @@ haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
 start haproxy "$haproxy_bin" -db -f dev/haproxy.cfg
 wait_port haproxy 8080
 
+say "starting prometheus on 127.0.0.1:9090 (scrapes ingest and both edges, evaluates deploy/prometheus/alerts.yml)"
+start prometheus prometheus --config.file=dev/prometheus.yml --storage.tsdb.path="$data/prometheus" \
+  --web.listen-address=127.0.0.1:9090 --log.level=warn
+wait_port prometheus 9090
+
 cat <<MSG
 
 CES is running (Ctrl-C stops everything):
@@ -113,6 +118,7 @@ CES is running (Ctrl-C stops everything):
   edge-a              http://127.0.0.1:8081
   edge-b              http://127.0.0.1:8082
   load balancer       http://127.0.0.1:8080   (clients connect here)
+  Prometheus          http://127.0.0.1:9090   (try ces_e2e_latency_seconds_count; alerts at /alerts)
   logs                $logs/
 
 Watch a session (in a second terminal; it prints the command to send it events):
@@ -123,7 +129,7 @@ Or send a test event to any session id right away:
 
 Kill an edge by hand to watch clients move to the other (PIDs below), e.g. kill <edge-a pid>:
 MSG
-for name in broker redis ingest edge-a edge-b haproxy; do printf '  %-8s pid %s\n' "$name" "${pids[$name]}"; done
+for name in broker redis ingest edge-a edge-b haproxy prometheus; do printf '  %-8s pid %s\n' "$name" "${pids[$name]}"; done
 echo
 
 while ((${#names[@]})); do
