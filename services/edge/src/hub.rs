@@ -299,7 +299,7 @@ impl Hub {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);
                 if let Some(slot) = slots.remove(session) {
                     warn!(
-                        session,
+                        session_id = session,
                         conn_id = slot.conn_id,
                         "queue full; closing slow consumer"
                     );
@@ -421,7 +421,7 @@ async fn dispatch_task(
             Value::Bytes(b) => b,
             Value::String(s) => s.into_inner(),
             other => {
-                warn!(session, kind = ?other.kind(), "unexpected pub/sub payload");
+                warn!(session_id = session, kind = ?other.kind(), "unexpected pub/sub payload");
                 continue;
             }
         };
@@ -429,7 +429,7 @@ async fn dispatch_task(
             Some(frame) => hub.deliver(session, frame),
             None => {
                 metrics::counter!(m::MALFORMED_ENVELOPES).increment(1);
-                warn!(session, "malformed envelope dropped");
+                warn!(session_id = session, "malformed envelope dropped");
             }
         }
     }

@@ -140,7 +140,7 @@ where
                     session::tell_holder(&params.redis, &params.session, &previous, TAKEN_OVER.code)
                         .await
             {
-                warn!(session, previous, error = %e, "cannot tell the previous holder to close");
+                warn!(session_id = session, previous, error = %e, "cannot tell the previous holder to close");
             }
             let slot = params.handshake_slot.take();
             let (code, ack) = run(&mut socket, &params, &conn, attachment, slot, &shutdown).await;
@@ -153,13 +153,13 @@ where
             )
             .await
             {
-                debug!(session, error = %e, "cannot mark the session disconnected");
+                debug!(session_id = session, error = %e, "cannot mark the session disconnected");
             }
             code
         }
         Ok(Claim::Closed) => close(&mut socket, SESSION_CLOSED.code, SESSION_CLOSED.reason).await,
         Err(e) => {
-            info!(session, error = %e, "cannot set up the session; closing");
+            info!(session_id = session, error = %e, "cannot set up the session; closing");
             close(
                 &mut socket,
                 close_code::INTERNAL_ERROR,
@@ -172,7 +172,7 @@ where
     hub.detach(session, conn_id);
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     metrics::counter!(m::CLOSED, "code" => code.to_string()).increment(1);
-    debug!(session, conn_id, code, "socket closed");
+    debug!(session_id = session, conn_id, code, "socket closed");
     code
 }
 
@@ -211,7 +211,7 @@ where
     let decision = match read_position(params).await {
         Ok(d) => d,
         Err(e) => {
-            info!(session, error = %e, "cannot read the session buffer; closing");
+            info!(session_id = session, error = %e, "cannot read the session buffer; closing");
             return (
                 close(
                     socket,
@@ -335,8 +335,8 @@ where
                     Ok(Ok(Heartbeat::Taken)) => {
                         return (close(socket, TAKEN_OVER.code, TAKEN_OVER.reason).await, None);
                     }
-                    Ok(Err(e)) => debug!(session = %params.session, error = %e, "cannot refresh the session"),
-                    Err(_) => debug!(session = %params.session, "session refresh timed out"),
+                    Ok(Err(e)) => debug!(session_id = %params.session, error = %e, "cannot refresh the session"),
+                    Err(_) => debug!(session_id = %params.session, "session refresh timed out"),
                 }
                 if bounded(socket.send(Message::Ping(Default::default()))).await.is_err() {
                     return (close_code::ABNORMAL, pending_ack);
