@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::propagation::TextMapPropagator as _;
 pub use opentelemetry::KeyValue;
+use opentelemetry::propagation::TextMapPropagator as _;
 pub use opentelemetry::trace::SpanKind;
 use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, global};
@@ -32,7 +32,9 @@ pub fn enabled() -> bool {
 /// otherwise). Returns the provider, to flush and shut it down at exit.
 pub fn init_from_env(service: &'static str) -> Result<Option<SdkTracerProvider>, Error> {
     let configured = |key: &str| std::env::var(key).is_ok_and(|v| !v.trim().is_empty());
-    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT") && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+    if !configured("OTEL_EXPORTER_OTLP_ENDPOINT")
+        && !configured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    {
         return Ok(None);
     }
     let named = configured("OTEL_SERVICE_NAME");
@@ -144,7 +146,6 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     let (_version, trace_id) = (parts.next()?, parts.next()?);
     (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
 }
-
 
 #[cfg(test)]
 mod tests {

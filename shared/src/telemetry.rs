@@ -112,7 +112,8 @@ pub fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
 
 /// Bucket bounds of every `_seconds` histogram: 0.5 ms to 60 s, so quantiles aggregate across replicas.
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 /// Bucket bounds of ingest's batch size histogram.
@@ -154,6 +155,9 @@ mod tests {
     fn latencies_are_never_negative() {
         assert_eq!(seconds_between(1_000, 1_250), 0.25);
         assert_eq!(seconds_between(1_250, 1_000), 0.0);
-        assert_eq!(seconds_between(i64::MIN, i64::MAX), i64::MAX as f64 / 1000.0);
+        assert_eq!(
+            seconds_between(i64::MIN, i64::MAX),
+            i64::MAX as f64 / 1000.0
+        );
     }
 }

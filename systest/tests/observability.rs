@@ -69,7 +69,9 @@ async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Res
         for _ in 0..SESSIONS_PER_EDGE {
             let reg = register(&http, &edge.base).await?;
             let mut ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
-            ws.next_json(Duration::from_secs(5)).await?.expect("welcome");
+            ws.next_json(Duration::from_secs(5))
+                .await?
+                .expect("welcome");
             clients.push((reg.session_id, ws));
         }
     }
@@ -162,7 +164,10 @@ async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Res
             get(&m, "ces_edge_sessions_registered_total", &[]),
             SESSIONS_PER_EDGE as u64
         );
-        assert_eq!(get(&m, "ces_edge_connections", &[]), SESSIONS_PER_EDGE as u64);
+        assert_eq!(
+            get(&m, "ces_edge_connections", &[]),
+            SESSIONS_PER_EDGE as u64
+        );
         for hop in ["redis_to_edge", "edge_to_socket"] {
             assert_eq!(
                 get(&m, "ces_hop_latency_seconds_count", &[("hop", hop)]),

@@ -81,7 +81,8 @@ async fn ingest_is_not_ready_without_a_reachable_broker() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanly() -> anyhow::Result<()> {
+async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanly()
+-> anyhow::Result<()> {
     ces_systest::init_logs();
     let redis = Redis::start().await?;
     let collector = format!("http://127.0.0.1:{}", ces_systest::free_port());

@@ -39,7 +39,9 @@ async fn a_traced_record_yields_ingest_and_edge_spans_in_its_trace_and_the_frame
     let edge = &stack.edges[0].base;
     let reg = register(&stack.http, edge).await?;
     let mut ws = WsClient::connect(&ws_url(edge, &reg.token)).await?;
-    ws.next_json(Duration::from_secs(5)).await?.expect("welcome");
+    ws.next_json(Duration::from_secs(5))
+        .await?
+        .expect("welcome");
 
     let mut traced = Record::keyed(
         &reg.session_id,
@@ -53,7 +55,10 @@ async fn a_traced_record_yields_ingest_and_edge_spans_in_its_trace_and_the_frame
 
     let events = ws.events(1, Duration::from_secs(30)).await?;
     assert_eq!(events[0]["seq"], 1);
-    assert_eq!(events[0]["trace_id"], TRACE_ID, "the frame carries the trace id");
+    assert_eq!(
+        events[0]["trace_id"], TRACE_ID,
+        "the frame carries the trace id"
+    );
 
     // The edge ends its span once the frame is flushed, just before the client can read it.
     let mut spans = Vec::new();
@@ -89,7 +94,13 @@ async fn a_traced_record_yields_ingest_and_edge_spans_in_its_trace_and_the_frame
     assert_eq!(attribute(deliver, "ces.seq").as_deref(), Some("1"));
 
     // The dead letter keeps the record's traceparent, so a replay joins the trace again.
-    let dead = kafka::read_to_end(&stack.broker.bootstrap(), &stack.dlq, 1, Duration::from_secs(20)).await?;
+    let dead = kafka::read_to_end(
+        &stack.broker.bootstrap(),
+        &stack.dlq,
+        1,
+        Duration::from_secs(20),
+    )
+    .await?;
     assert_eq!(dead.len(), 1);
     let headers = rdkafka::Message::headers(&dead[0]).expect("headers");
     let kept = headers

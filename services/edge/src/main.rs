@@ -15,17 +15,15 @@ async fn main() -> ExitCode {
         }
     };
     // Held to the end of `main`: dropping it flushes the traces not yet exported.
-    let _telemetry = match ces_shared::telemetry::init(
-        "ces-edge",
-        &config.common.log,
-        config.common.log_format,
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("ces-edge: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
+    let _telemetry =
+        match ces_shared::telemetry::init("ces-edge", &config.common.log, config.common.log_format)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("ces-edge: {e}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use ces_proto::v1::Envelope;
+use ces_shared::otel::{self, EventSpan, KeyValue, SpanKind};
 use ces_shared::record::{self, Reason};
 use ces_shared::schema::Schemas;
-use ces_shared::otel::{self, EventSpan, KeyValue, SpanKind};
 use ces_shared::{dlq, envelope, event_id};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -118,7 +118,10 @@ pub fn plan(
                     vec![
                         KeyValue::new("messaging.system", "kafka"),
                         KeyValue::new("messaging.destination.name", r.topic.clone()),
-                        KeyValue::new("messaging.destination.partition.id", r.partition.to_string()),
+                        KeyValue::new(
+                            "messaging.destination.partition.id",
+                            r.partition.to_string(),
+                        ),
                         KeyValue::new("messaging.kafka.offset", r.offset),
                         KeyValue::new("ces.event_id", id.clone()),
                         KeyValue::new("ces.session_id", ev.session_id.to_string()),

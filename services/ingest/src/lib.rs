@@ -491,7 +491,9 @@ fn count_outcomes(
             }
             publisher::Outcome::Duplicate => {
                 duplicates += 1;
-                event.span.end(|| vec![ces_shared::otel::KeyValue::new("ces.duplicate", true)]);
+                event
+                    .span
+                    .end(|| vec![ces_shared::otel::KeyValue::new("ces.duplicate", true)]);
             }
         }
     }
