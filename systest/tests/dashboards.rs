@@ -106,3 +106,14 @@ fn a_misspelled_metric_would_be_caught() {
     let used = names_in("rate(ces_edge_delivered_totl[5m]) + ces_e2e_latency_seconds_bucket");
     assert_eq!(unknown(&used, &known), vec!["ces_edge_delivered_totl"]);
 }
+
+#[test]
+fn every_exported_metric_is_documented_in_the_operations_guide() {
+    let guide = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let documented = names_in(&guide);
+    let missing: Vec<String> = exported()
+        .into_iter()
+        .filter(|name| !documented.contains(name))
+        .collect();
+    assert_eq!(missing, Vec::<String>::new(), "add them to docs/operations.md");
+}
