@@ -115,5 +115,9 @@ fn every_exported_metric_is_documented_in_the_operations_guide() {
         .into_iter()
         .filter(|name| !documented.contains(name))
         .collect();
-    assert_eq!(missing, Vec::<String>::new(), "add them to docs/operations.md");
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "add them to docs/operations.md"
+    );
 }
