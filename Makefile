@@ -2,16 +2,20 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up test deps lint fuzz clean
+.PHONY: help up test bench deps lint fuzz clean
 
 help:
 	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops)"
 	@echo "make test  - run the whole test suite against real redis-server and tansu processes"
+	@echo "make bench - start a stack of its own, run the standard load tests (loadtest/out/), tear it down"
 	@echo "make lint  - rustfmt and clippy, as CI runs them"
 	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
 
 up:
 	@scripts/up.sh
+
+bench:
+	@scripts/bench.sh
 
 deps:
 	@scripts/deps.sh --test

@@ -7,22 +7,13 @@ root=$(pwd)
 data="$root/.ces"
 logs="$data/logs"
 
-say() { printf '\033[1;34m[up]\033[0m %s\n' "$*"; }
-warn() { printf '\033[1;31m[up]\033[0m %s\n' "$*" >&2; }
+tag=up
+source scripts/lib.sh
 
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-declare -A ports=([broker]=9092 [redis]=6379 [edge-a]=8081 [edge-b]=8082 [haproxy]=8080 [ingest]=8090 [prometheus]=9090)
-taken=0
-for name in "${!ports[@]}"; do
-  port=${ports[$name]}
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    warn "port $port (for $name) is already in use; stop whatever listens there (or an earlier 'make up') and retry"
-    taken=1
-  fi
-done
-((taken)) && exit 1
+check_ports broker=9092 redis=6379 edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 prometheus=9090 || exit 1
 
 say "building release binaries (cargo build --release)"
 cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl
@@ -40,40 +31,9 @@ chmod 600 "$data/token-secret"
 CES_TOKEN_SECRET=$(cat "$data/token-secret")
 export CES_LOG_FORMAT=text CES_REDIS_URL=redis://127.0.0.1:6379 CES_KAFKA_BROKERS=127.0.0.1:9092
 
-declare -A pids=()
-declare -A names=()
-stopping=0
-
-start() { # name, command...
-  local name=$1
-  shift
-  "$@" >"$logs/$name.log" 2>&1 &
-  pids[$name]=$!
-  names[$!]=$name
-}
-
-stop_all() {
-  ((stopping)) && return 0
-  stopping=1
-  say "stopping everything"
-  for pid in "${!names[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  say "stopped; logs are in $logs"
-}
 trap 'stop_all; exit 0' INT TERM
 # Any failure (set -e) after processes started must not leave them running.
 trap 'stop_all' EXIT
-
-wait_port() { # name, port
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
-    kill -0 "${pids[$1]}" 2>/dev/null || { warn "$1 exited during start-up; see $logs/$1.log"; tail -5 "$logs/$1.log" >&2; stop_all; exit 1; }
-    sleep 0.05
-  done
-  warn "$1 did not open port $2; see $logs/$1.log"
-  stop_all
-  exit 1
-}
 
 say "starting the broker (tansu, in-memory) on 127.0.0.1:9092"
 start broker tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \

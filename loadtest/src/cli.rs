@@ -1,0 +1,136 @@
+//! The command line. Every scenario is bounded: counts and durations have hard upper limits, and every wait has
+//! a deadline, so a run always ends by itself.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load generator and latency reporter for a CES stack on this machine (loopback only).
+#[derive(Debug, Parser)]
+#[command(name = "ces-loadtest", version)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// S sessions over the edges; produce to Kafka at --rate (0: flat out) for --duration seconds; report
+    /// produced, delivered, lost, duplicated, out-of-order, msg/s and producer→client latency.
+    Throughput(Common),
+    /// Open C connections and hold them for --duration seconds; report edge RSS per connection and edge CPU.
+    Idle(Common),
+    /// C sessions receiving a stream at --rate; kill (or drain) the first of --edges after --kill-after seconds;
+    /// report how long until every session resumed on another edge, and the loss.
+    Storm(StormArgs),
+    /// Produce --count records and time how fast ingest consumes them (from its /metrics), beside the pipelined
+    /// `redis-benchmark PUBLISH` rate on the same Redis.
+    Ingest(IngestArgs),
+    /// The raw limit of WebSocket push on this machine: a tokio-tungstenite server in this process pushes
+    /// event-sized frames flat out over C loopback connections for --duration seconds.
+    RawWs(Common),
+    /// Produce --count records flat out and exit (fills a topic before `ingest --prefilled`).
+    Produce(IngestArgs),
+}
+
+/// Options every scenario shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Sessions (one WebSocket each).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=200_000))]
+    pub sessions: u64,
+    /// Connections to hold (idle, storm, raw-ws); defaults to --sessions.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200_000))]
+    pub connections: Option<u64>,
+    /// Records per second to produce; 0 produces flat out.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub rate: u64,
+    /// Seconds to produce (or to hold the connections).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub duration: u64,
+    /// Where sessions register and connect: the load balancer, or several edges (comma-separated), used in turn.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// The edge nodes (host:port) whose memory and CPU are reported (and, in `storm`, the first is stopped).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8081,127.0.0.1:8082",
+        value_delimiter = ','
+    )]
+    pub edges: Vec<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Input topic of ingest.
+    #[arg(long, default_value = "ces.events")]
+    pub topic: String,
+    /// Padding added to each event's data, in bytes (the frame is about 110 bytes plus this).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub payload: u64,
+    /// After producing, how long to wait for the last events before counting the rest as lost.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub settle: u64,
+    /// Connections per source address (127.0.0.1, 127.0.0.2, ...), so more than one address's ephemeral ports
+    /// can be used.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub per_source: u64,
+    /// WebSocket handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub connect_concurrency: u64,
+    /// Directory for `<scenario>.json` and `<scenario>.svg`.
+    #[arg(long, default_value = "loadtest/out")]
+    pub out: std::path::PathBuf,
+    /// Name of the report files (defaults to the scenario).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+impl Common {
+    /// Connections to hold.
+    pub fn connections(&self) -> u64 {
+        self.connections.unwrap_or(self.sessions)
+    }
+}
+
+/// How `storm` stops an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StormAction {
+    /// SIGKILL: sockets vanish without a close frame.
+    Kill,
+    /// SIGTERM: the edge drains, closing sockets with 1012 over its drain window.
+    Drain,
+}
+
+/// `storm` options.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: Common,
+    /// How to stop the first edge.
+    #[arg(long, value_enum, default_value_t = StormAction::Kill)]
+    pub action: StormAction,
+    /// Seconds into the stream at which the edge is stopped.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub kill_after: u64,
+}
+
+/// `ingest` and `produce` options.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Shared options (--sessions is the number of distinct session ids the records are spread over).
+    #[command(flatten)]
+    pub common: Common,
+    /// Records to produce.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub count: u64,
+    /// ingest's metrics endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8090/metrics")]
+    pub ingest_metrics: String,
+    /// The records are already in the topic (from `produce`) and ingest was started after: only measure.
+    #[arg(long)]
+    pub prefilled: bool,
+    /// Redis for the `redis-benchmark` companion (host:port).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis: String,
+}

@@ -1,0 +1,226 @@
+//! What a run writes: `<out>/<name>.json` (every figure, with the command that produced it), `<out>/<name>.svg`
+//! (latency over time and latency CDF), and a one-screen summary on stdout.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::stats::{Quantiles, SecondStats};
+
+/// Every figure of a run. Fields a scenario does not measure are `null`.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// The command line that produced this report.
+    pub command: String,
+    /// When the run ended (RFC 3339, UTC).
+    pub date: String,
+    /// Sessions registered.
+    pub sessions: u64,
+    /// Connections held.
+    pub connections: u64,
+    /// Target records per second (0: flat out).
+    pub rate_target: u64,
+    /// Seconds of producing (or holding).
+    pub duration_s: f64,
+    /// Records the broker acknowledged.
+    pub produced: u64,
+    /// Records the broker refused.
+    pub produce_errors: u64,
+    /// Distinct events received by the clients.
+    pub delivered: u64,
+    /// Acknowledged by the broker but never received.
+    pub lost: u64,
+    /// Received more than once.
+    pub duplicated: u64,
+    /// Received after a later event of the same session.
+    pub out_of_order: u64,
+    /// Produced per second over the producing window.
+    pub produced_per_s: f64,
+    /// Delivered per second, from the first to the last delivery.
+    pub delivered_per_s: f64,
+    /// Producer → client latency.
+    #[serde(flatten)]
+    pub latency: Quantiles,
+    /// Summed RSS of the edges at the end (bytes).
+    pub edge_rss_bytes: Option<u64>,
+    /// RSS growth of the edges divided by the connections held (bytes).
+    pub rss_per_conn_bytes: Option<u64>,
+    /// CPU of the edges over the run, percent of one core.
+    pub edge_cpu_percent: Option<f64>,
+    /// Sessions that resumed after losing their socket.
+    pub resumed: Option<u64>,
+    /// From the edge being stopped until the last of them resumed (s).
+    pub resume_s: Option<f64>,
+    /// Sockets that dropped during the run.
+    pub disconnects: u64,
+    /// Handshakes refused or failed (then retried).
+    pub refused: u64,
+    /// `resumed` frames that named a loss.
+    pub resumed_lost: u64,
+    /// The raw limit this run is compared with, per second (`redis-benchmark` PUBLISH, raw WebSocket push).
+    pub raw_limit_per_s: Option<f64>,
+    /// The measured rate divided by the raw limit.
+    pub ratio_to_raw: Option<f64>,
+    /// Scenario-specific notes.
+    pub notes: Vec<String>,
+    /// Latency per second of the run.
+    pub seconds: Vec<SecondStats>,
+    /// Latency CDF: (ms, fraction at or below).
+    #[serde(skip)]
+    pub cdf: Vec<(f64, f64)>,
+}
+
+impl Report {
+    /// A report for `scenario`, stamped with this process's command line and the current time.
+    pub fn new(scenario: &str) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            date: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// Writes `<dir>/<name>.json` and, when there are latencies, `<dir>/<name>.svg`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let json = dir.join(format!("{name}.json"));
+        std::fs::write(&json, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("write {}", json.display()))?;
+        let mut written = vec![json];
+        if !self.seconds.is_empty() {
+            let svg = dir.join(format!("{name}.svg"));
+            plot(self, &svg).with_context(|| format!("plot {}", svg.display()))?;
+            written.push(svg);
+        }
+        Ok(written)
+    }
+
+    /// The one-screen summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} — {} sessions, {} connections, rate {} for {:.0} s\n",
+            self.scenario,
+            self.sessions,
+            self.connections,
+            if self.rate_target == 0 {
+                "flat out".to_owned()
+            } else {
+                format!("{}/s", self.rate_target)
+            },
+            self.duration_s
+        );
+        if self.produced > 0 || self.delivered > 0 {
+            s += &format!(
+                "  produced {:>10}   ({:.0}/s, {} refused by the broker)\n  delivered {:>9}   ({:.0}/s)\n  \
+                 lost {:>14}   duplicated {}   out of order {}\n",
+                self.produced,
+                self.produced_per_s,
+                self.produce_errors,
+                self.delivered,
+                self.delivered_per_s,
+                self.lost,
+                self.duplicated,
+                self.out_of_order
+            );
+        }
+        if self.latency.count > 0 {
+            let q = &self.latency;
+            s += &format!(
+                "  latency ms   p50 {:.2}   p90 {:.2}   p99 {:.2}   p99.9 {:.2}   max {:.2}\n",
+                q.p50_ms, q.p90_ms, q.p99_ms, q.p999_ms, q.max_ms
+            );
+        }
+        if let Some(rss) = self.edge_rss_bytes {
+            s += &format!("  edge RSS {:.1} MiB", rss as f64 / 1048576.0);
+            if let Some(per) = self.rss_per_conn_bytes {
+                s += &format!("   per connection {per} bytes");
+            }
+            if let Some(cpu) = self.edge_cpu_percent {
+                s += &format!("   edge CPU {cpu:.0}% of a core");
+            }
+            s += "\n";
+        }
+        if let Some(resumed) = self.resumed {
+            s += &format!(
+                "  resumed {resumed} sessions in {:.2} s   (disconnects {}, refused handshakes {}, losses named {})\n",
+                self.resume_s.unwrap_or(f64::NAN),
+                self.disconnects,
+                self.refused,
+                self.resumed_lost
+            );
+        }
+        if let (Some(raw), Some(ratio)) = (self.raw_limit_per_s, self.ratio_to_raw) {
+            s += &format!("  raw limit {raw:.0}/s   ratio {:.0}%\n", ratio * 100.0);
+        }
+        for note in &self.notes {
+            s += &format!("  note: {note}\n");
+        }
+        s
+    }
+}
+
+/// Two charts in one SVG: p50/p99/max per second over the run, and the CDF of all latencies.
+fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(350);
+    let secs = &report.seconds;
+    let x_max = secs.last().map_or(1, |s| s.second + 1) as f64;
+    let y_max = secs.iter().map(|s| s.max_ms).fold(1.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            format!("{}: latency per second (ms)", report.scenario),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the run")
+        .y_desc("ms")
+        .draw()?;
+    let series: [(&str, fn(&SecondStats) -> f64, RGBColor); 3] = [
+        ("p50", |s| s.p50_ms, BLUE),
+        ("p99", |s| s.p99_ms, RED),
+        ("max", |s| s.max_ms, BLACK),
+    ];
+    for (label, value, color) in series {
+        chart
+            .draw_series(LineSeries::new(
+                secs.iter().map(|s| (s.second as f64, value(s))),
+                &color,
+            ))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    let cdf = &report.cdf;
+    let x_max = cdf.iter().map(|c| c.0).fold(1.0, f64::max) * 1.05;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("latency CDF", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max, 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms")
+        .y_desc("fraction at or below")
+        .draw()?;
+    chart.draw_series(LineSeries::new(cdf.iter().copied(), &BLUE))?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# `make bench`: starts its own CES stack on loopback (ports 18xxx/19092/16379, so it can run beside `make up`),
+# runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
+#
+# Knobs (environment): BENCH_SCENARIOS (default "latency throughput raw-ws ingest idle storm"),
+# BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (18000),
+# BENCH_STORM_SESSIONS (18000), BENCH_INGEST_RECORDS (300000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+data="$root/.ces/bench"
+logs="$data/logs"
+out="$root/loadtest/out"
+
+tag=bench
+source scripts/lib.sh
+
+scenarios=${BENCH_SCENARIOS:-latency throughput raw-ws ingest idle storm}
+sessions=${BENCH_SESSIONS:-10000}
+rate=${BENCH_RATE:-40000}
+duration=${BENCH_DURATION:-20}
+idle_connections=${BENCH_IDLE_CONNECTIONS:-18000}
+storm_sessions=${BENCH_STORM_SESSIONS:-18000}
+ingest_records=${BENCH_INGEST_RECORDS:-300000}
+
+scripts/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+check_ports broker=19092 redis=16379 ingest=18090 bench-ingest=18091 edge-a=18081 edge-b=18082 || exit 1
+
+say "building release binaries (cargo build --release)"
+cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl -p ces-loadtest
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+
+rm -rf "$data"
+mkdir -p "$logs" "$data/redis" "$out"
+# One file descriptor per socket, in the edge and in the load generator alike.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+say "file-descriptor limit $(ulimit -n) (every process here holds at most that many sockets)"
+
+export CES_TOKEN_SECRET
+CES_TOKEN_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+export CES_LOG_FORMAT=text CES_LOG=warn CES_REDIS_URL=redis://127.0.0.1:16379 CES_KAFKA_BROKERS=127.0.0.1:19092
+# The load comes from a handful of loopback addresses: per-address limits would measure themselves.
+export CES_LIMIT_REGISTRATIONS_PER_MIN=1000000 CES_LIMIT_CONNECTS_PER_MIN=1000000
+export CES_HTTP_MAX_CONNECTIONS=50000
+
+trap 'stop_all; exit 130' INT TERM
+trap 'stop_all' EXIT
+
+say "starting the broker (tansu, in-memory) on 127.0.0.1:19092"
+start broker tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 \
+  --storage-engine memory://tansu/
+wait_port broker 19092
+say "starting redis-server on 127.0.0.1:16379"
+start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
+wait_port redis 16379
+say "creating topics ces.events, ces.events.dlq, ces.bench.ingest"
+"$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 ces.events ces.events.dlq ces.bench.ingest
+say "starting ingest on 127.0.0.1:18090 and edges on 127.0.0.1:18081, 127.0.0.1:18082"
+CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
+CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:18081 start edge-a "$bin/ces-edge"
+CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:18082 start edge-b "$bin/ces-edge"
+wait_port ingest 18090
+wait_port edge-a 18081
+wait_port edge-b 18082
+for _ in $(seq 1 100); do
+  http_ok 18090 /readyz && break
+  sleep 0.2
+done
+
+lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenario is reported, the rest go on
+  say "ces-loadtest $*"
+  "$bin/ces-loadtest" "$@" --brokers 127.0.0.1:19092 --edges 127.0.0.1:18081,127.0.0.1:18082 --out "$out" \
+    || warn "ces-loadtest $1 exited with status $? (2: events lost or duplicated)"
+}
+both=http://127.0.0.1:18081,http://127.0.0.1:18082
+
+for s in $scenarios; do
+  case $s in
+    latency) lt throughput --name latency --sessions 1000 --rate 5000 --duration "$duration" --target "$both" ;;
+    throughput) lt throughput --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$both" ;;
+    raw-ws) lt raw-ws --connections "$sessions" --duration 10 ;;
+    ingest)
+      lt produce --topic ces.bench.ingest --count "$ingest_records" --sessions 10000
+      say "starting a second ingest (group ces-bench-ingest) on the prefilled topic ces.bench.ingest"
+      CES_INGEST_HTTP_ADDR=127.0.0.1:18091 CES_KAFKA_TOPICS=ces.bench.ingest CES_KAFKA_GROUP=ces-bench-ingest \
+        start bench-ingest "$bin/ces-ingest"
+      wait_port bench-ingest 18091
+      lt ingest --prefilled --count "$ingest_records" --sessions 10000 --ingest-metrics http://127.0.0.1:18091/metrics \
+        --redis 127.0.0.1:16379
+      stop_one bench-ingest
+      ;;
+    idle) lt idle --connections "$idle_connections" --duration 15 --target http://127.0.0.1:18081 ;;
+    storm)
+      lt storm --connections "$storm_sessions" --sessions "$storm_sessions" --rate 2000 --duration 30 \
+        --kill-after 10 --target "$both"
+      ;;
+    *) warn "unknown scenario $s" ;;
+  esac
+done
+
+say "results in $out:"
+ls -1 "$out"

@@ -1,0 +1,67 @@
+# Process supervision shared by scripts/up.sh and scripts/bench.sh (sourced, not run).
+# The caller sets `tag` (the prefix of every message) and `logs` (a directory for each process's output).
+
+say() { printf '\033[1;34m[%s]\033[0m %s\n' "$tag" "$*"; }
+warn() { printf '\033[1;31m[%s]\033[0m %s\n' "$tag" "$*" >&2; }
+
+declare -A pids=()
+declare -A names=()
+stopping=0
+
+# Refuses to start when any of the given name=port pairs is taken.
+check_ports() {
+  local taken=0 pair
+  for pair in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/${pair#*=}") 2>/dev/null; then
+      warn "port ${pair#*=} (for ${pair%%=*}) is already in use; stop whatever listens there and retry"
+      taken=1
+    fi
+  done
+  ((taken == 0))
+}
+
+start() { # name, command...
+  local name=$1
+  shift
+  "$@" >"$logs/$name.log" 2>&1 &
+  pids[$name]=$!
+  names[$!]=$name
+}
+
+stop_one() { # name
+  local pid=${pids[$1]:-}
+  [[ -n "$pid" ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "names[$pid]" "pids[$1]"
+}
+
+stop_all() {
+  ((stopping)) && return 0
+  stopping=1
+  say "stopping everything"
+  for pid in "${!names[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  say "stopped; logs are in $logs"
+}
+
+wait_port() { # name, port
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    kill -0 "${pids[$1]}" 2>/dev/null || { warn "$1 exited during start-up; see $logs/$1.log"; tail -5 "$logs/$1.log" >&2; stop_all; exit 1; }
+    sleep 0.05
+  done
+  warn "$1 did not open port $2; see $logs/$1.log"
+  stop_all
+  exit 1
+}
+
+# True when GET http://127.0.0.1:<port><path> answers 200 (bash only: no curl on a bare machine).
+http_ok() { # port, path
+  local status
+  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+  read -r -t 2 _ status _ <&3 || true
+  exec 3<&-
+  [[ "$status" == 200 ]]
+}
