@@ -81,16 +81,14 @@ struct Fleet {
 impl Fleet {
     /// Registers `count` sessions and opens a socket for each; returns once every one is welcomed.
     async fn connect(c: &Common, count: u64) -> anyhow::Result<Self> {
+        let sessions = register(c, count).await?;
+        Self::open(c, sessions).await
+    }
+
+    /// Opens a socket for each session; returns once every one is welcomed.
+    async fn open(c: &Common, sessions: Vec<Session>) -> anyhow::Result<Self> {
         let targets = targets(c)?;
-        let started = Instant::now();
-        let sessions =
-            clients::register_all(&targets, count, 64, Duration::from_secs(60 + count / 100))
-                .await?;
-        eprintln!(
-            "[register] {} sessions in {:.1} s",
-            sessions.len(),
-            started.elapsed().as_secs_f64()
-        );
+        let count = sessions.len() as u64;
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         let gate = Arc::new(tokio::sync::Semaphore::new(c.connect_concurrency as usize));
@@ -152,6 +150,24 @@ impl Fleet {
         }
         outcomes
     }
+}
+
+/// Registers `count` sessions over the targets in turn.
+async fn register(c: &Common, count: u64) -> anyhow::Result<Vec<Session>> {
+    let started = Instant::now();
+    let sessions = clients::register_all(
+        &targets(c)?,
+        count,
+        64,
+        Duration::from_secs(60 + count / 100),
+    )
+    .await?;
+    eprintln!(
+        "[register] {} sessions in {:.1} s",
+        sessions.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sessions)
 }
 
 /// A producer thread over the fleet's sessions.
@@ -302,8 +318,11 @@ async fn idle(c: &Common) -> anyhow::Result<Report> {
     let mut report = Report::new("idle");
     let conns = c.connections();
     let pids = edge_pids(c);
+    let sessions = register(c, conns).await?;
+    // Measured after registration: what the sockets cost, not what the REST calls left in the allocator.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = procfs::total_rss(&pids);
-    let fleet = Fleet::connect(c, conns).await?;
+    let fleet = Fleet::open(c, sessions).await?;
     // Let the set-up's transient buffers go before measuring what the held sockets cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu = procfs::cpu_mark(&pids);

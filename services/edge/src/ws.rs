@@ -122,13 +122,13 @@ where
     let subscribed = hub.subscribe(session).await;
     let conn = session::conn_ref(&params.node_id, conn_id);
     let claimed = match subscribed {
-        Ok(()) => session::claim(
+        Ok(()) => Box::pin(session::claim(
             &params.redis,
             &params.session,
             &params.node_id,
             &conn,
             params.session_ttl,
-        )
+        ))
         .await
         .map_err(|e| e.to_string()),
         Err(e) => Err(e),
@@ -136,21 +136,25 @@ where
     let code = match claimed {
         Ok(Claim::Held { previous }) => {
             if let Some(previous) = previous
-                && let Err(e) =
-                    session::tell_holder(&params.redis, &params.session, &previous, TAKEN_OVER.code)
-                        .await
+                && let Err(e) = Box::pin(session::tell_holder(
+                    &params.redis,
+                    &params.session,
+                    &previous,
+                    TAKEN_OVER.code,
+                ))
+                .await
             {
                 warn!(session_id = session, previous, error = %e, "cannot tell the previous holder to close");
             }
             let slot = params.handshake_slot.take();
             let (code, ack) = run(&mut socket, &params, &conn, attachment, slot, &shutdown).await;
-            if let Err(e) = session::release(
+            if let Err(e) = Box::pin(session::release(
                 &params.redis,
                 &params.session,
                 &conn,
                 params.session_ttl,
                 ack,
-            )
+            ))
             .await
             {
                 debug!(session_id = session, error = %e, "cannot mark the session disconnected");
@@ -208,7 +212,7 @@ where
     // in `frames`; everything before is in the buffer. Reading the buffer now leaves no gap, and the cursor drops
     // what both hold.
     let session = params.session.as_str();
-    let decision = match read_position(params).await {
+    let decision = match Box::pin(read_position(params)).await {
         Ok(d) => d,
         Err(e) => {
             info!(session_id = session, error = %e, "cannot read the session buffer; closing");
@@ -241,7 +245,10 @@ where
         epoch: snapshot.epoch,
         last_sent: decision.last_sent,
     };
-    if bounded(send_decision(socket, decision)).await.is_err() {
+    if bounded(Box::pin(send_decision(socket, decision)))
+        .await
+        .is_err()
+    {
         return (close_code::ABNORMAL, pending_ack);
     }
     drop(handshake_slot);
@@ -326,7 +333,7 @@ where
                 missed_pongs += 1;
                 // Keeps the session alive in Redis while it is connected, and closes a socket whose takeover or
                 // close message was lost. Bounded, so a slow Redis cannot hold the loop.
-                let beat = session::heartbeat(&params.redis, &params.session, conn, params.session_ttl, pending_ack.take());
+                let beat = Box::pin(session::heartbeat(&params.redis, &params.session, conn, params.session_ttl, pending_ack.take()));
                 match tokio::time::timeout(HEARTBEAT_TIMEOUT, beat).await {
                     Ok(Ok(Heartbeat::Held)) => {}
                     Ok(Ok(Heartbeat::Closed)) => {
@@ -426,48 +433,8 @@ where
     while let Some(live) = next.take() {
         written += 1;
         if live.resync || *live.epoch != *cursor.epoch || live.seq > cursor.last_sent + 1 {
-            // Rare paths: read the buffer, then continue from wherever it leaves the cursor.
-            let position = Position {
-                last_seq: cursor.last_sent,
-                epoch: Some(cursor.epoch.clone()),
-            };
-            let snap = resume::fetch(
-                &params.redis,
-                params.session.as_str(),
-                cursor.last_sent,
-                params.state_ttl,
-            )
-            .await;
-            let snap = match snap {
-                Ok(s) if resume::needs_full_read(&position, &s) => {
-                    resume::fetch(&params.redis, params.session.as_str(), 0, params.state_ttl).await
-                }
-                other => other,
-            };
-            let Ok(snap) = snap else {
-                return Err(axum::Error::new(
-                    "cannot read the session buffer to fill a gap",
-                ));
-            };
-            let decision = resume::decide(Some(&position), &snap);
-            // A gap filled completely is invisible to the client; only a loss or an epoch change is announced.
-            let notice = decision
-                .resumed
-                .filter(|f| matches!(f, ServerFrame::Resumed { ok: false, .. }));
-            if let Some(ServerFrame::Resumed { reason, .. }) = &notice {
-                metrics::counter!(m::RESUMES, "result" => reason.clone().unwrap_or_default())
-                    .increment(1);
-            }
-            metrics::counter!(m::GAPS_FILLED).increment(decision.replay.len() as u64);
-            cursor.epoch = snap.epoch;
-            cursor.last_sent = decision.last_sent;
-            for frame in notice
-                .map(|f| Utf8Bytes::from(f.to_json()))
-                .into_iter()
-                .chain(decision.replay)
-            {
-                socket.feed(Message::Text(frame)).await?;
-            }
+            // Rare path, boxed so its Redis reads do not weigh on every connection's resident task.
+            Box::pin(fill_gap(socket, cursor, params)).await?;
         }
         if live.resync {
             // Nothing to write beyond what the buffer read above sent.
@@ -493,6 +460,59 @@ where
         if produced_at_ms > 0 {
             metrics::histogram!(E2E_LATENCY).record(seconds_between(produced_at_ms, now_ms));
         }
+    }
+    Ok(())
+}
+
+/// Reads the buffer after the cursor and writes what the socket misses (a gap, a resync request, or an epoch
+/// change, which the client is told about first), moving the cursor past it.
+async fn fill_gap<S>(
+    socket: &mut S,
+    cursor: &mut Cursor,
+    params: &SocketParams,
+) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let position = Position {
+        last_seq: cursor.last_sent,
+        epoch: Some(cursor.epoch.clone()),
+    };
+    let snap = resume::fetch(
+        &params.redis,
+        params.session.as_str(),
+        cursor.last_sent,
+        params.state_ttl,
+    )
+    .await;
+    let snap = match snap {
+        Ok(s) if resume::needs_full_read(&position, &s) => {
+            resume::fetch(&params.redis, params.session.as_str(), 0, params.state_ttl).await
+        }
+        other => other,
+    };
+    let Ok(snap) = snap else {
+        return Err(axum::Error::new(
+            "cannot read the session buffer to fill a gap",
+        ));
+    };
+    let decision = resume::decide(Some(&position), &snap);
+    // A gap filled completely is invisible to the client; only a loss or an epoch change is announced.
+    let notice = decision
+        .resumed
+        .filter(|f| matches!(f, ServerFrame::Resumed { ok: false, .. }));
+    if let Some(ServerFrame::Resumed { reason, .. }) = &notice {
+        metrics::counter!(m::RESUMES, "result" => reason.clone().unwrap_or_default()).increment(1);
+    }
+    metrics::counter!(m::GAPS_FILLED).increment(decision.replay.len() as u64);
+    cursor.epoch = snap.epoch;
+    cursor.last_sent = decision.last_sent;
+    for frame in notice
+        .map(|f| Utf8Bytes::from(f.to_json()))
+        .into_iter()
+        .chain(decision.replay)
+    {
+        socket.feed(Message::Text(frame)).await?;
     }
     Ok(())
 }
@@ -560,6 +580,15 @@ fn classify(e: &axum::Error) -> Option<(u16, &'static str)> {
 /// Sends a close frame and waits briefly for the client's close reply, so the close frame is not lost to a TCP
 /// reset when the client writes (e.g. a pong) after the server already dropped the connection.
 async fn close<S>(socket: &mut S, code: u16, reason: &'static str) -> u16
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    // Boxed: the close handshake is awaited in a dozen places of the socket loop, and each would otherwise add
+    // its state to every connection's resident task size.
+    Box::pin(close_handshake(socket, code, reason)).await
+}
+
+async fn close_handshake<S>(socket: &mut S, code: u16, reason: &'static str) -> u16
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
