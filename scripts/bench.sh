@@ -88,7 +88,11 @@ for s in $scenarios; do
       ;;
     latency) lt throughput --name latency --sessions 1000 --rate 5000 --duration "$duration" --target "$both" ;;
     throughput) lt throughput --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$both" ;;
-    raw-ws) lt raw-ws --connections "$sessions" --duration 10 ;;
+    raw-ws)
+      # Both ends of every raw connection are in one process: at most half the file-descriptor limit.
+      raw=$(( sessions < ($(ulimit -n) - 200) / 2 ? sessions : ($(ulimit -n) - 200) / 2 ))
+      lt raw-ws --connections "$raw" --duration 10
+      ;;
     ingest)
       lt produce --topic ces.bench.ingest --count "$ingest_records" --sessions 10000
       say "starting a second ingest (group ces-bench-ingest) on the prefilled topic ces.bench.ingest"

@@ -47,6 +47,18 @@ fn listening_inodes(table: &str, port: u16) -> Vec<String> {
         .collect()
 }
 
+/// This process's soft limit on open files (`Max open files` in `/proc/self/limits`).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Resident set size of `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -132,6 +144,7 @@ mod tests {
         let me = std::process::id();
         assert!(rss_bytes(me).is_some_and(|b| b > 0));
         assert!(cpu_ticks(me).is_some());
+        assert!(open_files_limit().is_some_and(|n| n > 0));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         assert_eq!(pid_listening_on(&addr), Some(me));

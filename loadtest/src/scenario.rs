@@ -295,6 +295,7 @@ async fn throughput(c: &Common) -> anyhow::Result<Report> {
     let producing = start_producer(c, &ids, None, c.rate);
     let started = producing.started;
     let last = drive(&fleet.shared, &producing, Duration::from_secs(c.settle)).await?;
+    let still_arriving = last.elapsed() < Duration::from_millis(200);
     let produce_secs = producing.started.elapsed().as_secs_f64();
     report.edge_cpu_percent = (!pids.is_empty()).then(|| procfs::cpu_percent_since(&cpu, &pids));
     report.edge_rss_bytes = (!pids.is_empty()).then(|| procfs::total_rss(&pids));
@@ -311,6 +312,13 @@ async fn throughput(c: &Common) -> anyhow::Result<Report> {
     report.produced_per_s = report.produced as f64 / (c.duration as f64).min(produce_secs);
     report.delivered_per_s =
         report.delivered as f64 / last.duration_since(started).as_secs_f64().max(1e-3);
+    if report.lost > 0 && still_arriving {
+        report.notes.push(format!(
+            "events were still arriving when the {} s settle window closed: `lost` counts what the pipeline had \
+             not delivered by then (a backlog still in Kafka), not what it dropped",
+            c.settle
+        ));
+    }
     Ok(report)
 }
 
@@ -600,6 +608,16 @@ fn raw_frame(payload: usize) -> String {
 async fn raw_ws(c: &Common) -> anyhow::Result<Report> {
     let mut report = Report::new("raw-ws");
     let conns = c.connections();
+    // Both ends of every connection live in this process.
+    if let Some(limit) = procfs::open_files_limit()
+        && 2 * conns + 64 > limit
+    {
+        bail!(
+            "raw-ws holds both ends of each connection: {conns} connections need {} file descriptors, the limit \
+             is {limit} (ulimit -n)",
+            2 * conns + 64
+        );
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
@@ -611,7 +629,11 @@ async fn raw_ws(c: &Common) -> anyhow::Result<Report> {
             let mut conns = JoinSet::new();
             loop {
                 let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        // Out of file descriptors: wait instead of spinning.
+                        Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
+                    },
                     () = stop.cancelled() => break,
                 };
                 let (stop, go, frame) = (stop.clone(), go.clone(), frame.clone());
