@@ -313,7 +313,7 @@ pub async fn socket_task(
             Err(refusal) => {
                 shared.refused.fetch_add(1, Ordering::Relaxed);
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing_line(&session, &refusal);
                 }
                 // A dead or draining node: try the next one. A busy one says when to come back.

@@ -188,7 +188,8 @@ fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
         .x_desc("seconds into the run")
         .y_desc("ms")
         .draw()?;
-    let series: [(&str, fn(&SecondStats) -> f64, RGBColor); 3] = [
+    type Series = (&'static str, fn(&SecondStats) -> f64, RGBColor);
+    let series: [Series; 3] = [
         ("p50", |s| s.p50_ms, BLUE),
         ("p99", |s| s.p99_ms, RED),
         ("max", |s| s.max_ms, BLACK),
