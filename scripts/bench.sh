@@ -2,9 +2,10 @@
 # `make bench`: starts its own CES stack on loopback (ports 18xxx/19092/16379, so it can run beside `make up`),
 # runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
 #
-# Knobs (environment): BENCH_SCENARIOS (default "micro latency throughput raw-ws ingest idle storm"),
+# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency throughput raw-ws ingest idle storm"),
 # BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
-# BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000).
+# BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000). BENCH_HOLD=1 keeps the stack running after the
+# scenarios until Ctrl-C, for profiling by hand (BENCH_SCENARIOS=none BENCH_HOLD=1 make bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,7 +16,7 @@ out="$root/loadtest/out"
 tag=bench
 source scripts/lib.sh
 
-scenarios=${BENCH_SCENARIOS:-micro latency throughput raw-ws ingest idle storm}
+scenarios=${BENCH_SCENARIOS:-micro broker latency throughput raw-ws ingest idle storm}
 sessions=${BENCH_SESSIONS:-10000}
 rate=${BENCH_RATE:-40000}
 duration=${BENCH_DURATION:-20}
@@ -51,41 +52,56 @@ export CES_KAFKA_PROP_FETCH_WAIT_MAX_MS=10
 trap 'stop_all; exit 130' INT TERM
 trap 'stop_all' EXIT
 
-say "starting the broker (tansu, in-memory) on 127.0.0.1:19092"
-start broker tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 \
-  --storage-engine memory://tansu/
-wait_port broker 19092
-say "starting redis-server on 127.0.0.1:16379"
-start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
-wait_port redis 16379
-say "creating topics ces.events, ces.events.dlq, ces.bench.ingest"
-"$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 ces.events ces.events.dlq ces.bench.ingest
-say "starting ingest on 127.0.0.1:18090 and edges on 127.0.0.1:18081, 127.0.0.1:18082"
-CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
-CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:18081 start edge-a "$bin/ces-edge"
-CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:18082 start edge-b "$bin/ces-edge"
-wait_port ingest 18090
-wait_port edge-a 18081
-wait_port edge-b 18082
-for _ in $(seq 1 100); do
-  http_ok 18090 /readyz && break
-  sleep 0.2
-done
+# Every scenario gets a stack of its own: the in-memory broker slows down as records accumulate (its fetch cost
+# grows with what a partition holds), so a scenario run after another would measure the one before it.
+stack_up() {
+  say "starting a fresh stack: broker (tansu, in-memory) :19092, redis :16379, ingest :18090, edges :18081 :18082"
+  rm -rf "$data/redis" && mkdir -p "$data/redis"
+  start broker tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 \
+    --storage-engine memory://tansu/
+  wait_port broker 19092
+  start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
+  wait_port redis 16379
+  "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 ces.events ces.events.dlq ces.bench.ingest \
+    ces.bench.broker >/dev/null
+  CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
+  CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:18081 start edge-a "$bin/ces-edge"
+  CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:18082 start edge-b "$bin/ces-edge"
+  wait_port ingest 18090
+  wait_port edge-a 18081
+  wait_port edge-b 18082
+  for _ in $(seq 1 100); do
+    http_ok 18090 /readyz && break
+    sleep 0.2
+  done
+}
+
+stack_down() { # SIGTERM to all at once (the edges drain in parallel), then wait for each
+  local name pid
+  for name in bench-ingest edge-a edge-b ingest redis broker; do
+    pid=${pids[$name]:-}
+    [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
+  done
+  for name in bench-ingest edge-a edge-b ingest redis broker; do stop_one "$name"; done
+}
 
 lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenario is reported, the rest go on
   say "ces-loadtest $*"
   "$bin/ces-loadtest" "$@" --brokers 127.0.0.1:19092 --edges 127.0.0.1:18081,127.0.0.1:18082 --out "$out" \
+    --ingest-metrics "${ingest_metrics:-http://127.0.0.1:18090/metrics}" --redis 127.0.0.1:16379 \
     || warn "ces-loadtest $1 exited with status $? (2: events lost or duplicated)"
 }
 both=http://127.0.0.1:18081,http://127.0.0.1:18082
 
 for s in $scenarios; do
+  [[ $s == micro || $s == none ]] || stack_up
   case $s in
     micro)
       say "cargo bench -p ces-shared (criterion; results in target/criterion/)"
       cargo bench --locked -q -p ces-shared --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>&1 \
         | grep -E '^hot_path|time:' || warn "cargo bench failed"
       ;;
+    broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;
     latency) lt throughput --name latency --sessions 1000 --rate 5000 --duration "$duration" --target "$both" ;;
     throughput) lt throughput --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$both" ;;
     raw-ws)
@@ -99,8 +115,7 @@ for s in $scenarios; do
       CES_INGEST_HTTP_ADDR=127.0.0.1:18091 CES_KAFKA_TOPICS=ces.bench.ingest CES_KAFKA_GROUP=ces-bench-ingest \
         start bench-ingest "$bin/ces-ingest"
       wait_port bench-ingest 18091
-      lt ingest --prefilled --count "$ingest_records" --sessions 10000 --ingest-metrics http://127.0.0.1:18091/metrics \
-        --redis 127.0.0.1:16379
+      ingest_metrics=http://127.0.0.1:18091/metrics lt ingest --prefilled --count "$ingest_records" --sessions 10000
       stop_one bench-ingest
       ;;
     idle) lt idle --connections "$idle_connections" --duration 15 --target http://127.0.0.1:18081 ;;
@@ -108,9 +123,16 @@ for s in $scenarios; do
       lt storm --connections "$storm_sessions" --sessions "$storm_sessions" --rate 2000 --duration 30 \
         --kill-after 10 --target "$both"
       ;;
+    none) ;;
     *) warn "unknown scenario $s" ;;
   esac
+  [[ $s == micro || $s == none ]] || stack_down
 done
 
 say "results in $out:"
 ls -1 "$out"
+if [[ -n "${BENCH_HOLD:-}" ]]; then
+  stack_up
+  say "stack left running (BENCH_HOLD): broker 127.0.0.1:19092, redis 127.0.0.1:16379, ingest :18090, edges :18081 :18082; Ctrl-C stops it"
+  wait
+fi

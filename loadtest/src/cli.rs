@@ -31,6 +31,9 @@ pub enum Scenario {
     RawWs(Common),
     /// Produce --count records flat out and exit (fills a topic before `ingest --prefilled`).
     Produce(IngestArgs),
+    /// The raw limit of latency: produce at --rate for --duration seconds and read the records back with a bare
+    /// Kafka consumer on the same broker (nothing of CES in between); report producer → consumer latency.
+    Broker(BrokerArgs),
 }
 
 /// Options every scenario shares.
@@ -83,6 +86,12 @@ pub struct Common {
     /// Name of the report files (defaults to the scenario).
     #[arg(long)]
     pub name: Option<String>,
+    /// ingest's metrics endpoint: its record counter (`ingest`) and its per-hop latencies (`throughput`, `storm`).
+    #[arg(long, default_value = "http://127.0.0.1:8090/metrics")]
+    pub ingest_metrics: String,
+    /// Redis (host:port): its CPU is reported, and `ingest` runs `redis-benchmark` and reads `INFO` there.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis: String,
 }
 
 impl Common {
@@ -115,6 +124,17 @@ pub struct StormArgs {
     pub kill_after: u64,
 }
 
+/// `broker` options.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// Shared options (--topic is the topic produced to and read back; --sessions the distinct keys).
+    #[command(flatten)]
+    pub common: Common,
+    /// The consumer's `fetch.wait.max.ms` (set it as ingest has it).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub fetch_wait_ms: u64,
+}
+
 /// `ingest` and `produce` options.
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
@@ -124,13 +144,7 @@ pub struct IngestArgs {
     /// Records to produce.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub count: u64,
-    /// ingest's metrics endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:8090/metrics")]
-    pub ingest_metrics: String,
     /// The records are already in the topic (from `produce`) and ingest was started after: only measure.
     #[arg(long)]
     pub prefilled: bool,
-    /// Redis for the `redis-benchmark` companion (host:port).
-    #[arg(long, default_value = "127.0.0.1:6379")]
-    pub redis: String,
 }

@@ -5,13 +5,15 @@
 //! lost, duplicated and out-of-order by `n`, latency from `t` to the moment the frame was read.
 //!
 //! - [`cli`]: the command line (every scenario is bounded in count and time).
-//! - [`scenario`]: `throughput`, `idle`, `storm`, `ingest`, `raw-ws`, `produce`.
+//! - [`scenario`]: `throughput`, `idle`, `storm`, `ingest`, `raw-ws`, `broker`, `produce`.
+//! - [`broker`]: a bare Kafka consumer for the `broker` scenario (the raw limit of latency).
 //! - [`clients`]: registration and the per-session WebSocket task (resume on reconnect, several source addresses).
 //! - [`producer`]: paced or flat-out Kafka producer with per-session acknowledgement counts.
 //! - [`stats`]: hdrhistogram recorder, overall and per second.
 //! - [`report`]: the JSON report, the one-screen summary and the SVG plots.
 //! - [`procfs`]: RSS and CPU of the edge processes, found by their listening port.
 
+pub mod broker;
 pub mod cli;
 pub mod clients;
 pub mod procfs;

@@ -65,6 +65,13 @@ pub struct Report {
     pub raw_limit_per_s: Option<f64>,
     /// The measured rate divided by the raw limit.
     pub ratio_to_raw: Option<f64>,
+    /// Mean latency per hop of the pipeline over the run (ms), from the services' histograms: `kafka_to_ingest`,
+    /// `ingest_to_redis`, `redis_to_edge`, `edge_to_socket`, and `e2e` (record timestamp → frame flushed).
+    pub hops_mean_ms: std::collections::BTreeMap<String, f64>,
+    /// CPU over the run per process of the stack (percent of one core; the machine has 2 cores = 200 %).
+    pub cpu_percent: std::collections::BTreeMap<String, f64>,
+    /// Redis's time per publish function call over the run (`INFO commandstats`, µs; `ingest` only).
+    pub redis_usec_per_fcall: Option<f64>,
     /// Scenario-specific notes.
     pub notes: Vec<String>,
     /// Latency per second of the run.
@@ -158,6 +165,22 @@ impl Report {
         }
         if let (Some(raw), Some(ratio)) = (self.raw_limit_per_s, self.ratio_to_raw) {
             s += &format!("  raw limit {raw:.0}/s   ratio {:.0}%\n", ratio * 100.0);
+        }
+        if !self.cpu_percent.is_empty() {
+            let cpu: Vec<String> = self
+                .cpu_percent
+                .iter()
+                .map(|(name, pct)| format!("{name} {pct:.0}%"))
+                .collect();
+            s += &format!("  CPU (% of one core): {}\n", cpu.join("   "));
+        }
+        if !self.hops_mean_ms.is_empty() {
+            let hops: Vec<String> = self
+                .hops_mean_ms
+                .iter()
+                .map(|(hop, ms)| format!("{hop} {ms:.2}"))
+                .collect();
+            s += &format!("  mean ms per hop: {}\n", hops.join("   "));
         }
         for note in &self.notes {
             s += &format!("  note: {note}\n");

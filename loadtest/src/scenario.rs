@@ -1,5 +1,6 @@
 //! The scenarios: set up the clients, drive the load, collect the figures into a [`Report`].
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Common, IngestArgs, Scenario, StormAction, StormArgs};
+use crate::cli::{BrokerArgs, Cli, Common, IngestArgs, Scenario, StormAction, StormArgs};
 use crate::clients::{self, Outcome, Session, Shared, Target};
 use crate::procfs;
 use crate::producer::{self, Plan, Produced};
@@ -32,6 +33,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             i.common.name.clone(),
         ),
         Scenario::RawWs(c) => (raw_ws(&c).await?, c.out.clone(), c.name.clone()),
+        Scenario::Broker(b) => (
+            broker(&b).await?,
+            b.common.out.clone(),
+            b.common.name.clone(),
+        ),
         Scenario::Produce(i) => {
             produce_only(&i).await?;
             return Ok(ExitCode::SUCCESS);
@@ -292,9 +298,18 @@ async fn throughput(c: &Common) -> anyhow::Result<Report> {
     let fleet = Fleet::connect(c, c.sessions).await?;
     let ids: Vec<String> = fleet.sessions.iter().map(|s| s.id.clone()).collect();
     let cpu = procfs::cpu_mark(&pids);
+    let stack = stack_processes(c);
+    let stack_cpu: Vec<_> = stack.iter().map(|(_, p)| procfs::cpu_mark(p)).collect();
+    let hops_before = hop_totals(c).await;
     let producing = start_producer(c, &ids, None, c.rate);
     let started = producing.started;
     let last = drive(&fleet.shared, &producing, Duration::from_secs(c.settle)).await?;
+    report.hops_mean_ms = hop_means(&hops_before, &hop_totals(c).await);
+    report.cpu_percent = stack
+        .iter()
+        .zip(&stack_cpu)
+        .map(|((name, p), mark)| (name.clone(), procfs::cpu_percent_since(mark, p)))
+        .collect();
     let still_arriving = last.elapsed() < Duration::from_millis(200);
     let produce_secs = producing.started.elapsed().as_secs_f64();
     report.edge_cpu_percent = (!pids.is_empty()).then(|| procfs::cpu_percent_since(&cpu, &pids));
@@ -459,6 +474,115 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
         .sum()
 }
 
+/// The stack's processes on this machine, found by the ports they listen on, and this process itself: whose CPU
+/// the run used.
+fn stack_processes(c: &Common) -> Vec<(String, Vec<u32>)> {
+    let addr_of_url = |u: &str| {
+        let rest = u.split_once("://").map_or(u, |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest).to_owned()
+    };
+    let mut found = vec![
+        (
+            "broker",
+            c.brokers.split(',').next().unwrap_or_default().to_owned(),
+        ),
+        ("redis", c.redis.clone()),
+        ("ingest", addr_of_url(&c.ingest_metrics)),
+    ]
+    .into_iter()
+    .filter_map(|(name, addr)| Some((name.to_owned(), vec![procfs::pid_listening_on(&addr)?])))
+    .collect::<Vec<_>>();
+    let edges: Vec<u32> = c
+        .edges
+        .iter()
+        .filter_map(|e| procfs::pid_listening_on(e))
+        .collect();
+    if !edges.is_empty() {
+        found.push(("edges".to_owned(), edges));
+    }
+    found.push(("loadtest".to_owned(), vec![std::process::id()]));
+    found
+}
+
+/// Per hop, `(sum of seconds, count)` of `ces_hop_latency_seconds` and `ces_e2e_latency_seconds`, added up over
+/// ingest and the edges (whichever answer).
+async fn hop_totals(c: &Common) -> BTreeMap<String, (f64, f64)> {
+    let http = reqwest::Client::new();
+    let mut urls = vec![c.ingest_metrics.clone()];
+    urls.extend(c.edges.iter().map(|e| format!("http://{e}/metrics")));
+    let mut totals = BTreeMap::new();
+    for url in urls {
+        let Ok(resp) = http.get(&url).timeout(Duration::from_secs(5)).send().await else {
+            continue;
+        };
+        let Ok(text) = resp.text().await else {
+            continue;
+        };
+        for (hop, sum, count) in parse_hops(&text) {
+            let t = totals.entry(hop).or_insert((0.0, 0.0));
+            t.0 += sum;
+            t.1 += count;
+        }
+    }
+    totals
+}
+
+/// `(hop, sum, count)` from a Prometheus exposition: `ces_hop_latency_seconds_{sum,count}{hop="..."}` and the
+/// end-to-end histogram as hop `e2e`.
+fn parse_hops(text: &str) -> Vec<(String, f64, f64)> {
+    let mut found: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (hop, is_sum) = if let Some(rest) = name.strip_prefix("ces_hop_latency_seconds_") {
+            let (kind, labels) = rest.split_once('{').unwrap_or((rest, ""));
+            let Some(hop) = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("hop=\""))
+                .map(|h| h.trim_end_matches('}').trim_end_matches('"'))
+            else {
+                continue;
+            };
+            match kind {
+                "sum" => (hop.to_owned(), true),
+                "count" => (hop.to_owned(), false),
+                _ => continue,
+            }
+        } else if name == "ces_e2e_latency_seconds_sum" {
+            ("e2e".to_owned(), true)
+        } else if name == "ces_e2e_latency_seconds_count" {
+            ("e2e".to_owned(), false)
+        } else {
+            continue;
+        };
+        let e = found.entry(hop).or_insert((0.0, 0.0));
+        if is_sum {
+            e.0 += value;
+        } else {
+            e.1 += value;
+        }
+    }
+    found.into_iter().map(|(h, (s, c))| (h, s, c)).collect()
+}
+
+/// Mean per hop (ms) of what was observed between two [`hop_totals`].
+fn hop_means(
+    before: &BTreeMap<String, (f64, f64)>,
+    after: &BTreeMap<String, (f64, f64)>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(hop, &(sum, count))| {
+            let (s0, c0) = before.get(hop).copied().unwrap_or_default();
+            (count > c0).then(|| (hop.clone(), (sum - s0) / (count - c0) * 1000.0))
+        })
+        .collect()
+}
+
 async fn scrape(http: &reqwest::Client, url: &str, metric: &str) -> anyhow::Result<f64> {
     let text = http
         .get(url)
@@ -497,6 +621,50 @@ fn finish_producer_wait(producing: Producing) -> anyhow::Result<Arc<Produced>> {
     Ok(producing.stats)
 }
 
+async fn broker(b: &BrokerArgs) -> anyhow::Result<Report> {
+    let c = &b.common;
+    let mut report = Report::new("broker");
+    let consumer = {
+        let (brokers, topic, wait) = (c.brokers.clone(), c.topic.clone(), b.fetch_wait_ms);
+        tokio::task::spawn_blocking(move || crate::broker::subscribe(&brokers, &topic, wait))
+            .await??
+    };
+    let recorder = Arc::new(crate::stats::Recorder::new());
+    let running = crate::broker::spawn(consumer, recorder.clone());
+    let sessions: Vec<String> = (0..c.sessions).map(|i| format!("lt-broker-{i}")).collect();
+    let producing = start_producer(c, &sessions, None, c.rate);
+    let started = producing.started;
+    let produced = tokio::task::spawn_blocking(move || finish_producer_wait(producing)).await??;
+    let produce_secs = started.elapsed().as_secs_f64();
+    let acked = produced.acked_total();
+    let deadline = Instant::now() + Duration::from_secs(c.settle);
+    while running.consumed.records.load(Ordering::Relaxed) < acked && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read_secs = started.elapsed().as_secs_f64();
+    let consumed = running.stop()?;
+    let records = consumed.records.load(Ordering::Relaxed);
+    report.sessions = c.sessions;
+    report.rate_target = c.rate;
+    report.duration_s = c.duration as f64;
+    report.produced = acked;
+    report.produce_errors = produced.errors.load(Ordering::Relaxed);
+    report.delivered = records;
+    report.lost = acked.saturating_sub(records);
+    report.produced_per_s = acked as f64 / produce_secs.max(1e-3);
+    report.delivered_per_s = records as f64 / read_secs.max(1e-3);
+    report.latency = recorder.quantiles();
+    report.seconds = recorder.seconds();
+    report.cdf = recorder.cdf();
+    report.notes.push(format!(
+        "a bare consumer (fetch.wait.max.ms={}) read {records} records from {}; {} without a producer clock",
+        b.fetch_wait_ms,
+        c.topic,
+        consumed.unparsed.load(Ordering::Relaxed)
+    ));
+    Ok(report)
+}
+
 const INGEST_RECORDS: &str = "ces_ingest_records_total";
 
 async fn ingest(i: &IngestArgs) -> anyhow::Result<Report> {
@@ -506,16 +674,20 @@ async fn ingest(i: &IngestArgs) -> anyhow::Result<Report> {
     let baseline = if i.prefilled {
         0.0
     } else {
-        scrape(&http, &i.ingest_metrics, INGEST_RECORDS).await?
+        scrape(&http, &i.common.ingest_metrics, INGEST_RECORDS).await?
     };
     let target = baseline + i.count as f64;
+    // Redis's own time per publish function call, over this run: where ingest's rate goes.
+    if let Err(e) = redis_cli(&i.common.redis, &["CONFIG", "RESETSTAT"]) {
+        report.notes.push(format!("redis-cli not run: {e:#}"));
+    }
     let producing =
         (!i.prefilled).then(|| start_producer(c, &ingest_sessions(c), Some(i.count), 0));
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, f64)> = None;
     let mut last_print = Instant::now();
     let done = loop {
-        let now_count = scrape(&http, &i.ingest_metrics, INGEST_RECORDS).await?;
+        let now_count = scrape(&http, &i.common.ingest_metrics, INGEST_RECORDS).await?;
         let now = Instant::now();
         if first.is_none() && now_count > baseline {
             first = Some((now, now_count));
@@ -562,7 +734,15 @@ async fn ingest(i: &IngestArgs) -> anyhow::Result<Report> {
         "ingest consumed {:.0} records in {secs:.2} s after its counter first moved",
         target - c0
     ));
-    match redis_benchmark_publish(&i.redis, 150 + c.payload as usize) {
+    if let Ok(stats) = redis_cli(&i.common.redis, &["INFO", "commandstats"])
+        && let Some((calls, usec)) = parse_fcall_stats(&stats)
+    {
+        report.redis_usec_per_fcall = Some(usec);
+        report.notes.push(format!(
+            "redis: {calls} FCALL at {usec:.2} us each (INFO commandstats)"
+        ));
+    }
+    match redis_benchmark_publish(&i.common.redis, 150 + c.payload as usize) {
         Ok(raw) => {
             report.raw_limit_per_s = Some(raw);
             report.ratio_to_raw = Some(rate / raw);
@@ -587,6 +767,33 @@ fn redis_benchmark_publish(addr: &str, size: usize) -> anyhow::Result<f64> {
     let text = String::from_utf8_lossy(&out.stdout);
     parse_redis_benchmark(&text)
         .with_context(|| format!("no rate in redis-benchmark output: {text}"))
+}
+
+/// Runs `redis-cli` against `addr` (host:port) and returns what it printed.
+fn redis_cli(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port])
+        .args(args)
+        .output()
+        .context("run redis-cli (Debian package redis-tools)")?;
+    anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `(calls, usec_per_call)` of FCALL from `INFO commandstats`.
+fn parse_fcall_stats(text: &str) -> Option<(u64, f64)> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:"))?;
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    Some((
+        field("calls")?.parse().ok()?,
+        field("usec_per_call")?.trim().parse().ok()?,
+    ))
 }
 
 fn parse_redis_benchmark(text: &str) -> Option<f64> {
@@ -771,6 +978,34 @@ mod tests {
         let out = "PUBLISH ces:loadtest:raw xx: rps=0.0 (overall: nan) avg_msec=nan\r\
                    PUBLISH ces:loadtest:raw xx: 812345.69 requests per second, p50=0.231 msec\n";
         assert_eq!(parse_redis_benchmark(out), Some(812345.69));
+    }
+
+    #[test]
+    fn hop_means_come_from_the_sums_and_counts_observed_in_between() {
+        let before = "ces_hop_latency_seconds_sum{hop=\"kafka_to_ingest\"} 1.0\n\
+                      ces_hop_latency_seconds_count{hop=\"kafka_to_ingest\"} 10\n\
+                      ces_hop_latency_seconds_bucket{hop=\"kafka_to_ingest\",le=\"0.005\"} 3\n";
+        let after = "ces_hop_latency_seconds_sum{hop=\"kafka_to_ingest\"} 1.5\n\
+                     ces_hop_latency_seconds_count{hop=\"kafka_to_ingest\"} 110\n\
+                     ces_e2e_latency_seconds_sum 0.4\nces_e2e_latency_seconds_count 100\n";
+        let totals = |t: &str| -> BTreeMap<String, (f64, f64)> {
+            parse_hops(t)
+                .into_iter()
+                .map(|(h, s, c)| (h, (s, c)))
+                .collect()
+        };
+        let means = hop_means(&totals(before), &totals(after));
+        assert_eq!(means.len(), 2);
+        assert!((means["kafka_to_ingest"] - 5.0).abs() < 1e-9, "{means:?}");
+        assert!((means["e2e"] - 4.0).abs() < 1e-9, "{means:?}");
+    }
+
+    #[test]
+    fn reads_the_fcall_line_of_commandstats() {
+        let out = "# Commandstats\r\ncmdstat_publish:calls=3,usec=9,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
+                   cmdstat_fcall:calls=1456,usec=26578,usec_per_call=18.25,rejected_calls=0,failed_calls=1\r\n";
+        assert_eq!(parse_fcall_stats(out), Some((1456, 18.25)));
+        assert_eq!(parse_fcall_stats("# Commandstats\r\n"), None);
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub fn validate_session_id(s: &str) -> Result<(), SessionIdError> {
 /// The Redis names of one session's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionKeys {
-    /// Hash: `epoch`, `seq` (last assigned), `evicted` (highest seq trimmed from the buffer), `evicted_reason`.
+    /// Hash: `epoch`, `seq` (last assigned), `evicted` (highest seq trimmed from the buffer), `evicted_reason`,
+    /// `due` (when the session's upkeep runs next, ms since the Unix epoch).
     pub meta: String,
     /// Stream: the reconnection buffer, one entry per event, entry id `<seq>-0`.
     pub buffer: String,

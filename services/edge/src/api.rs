@@ -224,9 +224,11 @@ pub async fn websocket(
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
     Ok(upgrade
-        // A 4 KiB read buffer and a 16 KiB write threshold instead of tungstenite's 128 KiB defaults keep an idle
-        // connection to a few KiB; the 1 MiB write cap bounds what one stuck socket can hold.
-        .read_buffer_size(4 * 1024)
+        // tungstenite allocates the read buffer up front for every socket (128 KiB by default). Clients send
+        // small frames (acks, pings, a token refresh of a few hundred bytes), and a larger frame reserves its own
+        // length anyway, so 1 KiB is enough. A 16 KiB write threshold coalesces frames; the 1 MiB write cap
+        // bounds what one stuck socket can hold.
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(max)

@@ -12,7 +12,7 @@
 //!   consumer, which is closed with 4008 and resumes from the reconnection buffer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::metrics as m;
+use crate::queue;
 
 /// A live event, ready to write: its position, to detect duplicates and gaps against what the socket already
 /// sent, and its frame, built once by the dispatch task.
@@ -82,36 +83,33 @@ pub const SLOW_CONSUMER: CloseReason = CloseReason {
     reason: "slow consumer",
 };
 
+impl queue::ByteLen for Live {
+    fn byte_len(&self) -> usize {
+        self.frame.len()
+    }
+}
+
 struct Slot {
     conn_id: u64,
-    tx: mpsc::Sender<Live>,
-    /// Bytes of frames in `tx`'s queue; the dispatch task adds, the socket subtracts.
-    queued_bytes: Arc<AtomicUsize>,
+    tx: queue::Sender<Live>,
     close: oneshot::Sender<CloseReason>,
 }
 
 /// A connection's queue of live events, bounded by count and by bytes.
 #[derive(Debug)]
 pub struct Frames {
-    rx: mpsc::Receiver<Live>,
-    queued_bytes: Arc<AtomicUsize>,
+    rx: queue::Receiver<Live>,
 }
 
 impl Frames {
     /// The next frame; `None` once the hub dropped the connection's slot.
     pub async fn recv(&mut self) -> Option<Live> {
-        let live = self.rx.recv().await?;
-        self.queued_bytes
-            .fetch_sub(live.frame.len(), Ordering::Relaxed);
-        Some(live)
+        self.rx.recv().await
     }
 
     /// The next frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Live> {
-        let live = self.rx.try_recv().ok()?;
-        self.queued_bytes
-            .fetch_sub(live.frame.len(), Ordering::Relaxed);
-        Some(live)
+        self.rx.try_recv()
     }
 }
 
@@ -192,15 +190,13 @@ impl Hub {
     /// Registers a connection for `session`, closing any older one on this node with 4009.
     pub fn attach(&self, session: &str) -> Attachment {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = queue::bounded(self.queue_capacity, self.queue_bytes);
         let (close_tx, close) = oneshot::channel();
         let old = self.slots.lock().expect("hub lock").insert(
             session.to_owned(),
             Slot {
                 conn_id,
                 tx,
-                queued_bytes: queued_bytes.clone(),
                 close: close_tx,
             },
         );
@@ -209,7 +205,7 @@ impl Hub {
         }
         Attachment {
             conn_id,
-            frames: Frames { rx, queued_bytes },
+            frames: Frames { rx },
             close,
         }
     }
@@ -281,21 +277,9 @@ impl Hub {
             metrics::counter!(m::UNDELIVERABLE).increment(1);
             return;
         };
-        // Counted before the send, so the socket's subtraction can never come first. Only the dispatch task adds
-        // bytes (resync requests are empty), so the check cannot be raced past the bound.
-        let len = frame.frame.len();
-        let queued = slot.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let sent = if queued > 0 && queued + len > self.queue_bytes {
-            Err(mpsc::error::TrySendError::Full(frame))
-        } else {
-            slot.tx.try_send(frame)
-        };
-        if sent.is_err() {
-            slot.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        }
-        match sent {
+        match slot.tx.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::Refused::Full(_)) => {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);
                 if let Some(slot) = slots.remove(session) {
                     warn!(
@@ -306,7 +290,7 @@ impl Hub {
                     let _ = slot.close.send(SLOW_CONSUMER);
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(queue::Refused::Closed(_)) => {
                 metrics::counter!(m::UNDELIVERABLE).increment(1);
             }
         }

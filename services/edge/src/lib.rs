@@ -8,6 +8,7 @@
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
+//! - [`queue`]: a connection's bounded queue of live events, which costs nothing while idle.
 //! - [`register_auth`]: who may register (API keys, upstream JWT).
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
 //! - [`serve`]: the accept loop (TLS, header timeout, connection cap, graceful stop).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod queue;
 pub mod register_auth;
 pub mod resume;
 pub mod serve;

@@ -353,7 +353,11 @@ where
                 let Some(live) = live else {
                     return (close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await, pending_ack);
                 };
-                match bounded(forward(socket, live, &mut frames, &mut cursor, params)).await {
+                // Boxed: writing is the one state of this loop that is large (1.35 KB with its timeout), and
+                // inline the compiler lays it out beside the select's own state, which made every connection's
+                // resident task 2.5 KB larger (measured: `run` 4.4 KB inline, 1.9 KB boxed). One allocation per
+                // wake-up with events (a batch of up to COALESCE_MAX frames) costs far less than the write itself.
+                match Box::pin(bounded(forward(socket, live, &mut frames, &mut cursor, params))).await {
                     Ok(()) => {}
                     Err(()) => return (close_code::ABNORMAL, pending_ack),
                 }

@@ -101,7 +101,8 @@ async fn seq_and_epoch_are_decodable_at_every_varint_width() -> anyhow::Result<(
         }
     }
     let ttl: i64 = client.pttl(&meta).await?;
-    assert!(ttl > 0 && ttl <= 120_000, "state TTL set, got {ttl}");
+    // The limit plus the upkeep interval (1 s at these limits), so it never expires before the limit.
+    assert!(ttl > 120_000 && ttl <= 121_000, "state TTL set, got {ttl}");
     Ok(())
 }
 
@@ -200,6 +201,126 @@ async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Res
         .hmget(&k.meta, vec!["evicted", "evicted_reason"])
         .await?;
     assert_eq!((evicted, reason.as_str()), (1, "expired"));
+    Ok(())
+}
+
+/// Limits of 400 ms: the upkeep runs at most every 100 ms.
+fn short_limits() -> Limits {
+    Limits {
+        buffer_max_events: 1000,
+        buffer_max_age: Duration::from_millis(400),
+        dedup_window: Duration::from_millis(400),
+        state_ttl: Duration::from_millis(400),
+    }
+}
+
+async fn pttls(client: &Client, k: &SessionKeys) -> anyhow::Result<[i64; 3]> {
+    Ok([
+        client.pttl(&k.meta).await?,
+        client.pttl(&k.buffer).await?,
+        client.pttl(&k.ids).await?,
+    ])
+}
+
+#[tokio::test]
+async fn between_upkeeps_every_key_still_outlives_its_limit_after_the_last_event()
+-> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    // Limits of 2 s: the upkeep runs at most every 500 ms.
+    let limits = Limits {
+        buffer_max_events: 1000,
+        buffer_max_age: Duration::from_secs(2),
+        dedup_window: Duration::from_secs(2),
+        state_ttl: Duration::from_secs(2),
+    };
+    let publisher = Publisher::new(client.clone(), limits, Duration::from_secs(3)).await?;
+    let k = SessionKeys::of("s");
+    publish(&publisher, &[event("s", "e1", 1)]).await?;
+    for ttl in pttls(&client, &k).await? {
+        assert!(
+            ttl > 2000 && ttl <= 2500,
+            "limit + upkeep interval, got {ttl}"
+        );
+    }
+    // Inside the upkeep interval no TTL is refreshed, yet each still outlives the limit counted from e2.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before_e2 = std::time::Instant::now();
+    publish(&publisher, &[event("s", "e2", 2)]).await?;
+    let after_e2 = pttls(&client, &k).await?;
+    let spent = before_e2.elapsed().as_millis() as i64;
+    for ttl in after_e2 {
+        assert!(
+            ttl >= 2000 - spent,
+            "outlives the limit after e2, got {ttl}"
+        );
+        assert!(ttl < 2400, "not refreshed inside the interval, got {ttl}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn keys_that_expired_get_their_ttl_back_and_old_ids_are_no_longer_duplicates()
+-> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), short_limits(), Duration::from_secs(3)).await?;
+    let k = SessionKeys::of("s");
+    assert_eq!(
+        publish(&publisher, &[event("s", "e1", 1)]).await?,
+        [Outcome::Published(1)]
+    );
+    // Everything expires (400 ms + the 100 ms interval) and is re-created by the next publish, which must give
+    // each key its TTL again: a key without one would live forever.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let exists: u64 = client.exists(vec![&k.meta, &k.buffer, &k.ids]).await?;
+    assert_eq!(exists, 0, "all three keys expired");
+    assert_eq!(
+        publish(&publisher, &[event("s", "e1", 1)]).await?,
+        [Outcome::Published(1)],
+        "past the dedup window the same id is a new event, in a new epoch"
+    );
+    for ttl in pttls(&client, &k).await? {
+        assert!(ttl > 400 && ttl <= 500, "TTL set again, got {ttl}");
+    }
+
+    // Only the ids key goes (its own TTL, say): re-created by ZADD, it gets its TTL back at the upkeep that is
+    // due by the time it could have expired.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let _: () = client.del(&k.ids).await?;
+    assert_eq!(
+        publish(&publisher, &[event("s", "e2", 2)]).await?,
+        [Outcome::Published(2)]
+    );
+    let ttl: i64 = client.pttl(&k.ids).await?;
+    assert!(ttl > 400 && ttl <= 500, "ids TTL set again, got {ttl}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn expiry_trims_every_expired_entry_at_once_even_past_one_read() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let limits = Limits {
+        buffer_max_age: Duration::from_secs(1),
+        ..limits(1000)
+    };
+    let publisher = Publisher::new(client.clone(), limits, Duration::from_secs(3)).await?;
+    // 150 events (more than the 64 the upkeep reads at a time), then one more after they all expired.
+    let first: Vec<Publish> = (1..=150).map(|n| event("s", &format!("a{n}"), n)).collect();
+    publish(&publisher, &first).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        publish(&publisher, &[event("s", "b", 151)]).await?,
+        [Outcome::Published(151)]
+    );
+    let k = SessionKeys::of("s");
+    let len: u64 = client.xlen(&k.buffer).await?;
+    assert_eq!(len, 1, "only the newest event stays");
+    let (evicted, reason): (u64, String) = client
+        .hmget(&k.meta, vec!["evicted", "evicted_reason"])
+        .await?;
+    assert_eq!((evicted, reason.as_str()), (150, "expired"));
     Ok(())
 }
 

@@ -1,0 +1,207 @@
+#!lua name=ces
+-- CES's Redis functions: publishing an event (seq, buffer, dedup, Pub/Sub in one atomic step), resuming a
+-- session from its buffer, and session state (claim, release, touch, close, admission). Loaded by both services
+-- as `ces_shared::redis::LIBRARY`; its contract is documented there.
+
+local function varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+
+-- A session without state starts a new epoch. A buffer left from a lost state (meta evicted under memory
+-- pressure) belongs to the old epoch and goes with it: its entries would otherwise be replayed as the new
+-- epoch's, and its ids would block the new epoch's numbering.
+local function ensure_epoch(meta, buf, candidate)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', buf)
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'evicted', 0)
+  end
+  return epoch
+end
+
+-- Integers as decimal text: Lua's tostring switches to exponent notation above 1e14.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Upkeep that does not need to happen on every publish: expiring old buffer entries, forgetting ids past the
+-- dedup window, and refreshing the three TTLs. It runs when the session's `due` time has passed (at most every
+-- `gate` ms, and always for a session without state), which takes five commands off the per-event path. Every
+-- key still lives at least its limit after the session's last event: the TTLs are set `gate` longer than the
+-- limits, and each key that lost its TTL (expired, then re-created by this call) gets it back in this call,
+-- because `gate` is below every limit, so `due` has passed whenever a key could have expired.
+local function upkeep(buf, ids, now, max_age, window, gate, evicted)
+  local reason = nil
+  local oldest = redis.call('XRANGE', buf, '-', '+', 'COUNT', 1)[1]
+  if oldest and tonumber(oldest[2][4]) < now - max_age then
+    -- Entries are in seq order and so in time order: read from the oldest until the first one to keep.
+    local expired_upto, from = nil, '-'
+    repeat
+      local entries = redis.call('XRANGE', buf, from, '+', 'COUNT', 64)
+      local more = #entries == 64
+      for _, entry in ipairs(entries) do
+        if tonumber(entry[2][4]) < now - max_age then
+          expired_upto = tonumber(string.match(entry[1], '^(%d+)'))
+          from = '(' .. entry[1]
+        else
+          more = false
+          break
+        end
+      end
+    until not more
+    redis.call('XTRIM', buf, 'MINID', int(expired_upto + 1) .. '-0')
+    if expired_upto > evicted then
+      evicted, reason = expired_upto, 'expired'
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', int(now - window))
+  redis.call('PEXPIRE', ids, window + gate)
+  redis.call('PEXPIRE', buf, max_age + gate)
+  return evicted, reason
+end
+
+redis.register_function('ces_publish', function(keys, args)
+  local meta, buf, ids, ch = keys[1], keys[2], keys[3], keys[4]
+  local now = tonumber(args[3])
+  local max_events = tonumber(args[4])
+  local max_age = tonumber(args[5])
+  local window = tonumber(args[6])
+  local ttl = tonumber(args[7])
+  local gate = math.max(1, math.floor(math.min(1000, max_age / 4, window / 4, ttl / 4)))
+  local seen = redis.call('ZSCORE', ids, args[2])
+  if seen and tonumber(seen) > now - window then
+    return 0
+  end
+  if args[9] and args[9] ~= '' and not redis.call('ZSCORE', ids, args[9]) then
+    return redis.error_reply('CESORDER the previous event of this session in the batch is not published yet')
+  end
+  local state = redis.call('HMGET', meta, 'epoch', 'seq', 'evicted', 'due')
+  local epoch, seq, evicted, due = state[1], 0, 0, 0
+  local update = {}
+  if epoch then
+    seq, evicted, due = tonumber(state[2] or '0'), tonumber(state[3] or '0'), tonumber(state[4] or '0')
+  else
+    -- A session without state starts a new epoch (see ensure_epoch).
+    epoch = args[8]
+    redis.call('DEL', buf)
+    update = { 'epoch', epoch, 'evicted', 0 }
+  end
+  seq = seq + 1
+  local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
+  local reason = nil
+  if seq > max_events then
+    -- Trimmed by count in the same command; a session's buffer holds max_events entries at most.
+    redis.call('XADD', buf, 'MINID', int(seq - max_events + 1) .. '-0', int(seq) .. '-0', 'e', env, 't', int(now))
+    if seq - max_events > evicted then
+      evicted, reason = seq - max_events, 'buffer_overflow'
+    end
+  else
+    redis.call('XADD', buf, int(seq) .. '-0', 'e', env, 't', int(now))
+  end
+  redis.call('ZADD', ids, int(now), args[2])
+  local upkept = now >= due
+  if upkept then
+    local expired_reason
+    evicted, expired_reason = upkeep(buf, ids, now, max_age, window, gate, evicted)
+    reason = expired_reason or reason
+    update[#update + 1] = 'due'
+    update[#update + 1] = int(now + gate)
+  end
+  if reason then
+    update[#update + 1] = 'evicted'
+    update[#update + 1] = int(evicted)
+    update[#update + 1] = 'evicted_reason'
+    update[#update + 1] = reason
+  end
+  -- The checks and the buffer append above come before `seq` is stored: a failing call leaves no gap.
+  redis.call('HSET', meta, 'seq', int(seq), unpack(update))
+  if upkept then
+    redis.call('PEXPIRE', meta, ttl + gate)
+  end
+  redis.call('PUBLISH', ch, env)
+  return seq
+end)
+
+-- Session state (hash ces:{s}:session). A connection claims the session: the previous holder is returned so
+-- its node can be told to close it (takeover); a closed session cannot be claimed.
+redis.register_function('ces_claim', function(keys, args)
+  local prev = redis.call('HMGET', keys[1], 'conn', 'status')
+  if prev[2] == 'closed' then
+    return { '', 'closed' }
+  end
+  redis.call('HSET', keys[1], 'conn', args[1], 'node', args[2], 'status', 'connected', 'last_seen_ms', args[3])
+  redis.call('PEXPIRE', keys[1], args[4])
+  return { prev[1] or '', prev[2] or '' }
+end)
+
+-- A connection ends: the session becomes disconnected, unless a newer connection holds it already.
+redis.register_function('ces_release', function(keys, args)
+  if redis.call('HGET', keys[1], 'conn') == args[1] then
+    redis.call('HSET', keys[1], 'status', 'disconnected', 'last_seen_ms', args[2])
+    if args[4] ~= '' then
+      redis.call('HSET', keys[1], 'last_ack', args[4])
+    end
+    redis.call('HDEL', keys[1], 'conn')
+    redis.call('PEXPIRE', keys[1], args[3])
+    return 1
+  end
+  return 0
+end)
+
+-- A connected session's heartbeat (and its client's last ack, if any): refreshes it if this connection still
+-- holds it, and says 'closed' or 'taken' otherwise, so a socket that missed its control message still closes.
+redis.register_function('ces_touch', function(keys, args)
+  local state = redis.call('HMGET', keys[1], 'conn', 'status')
+  if state[2] == 'closed' then
+    return 'closed'
+  end
+  if state[1] ~= args[1] then
+    return 'taken'
+  end
+  redis.call('HSET', keys[1], 'last_seen_ms', args[2])
+  if args[4] ~= '' then
+    redis.call('HSET', keys[1], 'last_ack', args[4])
+  end
+  redis.call('PEXPIRE', keys[1], args[3])
+  return 'ok'
+end)
+
+-- The session is closed for good (DELETE): returns the connection that held it, if any.
+redis.register_function('ces_close', function(keys, args)
+  local conn = redis.call('HGET', keys[1], 'conn') or ''
+  redis.call('HSET', keys[1], 'status', 'closed', 'closed_at_ms', args[1])
+  redis.call('HDEL', keys[1], 'conn')
+  redis.call('PEXPIRE', keys[1], args[2])
+  return conn
+end)
+
+-- Registration under a node-wide cap: KEYS[1] is the set of live sessions scored by expiry.
+redis.register_function('ces_admit', function(keys, args)
+  local now, cap = tonumber(args[2]), tonumber(args[4])
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', int(now))
+  if redis.call('ZCARD', keys[1]) >= cap then
+    return 0
+  end
+  redis.call('ZADD', keys[1], args[3], args[1])
+  return 1
+end)
+
+redis.register_function('ces_resume', function(keys, args)
+  local meta, buf = keys[1], keys[2]
+  local epoch = ensure_epoch(meta, buf, args[2])
+  -- A session that is read is alive: its numbering must not expire under a connected client.
+  redis.call('PEXPIRE', meta, args[3])
+  local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')
+  local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
+  for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do
+    out[#out + 1] = entry[2][2]
+  end
+  return out
+end)
