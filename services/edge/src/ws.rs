@@ -108,7 +108,7 @@ struct Cursor {
 pub async fn serve_socket<S>(
     mut socket: S,
     hub: Arc<Hub>,
-    mut params: SocketParams,
+    mut params: Box<SocketParams>,
     shutdown: CancellationToken,
 ) -> u16
 where
