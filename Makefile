@@ -7,7 +7,7 @@ SHELL := /bin/bash
 help:
 	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops)"
 	@echo "make test  - run the whole test suite against real redis-server and tansu processes"
-	@echo "make bench - start a stack of its own, run the standard load tests (loadtest/out/), tear it down"
+	@echo "make bench - run the standard load tests, each on a fresh stack of its own (results in loadtest/out/)"
 	@echo "make lint  - rustfmt and clippy, as CI runs them"
 	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
 

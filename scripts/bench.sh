@@ -47,7 +47,7 @@ export CES_HTTP_MAX_CONNECTIONS=50000
 # tansu answers every fetch only after sleeping for (half) the consumer's fetch.wait.max.ms, whether or not data
 # is there; librdkafka's 500 ms default would put 250-500 ms of broker wait into every measured latency. Apache
 # Kafka answers as soon as data arrives, so production needs no such setting.
-export CES_KAFKA_PROP_FETCH_WAIT_MAX_MS=10
+export CES_KAFKA_PROP_FETCH_WAIT_MAX_MS=${CES_KAFKA_PROP_FETCH_WAIT_MAX_MS:-10}
 
 trap 'stop_all; exit 130' INT TERM
 trap 'stop_all' EXIT
