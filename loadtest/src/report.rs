@@ -166,27 +166,33 @@ impl Report {
         if let (Some(raw), Some(ratio)) = (self.raw_limit_per_s, self.ratio_to_raw) {
             s += &format!("  raw limit {raw:.0}/s   ratio {:.0}%\n", ratio * 100.0);
         }
-        if !self.cpu_percent.is_empty() {
-            let cpu: Vec<String> = self
-                .cpu_percent
-                .iter()
-                .map(|(name, pct)| format!("{name} {pct:.0}%"))
-                .collect();
-            s += &format!("  CPU (% of one core): {}\n", cpu.join("   "));
-        }
-        if !self.hops_mean_ms.is_empty() {
-            let hops: Vec<String> = self
-                .hops_mean_ms
-                .iter()
-                .map(|(hop, ms)| format!("{hop} {ms:.2}"))
-                .collect();
-            s += &format!("  mean ms per hop: {}\n", hops.join("   "));
-        }
+        s += &summary_line("CPU (% of one core)", &self.cpu_percent, |pct| {
+            format!("{pct:.0}%")
+        });
+        s += &summary_line("mean ms per hop", &self.hops_mean_ms, |ms| {
+            format!("{ms:.2}")
+        });
         for note in &self.notes {
             s += &format!("  note: {note}\n");
         }
         s
     }
+}
+
+/// `  <title>: name value   name value ...` for a non-empty map, nothing for an empty one.
+fn summary_line(
+    title: &str,
+    values: &std::collections::BTreeMap<String, f64>,
+    show: impl Fn(f64) -> String,
+) -> String {
+    if values.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = values
+        .iter()
+        .map(|(name, v)| format!("{name} {}", show(*v)))
+        .collect();
+    format!("  {title}: {}\n", parts.join("   "))
 }
 
 /// Two charts in one SVG: p50/p99/max per second over the run, and the CDF of all latencies.

@@ -182,13 +182,10 @@ async fn a_lost_function_library_is_detected_and_reloaded() -> anyhow::Result<()
 async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let limits = Limits {
-        buffer_max_age: Duration::from_secs(1),
-        ..limits(1000)
-    };
-    let publisher = Publisher::new(client.clone(), limits, Duration::from_secs(3)).await?;
-    // e1 at 0 s, e2 at 0.6 s, e3 at 1.2 s: by then e1 is older than the limit and trimmed; the buffer key itself
-    // stays alive because each publish refreshes its TTL.
+    let publisher =
+        Publisher::new(client.clone(), one_second_buffer(), Duration::from_secs(3)).await?;
+    // e1 at 0 s, e2 at 0.6 s, e3 at 1.2 s: by then e1 is older than the limit and trimmed at the upkeep e3 is due
+    // for; the buffer key itself stays alive, its TTL refreshed at every upkeep (at most 250 ms apart here).
     publish(&publisher, &[event("s", "e1", 1)]).await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
     publish(&publisher, &[event("s", "e2", 2)]).await?;
@@ -202,6 +199,14 @@ async fn events_older_than_the_age_limit_are_evicted_as_expired() -> anyhow::Res
         .await?;
     assert_eq!((evicted, reason.as_str()), (1, "expired"));
     Ok(())
+}
+
+/// A buffer that keeps events for 1 s (the upkeep runs at most every 250 ms).
+fn one_second_buffer() -> Limits {
+    Limits {
+        buffer_max_age: Duration::from_secs(1),
+        ..limits(1000)
+    }
 }
 
 /// Limits of 400 ms: the upkeep runs at most every 100 ms.
@@ -301,11 +306,8 @@ async fn keys_that_expired_get_their_ttl_back_and_old_ids_are_no_longer_duplicat
 async fn expiry_trims_every_expired_entry_at_once_even_past_one_read() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let limits = Limits {
-        buffer_max_age: Duration::from_secs(1),
-        ..limits(1000)
-    };
-    let publisher = Publisher::new(client.clone(), limits, Duration::from_secs(3)).await?;
+    let publisher =
+        Publisher::new(client.clone(), one_second_buffer(), Duration::from_secs(3)).await?;
     // 150 events (more than the 64 the upkeep reads at a time), then one more after they all expired.
     let first: Vec<Publish> = (1..=150).map(|n| event("s", &format!("a{n}"), n)).collect();
     publish(&publisher, &first).await?;
