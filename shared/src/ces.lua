@@ -196,8 +196,11 @@ end)
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
   local epoch = ensure_epoch(meta, buf, args[2])
-  -- A session that is read is alive: its numbering must not expire under a connected client.
-  redis.call('PEXPIRE', meta, args[3])
+  -- A session that is read is alive: its numbering must not expire under a connected client. Never shortened:
+  -- ces_publish sets a TTL up to its upkeep interval longer, and that one counts from the last event.
+  if redis.call('PTTL', meta) < tonumber(args[3]) then
+    redis.call('PEXPIRE', meta, args[3])
+  end
   local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')
   local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
   for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do

@@ -14,6 +14,7 @@ use axum::{Extension, Json};
 use ces_shared::keys::SessionId;
 use ces_shared::token::TokenError;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
+use futures::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -23,7 +24,6 @@ use crate::resume::Position;
 use crate::session;
 use crate::ws::{SocketParams, serve_socket};
 use crate::{AppState, Error, metrics as m};
-use futures::FutureExt as _;
 
 /// Answer to `POST /v1/sessions`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -265,6 +265,36 @@ async fn between_upkeeps_every_key_still_outlives_its_limit_after_the_last_event
 }
 
 #[tokio::test]
+async fn a_resume_never_shortens_the_ttl_a_publish_gave_and_sets_one_on_a_new_session()
+-> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
+    publish(&publisher, &[event("s", "e1", 1)]).await?;
+    let resume = |session: &str| {
+        let k = SessionKeys::of(session);
+        client.fcall::<fred::types::Value, _, _, _>(
+            ces_shared::redis::RESUME_FUNCTION,
+            vec![k.meta, k.buffer],
+            vec!["0", "0123456789abcdef", "120000"],
+        )
+    };
+    resume("s").await?;
+    let ttl: i64 = client.pttl(SessionKeys::of("s").meta).await?;
+    assert!(
+        ttl > 120_000,
+        "the publish's TTL (limit + 1 s) stays, got {ttl}"
+    );
+    resume("new").await?;
+    let ttl: i64 = client.pttl(SessionKeys::of("new").meta).await?;
+    assert!(
+        ttl > 119_000 && ttl <= 120_000,
+        "a new session's state gets the TTL, got {ttl}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn keys_that_expired_get_their_ttl_back_and_old_ids_are_no_longer_duplicates()
 -> anyhow::Result<()> {
     let redis = Redis::start().await?;
