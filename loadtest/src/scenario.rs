@@ -298,7 +298,7 @@ async fn throughput(c: &Common) -> anyhow::Result<Report> {
     let fleet = Fleet::connect(c, c.sessions).await?;
     let ids: Vec<String> = fleet.sessions.iter().map(|s| s.id.clone()).collect();
     let cpu = procfs::cpu_mark(&pids);
-    let stack = stack_processes(c);
+    let stack = stack_processes(c, &pids);
     let stack_cpu: Vec<_> = stack.iter().map(|(_, p)| procfs::cpu_mark(p)).collect();
     let hops_before = hop_totals(c).await;
     let producing = start_producer(c, &ids, None, c.rate);
@@ -474,9 +474,9 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
         .sum()
 }
 
-/// The stack's processes on this machine, found by the ports they listen on, and this process itself: whose CPU
-/// the run used.
-fn stack_processes(c: &Common) -> Vec<(String, Vec<u32>)> {
+/// The stack's processes on this machine, found by the ports they listen on, with the edges' `edge_pids` and this
+/// process itself: whose CPU the run used.
+fn stack_processes(c: &Common, edges: &[u32]) -> Vec<(String, Vec<u32>)> {
     let addr_of_url = |u: &str| {
         let rest = u.split_once("://").map_or(u, |(_, r)| r);
         rest.split('/').next().unwrap_or(rest).to_owned()
@@ -492,13 +492,8 @@ fn stack_processes(c: &Common) -> Vec<(String, Vec<u32>)> {
     .into_iter()
     .filter_map(|(name, addr)| Some((name.to_owned(), vec![procfs::pid_listening_on(&addr)?])))
     .collect::<Vec<_>>();
-    let edges: Vec<u32> = c
-        .edges
-        .iter()
-        .filter_map(|e| procfs::pid_listening_on(e))
-        .collect();
     if !edges.is_empty() {
-        found.push(("edges".to_owned(), edges));
+        found.push(("edges".to_owned(), edges.to_vec()));
     }
     found.push(("loadtest".to_owned(), vec![std::process::id()]));
     found
