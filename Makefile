@@ -6,7 +6,7 @@ SHELL := /bin/bash
 
 help:
 	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops)"
-	@echo "make test  - run the whole test suite against real redis-server and tansu processes"
+	@echo "make test  - run the whole test suite against real redis-server processes and one Apache Kafka broker"
 	@echo "make bench - run the standard load tests, each on a fresh stack of its own (results in loadtest/out/)"
 	@echo "make lint  - rustfmt and clippy, as CI runs them"
 	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
@@ -24,8 +24,7 @@ test: deps
 	@echo "[test] promtool check rules / test rules deploy/prometheus/alerts.yml"
 	@promtool check rules deploy/prometheus/alerts.yml
 	@cd deploy/prometheus && promtool test rules alerts_test.yml
-	@echo "[test] cargo nextest run --workspace"
-	@PATH="$$HOME/.cargo/bin:$$PATH" cargo nextest run --workspace --locked
+	@scripts/test.sh
 
 lint:
 	cargo fmt --all -- --check

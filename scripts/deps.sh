@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what CES needs to run and test, reusing whatever is already there.
 #   redis-server, haproxy, prometheus (Debian packages; prometheus brings promtool, which checks the alert rules)
-#   tansu 0.6.0            (Kafka-API broker, `cargo install`, ~18 min once per machine)
+#   java 17+ and maven     (Debian packages openjdk-17-jre-headless and maven, when missing)
+#   Apache Kafka's jars    (scripts/kafka.sh: Maven Central into ~/.cache/ces/kafka-<version>, once per machine)
 #   cargo-nextest          (test runner; only with --test)
 set -euo pipefail
 
@@ -15,6 +16,8 @@ apt_missing=()
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_missing+=(haproxy)
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
+if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] || command -v java >/dev/null 2>&1; then :; else apt_missing+=(openjdk-17-jre-headless); fi
+command -v mvn >/dev/null 2>&1 || apt_missing+=(maven)
 if ((${#apt_missing[@]})); then
   sudo=""
   if [[ $(id -u) -ne 0 ]]; then
@@ -37,15 +40,11 @@ if ((${#apt_missing[@]})); then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 else
-  say "redis-server, haproxy and prometheus already installed"
+  say "redis-server, haproxy, prometheus, java and maven already installed"
 fi
 
-if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
-  say "tansu 0.6.0 already installed ($(command -v tansu))"
-else
-  say "installing the tansu 0.6.0 broker with cargo (about 18 minutes on 2 cores, once per machine)"
-  cargo install tansu --version 0.6.0 --features dynostore --locked
-fi
+libs=$("$(dirname "$0")/kafka.sh" libs)
+say "Apache Kafka's jars are in $libs"
 
 if ((want_nextest)); then
   if cargo nextest --version >/dev/null 2>&1; then

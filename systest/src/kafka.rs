@@ -1,7 +1,7 @@
 //! Kafka helpers for tests: create topics, produce records, read a topic to its end.
 //!
-//! Reading to the end uses `enable.partition.eof` rather than high watermarks, which the test broker may
-//! under-report.
+//! Reading to the end uses `enable.partition.eof`: the reader stops once every partition reported its end and
+//! enough records arrived.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -72,19 +72,23 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
-/// A producer that sends every record in a batch of its own.
-///
-/// For tests that pause and resume a consumer: a resumed consumer fetches from its position, which may fall
-/// inside a record batch, and the test broker (tansu 0.6) answers a fetch from the middle of a batch with the
-/// batches after it, skipping that batch's tail (Apache Kafka returns the whole batch and the client skips the
-/// records before its position). One record per batch keeps every position at a batch start.
-pub fn producer_unbatched(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()?)
+/// True when the broker at `bootstrap` answers a metadata request that lists at least one broker.
+pub async fn broker_answers(bootstrap: &str) -> bool {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let Ok(consumer) = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("log_level", "0")
+            .create::<BaseConsumer>()
+        else {
+            return false;
+        };
+        consumer
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_ok_and(|m| !m.brokers().is_empty())
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Produces `records` to `topic` and waits until all are acknowledged.

@@ -1,8 +1,9 @@
 //! Test support for CES: real servers on free ports, and small clients to drive them.
 //!
-//! Every fixture starts its own process (`redis-server`, the Kafka-API broker `tansu`) on a free loopback port, so
-//! tests run in parallel without colliding, and kills it when dropped. Binaries are found on `PATH`, in
-//! `~/.cargo/bin`, or at `CES_REDIS_SERVER_BIN` / `CES_TANSU_BIN`.
+//! Every Redis fixture starts its own `redis-server` on a free loopback port, so tests run in parallel without
+//! colliding, and kills it when dropped (the binary is found on `PATH`, in `~/.cargo/bin`, or at
+//! `CES_REDIS_SERVER_BIN`). Apache Kafka is a JVM that takes seconds to start, so the tests of a run share one
+//! broker and keep apart by unique topic and group names; a test that stops the broker starts its own.
 //!
 //! # Layout
 //! - [`Redis`], [`Broker`]: the server fixtures.
@@ -16,7 +17,7 @@ pub mod client;
 pub mod kafka;
 pub mod tls;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -309,59 +310,119 @@ async fn ping(port: u16) -> bool {
     s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n"
 }
 
-/// A Kafka-API broker (tansu, in-memory storage) on a free port.
+/// The variable through which `make test` hands every test the bootstrap address of the run's broker.
+pub const SHARED_BROKER_VAR: &str = "CES_TEST_KAFKA";
+
+/// An Apache Kafka broker (combined broker and KRaft controller) for a test.
+///
+/// A JVM takes seconds to start, so a test run shares one: `make test` starts it with `scripts/kafka.sh` and passes
+/// its address in [`SHARED_BROKER_VAR`], and [`Broker::shared`] returns it (tests keep apart by unique topic and
+/// group names). A test that stops, kills or cuts off the broker takes one of its own with [`Broker::own`].
 #[derive(Debug)]
 pub struct Broker {
-    _child: Child,
-    addr: SocketAddr,
+    bootstrap: String,
+    own: Option<OwnBroker>,
+}
+
+#[derive(Debug)]
+struct OwnBroker {
+    child: Child,
+    /// Its storage and log, removed when the broker is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl Broker {
-    /// Starts a broker.
-    pub async fn start() -> anyhow::Result<Self> {
-        let bin = find_binary("tansu", "CES_TANSU_BIN")?;
+    /// The run's shared broker, or, when the tests were not started by `make test`, a broker of this test's own.
+    pub async fn shared() -> anyhow::Result<Self> {
+        match std::env::var(SHARED_BROKER_VAR) {
+            Ok(bootstrap) if !bootstrap.is_empty() => Ok(Self {
+                bootstrap,
+                own: None,
+            }),
+            _ => {
+                static HINT: std::sync::Once = std::sync::Once::new();
+                HINT.call_once(|| {
+                    eprintln!(
+                        "{SHARED_BROKER_VAR} is not set: starting a broker for this test alone (`make test` shares one)"
+                    );
+                });
+                Self::own().await
+            }
+        }
+    }
+
+    /// A broker of this test's own, on free ports, killed (SIGKILL) when dropped.
+    pub async fn own() -> anyhow::Result<Self> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
         let mut last_error = None;
         for _ in 0..3 {
-            let port = free_port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let mut child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .env_remove("CLUSTER_ID")
-                .env_remove("STORAGE_ENGINE")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+            let dir = tempfile::tempdir()?;
+            let (port, controller) = (free_port(), free_port());
+            let log = std::fs::File::create(dir.path().join("broker.log"))?;
+            let mut child = Command::new("bash")
+                .arg(&script)
+                .arg("run")
+                .arg(dir.path())
+                .args([port.to_string(), controller.to_string()])
+                // A test broker is small and quiet: its log is read only when it fails to start.
+                .env("CES_KAFKA_HEAP", "-Xms128m -Xmx512m")
+                .env("CES_KAFKA_LOG_LEVEL", "WARN")
+                .stdout(log.try_clone()?)
+                .stderr(log)
                 .kill_on_drop(true)
                 .spawn()
-                .with_context(|| format!("spawning {}", bin.display()))?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let ready = wait_for("tansu", &mut child, || async move {
-                TcpStream::connect(addr).await.is_ok()
-            })
-            .await;
-            match ready {
+                .with_context(|| format!("spawning {}", script.display()))?;
+            let bootstrap = format!("127.0.0.1:{port}");
+            match wait_for_broker(&bootstrap, &mut child).await {
                 Ok(()) => {
                     return Ok(Self {
-                        _child: child,
-                        addr,
+                        bootstrap,
+                        own: Some(OwnBroker { child, _dir: dir }),
                     });
                 }
-                Err(e) => last_error = Some(e),
+                Err(e) => {
+                    let log = std::fs::read_to_string(dir.path().join("broker.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    last_error = Some(e.context(tail.join("\n")));
+                }
             }
         }
         Err(last_error.expect("at least one attempt"))
     }
 
+    /// Kills a broker of this test's own (SIGKILL): its clients see connections refused from then on.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let own = self
+            .own
+            .as_mut()
+            .context("the shared broker is never killed; take one with Broker::own")?;
+        own.child.kill().await?;
+        let _ = own.child.wait().await;
+        Ok(())
+    }
+
     /// Bootstrap servers string.
     pub fn bootstrap(&self) -> String {
-        self.addr.to_string()
+        self.bootstrap.clone()
     }
+}
+
+/// Waits until the broker at `bootstrap` answers a metadata request naming itself (up to 60 s: a JVM on a busy
+/// 2-core machine), failing early if `child` exits.
+async fn wait_for_broker(bootstrap: &str, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("kafka broker exited during start-up with {status}");
+        }
+        if kafka::broker_answers(bootstrap).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("kafka broker at {bootstrap} not ready after 60 s")
 }
 
 /// The path of a workspace binary built next to the running test (`target/<profile>/<name>`), or at `env_override`.

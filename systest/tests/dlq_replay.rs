@@ -48,7 +48,7 @@ async fn wait_metric(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_schema_then_replay_delivers_once_and_loops_are_refused() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::shared())?;
     let bootstrap = broker.bootstrap();
     let topic = unique("ces.events");
     let dlq = format!("{topic}.dlq");

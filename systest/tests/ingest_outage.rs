@@ -21,7 +21,7 @@ const BATCH_MAX: usize = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (mut redis, broker) = tokio::try_join!(Redis::start_persistent(), Broker::start())?;
+    let (mut redis, broker) = tokio::try_join!(Redis::start_persistent(), Broker::shared())?;
     let topic = unique("ces.events");
     let dlq = format!("{topic}.dlq");
     kafka::create_topics(&broker.bootstrap(), &[(&topic, 4), (&dlq, 1)]).await?;
@@ -49,8 +49,7 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();
 
     // A paced stream: 16 s in all, Redis down from 2 s to 12 s.
-    // Ingest pauses and resumes its partitions here; see `producer_unbatched` for why records go one per batch.
-    let producer = kafka::producer_unbatched(&broker.bootstrap())?;
+    let producer = kafka::producer(&broker.bootstrap())?;
     let stream = {
         let topic = topic.clone();
         tokio::spawn(async move {

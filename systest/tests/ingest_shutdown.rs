@@ -11,7 +11,7 @@ use ces_systest::{Broker, Redis, unique};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_promptly_with_the_broker_gone() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::shared())?;
     let bootstrap = broker.bootstrap();
     let topic = unique("ces.events");
     let dlq = format!("{topic}.dlq");

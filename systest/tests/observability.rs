@@ -46,7 +46,7 @@ fn event(session: &str, n: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::shared())?;
     let topic = unique("ces.events");
     let dlq = unique("ces.dlq");
     kafka::create_topics(&broker.bootstrap(), &[(&topic, PARTITIONS), (&dlq, 1)]).await?;

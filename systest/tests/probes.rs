@@ -31,7 +31,7 @@ async fn wait_for(base: &str, status: u16) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_while_redis_is_down_and_recovers_with_it() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (mut redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let (mut redis, broker) = tokio::try_join!(Redis::start(), Broker::shared())?;
     let topic = unique("ces.events");
     let dlq = unique("ces.dlq");
     kafka::create_topics(&broker.bootstrap(), &[(&topic, 1), (&dlq, 1)]).await?;
@@ -60,7 +60,8 @@ async fn readiness_fails_while_redis_is_down_and_recovers_with_it() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_is_not_ready_without_a_reachable_broker() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    // This test kills the broker, so it takes one of its own.
+    let (redis, mut broker) = tokio::try_join!(Redis::start(), Broker::own())?;
     let topic = unique("ces.events");
     let dlq = unique("ces.dlq");
     kafka::create_topics(&broker.bootstrap(), &[(&topic, 1), (&dlq, 1)]).await?;
@@ -73,7 +74,7 @@ async fn ingest_is_not_ready_without_a_reachable_broker() -> anyhow::Result<()> 
     )
     .await?;
     assert_eq!(wait_for(&ingest.base, 200).await?, "ready");
-    drop(broker);
+    broker.kill().await?;
     let why = wait_for(&ingest.base, 503).await?;
     assert!(why.starts_with("kafka unreachable"), "{why}");
     ingest.abort();

@@ -23,7 +23,7 @@ async fn events_reach_a_wss_client_through_redis_over_tls_with_an_acl_user() -> 
     let cert = TestCert::new()?;
     let (redis, broker) = tokio::try_join!(
         Redis::start_secured(&cert, "ces", "ces-test-password"),
-        Broker::start()
+        Broker::shared()
     )?;
     let redis_url = redis.secure_url().expect("secured");
     let ca = cert.ca_file().display().to_string();

@@ -16,7 +16,7 @@ async fn readyz(base: &str) -> anyhow::Result<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_waits_for_its_topics_and_creates_the_dead_letter_topic() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+    let (redis, broker) = tokio::try_join!(Redis::start(), Broker::shared())?;
     let bootstrap = broker.bootstrap();
     let topic = unique("ces.events");
     let dlq = format!("{topic}.dlq");

@@ -118,7 +118,7 @@ fn dead_letter(
 /// Starts a broker, creates `dlq` (2 partitions) and `source` (2 partitions) and produces `records` to `dlq`.
 async fn seeded(dlq_topic: &str, source: &str, records: &[Record]) -> anyhow::Result<Broker> {
     ces_systest::init_logs();
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     kafka::create_topics(&broker.bootstrap(), &[(dlq_topic, 2), (source, 2)]).await?;
     let producer = kafka::producer(&broker.bootstrap())?;
     kafka::produce(&producer, dlq_topic, records).await?;
@@ -743,7 +743,7 @@ async fn broker_down_fails_fast_naming_the_brokers() -> anyhow::Result<()> {
 #[tokio::test]
 async fn missing_topic_is_named() -> anyhow::Result<()> {
     ces_systest::init_logs();
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let b = broker.bootstrap();
     let topic = ces_systest::unique("no-such-dlq");
     let o = cesctl(&["dlq", "list", "--brokers", &b, "--topic", &topic]).await?;

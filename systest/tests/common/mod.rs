@@ -136,7 +136,7 @@ impl Stack {
         ingest_env: &[(&'static str, String)],
     ) -> anyhow::Result<Self> {
         ces_systest::init_logs();
-        let (redis, broker) = tokio::try_join!(Redis::start(), Broker::start())?;
+        let (redis, broker) = tokio::try_join!(Redis::start(), Broker::shared())?;
         let topic = unique("ces.events");
         let dlq = format!("{topic}.dlq");
         kafka::create_topics(&broker.bootstrap(), &[(&topic, partitions), (&dlq, 1)])

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make test`: one Apache Kafka broker for the whole run, then every test with cargo-nextest.
+# A JVM takes seconds to start on 2 cores, so the tests share this broker (its address is in CES_TEST_KAFKA) and keep
+# apart by unique topic and group names; the few tests that stop the broker start one of their own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tag=test
+source scripts/lib.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+mkdir -p .ces
+logs=.ces
+dir=$(mktemp -d "${TMPDIR:-/tmp}/ces-test-kafka.XXXXXX")
+trap 'stop_all >/dev/null; rm -rf "$dir"' EXIT
+trap 'exit 130' INT TERM
+
+# Ports below the kernel's ephemeral range (32768 and up, where the tests' own free ports come from), so the
+# run's broker and the tests never race for one.
+pick_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 12000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+port=$(pick_port)
+ctrl=$(pick_port)
+while [[ "$ctrl" == "$port" ]]; do ctrl=$(pick_port); done
+
+say "starting Apache Kafka for this run on 127.0.0.1:$port (log: .ces/test-kafka.log)"
+started=$SECONDS
+CES_KAFKA_HEAP="-Xms256m -Xmx1g" start test-kafka scripts/kafka.sh run "$dir" "$port" "$ctrl"
+for _ in $(seq 1 1200); do
+  grep -q "Kafka Server started" "$logs/test-kafka.log" 2>/dev/null && break
+  kill -0 "${pids[test-kafka]}" 2>/dev/null || { warn "the broker exited during start-up:"; tail -20 "$logs/test-kafka.log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q "Kafka Server started" "$logs/test-kafka.log" || { warn "the broker did not start in 120 s; see .ces/test-kafka.log"; exit 1; }
+say "broker up in $((SECONDS - started)) s"
+
+export CES_TEST_KAFKA="127.0.0.1:$port"
+say "cargo nextest run --workspace"
+cargo nextest run --workspace --locked "$@"
