@@ -39,5 +39,7 @@ grep -q "Kafka Server started" "$logs/test-kafka.log" || { warn "the broker did 
 say "broker up in $((SECONDS - started)) s"
 
 export CES_TEST_KAFKA="127.0.0.1:$port"
-say "cargo nextest run --workspace"
-cargo nextest run --workspace --locked "$@"
+# Arguments go to nextest (e.g. `scripts/test.sh -E 'package(ces-ctl)'`); with none, the whole workspace runs.
+(($#)) || set -- --workspace
+say "cargo nextest run --locked $*"
+cargo nextest run --locked "$@"

@@ -255,3 +255,30 @@ pub async fn partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Option<u
     })
     .await?
 }
+
+/// The record batches in the bytes of a Kafka log segment: `(base offset, record count)` of each.
+///
+/// A batch (message format v2) starts with its base offset (i64) and the length of the rest (i32); its record
+/// count is the i32 at byte 57 of the batch. All big-endian.
+pub fn record_batches(segment: &[u8]) -> anyhow::Result<Vec<(i64, u32)>> {
+    const COUNT_AT: usize = 57;
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at + 12 <= segment.len() {
+        let be = |from: usize, n: usize| -> anyhow::Result<&[u8]> {
+            segment
+                .get(from..from + n)
+                .with_context(|| format!("segment truncated in the batch at byte {at}"))
+        };
+        let base = i64::from_be_bytes(be(at, 8)?.try_into()?);
+        let length = usize::try_from(i32::from_be_bytes(be(at + 8, 4)?.try_into()?))?;
+        // A segment file may end in preallocated zeros.
+        if length == 0 {
+            break;
+        }
+        let count = u32::from_be_bytes(be(at + COUNT_AT, 4)?.try_into()?);
+        batches.push((base, count));
+        at += 12 + length;
+    }
+    Ok(batches)
+}

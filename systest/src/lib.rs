@@ -328,7 +328,7 @@ pub struct Broker {
 struct OwnBroker {
     child: Child,
     /// Its storage and log, removed when the broker is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -377,12 +377,12 @@ impl Broker {
                 Ok(()) => {
                     return Ok(Self {
                         bootstrap,
-                        own: Some(OwnBroker { child, _dir: dir }),
+                        own: Some(OwnBroker { child, dir }),
                     });
                 }
                 Err(e) => {
-                    let log = std::fs::read_to_string(dir.path().join("broker.log"))
-                        .unwrap_or_default();
+                    let log =
+                        std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(10).collect();
                     let tail: Vec<&str> = tail.into_iter().rev().collect();
                     last_error = Some(e.context(tail.join("\n")));
@@ -406,6 +406,27 @@ impl Broker {
     /// Bootstrap servers string.
     pub fn bootstrap(&self) -> String {
         self.bootstrap.clone()
+    }
+
+    /// The record batches of `topic`'s `partition` as this broker stored them, read from its log segments: the
+    /// base offset and record count of each. Only for a broker of the test's own (the shared one's files are
+    /// not the test's to read).
+    pub fn record_batches(&self, topic: &str, partition: i32) -> anyhow::Result<Vec<(i64, u32)>> {
+        let own = self.own.as_ref().context(
+            "only a broker of the test's own shows its files; take one with Broker::own",
+        )?;
+        let dir = own.dir.path().join(format!("data/{topic}-{partition}"));
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        segments.sort();
+        let mut batches = Vec::new();
+        for segment in segments {
+            batches.extend(kafka::record_batches(&std::fs::read(&segment)?)?);
+        }
+        Ok(batches)
     }
 }
 

@@ -1,4 +1,5 @@
-//! End-to-end tests of `cesctl dlq ...`: the real binary against a real Kafka-API broker (tansu, one per test).
+//! End-to-end tests of `cesctl dlq ...`: the real binary against the run's shared Apache Kafka broker
+//! ([`Broker::shared`]), each test on topics of its own.
 //!
 //! Dead letters are seeded by producing records with the `ces-dlq-*` headers directly, as ingest would, onto
 //! fixed DLQ partitions so their coordinates are known. Outputs are asserted cell by cell (table cells are
@@ -115,7 +116,7 @@ fn dead_letter(
     }
 }
 
-/// Starts a broker, creates `dlq` (2 partitions) and `source` (2 partitions) and produces `records` to `dlq`.
+/// On the shared broker, creates `dlq` (2 partitions) and `source` (2 partitions) and produces `records` to `dlq`.
 async fn seeded(dlq_topic: &str, source: &str, records: &[Record]) -> anyhow::Result<Broker> {
     ces_systest::init_logs();
     let broker = Broker::shared().await?;

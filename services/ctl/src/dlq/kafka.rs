@@ -116,23 +116,23 @@ impl Reader {
         Ok(low..high.max(low))
     }
 
-    /// Reads each partition in `spans` from its start and hands every record to `visit`, in offset order
-    /// within a partition (partitions interleave). A partition is done at the end the broker reports
-    /// (partition EOF), at its span's `until` offset, or at the first record that is both at or past the high
-    /// watermark of [`Span::high`] and newer than this call: that record was produced after the read started, so
-    /// a DLQ that keeps growing cannot keep the read going. Fails after [`TIMEOUT`] without progress.
-    ///
-    /// The end is not simply the high watermark because some Kafka-API brokers (tansu) under-report it in
-    /// ListOffsets (base offset of the last batch + 1), which would hide the tail of the topic.
+    /// Reads the offsets `start..end` of each partition in `spans` and hands every record to `visit`, in offset
+    /// order within a partition (partitions interleave). Spans lie within the partition's [`Self::watermarks`];
+    /// a start that retention deleted meanwhile reads what is left. A partition is done at `end`, or earlier at
+    /// the end the broker reports (partition EOF: e.g. the last offsets are transaction markers, which hold no
+    /// record). Records at or past `end` are never handed over, so with `end` at the high watermark seen before
+    /// the read, a DLQ that keeps growing cannot keep it going. Fails after [`TIMEOUT`] without progress.
     pub(crate) fn read(
         &self,
-        spans: &BTreeMap<i32, Span>,
+        spans: &BTreeMap<i32, Range<i64>>,
         mut visit: impl FnMut(DeadLetter),
     ) -> anyhow::Result<()> {
-        let started_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let mut pending: BTreeMap<i32, Span> = spans.clone();
+        // What is left to read of each partition: `start` is the next offset wanted.
+        let mut pending: BTreeMap<i32, Range<i64>> = spans
+            .iter()
+            .filter(|(_, span)| !span.is_empty())
+            .map(|(&p, span)| (p, span.clone()))
+            .collect();
         if pending.is_empty() {
             return Ok(());
         }
@@ -168,17 +168,11 @@ impl Reader {
                         continue;
                     };
                     progress = Instant::now();
-                    let offset = m.offset();
-                    let newer = m.timestamp().to_millis().is_some_and(|t| t >= started_ms);
-                    if span.high.is_some_and(|h| offset >= h) && newer {
-                        pending.remove(&p);
-                        continue;
-                    }
-                    if offset >= span.start {
+                    if span.contains(&m.offset()) {
                         visit(to_letter(&m));
-                        span.start = offset + 1;
                     }
-                    if span.until.is_some_and(|u| offset >= u) {
+                    span.start = m.offset() + 1;
+                    if span.is_empty() {
                         pending.remove(&p);
                     }
                 }
@@ -193,46 +187,13 @@ impl Reader {
         Ok(())
     }
 
-    /// The offsets `partition` really holds. The high watermark is checked by reading from just below it to
-    /// the end (one record on Kafka, the last batch on a broker that under-reports it).
-    pub(crate) fn held(&self, partition: i32) -> anyhow::Result<Range<i64>> {
-        let reported = self.watermarks(partition)?;
-        let span = Span {
-            start: reported.start.max(reported.end - 1),
-            until: None,
-            high: None,
-        };
-        let mut end = reported.start;
-        self.read(&[(partition, span)].into(), |d| end = end.max(d.offset + 1))?;
-        Ok(reported.start..end)
-    }
-
-    /// A span for every partition: all it holds.
-    pub(crate) fn whole_topic(&self) -> anyhow::Result<BTreeMap<i32, Span>> {
+    /// Every partition's watermarks, low..high: all the topic holds now.
+    pub(crate) fn whole_topic(&self) -> anyhow::Result<BTreeMap<i32, Range<i64>>> {
         self.partitions
             .iter()
-            .map(|&p| {
-                let w = self.watermarks(p)?;
-                let span = Span {
-                    start: w.start,
-                    until: None,
-                    high: Some(w.end),
-                };
-                Ok((p, span))
-            })
+            .map(|&p| Ok((p, self.watermarks(p)?)))
             .collect()
     }
-}
-
-/// Where to read one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Span {
-    /// First offset to read.
-    pub(crate) start: i64,
-    /// Last offset wanted, when the caller knows it.
-    pub(crate) until: Option<i64>,
-    /// The high watermark when the read was planned.
-    pub(crate) high: Option<i64>,
 }
 
 fn to_letter(m: &impl Message) -> DeadLetter {

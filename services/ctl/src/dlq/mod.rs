@@ -194,33 +194,29 @@ fn no_partition(topic: &str, partition: i32, reader: &kafka::Reader) -> anyhow::
 
 /// Reads the dead letters at `coords`, failing with a clear message if any is not there.
 ///
-/// Each partition is scanned from its low watermark rather than fetched at the offset: tansu only serves
-/// fetches that start at a record batch boundary, so a fetch in the middle of a batch would stall.
+/// Each partition is read from its lowest offset in `coords` to its highest, within its watermarks.
 fn read_at(
     reader: &kafka::Reader,
     topic: &str,
     coords: &BTreeSet<Coord>,
 ) -> anyhow::Result<BTreeMap<Coord, DeadLetter>> {
-    let mut spans: BTreeMap<i32, kafka::Span> = BTreeMap::new();
+    // Offsets wanted per partition, first..last + 1 (`coords` is in partition:offset order).
+    let mut wanted: BTreeMap<i32, Range<i64>> = BTreeMap::new();
     for c in coords {
         if !reader.partitions().contains(&c.partition) {
             return Err(no_partition(topic, c.partition, reader));
         }
-        let span = match spans.entry(c.partition) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => e.insert(kafka::Span {
-                start: reader.watermarks(c.partition)?.start,
-                until: None,
-                high: None,
-            }),
-        };
-        span.until = span.until.max(Some(c.offset));
+        wanted.entry(c.partition).or_insert(c.offset..c.offset).end = c.offset + 1;
+    }
+    let mut held = BTreeMap::new();
+    let mut spans = BTreeMap::new();
+    for (p, w) in wanted {
+        let h = reader.watermarks(p)?;
+        spans.insert(p, w.start.max(h.start)..w.end.min(h.end));
+        held.insert(p, h);
     }
     let mut found = BTreeMap::new();
-    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     reader.read(&spans, |d| {
-        let p = last.entry(d.partition).or_insert(d.offset);
-        *p = (*p).max(d.offset);
         let c = Coord {
             partition: d.partition,
             offset: d.offset,
@@ -233,12 +229,12 @@ fn read_at(
         if found.contains_key(c) {
             continue;
         }
-        let low = spans[&c.partition].start;
-        if c.offset >= low && last.get(&c.partition).is_some_and(|&l| c.offset < l) {
+        let held = &held[&c.partition];
+        if held.contains(&c.offset) {
             // Inside the partition but absent: compacted away, or a transaction marker.
             bail!("no dead letter at {c} (no record at that offset)");
         }
-        return Err(not_there(topic, *c, &reader.held(c.partition)?));
+        return Err(not_there(topic, *c, held));
     }
     Ok(found)
 }
