@@ -3,6 +3,7 @@
 # JVM process from the jars Apache Kafka publishes on Maven Central (dev/kafka/pom.xml pins the version).
 #
 #   scripts/kafka.sh libs                      fetch the jars once per machine; print their directory
+#   scripts/kafka.sh version                   print the pinned version
 #   scripts/kafka.sh run DIR PORT CTRL_PORT    format DIR (once) and run the broker in the foreground:
 #                                              clients on 127.0.0.1:PORT, the controller on 127.0.0.1:CTRL_PORT
 #
@@ -88,6 +89,7 @@ run() { # dir, port, controller port
 
 case "${1:-}" in
   libs) fetch && echo "$libs" ;;
+  version) echo "$version" ;;
   run) (($# == 4)) || { echo "usage: $0 run DIR PORT CTRL_PORT" >&2; exit 64; }; run "$2" "$3" "$4" ;;
-  *) echo "usage: $0 libs | run DIR PORT CTRL_PORT" >&2; exit 64 ;;
+  *) echo "usage: $0 libs | version | run DIR PORT CTRL_PORT" >&2; exit 64 ;;
 esac

@@ -56,6 +56,17 @@ wait_port() { # name, port
   exit 1
 }
 
+wait_log() { # name, text its log shows once it is up, seconds
+  for _ in $(seq 1 $(($3 * 10))); do
+    grep -qF "$2" "$logs/$1.log" 2>/dev/null && return 0
+    kill -0 "${pids[$1]}" 2>/dev/null || { warn "$1 exited during start-up; see $logs/$1.log"; tail -5 "$logs/$1.log" >&2; stop_all; exit 1; }
+    sleep 0.1
+  done
+  warn "$1 did not start in $3 s; see $logs/$1.log"
+  stop_all
+  exit 1
+}
+
 # True when GET http://127.0.0.1:<port><path> answers 200 (bash only: no curl on a bare machine).
 http_ok() { # port, path
   local status

@@ -30,12 +30,7 @@ while [[ "$ctrl" == "$port" ]]; do ctrl=$(pick_port); done
 say "starting Apache Kafka for this run on 127.0.0.1:$port (log: .ces/test-kafka.log)"
 started=$SECONDS
 CES_KAFKA_HEAP="-Xms256m -Xmx1g" start test-kafka scripts/kafka.sh run "$dir" "$port" "$ctrl"
-for _ in $(seq 1 1200); do
-  grep -q "Kafka Server started" "$logs/test-kafka.log" 2>/dev/null && break
-  kill -0 "${pids[test-kafka]}" 2>/dev/null || { warn "the broker exited during start-up:"; tail -20 "$logs/test-kafka.log" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q "Kafka Server started" "$logs/test-kafka.log" || { warn "the broker did not start in 120 s; see .ces/test-kafka.log"; exit 1; }
+wait_log test-kafka "Kafka Server started" 120
 say "broker up in $((SECONDS - started)) s"
 
 export CES_TEST_KAFKA="127.0.0.1:$port"

@@ -13,7 +13,7 @@ source scripts/lib.sh
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-check_ports broker=9092 redis=6379 edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 prometheus=9090 || exit 1
+check_ports broker=9092 controller=9093 redis=6379 edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 prometheus=9090 || exit 1
 
 say "building release binaries (cargo build --release)"
 cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl
@@ -35,10 +35,11 @@ trap 'stop_all; exit 0' INT TERM
 # Any failure (set -e) after processes started must not leave them running.
 trap 'stop_all' EXIT
 
-say "starting the broker (tansu, in-memory) on 127.0.0.1:9092"
-start broker tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
-  --storage-engine memory://tansu/
-wait_port broker 9092
+say "starting Apache Kafka $(scripts/kafka.sh version) (broker and KRaft controller) on 127.0.0.1:9092, data in .ces/kafka"
+started=$SECONDS
+start broker scripts/kafka.sh run "$data/kafka" 9092 9093
+wait_log broker "Kafka Server started" 120
+say "Apache Kafka is up after $((SECONDS - started)) s"
 
 say "starting redis-server on 127.0.0.1:6379"
 start redis redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
@@ -72,7 +73,7 @@ wait_port prometheus 9090
 cat <<MSG
 
 CES is running (Ctrl-C stops everything):
-  Kafka API (tansu)   127.0.0.1:9092   topics ces.events, ces.events.dlq
+  Apache Kafka        127.0.0.1:9092   topics ces.events, ces.events.dlq (controller on :9093)
   Redis               127.0.0.1:6379
   ingest              http://127.0.0.1:8090/metrics
   edge-a              http://127.0.0.1:8081
