@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: starts its own CES stack on loopback (ports 18xxx/19092/16379, so it can run beside `make up`),
+# `make bench`: starts its own CES stack on loopback (ports 18xxx/19092-19093/16379, so it can run beside `make up`),
 # runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
 #
 # Knobs (environment): BENCH_SCENARIOS (default "micro broker latency throughput raw-ws ingest idle storm"),
@@ -26,7 +26,7 @@ ingest_records=${BENCH_INGEST_RECORDS:-300000}
 
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-check_ports broker=19092 redis=16379 ingest=18090 bench-ingest=18091 edge-a=18081 edge-b=18082 || exit 1
+check_ports broker=19092 controller=19093 redis=16379 ingest=18090 bench-ingest=18091 edge-a=18081 edge-b=18082 || exit 1
 
 say "building release binaries (cargo build --release)"
 cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl -p ces-loadtest
@@ -44,27 +44,30 @@ export CES_LOG_FORMAT=text CES_LOG=warn CES_REDIS_URL=redis://127.0.0.1:16379 CE
 # The load comes from a handful of loopback addresses: per-address limits would measure themselves.
 export CES_LIMIT_REGISTRATIONS_PER_MIN=1000000 CES_LIMIT_CONNECTS_PER_MIN=1000000
 export CES_HTTP_MAX_CONNECTIONS=50000
-# tansu answers every fetch only after sleeping for (half) the consumer's fetch.wait.max.ms, whether or not data
-# is there; librdkafka's 500 ms default would put 250-500 ms of broker wait into every measured latency. Apache
-# Kafka answers as soon as data arrives, so production needs no such setting.
-export CES_KAFKA_PROP_FETCH_WAIT_MAX_MS=${CES_KAFKA_PROP_FETCH_WAIT_MAX_MS:-10}
 
 trap 'stop_all; exit 130' INT TERM
 trap 'stop_all' EXIT
 
-# Every scenario gets a stack of its own: the in-memory broker slows down as records accumulate (its fetch cost
-# grows with what a partition holds), so a scenario run after another would measure the one before it.
-stack_up() {
-  say "starting a fresh stack: broker (tansu, in-memory) :19092, redis :16379, ingest :18090, edges :18081 :18082"
-  rm -rf "$data/redis" && mkdir -p "$data/redis"
-  start broker tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 \
-    --storage-engine memory://tansu/
-  wait_port broker 19092
-  start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
-  wait_port redis 16379
+# One Apache Kafka broker for the whole run (a JVM start costs seconds), on a fresh data directory.
+kafka_up() {
+  say "starting Apache Kafka $(scripts/kafka.sh version) on 127.0.0.1:19092 (controller :19093), data in $data/kafka"
+  start broker scripts/kafka.sh run "$data/kafka" 19092 19093
+  wait_log broker "Kafka Server started" 120
   "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 ces.events ces.events.dlq ces.bench.ingest \
     ces.bench.broker >/dev/null
-  CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
+}
+
+# Every scenario gets the rest of the stack fresh: an empty Redis, ingest and edges with no history, and an input
+# topic of its own (a backlog one scenario leaves in Kafka is never read by the next), so a scenario never
+# measures the one before it.
+stack_up() { # scenario
+  input="ces.bench.in.$1"
+  say "starting a fresh stack: redis :16379, ingest :18090 on topic $input, edges :18081 :18082"
+  rm -rf "$data/redis" && mkdir -p "$data/redis"
+  start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
+  wait_port redis 16379
+  "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 "$input" >/dev/null
+  CES_KAFKA_TOPICS="$input" CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
   CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:18081 start edge-a "$bin/ces-edge"
   CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:18082 start edge-b "$bin/ces-edge"
   wait_port ingest 18090
@@ -78,11 +81,11 @@ stack_up() {
 
 stack_down() { # SIGTERM to all at once (the edges drain in parallel), then wait for each
   local name pid
-  for name in bench-ingest edge-a edge-b ingest redis broker; do
+  for name in bench-ingest edge-a edge-b ingest redis; do
     pid=${pids[$name]:-}
     [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
   done
-  for name in bench-ingest edge-a edge-b ingest redis broker; do stop_one "$name"; done
+  for name in bench-ingest edge-a edge-b ingest redis; do stop_one "$name"; done
 }
 
 lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenario is reported, the rest go on
@@ -93,8 +96,9 @@ lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenar
 }
 both=http://127.0.0.1:18081,http://127.0.0.1:18082
 
+kafka_up
 for s in $scenarios; do
-  [[ $s == micro || $s == none ]] || stack_up
+  [[ $s == micro || $s == none ]] || stack_up "$s"
   case $s in
     micro)
       say "cargo bench -p ces-shared (criterion; results in target/criterion/)"
@@ -102,8 +106,12 @@ for s in $scenarios; do
         | grep -E '^hot_path|time:' || warn "cargo bench failed"
       ;;
     broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;
-    latency) lt throughput --name latency --sessions 1000 --rate 5000 --duration "$duration" --target "$both" ;;
-    throughput) lt throughput --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$both" ;;
+    latency)
+      lt throughput --name latency --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$both"
+      ;;
+    throughput)
+      lt throughput --topic "$input" --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$both"
+      ;;
     raw-ws)
       # Both ends of every raw connection are in one process: at most half the file-descriptor limit.
       raw=$(( sessions < ($(ulimit -n) - 200) / 2 ? sessions : ($(ulimit -n) - 200) / 2 ))
@@ -118,9 +126,9 @@ for s in $scenarios; do
       ingest_metrics=http://127.0.0.1:18091/metrics lt ingest --prefilled --count "$ingest_records" --sessions 10000
       stop_one bench-ingest
       ;;
-    idle) lt idle --connections "$idle_connections" --duration 15 --target http://127.0.0.1:18081 ;;
+    idle) lt idle --topic "$input" --connections "$idle_connections" --duration 15 --target http://127.0.0.1:18081 ;;
     storm)
-      lt storm --connections "$storm_sessions" --sessions "$storm_sessions" --rate 2000 --duration 30 \
+      lt storm --topic "$input" --connections "$storm_sessions" --sessions "$storm_sessions" --rate 2000 --duration 30 \
         --kill-after 10 --target "$both"
       ;;
     none) ;;
@@ -132,7 +140,7 @@ done
 say "results in $out:"
 ls -1 "$out"
 if [[ -n "${BENCH_HOLD:-}" ]]; then
-  stack_up
+  stack_up hold
   say "stack left running (BENCH_HOLD): broker 127.0.0.1:19092, redis 127.0.0.1:16379, ingest :18090, edges :18081 :18082; Ctrl-C stops it"
   wait
 fi

@@ -1,13 +1,18 @@
 //! The raw limit of latency on this machine: a bare librdkafka consumer reading the same kind of records the
 //! load generator produces, from the same broker, with nothing of CES in between. What CES adds to producer →
 //! client latency is the `throughput` figure minus this one.
+//!
+//! [`settings`] asks the broker for what its configuration set, so every report says what it measured against.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigEntry, ConfigSource, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -101,6 +106,60 @@ pub fn consume(
     recorder.record(&samples);
 }
 
+/// The broker a run measured against, in its own words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Id of the bootstrap broker, whose configuration `config` is.
+    pub id: i32,
+    /// Brokers in the cluster's metadata.
+    pub nodes: usize,
+    /// What the broker's `server.properties` or dynamic configuration set: see [`set_entries`].
+    pub config: BTreeMap<String, String>,
+}
+
+/// Asks the bootstrap broker of `brokers` for its metadata (its id, the cluster's broker count) and, with the
+/// admin API's DescribeConfigs on that broker, for its settings, keeping those [`set_entries`] keeps. Each of the
+/// two requests waits at most `timeout`. Blocking: call it from `spawn_blocking`.
+pub fn settings(brokers: &str, timeout: Duration) -> anyhow::Result<Settings> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("create the Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .with_context(|| format!("metadata from {brokers}"))?;
+    let id = metadata.orig_broker_id();
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results = futures::executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Broker(id)], &opts),
+    )
+    .with_context(|| format!("describe the configuration of broker {id}"))?;
+    let resource = results
+        .into_iter()
+        .next()
+        .with_context(|| format!("no configuration returned for broker {id}"))?
+        .map_err(|code| anyhow::anyhow!("configuration of broker {id}: {code}"))?;
+    Ok(Settings {
+        id,
+        nodes: metadata.brokers().len(),
+        config: set_entries(&resource.entries),
+    })
+}
+
+/// The entries a broker's own configuration set (`server.properties`, dynamic broker config), by name: every one
+/// whose source is not Kafka's built-in default, except sensitive ones (whose values the broker withholds
+/// anyway) and those without a value.
+pub fn set_entries<'a>(
+    entries: impl IntoIterator<Item = &'a ConfigEntry>,
+) -> BTreeMap<String, String> {
+    entries
+        .into_iter()
+        .filter(|e| e.source != ConfigSource::Default && !e.is_sensitive)
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
+}
+
 /// A consumer running on a thread of its own.
 #[derive(Debug)]
 pub struct Running {
@@ -133,5 +192,92 @@ impl Running {
             .join()
             .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
         Ok(self.consumed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(
+        name: &str,
+        value: Option<&str>,
+        source: ConfigSource,
+        sensitive: bool,
+    ) -> ConfigEntry {
+        ConfigEntry {
+            name: name.to_owned(),
+            value: value.map(str::to_owned),
+            is_default: source == ConfigSource::Default,
+            source,
+            is_read_only: false,
+            is_sensitive: sensitive,
+        }
+    }
+
+    #[test]
+    fn a_broker_that_does_not_answer_is_an_error_within_the_timeout() {
+        let started = Instant::now();
+        let err = settings("127.0.0.1:1", Duration::from_millis(500)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("metadata from 127.0.0.1:1"),
+            "{err:#}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn keeps_what_the_broker_configuration_set_and_nothing_secret() {
+        let entries = [
+            entry(
+                "num.partitions",
+                Some("1"),
+                ConfigSource::StaticBroker,
+                false,
+            ),
+            entry(
+                "log.retention.ms",
+                Some("60000"),
+                ConfigSource::DynamicBroker,
+                false,
+            ),
+            entry(
+                "log.cleaner.threads",
+                Some("2"),
+                ConfigSource::DynamicDefaultBroker,
+                false,
+            ),
+            entry(
+                "message.max.bytes",
+                Some("1048588"),
+                ConfigSource::Unknown,
+                false,
+            ),
+            entry("num.io.threads", Some("8"), ConfigSource::Default, false),
+            entry("ssl.key.password", None, ConfigSource::StaticBroker, true),
+            entry(
+                "sasl.secret",
+                Some("hunter2"),
+                ConfigSource::DynamicBroker,
+                true,
+            ),
+            entry("log.dir", None, ConfigSource::StaticBroker, false),
+        ];
+        let kept = set_entries(&entries);
+        let expected: BTreeMap<String, String> = [
+            ("log.cleaner.threads", "2"),
+            ("log.retention.ms", "60000"),
+            ("message.max.bytes", "1048588"),
+            ("num.partitions", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(kept, expected);
+        assert!(set_entries(&[]).is_empty());
     }
 }

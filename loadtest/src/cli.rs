@@ -36,6 +36,21 @@ pub enum Scenario {
     Broker(BrokerArgs),
 }
 
+impl Scenario {
+    /// The Kafka bootstrap servers the scenario measures through, so its report can carry the broker's settings;
+    /// `None` for the scenarios that write no report (`produce`) or whose figures involve no broker (`idle`,
+    /// `raw-ws`).
+    pub fn measured_brokers(&self) -> Option<&str> {
+        match self {
+            Self::Throughput(c) => Some(&c.brokers),
+            Self::Storm(s) => Some(&s.common.brokers),
+            Self::Ingest(i) => Some(&i.common.brokers),
+            Self::Broker(b) => Some(&b.common.brokers),
+            Self::Idle(_) | Self::RawWs(_) | Self::Produce(_) => None,
+        }
+    }
+}
+
 /// Options every scenario shares.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
@@ -130,8 +145,9 @@ pub struct BrokerArgs {
     /// Shared options (--topic is the topic produced to and read back; --sessions the distinct keys).
     #[command(flatten)]
     pub common: Common,
-    /// The consumer's `fetch.wait.max.ms` (set it as ingest has it).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// The consumer's `fetch.wait.max.ms`, by default librdkafka's own. Apache Kafka answers a fetch as soon as
+    /// data arrives, so this bounds only how long a fetch waits when there is nothing to read.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub fetch_wait_ms: u64,
 }
 
@@ -147,4 +163,37 @@ pub struct IngestArgs {
     /// The records are already in the topic (from `produce`) and ingest was started after: only measure.
     #[arg(long)]
     pub prefilled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Scenario {
+        Cli::try_parse_from(std::iter::once("ces-loadtest").chain(args.iter().copied()))
+            .expect("valid command line")
+            .scenario
+    }
+
+    #[test]
+    fn the_scenarios_that_go_through_kafka_name_their_brokers() {
+        for s in ["throughput", "storm", "ingest", "broker"] {
+            assert_eq!(
+                parse(&[s, "--brokers", "127.0.0.1:29092"]).measured_brokers(),
+                Some("127.0.0.1:29092"),
+                "{s}"
+            );
+        }
+        for s in ["idle", "raw-ws", "produce"] {
+            assert_eq!(parse(&[s]).measured_brokers(), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_broker_scenario_waits_on_fetches_as_librdkafka_does_by_default() {
+        let Scenario::Broker(b) = parse(&["broker"]) else {
+            panic!("not the broker scenario")
+        };
+        assert_eq!(b.fetch_wait_ms, 500);
+    }
 }

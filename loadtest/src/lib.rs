@@ -6,7 +6,8 @@
 //!
 //! - [`cli`]: the command line (every scenario is bounded in count and time).
 //! - [`scenario`]: `throughput`, `idle`, `storm`, `ingest`, `raw-ws`, `broker`, `produce`.
-//! - [`broker`]: a bare Kafka consumer for the `broker` scenario (the raw limit of latency).
+//! - [`broker`]: a bare Kafka consumer for the `broker` scenario (the raw limit of latency), and the broker's
+//!   own settings for every report of a scenario that goes through Kafka.
 //! - [`clients`]: registration and the per-session WebSocket task (resume on reconnect, several source addresses).
 //! - [`producer`]: paced or flat-out Kafka producer with per-session acknowledgement counts.
 //! - [`stats`]: hdrhistogram recorder, overall and per second.

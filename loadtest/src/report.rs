@@ -72,6 +72,14 @@ pub struct Report {
     pub cpu_percent: std::collections::BTreeMap<String, f64>,
     /// Redis's time per publish function call over the run (`INFO commandstats`, µs; `ingest` only).
     pub redis_usec_per_fcall: Option<f64>,
+    /// Id of the broker whose settings `broker_config` lists (the bootstrap broker); `null` when not read.
+    pub broker_id: Option<i32>,
+    /// Brokers in the cluster's metadata; `null` when not read.
+    pub broker_count: Option<u64>,
+    /// What the broker's own configuration set (`server.properties`, dynamic config), as the broker reports it:
+    /// every entry not at Kafka's default and not sensitive. `null` when the scenario involves no broker (`idle`,
+    /// `raw-ws`) or the broker did not answer.
+    pub broker_config: Option<std::collections::BTreeMap<String, String>>,
     /// Scenario-specific notes.
     pub notes: Vec<String>,
     /// Latency per second of the run.
@@ -172,10 +180,30 @@ impl Report {
         s += &summary_line("mean ms per hop", &self.hops_mean_ms, |ms| {
             format!("{ms:.2}")
         });
+        s += &self.broker_line();
         for note in &self.notes {
             s += &format!("  note: {note}\n");
         }
         s
+    }
+
+    /// `  broker: <n> node(s), id <id>: <k> settings from its config (see JSON)` when the broker's settings were read.
+    fn broker_line(&self) -> String {
+        let Some(config) = &self.broker_config else {
+            return String::new();
+        };
+        let nodes = match self.broker_count {
+            Some(1) => "1 node".to_owned(),
+            Some(n) => format!("{n} nodes"),
+            None => "? nodes".to_owned(),
+        };
+        let id = self
+            .broker_id
+            .map_or(String::new(), |id| format!(", id {id}"));
+        format!(
+            "  broker: {nodes}{id}: {} settings from its config (see JSON)\n",
+            config.len()
+        )
     }
 }
 
@@ -253,4 +281,48 @@ fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
     chart.draw_series(LineSeries::new(cdf.iter().copied(), &BLUE))?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_the_broker_in_one_line_when_its_settings_were_read() {
+        let mut report = Report::new("broker");
+        assert!(!report.summary().contains("broker:"));
+        report.broker_id = Some(1);
+        report.broker_count = Some(1);
+        report.broker_config = Some(
+            [("num.partitions", "1"), ("node.id", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        assert!(
+            report
+                .summary()
+                .contains("  broker: 1 node, id 1: 2 settings from its config (see JSON)\n"),
+            "{}",
+            report.summary()
+        );
+        report.broker_count = Some(3);
+        assert!(
+            report
+                .broker_line()
+                .starts_with("  broker: 3 nodes, id 1: ")
+        );
+    }
+
+    #[test]
+    fn the_json_carries_the_broker_settings_or_null() {
+        let mut report = Report::new("idle");
+        let v = serde_json::to_value(&report).unwrap();
+        assert!(v["broker_config"].is_null() && v["broker_count"].is_null());
+        report.broker_count = Some(1);
+        report.broker_config = Some([("num.partitions".to_owned(), "1".to_owned())].into());
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["broker_count"], 1);
+        assert_eq!(v["broker_config"]["num.partitions"], "1");
+    }
 }

@@ -19,7 +19,8 @@ use crate::report::Report;
 
 /// Runs the scenario; the exit code is 2 when events were lost or duplicated, 0 otherwise.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (report, out, name) = match cli.scenario {
+    let brokers = cli.scenario.measured_brokers().map(str::to_owned);
+    let (mut report, out, name) = match cli.scenario {
         Scenario::Throughput(c) => (throughput(&c).await?, c.out.clone(), c.name.clone()),
         Scenario::Idle(c) => (idle(&c).await?, c.out.clone(), c.name.clone()),
         Scenario::Storm(s) => (
@@ -43,6 +44,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    if let Some(brokers) = brokers {
+        record_broker(&mut report, brokers).await;
+    }
     let name = name.unwrap_or_else(|| report.scenario.clone());
     let files = report.write(&out, &name)?;
     println!("{}", report.summary());
@@ -54,6 +58,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Puts the broker's own settings into `report`, read after the run so the broker is not asked while it is
+/// measured. A broker that does not answer leaves them `null` with a warning: the run's figures stand without them.
+async fn record_broker(report: &mut Report, brokers: String) {
+    let read = tokio::task::spawn_blocking(move || {
+        crate::broker::settings(&brokers, Duration::from_secs(10))
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    match read {
+        Ok(settings) => {
+            report.broker_id = Some(settings.id);
+            report.broker_count = Some(settings.nodes as u64);
+            report.broker_config = Some(settings.config);
+        }
+        Err(e) => eprintln!("[broker] warning: the broker's settings are not in the report: {e:#}"),
+    }
 }
 
 fn targets(c: &Common) -> anyhow::Result<Arc<[Target]>> {
