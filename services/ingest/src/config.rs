@@ -52,6 +52,9 @@ pub struct Config {
     pub batch_max: usize,
     /// How long a batch waits for more records after its first one.
     pub batch_linger: Duration,
+    /// Least time between two offset commits (zero: after every batch). Each commit is a write on the broker;
+    /// fewer of them cost a crash only more redelivery, which event ids deduplicate.
+    pub commit_interval: Duration,
     /// Bounds of the per-session buffer, dedup window and state.
     pub limits: crate::publisher::Limits,
     /// Address of the health and metrics endpoint.
@@ -112,6 +115,7 @@ impl Config {
         );
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
+        let commit_interval = v.millis("CES_COMMIT_INTERVAL_MS", 100, 0, 60_000);
         let limits = crate::publisher::Limits {
             buffer_max_events: v.bounded("CES_BUFFER_MAX_EVENTS", 1000, 1, 1_000_000),
             buffer_max_age: Duration::from_secs(v.bounded(
@@ -175,6 +179,7 @@ impl Config {
             max_record_bytes: max_record_bytes as usize,
             batch_max: batch_max as usize,
             batch_linger,
+            commit_interval,
             limits,
             http_addr,
             common,
@@ -195,6 +200,8 @@ mod tests {
         assert_eq!(c.dlq_topic, "ces.events.dlq");
         assert_eq!(c.group, "ces-ingest");
         assert_eq!(c.max_record_bytes, 256 * 1024);
+        assert_eq!(c.batch_linger, Duration::from_millis(5));
+        assert_eq!(c.commit_interval, Duration::from_millis(100));
     }
 
     #[test]
@@ -229,6 +236,7 @@ mod tests {
             ("CES_BREAKER_OPEN_MAX_MS", "1000"),
             ("CES_DLQ_REPLICATION", "0"),
             ("CES_KAFKA_PROP_ENABLE_AUTO_COMMIT", "true"),
+            ("CES_COMMIT_INTERVAL_MS", "60001"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
@@ -243,6 +251,7 @@ mod tests {
             "CES_BREAKER_OPEN_MAX_MS",
             "CES_DLQ_REPLICATION",
             "CES_KAFKA_PROP_ENABLE_AUTO_COMMIT",
+            "CES_COMMIT_INTERVAL_MS",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

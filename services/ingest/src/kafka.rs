@@ -219,18 +219,25 @@ pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
     }
 }
 
-/// Waits for the next record (unless `batch` already has some, read ahead), then collects more until `max`
-/// records or `linger` after the first one.
+/// Waits for the next record, then collects more until `max` records or `linger` after it. A batch that starts
+/// with records read ahead (while the previous batch was in flight) does not linger: those records have waited
+/// already, so it takes only what is ready now. Under load batches form from the read-ahead; `linger` gathers a
+/// burst that arrives at an idle ingest.
 pub async fn next_batch(
     consumer: &IngestConsumer,
     mut batch: Vec<InputRecord>,
     max: usize,
     linger: Duration,
 ) -> Result<Vec<InputRecord>, Error> {
-    if batch.is_empty() {
+    let linger = if batch.is_empty() {
         let first = consumer.recv().await?;
         batch.push(to_input(&first));
-    }
+        linger
+    } else {
+        Duration::ZERO
+    };
+    // A deadline already passed still polls `recv` once per record (the timeout polls its future first), so
+    // whatever is ready is taken either way.
     let deadline = Instant::now() + linger;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {

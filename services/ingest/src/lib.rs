@@ -136,7 +136,11 @@ async fn consume(
     state.set_consuming();
     info!(topics = ?config.topics, group = %config.group, "consuming");
 
+    // Offsets Redis has every event below, per partition: committed every `commit_interval` (`uncommitted`
+    // holds those not sent yet) and all of them at shutdown.
     let mut acknowledged = BTreeMap::new();
+    let mut uncommitted = BTreeMap::new();
+    let mut last_commit = Instant::now();
     // Records read while the previous batch was in flight: at most one batch, the memory bound of ingest.
     let mut ahead: Vec<InputRecord> = Vec::new();
     let mut paused = false;
@@ -152,11 +156,23 @@ async fn consume(
             config.batch_max,
             config.batch_linger,
         );
-        let batch = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            b = next => b,
+        tokio::pin!(next);
+        // While waiting, offsets acknowledged less than `commit_interval` ago are committed once it has passed,
+        // so an idle ingest leaves nothing uncommitted for long. The batch future is kept across that commit:
+        // dropping it would drop the records it already took from the consumer.
+        let batch = loop {
+            let due = last_commit + config.commit_interval;
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break None,
+                b = &mut next => break Some(b),
+                () = tokio::time::sleep_until(due.into()), if !uncommitted.is_empty() => {
+                    commit_acknowledged(&consumer, &mut uncommitted, &mut acknowledged);
+                    last_commit = Instant::now();
+                }
+            }
         };
+        let Some(batch) = batch else { break };
         let batch = match batch {
             Ok(b) => {
                 poll_backoff.reset();
@@ -169,7 +185,7 @@ async fn consume(
             }
         };
         ::metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
-        let mut plan = batch::plan(
+        let plan = batch::plan(
             &batch,
             config.max_record_bytes,
             &schemas.current(),
@@ -194,17 +210,31 @@ async fn consume(
             );
             break;
         }
-        keep_owned(&consumer, &mut plan.commit, &mut acknowledged);
-        kafka::commit(&consumer, &plan.commit, CommitMode::Async);
-        // Merge, so the final synchronous commit covers every partition this replica acknowledged.
-        acknowledged.extend(plan.commit);
+        uncommitted.extend(plan.commit);
+        if last_commit.elapsed() >= config.commit_interval {
+            commit_acknowledged(&consumer, &mut uncommitted, &mut acknowledged);
+            last_commit = Instant::now();
+        }
         ::metrics::gauge!(m::PENDING_RECORDS).set(ahead.len() as f64);
     }
+    acknowledged.extend(std::mem::take(&mut uncommitted));
     keep_owned(&consumer, &mut BTreeMap::new(), &mut acknowledged);
     final_commit(consumer, acknowledged).await;
     state.set_not_ready("stopped");
     info!("ingest stopped");
     Ok(())
+}
+
+/// Commits `uncommitted` asynchronously (the partitions this replica still owns) and moves it into `acknowledged`,
+/// so the final synchronous commit covers every partition this replica acknowledged.
+fn commit_acknowledged(
+    consumer: &IngestConsumer,
+    uncommitted: &mut BTreeMap<(String, i32), i64>,
+    acknowledged: &mut BTreeMap<(String, i32), i64>,
+) {
+    keep_owned(consumer, uncommitted, acknowledged);
+    kafka::commit(consumer, uncommitted, CommitMode::Async);
+    acknowledged.append(uncommitted);
 }
 
 /// Keeps only the offsets of partitions this replica owns now: a late commit for a partition that moved to
