@@ -12,7 +12,7 @@
 //! - [`producer`]: paced or flat-out Kafka producer with per-session acknowledgement counts.
 //! - [`stats`]: hdrhistogram recorder, overall and per second.
 //! - [`report`]: the JSON report, the one-screen summary and the SVG plots.
-//! - [`procfs`]: RSS and CPU of the edge processes, found by their listening port.
+//! - [`procfs`]: RSS, CPU and run-queue wait of the stack's processes, found by their listening port.
 
 pub mod broker;
 pub mod cli;

@@ -1,6 +1,7 @@
-//! The edge processes' memory and CPU, read from `/proc` (Linux). A process is found by the port it listens on,
-//! so the load test needs no PIDs from whoever started the stack.
+//! The stack's processes' memory, CPU and run-queue waiting, read from `/proc` (Linux). A process is found by the
+//! port it listens on, so the load test needs no PIDs from whoever started the stack.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The PID of the process listening on TCP `addr` (`host:port`), if any is visible.
@@ -126,6 +127,113 @@ pub fn total_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| rss_bytes(p)).sum()
 }
 
+/// `(ns on a CPU, ns waiting on a run queue, timeslices)` from the text of a `/proc/<pid>/task/<tid>/schedstat`:
+/// exactly three unsigned integers separated by whitespace. `None` for anything else.
+fn parse_schedstat(text: &str) -> Option<(u64, u64, u64)> {
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let parsed = (fields.next()??, fields.next()??, fields.next()??);
+    fields.next().is_none().then_some(parsed)
+}
+
+/// Per thread id, `(ns waited on a run queue, timeslices)` so far.
+type ThreadWaits = BTreeMap<u32, (u64, u64)>;
+
+/// The `schedstat` of every thread of `pid` that could be read. `None` when its task directory cannot be listed,
+/// or when the kernel keeps no scheduler statistics: it then prints `0 0 0` for every thread, and a live process
+/// has always run on a CPU.
+fn thread_waits(pid: u32) -> Option<ThreadWaits> {
+    let mut on_cpu_ns = 0u64;
+    let mut waits = ThreadWaits::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit between the listing and the read: it is simply not counted.
+        let Some((on_cpu, wait, slices)) = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|text| parse_schedstat(&text))
+        else {
+            continue;
+        };
+        on_cpu_ns = on_cpu_ns.saturating_add(on_cpu);
+        waits.insert(tid, (wait, slices));
+    }
+    (on_cpu_ns > 0).then_some(waits)
+}
+
+/// `(ns waited, timeslices)` by the threads of `end` since `start`. A thread in both counts its growth; a thread
+/// only in `end` was born in between and counts all it has (a counter lower than at `start` means its id was
+/// reused: the same). A thread only in `start` exited in between and counts nothing, since the kernel keeps no
+/// total for exited threads: the result is then a lower bound.
+fn waits_between(start: &ThreadWaits, end: &ThreadWaits) -> (u64, u64) {
+    end.iter().fold((0, 0), |(wait, slices), (tid, &(w, n))| {
+        let (w0, n0) = match start.get(tid) {
+            Some(&(w0, n0)) if w0 <= w && n0 <= n => (w0, n0),
+            _ => (0, 0),
+        };
+        (wait.saturating_add(w - w0), slices.saturating_add(n - n0))
+    })
+}
+
+/// The threads of several processes, to compute how long they waited for a CPU over an interval.
+#[derive(Debug, Clone)]
+pub struct SchedMark {
+    at: Instant,
+    /// The processes whose threads could be read: only they are read again at the end, so that none counts the
+    /// waiting of its whole life.
+    pids: Vec<u32>,
+    /// `None` when no process's threads could be read.
+    threads: Option<ThreadWaits>,
+}
+
+/// Marks the run-queue waiting of every thread of `pids` now.
+pub fn sched_mark(pids: &[u32]) -> SchedMark {
+    let read: Vec<(u32, ThreadWaits)> = pids
+        .iter()
+        .filter_map(|&p| Some((p, thread_waits(p)?)))
+        .collect();
+    SchedMark {
+        at: Instant::now(),
+        pids: read.iter().map(|(p, _)| *p).collect(),
+        threads: (!read.is_empty()).then(|| read.into_iter().flat_map(|(_, t)| t).collect()),
+    }
+}
+
+/// How long a group of processes' threads waited for a CPU over an interval, and how often they were scheduled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedUse {
+    /// Nanoseconds waited on a run queue, summed over the threads, per nanosecond of the interval, in percent:
+    /// 100 means one thread-second of waiting per second (it can exceed 100 when several threads wait).
+    pub runq_wait_percent: f64,
+    /// Timeslices run, summed over the threads, per second of the interval.
+    pub timeslices_per_s: f64,
+}
+
+/// Run-queue waiting of the threads of `pids` since `mark` (see `waits_between` for threads that came or went);
+/// `None` when their threads could not be read at either end. Processes of `pids` that could not be read at `mark`
+/// are left out.
+pub fn sched_since(mark: &SchedMark, pids: &[u32]) -> Option<SchedUse> {
+    let readable: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| mark.pids.contains(p))
+        .collect();
+    let now = sched_mark(&readable);
+    let (start, end) = (mark.threads.as_ref()?, now.threads.as_ref()?);
+    let secs = now.at.duration_since(mark.at).as_secs_f64();
+    if secs <= 0.0 {
+        return None;
+    }
+    let (wait_ns, slices) = waits_between(start, end);
+    Some(SchedUse {
+        runq_wait_percent: 100.0 * wait_ns as f64 / 1e9 / secs,
+        timeslices_per_s: slices as f64 / secs,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +256,74 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         assert_eq!(pid_listening_on(&addr), Some(me));
+    }
+
+    #[test]
+    fn parses_schedstat() {
+        assert_eq!(
+            parse_schedstat("22359838 1926498 57\n"),
+            Some((22359838, 1926498, 57))
+        );
+        assert_eq!(parse_schedstat("0 0 0"), Some((0, 0, 0)));
+        assert_eq!(
+            parse_schedstat(&format!("{} 1 2\n", u64::MAX)),
+            Some((u64::MAX, 1, 2))
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_schedstat() {
+        for bad in [
+            "",
+            "\n",
+            "1 2",
+            "1 2 3 4",
+            "1 -2 3",
+            "1 2 x",
+            "1.5 2 3",
+            "18446744073709551616 1 2",
+            "1,2,3",
+        ] {
+            assert_eq!(parse_schedstat(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counts_growth_births_and_not_deaths() {
+        let start: ThreadWaits = [(10, (1_000, 5)), (11, (2_000, 7)), (12, (9_000, 9))].into();
+        // 10 grew, 11 exited, 12's id was reused by a younger thread, 13 was born.
+        let end: ThreadWaits = [(10, (1_500, 8)), (12, (300, 1)), (13, (700, 4))].into();
+        assert_eq!(waits_between(&start, &end), (500 + 300 + 700, 3 + 1 + 4));
+        assert_eq!(waits_between(&end, &end), (0, 0));
+        assert_eq!(waits_between(&ThreadWaits::new(), &end), (2_500, 13));
+    }
+
+    #[test]
+    fn reads_the_schedstat_of_every_thread_of_this_process() {
+        let (stop, parked) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || parked.recv());
+        let me = std::process::id();
+        let mut tasks = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
+            assert!(parse_schedstat(&text).is_some(), "{text:?}");
+            tasks += 1;
+        }
+        assert!(tasks >= 2, "{tasks} threads");
+        let waits = thread_waits(me).expect("this process's threads");
+        assert!(waits.len() >= 2, "{waits:?}");
+        assert_eq!(
+            thread_waits(u32::MAX),
+            None,
+            "no such pid: pid_max is at most 2^22"
+        );
+        let mark = sched_mark(&[me]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let used = sched_since(&mark, &[me]).expect("this process's waiting");
+        assert!(used.runq_wait_percent >= 0.0 && used.timeslices_per_s >= 0.0);
+        assert_eq!(sched_since(&mark, &[]), None);
+        assert_eq!(sched_since(&sched_mark(&[]), &[me]), None);
+        stop.send(()).unwrap();
+        helper.join().unwrap().unwrap();
     }
 }

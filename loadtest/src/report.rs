@@ -70,6 +70,16 @@ pub struct Report {
     pub hops_mean_ms: std::collections::BTreeMap<String, f64>,
     /// CPU over the run per process of the stack (percent of one core; the machine has 2 cores = 200 %).
     pub cpu_percent: std::collections::BTreeMap<String, f64>,
+    /// Time the threads of each process of `cpu_percent` waited on a run queue for a CPU over the same window, summed
+    /// over the threads, in percent of one wall-clock second (it can exceed 100 when several threads wait at once):
+    /// latency on a saturated machine that is scheduling delay shows here. From `/proc/<pid>/task/<tid>/schedstat`;
+    /// a thread that exited during the window counts nothing (the kernel keeps no total for exited threads, so a
+    /// value is then a lower bound), one born in it counts all its waiting. A process whose threads could not be
+    /// read is absent.
+    pub runq_wait_percent: std::collections::BTreeMap<String, f64>,
+    /// Timeslices run per second over the same window, summed over the threads of each process of
+    /// `runq_wait_percent` (how often its threads went on a CPU).
+    pub timeslices_per_s: std::collections::BTreeMap<String, f64>,
     /// Redis's time per publish function call over the run (`INFO commandstats`, µs; `ingest` only).
     pub redis_usec_per_fcall: Option<f64>,
     /// Id of the broker whose settings `broker_config` lists (the bootstrap broker); `null` when not read.
@@ -177,6 +187,11 @@ impl Report {
         s += &summary_line("CPU (% of one core)", &self.cpu_percent, |pct| {
             format!("{pct:.0}%")
         });
+        s += &summary_line(
+            "run-queue wait (% of a second)",
+            &self.runq_wait_percent,
+            |pct| format!("{pct:.0}%"),
+        );
         s += &summary_line("mean ms per hop", &self.hops_mean_ms, |ms| {
             format!("{ms:.2}")
         });
@@ -324,5 +339,28 @@ mod tests {
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["broker_count"], 1);
         assert_eq!(v["broker_config"]["num.partitions"], "1");
+    }
+
+    #[test]
+    fn the_run_queue_wait_follows_the_cpu_line_or_is_absent() {
+        let mut report = Report::new("throughput");
+        assert!(!report.summary().contains("run-queue"));
+        let v = serde_json::to_value(&report).unwrap();
+        assert!(v["runq_wait_percent"].as_object().unwrap().is_empty());
+        report.cpu_percent = [("broker".to_owned(), 80.0), ("edges".to_owned(), 60.0)].into();
+        report.runq_wait_percent =
+            [("broker".to_owned(), 12.3), ("edges".to_owned(), 140.0)].into();
+        report.timeslices_per_s = [("broker".to_owned(), 5000.0)].into();
+        let summary = report.summary();
+        assert!(
+            summary.contains(
+                "  CPU (% of one core): broker 80%   edges 60%\n  \
+                 run-queue wait (% of a second): broker 12%   edges 140%\n"
+            ),
+            "{summary}"
+        );
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["runq_wait_percent"]["edges"], 140.0);
+        assert_eq!(v["timeslices_per_s"]["broker"], 5000.0);
     }
 }

@@ -323,6 +323,7 @@ async fn throughput(c: &Common) -> anyhow::Result<Report> {
     let cpu = procfs::cpu_mark(&pids);
     let stack = stack_processes(c, &pids);
     let stack_cpu: Vec<_> = stack.iter().map(|(_, p)| procfs::cpu_mark(p)).collect();
+    let stack_sched: Vec<_> = stack.iter().map(|(_, p)| procfs::sched_mark(p)).collect();
     let hops_before = hop_totals(c).await;
     let producing = start_producer(c, &ids, None, c.rate);
     let started = producing.started;
@@ -333,6 +334,16 @@ async fn throughput(c: &Common) -> anyhow::Result<Report> {
         .zip(&stack_cpu)
         .map(|((name, p), mark)| (name.clone(), procfs::cpu_percent_since(mark, p)))
         .collect();
+    for ((name, p), mark) in stack.iter().zip(&stack_sched) {
+        if let Some(used) = procfs::sched_since(mark, p) {
+            report
+                .runq_wait_percent
+                .insert(name.clone(), used.runq_wait_percent);
+            report
+                .timeslices_per_s
+                .insert(name.clone(), used.timeslices_per_s);
+        }
+    }
     let still_arriving = last.elapsed() < Duration::from_millis(200);
     let produce_secs = producing.started.elapsed().as_secs_f64();
     report.edge_cpu_percent = (!pids.is_empty()).then(|| procfs::cpu_percent_since(&cpu, &pids));
@@ -498,7 +509,7 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
 }
 
 /// The stack's processes on this machine, found by the ports they listen on, with the edges' `edge_pids` and this
-/// process itself: whose CPU the run used.
+/// process itself: whose CPU, and waiting for one, the run used.
 fn stack_processes(c: &Common, edges: &[u32]) -> Vec<(String, Vec<u32>)> {
     let addr_of_url = |u: &str| {
         let rest = u.split_once("://").map_or(u, |(_, r)| r);
