@@ -97,7 +97,7 @@ stack_down() { # SIGTERM to all at once (the edges drain in parallel), then wait
   local name pid
   for name in bench-ingest edge-a edge-b ingest redis; do
     pid=${pids[$name]:-}
-    [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
+    [[ -n "$pid" ]] && { kill -TERM "$pid" 2>/dev/null || true; }  # storm may have killed it already
   done
   for name in bench-ingest edge-a edge-b ingest redis; do stop_one "$name"; done
 }
