@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
 use ces_systest::{Broker, Metrics, Redis, unique};
 use common::{event_json, start_edge};
@@ -39,13 +38,8 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     )
     .await?;
     let edge = start_edge(&redis.url(), "edge-a", &[]).await?;
-    let http = reqwest::Client::new();
-    let mut clients = Vec::new();
-    for _ in 0..SESSIONS {
-        let reg = register(&http, &edge.base).await?;
-        let ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
-        clients.push((reg.session_id, ws));
-    }
+    let mut clients =
+        common::connect_sessions(&reqwest::Client::new(), &edge.base, SESSIONS).await?;
     let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();
 
     // A paced stream: 16 s in all, Redis down from 2 s to 12 s.

@@ -11,7 +11,6 @@ mod common;
 
 use std::time::Duration;
 
-use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
 use ces_systest::{Broker, Metrics, Redis, unique};
 use common::{event_json, start_edge};
@@ -50,20 +49,13 @@ async fn pausing_inside_record_batches_loses_and_duplicates_nothing() -> anyhow:
     )
     .await?;
     let edge = start_edge(&redis.url(), "edge-a", &[]).await?;
-    let http = reqwest::Client::new();
     // Session i is produced to partition i % PARTITIONS.
-    let mut clients = Vec::new();
-    for _ in 0..SESSIONS_PER_PARTITION * PARTITIONS as usize {
-        let reg = register(&http, &edge.base).await?;
-        let mut ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
-        // Set up before Redis goes away: the edge reads the session from Redis before it welcomes.
-        let welcome = ws.next_json(Duration::from_secs(5)).await?;
-        assert_eq!(
-            welcome.as_ref().map(|w| &w["type"]),
-            Some(&json!("welcome"))
-        );
-        clients.push((reg.session_id, ws));
-    }
+    let mut clients = common::connect_sessions(
+        &reqwest::Client::new(),
+        &edge.base,
+        SESSIONS_PER_PARTITION * PARTITIONS as usize,
+    )
+    .await?;
     let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();
     // Everything one produce call sends to a partition goes out as one batch: the linger outlasts the call.
     let producer: FutureProducer = ClientConfig::new()

@@ -272,6 +272,28 @@ pub async fn ingest_process(
     .await
 }
 
+/// Registers `n` sessions at `edge` and connects each one's socket, waiting for its welcome: the session is set up
+/// (its state read from Redis) before this returns, so a test may take Redis away next.
+pub async fn connect_sessions(
+    http: &reqwest::Client,
+    edge: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, ces_systest::client::WsClient)>> {
+    use ces_systest::client::{WsClient, register, ws_url};
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let reg = register(http, edge).await?;
+        let mut ws = WsClient::connect(&ws_url(edge, &reg.token)).await?;
+        let welcome = ws.next_json(std::time::Duration::from_secs(5)).await?;
+        anyhow::ensure!(
+            welcome.as_ref().is_some_and(|w| w["type"] == "welcome"),
+            "expected a welcome, got {welcome:?}"
+        );
+        clients.push((reg.session_id, ws));
+    }
+    Ok(clients)
+}
+
 /// The edges a load balancer would send clients to; a test changes it as edges stop and start.
 pub type LiveEdges = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
