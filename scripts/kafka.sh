@@ -20,10 +20,21 @@ home="${CES_CACHE:-$HOME/.cache/ces}/kafka-$version"
 libs="$home/libs"
 
 say() { printf '\033[1;34m[kafka]\033[0m %s\n' "$*" >&2; }
-java_bin() { if [[ -n "${JAVA_HOME:-}" ]]; then echo "$JAVA_HOME/bin/java"; else command -v java; fi; }
+java_bin() { # the java to run: $JAVA_HOME's, or the one on PATH
+  if [[ -n "${JAVA_HOME:-}" ]]; then
+    [[ -x "$JAVA_HOME/bin/java" ]] && echo "$JAVA_HOME/bin/java"
+  else
+    command -v java
+  fi
+}
 
-# The jars of dev/kafka/pom.xml in $libs. The marker file is written last, so an interrupted copy is redone.
+# The jars of dev/kafka/pom.xml in $libs. The marker file is written last, so an interrupted copy is redone; a
+# lock keeps concurrent callers (tests run outside `make test` on a fresh machine) from copying over each other.
 fetch() {
+  [[ -f "$home/complete" ]] && return 0
+  mkdir -p "$home"
+  exec 9>"$home.lock"
+  flock 9
   if [[ -f "$home/complete" ]]; then
     return 0
   fi
@@ -72,8 +83,14 @@ run() { # dir, port, controller port
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   properties "$dir" "$port" "$ctrl" >"$dir/server.properties"
-  local java
-  java=$(java_bin) || { echo "[kafka] java not found; scripts/deps.sh installs it" >&2; exit 1; }
+  local java major
+  java=$(java_bin) || { echo "[kafka] java not found (JAVA_HOME=${JAVA_HOME:-unset}); scripts/deps.sh installs it" >&2; exit 1; }
+  # Apache Kafka 4 brokers need Java 17 or newer ("1.8" for Java 8 reads as 1).
+  major=$("$java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+  if ((${major%%.*} < 17)); then
+    echo "[kafka] $java is Java $major; Apache Kafka $version needs 17 or newer (set JAVA_HOME)" >&2
+    exit 1
+  fi
   local jvm=(${CES_KAFKA_HEAP:--Xms256m -Xmx1g} -XX:+UseG1GC -XX:MaxGCPauseMillis=20
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$here/dev/kafka/log4j2.properties" -cp "$libs/*")
