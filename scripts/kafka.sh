@@ -33,19 +33,19 @@ java_bin() { # the java to run: $JAVA_HOME's, or the one on PATH
 fetch() {
   [[ -f "$home/complete" ]] && return 0
   mkdir -p "$home"
-  exec 9>"$home.lock"
-  flock 9
-  if [[ -f "$home/complete" ]]; then
-    return 0
-  fi
-  command -v mvn >/dev/null 2>&1 || { echo "[kafka] mvn not found; scripts/deps.sh installs it" >&2; exit 1; }
-  say "fetching Apache Kafka $version's jars from Maven Central into $libs (once per machine)"
-  local started=$SECONDS
-  rm -rf "$libs"
-  mkdir -p "$libs"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" >&2
-  touch "$home/complete"
-  say "fetched $(ls "$libs" | wc -l) jars in $((SECONDS - started)) s"
+  # The lock lives on the subshell's descriptor, so it is released here and never inherited by the broker.
+  (
+    flock 9
+    [[ -f "$home/complete" ]] && exit 0
+    command -v mvn >/dev/null 2>&1 || { echo "[kafka] mvn not found; scripts/deps.sh installs it" >&2; exit 1; }
+    say "fetching Apache Kafka $version's jars from Maven Central into $libs (once per machine)"
+    started=$SECONDS
+    rm -rf "$libs"
+    mkdir -p "$libs"
+    mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" >&2
+    touch "$home/complete"
+    say "fetched $(ls "$libs" | wc -l) jars in $((SECONDS - started)) s"
+  ) 9>"$home.lock"
 }
 
 # server.properties for a single node that is both broker and controller.
