@@ -73,6 +73,9 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
 }
 
 /// True when the broker at `bootstrap` answers a metadata request that lists at least one broker.
+///
+/// A fresh client per call on purpose: a client that first found the port closed backs off its reconnects (up to
+/// librdkafka's `reconnect.backoff.max.ms`, 10 s), which would hide a broker that came up meanwhile.
 pub async fn broker_answers(bootstrap: &str) -> bool {
     let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
