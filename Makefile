@@ -24,6 +24,10 @@ test: deps
 	@echo "[test] promtool check rules / test rules deploy/prometheus/alerts.yml"
 	@promtool check rules deploy/prometheus/alerts.yml
 	@cd deploy/prometheus && promtool test rules alerts_test.yml
+	@echo "[test] scripts/check-protocol-deps.sh: ces-protocol stays free of runtime and I/O crates"
+	@scripts/check-protocol-deps.sh
+	@if scripts/check-protocol-deps.sh ces-runtime >/dev/null 2>&1; then \
+		echo "[test] scripts/check-protocol-deps.sh no longer detects tokio in ces-runtime; the check is broken" >&2; exit 1; fi
 	@scripts/test.sh
 
 lint:

@@ -115,8 +115,8 @@ for s in $scenarios; do
   [[ $s == micro || $s == none ]] || stack_up "$s"
   case $s in
     micro)
-      say "cargo bench -p ces-shared (criterion; results in target/criterion/)"
-      cargo bench --locked -q -p ces-shared --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>&1 \
+      say "cargo bench -p ces-protocol (criterion; results in target/criterion/)"
+      cargo bench --locked -q -p ces-protocol --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>&1 \
         | grep -E '^hot_path|time:' || warn "cargo bench failed"
       ;;
     broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;

@@ -8,9 +8,9 @@
 
 use std::sync::OnceLock;
 
-use ces_shared::keys::validate_session_id;
-use ces_shared::record::{validate_record, validate_type};
-use ces_shared::schema::{Schemas, UnknownTypes};
+use ces_protocol::keys::validate_session_id;
+use ces_protocol::record::{validate_record, validate_type};
+use ces_protocol::schema::{Schemas, UnknownTypes};
 use libfuzzer_sys::fuzz_target;
 
 fn schemas() -> &'static Schemas {

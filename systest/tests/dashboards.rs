@@ -40,7 +40,7 @@ fn exported() -> BTreeSet<String> {
     for file in [
         "services/ingest/src/metrics.rs",
         "services/edge/src/metrics.rs",
-        "shared/src/telemetry.rs",
+        "runtime/src/telemetry.rs",
     ] {
         let source = std::fs::read_to_string(root().join(file)).expect(file);
         for quoted in source.split('"').skip(1).step_by(2) {

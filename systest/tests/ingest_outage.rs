@@ -82,13 +82,13 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
     );
     stream.await??;
 
-    let check = ces_shared::redis::builder(&redis.url())?.build()?;
+    let check = ces_runtime::redis::builder(&redis.url())?.build()?;
     check.init().await?;
     for (session, ws) in &mut clients {
         let events = ws.events(ROUNDS as usize, Duration::from_secs(60)).await?;
         if events.len() < ROUNDS as usize {
             // Say where the missing events are: never published, or published and not delivered.
-            let keys = ces_shared::keys::SessionKeys::of(session);
+            let keys = ces_protocol::keys::SessionKeys::of(session);
             let seq: Option<u64> = check.hget(&keys.meta, "seq").await?;
             let buffered: u64 = check.xlen(&keys.buffer).await?;
             let m = Metrics::scrape(&ingest.base).await?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use ces_proto::Message as _;
-use ces_shared::keys::SessionKeys;
+use ces_protocol::keys::SessionKeys;
 use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
 use ces_systest::{Metrics, unique};
@@ -122,7 +122,7 @@ async fn ten_thousand_mixed_records_each_end_up_exactly_where_they_belong() -> a
     }
     // Another program wrote a plain string where this session's dedup set lives.
     let poisoned = unique("poisoned");
-    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
+    let redis = ces_runtime::redis::builder(&stack.redis.url())?.build()?;
     redis.init().await?;
     let _: () = redis
         .set(SessionKeys::of(&poisoned).ids, "oops", None, None, false)

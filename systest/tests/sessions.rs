@@ -28,11 +28,11 @@ fn ns(events: &[Value]) -> Vec<u64> {
 /// Runs the publish function for event `n` of `session` as ingest would, but publishes on a channel nobody
 /// reads: the event is in the buffer, its Pub/Sub message is lost. Returns its `seq`.
 async fn publish_unseen(redis_url: &str, session: &str, n: u64) -> anyhow::Result<u64> {
-    let redis = ces_shared::redis::builder(redis_url)?.build()?;
+    let redis = ces_runtime::redis::builder(redis_url)?.build()?;
     redis.init().await?;
-    let keys = ces_shared::keys::SessionKeys::of(session);
+    let keys = ces_protocol::keys::SessionKeys::of(session);
     let id = format!("lost-on-the-wire-{n}");
-    let env = ces_shared::envelope::encode(&ces_shared::envelope::Envelope {
+    let env = ces_protocol::envelope::encode(&ces_protocol::envelope::Envelope {
         event_id: id.clone(),
         session_id: session.into(),
         event_type: "t".into(),
@@ -42,7 +42,7 @@ async fn publish_unseen(redis_url: &str, session: &str, n: u64) -> anyhow::Resul
     let args: Vec<fred::types::Value> = vec![
         fred::types::Value::Bytes(env.into()),
         id.into(),
-        ces_shared::now_ms().into(),
+        ces_runtime::now_ms().into(),
         1000.into(),
         300_000.into(),
         3_600_000.into(),
@@ -51,7 +51,7 @@ async fn publish_unseen(redis_url: &str, session: &str, n: u64) -> anyhow::Resul
     ];
     let seq = fred::interfaces::FunctionInterface::fcall(
         &redis,
-        ces_shared::redis::PUBLISH_FUNCTION,
+        ces_runtime::redis::PUBLISH_FUNCTION,
         vec![keys.meta, keys.buffer, keys.ids, "nowhere".into()],
         args,
     )
@@ -68,9 +68,9 @@ fn numbered(session: &str, range: std::ops::RangeInclusive<u64>) -> Vec<Record> 
 
 /// Waits until Redis has assigned `seq` for `session` (ingest is done with everything produced so far).
 async fn wait_for_seq(redis_url: &str, session: &str, seq: u64) -> anyhow::Result<()> {
-    let client = ces_shared::redis::builder(redis_url)?.build()?;
+    let client = ces_runtime::redis::builder(redis_url)?.build()?;
     client.init().await?;
-    let meta = ces_shared::keys::SessionKeys::of(session).meta;
+    let meta = ces_protocol::keys::SessionKeys::of(session).meta;
     for _ in 0..600 {
         let current: Option<u64> = client.hget(&meta, "seq").await?;
         if current.unwrap_or(0) >= seq {
@@ -311,7 +311,7 @@ async fn a_newer_connection_on_another_edge_takes_over() -> anyhow::Result<()> {
     assert_eq!(ns(&events), [3, 4, 5]);
 
     // The session records who holds it.
-    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
+    let redis = ces_runtime::redis::builder(&stack.redis.url())?.build()?;
     redis.init().await?;
     let (status, node): (String, String) = redis
         .hmget(format!("ces:{{{s}}}:session"), vec!["status", "node"])
@@ -442,7 +442,7 @@ async fn an_event_missed_while_the_subscriber_reconnected_arrives_without_a_next
         ws.next_json(Duration::from_millis(300)).await?.is_none(),
         "lost on the wire"
     );
-    let redis = ces_shared::redis::builder(&stack.redis.url())?.build()?;
+    let redis = ces_runtime::redis::builder(&stack.redis.url())?.build()?;
     redis.init().await?;
     let killed: u64 = fred::interfaces::ClientLike::custom(
         &redis,

@@ -32,7 +32,7 @@ async fn events_reach_a_wss_client_through_redis_over_tls_with_an_acl_user() -> 
     kafka::create_topics(&broker.bootstrap(), &[(&topic, 2), (&dlq, 1)]).await?;
 
     // Without credentials, the server gives nothing away: the plain port only answers PING.
-    let anonymous = ces_shared::redis::builder(&redis.url())?.build()?;
+    let anonymous = ces_runtime::redis::builder(&redis.url())?.build()?;
     anonymous.init().await?;
     let refused = anonymous.get::<Option<String>, _>("ces:anything").await;
     assert!(

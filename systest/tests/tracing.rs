@@ -33,7 +33,7 @@ async fn a_traced_record_yields_ingest_and_edge_spans_in_its_trace_and_the_frame
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    ces_shared::otel::install(provider.clone());
+    ces_runtime::otel::install(provider.clone());
 
     let stack = Stack::start(2, &[]).await?;
     let edge = &stack.edges[0].base;

@@ -285,7 +285,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = frame
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
+                    .unwrap_or((ces_protocol::close::NO_STATUS_RECEIVED, String::new()));
                 bail!("closed by the server: {code} {reason}");
             }
             Some(Ok(_)) => {}

@@ -8,7 +8,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
-use ces_shared::dlq;
+use ces_protocol::dlq;
 use ces_systest::Broker;
 use ces_systest::kafka::{self, Record};
 use rdkafka::Message as _;

@@ -11,8 +11,8 @@ use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ces_shared::keys::SessionId;
-use ces_shared::token::TokenError;
+use ces_protocol::keys::SessionId;
+use ces_protocol::token::TokenError;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use futures::FutureExt as _;
 use serde::{Deserialize, Serialize};
@@ -323,14 +323,14 @@ pub async fn delete_session(
             &state.redis,
             &verified.session_id,
             &holder,
-            session::SESSION_CLOSED.code,
+            ces_protocol::close::CloseCode::SessionClosed,
         )
         .await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn verify_token(state: &AppState, token: &str) -> Result<ces_shared::token::Verified, Error> {
+fn verify_token(state: &AppState, token: &str) -> Result<ces_protocol::token::Verified, Error> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

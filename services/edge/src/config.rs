@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ces_shared::config::{Common, Source, Vars};
-use ces_shared::token::TokenKeys;
+use ces_protocol::token::TokenKeys;
+use ces_runtime::config::{Common, Source, Vars};
 
 /// Everything an edge node needs to run.
 #[derive(Debug, Clone)]
@@ -64,12 +64,12 @@ pub struct Config {
 
 impl Config {
     /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ces_shared::Error> {
-        Self::from_source(&ces_shared::config::Env)
+    pub fn from_env() -> Result<Self, ces_runtime::Error> {
+        Self::from_source(&ces_runtime::config::Env)
     }
 
     /// Reads any [`Source`]; every invalid variable is reported, none falls back to its default.
-    pub fn from_source(source: &dyn Source) -> Result<Self, ces_shared::Error> {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ces_runtime::Error> {
         let mut v = Vars::new(source);
         let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
         let default_node = format!("edge-{}", std::process::id());
@@ -165,7 +165,7 @@ impl Config {
             v.check(false, || e.clone());
         }
         v.check(
-            ces_shared::keys::validate_session_id(&node_id).is_ok(),
+            ces_protocol::keys::validate_session_id(&node_id).is_ok(),
             || format!("CES_NODE_ID={node_id:?} must be 1-128 of A-Z a-z 0-9 _ . : -"),
         );
         v.finish()?;

@@ -3,14 +3,17 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ces_shared::token::TokenError;
+use ces_protocol::token::TokenError;
 
 /// What can fail in the edge, at start or while answering a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Configuration or another shared-helper failure.
+    /// Configuration or telemetry could not be set up.
     #[error(transparent)]
-    Shared(#[from] ces_shared::Error),
+    Runtime(#[from] ces_runtime::Error),
+    /// Protocol data could not be decoded.
+    #[error(transparent)]
+    Protocol(#[from] ces_protocol::Error),
     /// Redis failure.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -110,7 +113,7 @@ impl IntoResponse for Error {
                     "storage temporarily unavailable".to_owned(),
                 )
             }
-            Error::Shared(_) | Error::Io(_) | Error::UnexpectedReply(_) => {
+            Error::Runtime(_) | Error::Protocol(_) | Error::Io(_) | Error::UnexpectedReply(_) => {
                 tracing::error!(error = %self, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,

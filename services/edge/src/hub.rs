@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use ces_protocol::close::{CloseCode, NodeControl};
 use fred::clients::SubscriberClient;
 use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::types::Message as PubsubMessage;
@@ -45,7 +46,7 @@ pub struct Live {
     /// The Kafka record timestamp (ms since the Unix epoch, 0 if none), for the end-to-end latency.
     pub produced_at_ms: i64,
     /// The delivery span (in the trace of ingest's span), ended when the frame is flushed.
-    pub span: ces_shared::otel::EventSpan,
+    pub span: ces_runtime::otel::EventSpan,
 }
 
 impl Live {
@@ -63,26 +64,6 @@ impl Live {
     }
 }
 
-/// Why the hub wants a connection closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason text.
-    pub reason: &'static str,
-}
-
-/// A newer connection for the same session took over.
-pub const TAKEN_OVER: CloseReason = CloseReason {
-    code: 4009,
-    reason: "session taken over",
-};
-/// The connection's queue overflowed.
-pub const SLOW_CONSUMER: CloseReason = CloseReason {
-    code: 4008,
-    reason: "slow consumer",
-};
-
 impl queue::ByteLen for Live {
     fn byte_len(&self) -> usize {
         self.frame.len()
@@ -92,7 +73,7 @@ impl queue::ByteLen for Live {
 struct Slot {
     conn_id: u64,
     tx: queue::Sender<Live>,
-    close: oneshot::Sender<CloseReason>,
+    close: oneshot::Sender<CloseCode>,
 }
 
 /// A connection's queue of live events, bounded by count and by bytes.
@@ -121,7 +102,7 @@ pub struct Attachment {
     /// Live events for the socket.
     pub frames: Frames,
     /// Fires when the hub wants the socket closed.
-    pub close: oneshot::Receiver<CloseReason>,
+    pub close: oneshot::Receiver<CloseCode>,
 }
 
 enum SubRequest {
@@ -178,7 +159,7 @@ impl Hub {
         });
         let messages = subscriber.message_rx();
         tokio::spawn(subscription_task(subscriber, subs_rx));
-        let control = ces_shared::keys::node_channel(node_id);
+        let control = ces_protocol::keys::node_channel(node_id);
         tokio::spawn(dispatch_task(
             std::sync::Arc::downgrade(&hub),
             messages,
@@ -201,7 +182,7 @@ impl Hub {
             },
         );
         if let Some(old) = old {
-            let _ = old.close.send(TAKEN_OVER);
+            let _ = old.close.send(CloseCode::TakenOver);
         }
         Attachment {
             conn_id,
@@ -210,13 +191,13 @@ impl Hub {
         }
     }
 
-    /// Closes connection `conn_id` of `session` with `reason`, if this node still has it.
-    pub fn close_connection(&self, session: &str, conn_id: u64, reason: CloseReason) {
+    /// Closes connection `conn_id` of `session` with `code`, if this node still has it.
+    pub fn close_connection(&self, session: &str, conn_id: u64, code: CloseCode) {
         let mut slots = self.slots.lock().expect("hub lock");
         if slots.get(session).is_some_and(|s| s.conn_id == conn_id)
             && let Some(slot) = slots.remove(session)
         {
-            let _ = slot.close.send(reason);
+            let _ = slot.close.send(code);
         }
     }
 
@@ -287,7 +268,7 @@ impl Hub {
                         conn_id = slot.conn_id,
                         "queue full; closing slow consumer"
                     );
-                    let _ = slot.close.send(SLOW_CONSUMER);
+                    let _ = slot.close.send(CloseCode::SlowConsumer);
                 }
             }
             Err(queue::Refused::Closed(_)) => {
@@ -338,7 +319,8 @@ async fn subscription_task(
         }
         let mut failed: HashMap<String, String> = HashMap::new();
         if !add.is_empty() {
-            let channels: Vec<String> = add.iter().map(|s| ces_shared::keys::channel(s)).collect();
+            let channels: Vec<String> =
+                add.iter().map(|s| ces_protocol::keys::channel(s)).collect();
             match subscriber.subscribe(channels).await {
                 Ok(()) => subscribed.extend(add),
                 Err(e) => {
@@ -350,7 +332,7 @@ async fn subscription_task(
         if !remove.is_empty() {
             let channels: Vec<String> = remove
                 .iter()
-                .map(|s| ces_shared::keys::channel(s))
+                .map(|s| ces_protocol::keys::channel(s))
                 .collect();
             match subscriber.unsubscribe(channels).await {
                 Ok(()) => {
@@ -398,7 +380,7 @@ async fn dispatch_task(
             handle_control(&hub, &msg.value);
             continue;
         }
-        let Some(session) = ces_shared::keys::session_of_channel(&msg.channel) else {
+        let Some(session) = ces_protocol::keys::session_of_channel(&msg.channel) else {
             continue;
         };
         let payload = match msg.value {
@@ -425,31 +407,25 @@ fn handle_control(hub: &Hub, value: &Value) {
         .as_bytes()
         .and_then(|b| std::str::from_utf8(b).ok())
         .unwrap_or_default();
-    match crate::session::parse_close_message(text) {
-        Some((session, conn_id, code)) => {
-            let reason = match code {
-                4009 => TAKEN_OVER,
-                4003 => crate::session::SESSION_CLOSED,
-                _ => CloseReason {
-                    code,
-                    reason: "closed by the server",
-                },
-            };
-            hub.close_connection(session, conn_id, reason);
-        }
+    match NodeControl::parse(text) {
+        Some(NodeControl::Close {
+            session,
+            conn_id,
+            code,
+        }) => hub.close_connection(session, conn_id, code),
         None => warn!(message = text, "unknown control message"),
     }
 }
 
 fn frame_of(payload: Bytes) -> Option<Live> {
-    use ces_shared::telemetry::{hop, observe_hop, seconds_between};
+    use ces_runtime::telemetry::{hop, observe_hop, seconds_between};
     let received = std::time::Instant::now();
-    use ces_shared::otel::{self, EventSpan, KeyValue, SpanKind};
-    let env = ces_shared::envelope::decode_bytes(payload).ok()?;
+    use ces_runtime::otel::{self, EventSpan, KeyValue, SpanKind};
+    let env = ces_protocol::envelope::decode_bytes(payload).ok()?;
     let trace_id = otel::enabled()
         .then(|| otel::trace_id_of(&env.traceparent))
         .flatten();
-    let frame = ces_shared::frame::event_frame_traced(&env, trace_id)?;
+    let frame = ces_protocol::frame::event_frame_traced(&env, trace_id)?;
     let span = EventSpan::start(
         "ces.deliver",
         SpanKind::Producer,
@@ -465,7 +441,7 @@ fn frame_of(payload: Bytes) -> Option<Live> {
     if env.ingested_at_ms > 0 {
         observe_hop(
             hop::REDIS_TO_EDGE,
-            seconds_between(env.ingested_at_ms, ces_shared::now_ms()),
+            seconds_between(env.ingested_at_ms, ces_runtime::now_ms()),
         );
     }
     Some(Live {

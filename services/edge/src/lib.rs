@@ -96,11 +96,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let cancel = ces_shared::shutdown::cancel_on(shutdown);
+    let cancel = ces_runtime::shutdown::cancel_on(shutdown);
 
     let common = config.common.clone();
     let Some(redis) =
-        ces_shared::redis::connect("commands", || common.redis_builder()?.build(), &cancel).await?
+        ces_runtime::redis::connect("commands", || common.redis_builder()?.build(), &cancel)
+            .await?
     else {
         return Ok(());
     };
@@ -111,13 +112,13 @@ pub async fn run(
             .build_subscriber_client()
     };
     let Some(subscriber): Option<SubscriberClient> =
-        ces_shared::redis::connect("subscriber", make_subscriber, &cancel).await?
+        ces_runtime::redis::connect("subscriber", make_subscriber, &cancel).await?
     else {
         return Ok(());
     };
     // Takeovers and closes for sockets held here arrive on this node's control channel.
     subscriber
-        .subscribe(ces_shared::keys::node_channel(&config.node_id))
+        .subscribe(ces_protocol::keys::node_channel(&config.node_id))
         .await?;
     let hub = Hub::start(
         subscriber.clone(),
@@ -136,7 +137,7 @@ pub async fn run(
         hub,
         shutdown: cancel.clone(),
         tracker: tracker.clone(),
-        metrics: ces_shared::telemetry::metrics_handle(),
+        metrics: ces_runtime::telemetry::metrics_handle(),
         limits: limits::Limits::new(config_rates),
         handshakes: Arc::new(tokio::sync::Semaphore::new(max_pending_handshakes)),
     });
@@ -208,7 +209,7 @@ fn resubscribe_on_reconnect(
         let client = client.clone();
         let hub = hub.clone();
         async move {
-            let mut backoff = ces_shared::backoff::Backoff::new(
+            let mut backoff = ces_runtime::backoff::Backoff::new(
                 std::time::Duration::from_millis(50),
                 std::time::Duration::from_secs(2),
             );

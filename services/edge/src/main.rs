@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ces_edge::Config;
-use ces_shared::config::EXIT_CONFIG;
+use ces_runtime::config::EXIT_CONFIG;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,15 +15,17 @@ async fn main() -> ExitCode {
         }
     };
     // Held to the end of `main`: dropping it flushes the traces not yet exported.
-    let _telemetry =
-        match ces_shared::telemetry::init("ces-edge", &config.common.log, config.common.log_format)
-        {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("ces-edge: {e}");
-                return ExitCode::from(EXIT_CONFIG as u8);
-            }
-        };
+    let _telemetry = match ces_runtime::telemetry::init(
+        "ces-edge",
+        &config.common.log,
+        config.common.log_format,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ces-edge: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -31,7 +33,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match ces_edge::run(config, listener, ces_shared::shutdown::shutdown_signal()).await {
+    match ces_edge::run(config, listener, ces_runtime::shutdown::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "ces-edge failed");

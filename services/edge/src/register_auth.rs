@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use ces_shared::config::Vars;
+use ces_runtime::config::Vars;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

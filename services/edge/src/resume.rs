@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use ces_shared::envelope::{self, Envelope};
-use ces_shared::frame::{Lost, ServerFrame};
-use ces_shared::keys::SessionKeys;
-use ces_shared::redis::RESUME_FUNCTION;
+use ces_protocol::envelope::{self, Envelope};
+use ces_protocol::frame::{Lost, ServerFrame};
+use ces_protocol::keys::SessionKeys;
+use ces_runtime::redis::RESUME_FUNCTION;
 use fred::clients::Client;
 use fred::interfaces::FunctionInterface;
 use fred::types::Value;
@@ -78,7 +78,7 @@ pub async fn fetch(
     let call = || {
         let args: Vec<Value> = vec![
             Value::Integer(after as i64),
-            Value::from(ces_shared::redis::new_epoch()),
+            Value::from(ces_runtime::redis::new_epoch()),
             Value::Integer(state_ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
         ];
         redis.fcall::<Vec<Value>, _, _, _>(
@@ -88,8 +88,8 @@ pub async fn fetch(
         )
     };
     let reply = match call().await {
-        Err(e) if ces_shared::redis::is_function_missing(&e) => {
-            ces_shared::redis::load_library(redis).await?;
+        Err(e) if ces_runtime::redis::is_function_missing(&e) => {
+            ces_runtime::redis::load_library(redis).await?;
             call().await?
         }
         other => other?,
@@ -140,10 +140,10 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
         .events
         .iter()
         .filter_map(|env| {
-            let trace_id = ces_shared::otel::enabled()
-                .then(|| ces_shared::otel::trace_id_of(&env.traceparent))
+            let trace_id = ces_runtime::otel::enabled()
+                .then(|| ces_runtime::otel::trace_id_of(&env.traceparent))
                 .flatten();
-            ces_shared::frame::event_frame_traced(env, trace_id)
+            ces_protocol::frame::event_frame_traced(env, trace_id)
         })
         .map(Utf8Bytes::from)
         .collect();

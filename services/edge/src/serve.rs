@@ -142,9 +142,9 @@ pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = ces_shared::tls::read_certs(cert)?;
-    let key = ces_shared::tls::read_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(ces_shared::tls::provider())
+    let chain = ces_runtime::tls::read_certs(cert)?;
+    let key = ces_runtime::tls::read_key(key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(ces_runtime::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()

@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use ces_shared::keys::{self, SessionId};
-use ces_shared::redis::{
+use ces_protocol::close::{CloseCode, NodeControl, parse_conn_ref};
+use ces_protocol::keys::{self, SessionId};
+use ces_runtime::redis::{
     ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION,
 };
 use fred::clients::Client;
@@ -19,35 +20,6 @@ use fred::interfaces::{FunctionInterface, HashesInterface, PubsubInterface};
 use fred::types::{FromValue, Value};
 
 use crate::Error;
-use crate::hub::CloseReason;
-
-/// The session was closed by `DELETE /v1/sessions/{id}`.
-pub const SESSION_CLOSED: CloseReason = CloseReason {
-    code: 4003,
-    reason: "session closed",
-};
-
-/// Identifies one connection across nodes: `<node>/<conn id>`.
-pub fn conn_ref(node: &str, conn_id: u64) -> String {
-    format!("{node}/{conn_id}")
-}
-
-/// A control message for a node: close connection `conn_id` of `session` with `code`.
-pub fn close_message(session: &str, conn_id: u64, code: u16) -> String {
-    format!("close {session} {conn_id} {code}")
-}
-
-/// Parses [`close_message`].
-pub fn parse_close_message(text: &str) -> Option<(&str, u64, u16)> {
-    let mut parts = text.split(' ');
-    if parts.next()? != "close" {
-        return None;
-    }
-    let session = parts.next()?;
-    let conn_id = parts.next()?.parse().ok()?;
-    let code = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((session, conn_id, code))
-}
 
 async fn fcall<R: FromValue>(
     redis: &Client,
@@ -59,8 +31,8 @@ async fn fcall<R: FromValue>(
         .fcall::<R, _, _, _>(function, vec![key.clone()], args.clone())
         .await
     {
-        Err(e) if ces_shared::redis::is_function_missing(&e) => {
-            ces_shared::redis::load_library(redis).await?;
+        Err(e) if ces_runtime::redis::is_function_missing(&e) => {
+            ces_runtime::redis::load_library(redis).await?;
             Ok(redis.fcall(function, vec![key], args).await?)
         }
         other => Ok(other?),
@@ -94,7 +66,7 @@ pub async fn claim(
     let args = vec![
         conn.into(),
         node.into(),
-        Value::Integer(ces_shared::now_ms()),
+        Value::Integer(ces_runtime::now_ms()),
         ms(ttl),
     ];
     let (previous, status): (String, String) =
@@ -112,7 +84,7 @@ fn conn_args(conn: &str, ttl: Duration, ack: Option<u64>) -> Vec<Value> {
     let ack = ack.map(|a| a.to_string()).unwrap_or_default();
     vec![
         conn.into(),
-        Value::Integer(ces_shared::now_ms()),
+        Value::Integer(ces_runtime::now_ms()),
         ms(ttl),
         ack.into(),
     ]
@@ -138,7 +110,7 @@ pub async fn close(
     session: &SessionId,
     ttl: Duration,
 ) -> Result<Option<String>, Error> {
-    let args = vec![Value::Integer(ces_shared::now_ms()), ms(ttl)];
+    let args = vec![Value::Integer(ces_runtime::now_ms()), ms(ttl)];
     let holder: String = fcall(redis, CLOSE_FUNCTION, session.session_key(), args).await?;
     Ok((!holder.is_empty()).then_some(holder))
 }
@@ -158,7 +130,7 @@ pub async fn admit(
 ) -> Result<bool, Error> {
     let args = vec![
         session.as_str().into(),
-        Value::Integer(ces_shared::now_ms()),
+        Value::Integer(ces_runtime::now_ms()),
         Value::Integer(expires_at_ms),
         Value::Integer(max as i64),
     ];
@@ -166,24 +138,24 @@ pub async fn admit(
     Ok(admitted == 1)
 }
 
-/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`.
+/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`. A holder that is not a
+/// connection reference (a foreign writer) is ignored.
 pub async fn tell_holder(
     redis: &Client,
     session: &SessionId,
     holder: &str,
-    code: u16,
+    code: CloseCode,
 ) -> Result<(), Error> {
-    let Some((node, conn_id)) = holder.split_once('/') else {
+    let Some((node, conn_id)) = parse_conn_ref(holder) else {
         return Ok(());
     };
-    let Ok(conn_id) = conn_id.parse::<u64>() else {
-        return Ok(());
+    let message = NodeControl::Close {
+        session: session.as_str(),
+        conn_id,
+        code,
     };
     let _: i64 = redis
-        .publish(
-            keys::node_channel(node),
-            close_message(session.as_str(), conn_id, code),
-        )
+        .publish(keys::node_channel(node), message.encode())
         .await?;
     Ok(())
 }
@@ -215,29 +187,4 @@ pub async fn heartbeat(
         "taken" => Heartbeat::Taken,
         _ => Heartbeat::Held,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_messages_round_trip_and_reject_garbage() {
-        assert_eq!(
-            parse_close_message(&close_message("s-1", 42, 4009)),
-            Some(("s-1", 42, 4009))
-        );
-        for bad in [
-            "",
-            "close",
-            "close s",
-            "close s x 4009",
-            "close s 1 99999",
-            "open s 1 4009",
-            "close s 1 4009 x",
-        ] {
-            assert_eq!(parse_close_message(bad), None, "{bad:?}");
-        }
-        assert_eq!(conn_ref("edge-a", 7), "edge-a/7");
-    }
 }

@@ -9,44 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use ces_shared::frame::{ClientFrame, ServerFrame, parse_client_frame};
-use ces_shared::keys::SessionId;
+use ces_protocol::close::{self, CloseCode, conn_ref};
+use ces_protocol::frame::{ClientFrame, ServerFrame, parse_client_frame};
+use ces_protocol::keys::SessionId;
 use fred::clients::Client;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::hub::{Attachment, CloseReason, Hub, Live, TAKEN_OVER};
+use crate::hub::{Attachment, Hub, Live};
 use crate::metrics as m;
 use crate::resume::{self, Decision, Position, Snapshot};
-use crate::session::{self, Claim, Heartbeat, SESSION_CLOSED};
-
-/// Close codes the edge uses (docs/protocol.md).
-pub mod close_code {
-    /// The server is shutting down or restarting; reconnect (to any node).
-    pub const SERVICE_RESTART: u16 = 1012;
-    /// The socket's token expired without a refresh.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The client sent messages faster than `CES_LIMIT_MESSAGES_PER_SEC`.
-    pub const RATE_LIMITED: u16 = 4029;
-    /// The client sent a binary frame.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// The client sent a text frame that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The client sent a message larger than the limit.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The client kept sending frames the protocol does not know ([`super::MAX_INVALID_FRAMES`] in a row).
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// Protocol violation by the client.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The server could not set up the connection (e.g. Redis unavailable); retry later.
-    pub const INTERNAL_ERROR: u16 = 1011;
-    /// The client stopped answering pings.
-    pub const PING_TIMEOUT: u16 = 4000;
-    /// No close frame was exchanged (the peer vanished).
-    pub const ABNORMAL: u16 = 1006;
-}
+use crate::session::{self, Claim, Heartbeat};
 
 /// Longest a heartbeat may wait on Redis.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -90,7 +65,7 @@ pub struct SocketParams {
     /// When the socket's token expires (unix seconds); the socket is closed with 4001 then unless refreshed.
     pub expires_at: u64,
     /// Keys to verify an in-band refresh token.
-    pub token_keys: ces_shared::token::TokenKeys,
+    pub token_keys: ces_protocol::token::TokenKeys,
     /// Inbound message budget; a client over it is closed with 4029.
     pub inbound_limit: Arc<governor::DefaultDirectRateLimiter>,
     /// The handshake's admission slot, released once the welcome and the replay are sent.
@@ -120,7 +95,7 @@ where
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     // Every subscribe request, successful or not, holds a reference until `release`.
     let subscribed = hub.subscribe(session).await;
-    let conn = session::conn_ref(&params.node_id, conn_id);
+    let conn = conn_ref(&params.node_id, conn_id);
     let claimed = match subscribed {
         Ok(()) => Box::pin(session::claim(
             &params.redis,
@@ -140,7 +115,7 @@ where
                     &params.redis,
                     &params.session,
                     &previous,
-                    TAKEN_OVER.code,
+                    CloseCode::TakenOver,
                 ))
                 .await
             {
@@ -161,15 +136,10 @@ where
             }
             code
         }
-        Ok(Claim::Closed) => close(&mut socket, SESSION_CLOSED.code, SESSION_CLOSED.reason).await,
+        Ok(Claim::Closed) => close(&mut socket, CloseCode::SessionClosed).await,
         Err(e) => {
             info!(session_id = session, error = %e, "cannot set up the session; closing");
-            close(
-                &mut socket,
-                close_code::INTERNAL_ERROR,
-                "temporarily unavailable",
-            )
-            .await
+            close(&mut socket, CloseCode::InternalError).await
         }
     };
     hub.release(session);
@@ -200,13 +170,10 @@ where
     } = attachment;
     // Taken over or shutting down while the subscription was being confirmed: no welcome, just the close.
     if shutdown.is_cancelled() {
-        return (
-            close(socket, close_code::SERVICE_RESTART, "server shutting down").await,
-            pending_ack,
-        );
+        return (close(socket, CloseCode::ServiceRestart).await, pending_ack);
     }
-    if let Ok(CloseReason { code, reason }) = hub_close.try_recv() {
-        return (close(socket, code, reason).await, pending_ack);
+    if let Ok(code) = hub_close.try_recv() {
+        return (close(socket, code).await, pending_ack);
     }
     // Subscribed first (the caller waited for Redis to confirm), so everything published from here on is queued
     // in `frames`; everything before is in the buffer. Reading the buffer now leaves no gap, and the cursor drops
@@ -216,15 +183,7 @@ where
         Ok(d) => d,
         Err(e) => {
             info!(session_id = session, error = %e, "cannot read the session buffer; closing");
-            return (
-                close(
-                    socket,
-                    close_code::INTERNAL_ERROR,
-                    "temporarily unavailable",
-                )
-                .await,
-                pending_ack,
-            );
+            return (close(socket, CloseCode::InternalError).await, pending_ack);
         }
     };
     let (snapshot, decision) = decision;
@@ -238,7 +197,7 @@ where
         .await
         .is_err()
     {
-        return (close_code::ABNORMAL, pending_ack);
+        return (close::ABNORMAL, pending_ack);
     }
     record_resume(&decision);
     let mut cursor = Cursor {
@@ -249,7 +208,7 @@ where
         .await
         .is_err()
     {
-        return (close_code::ABNORMAL, pending_ack);
+        return (close::ABNORMAL, pending_ack);
     }
     drop(handshake_slot);
     let mut ping = tokio::time::interval_at(
@@ -272,28 +231,28 @@ where
                 close_at = Some(tokio::time::Instant::now() + drain_at);
             }
             () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
-                return (close(socket, close_code::SERVICE_RESTART, "server shutting down").await, pending_ack);
+                return (close(socket, CloseCode::ServiceRestart).await, pending_ack);
             }
             () = tokio::time::sleep_until(instant_of(expires_at)) => {
-                return (close(socket, close_code::TOKEN_EXPIRED, "token expired").await, pending_ack);
+                return (close(socket, CloseCode::TokenExpired).await, pending_ack);
             }
             reason = &mut hub_close => {
-                let CloseReason { code, reason } = reason.unwrap_or(crate::hub::TAKEN_OVER);
-                return (close(socket, code, reason).await, pending_ack);
+                let code = reason.unwrap_or(CloseCode::TakenOver);
+                return (close(socket, code).await, pending_ack);
             }
             inbound = socket.next() => {
                 missed_pongs = 0;
                 if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_))))
                     && params.inbound_limit.check().is_err()
                 {
-                    return (close(socket, close_code::RATE_LIMITED, "too many messages").await, pending_ack);
+                    return (close(socket, CloseCode::RateLimited).await, pending_ack);
                 }
                 match inbound {
-                    None => return (close_code::ABNORMAL, pending_ack),
+                    None => return (close::ABNORMAL, pending_ack),
                     Some(Err(e)) => {
                         return match classify(&e) {
-                            Some((code, reason)) => (close(socket, code, reason).await, pending_ack),
-                            None => (close_code::ABNORMAL, pending_ack),
+                            Some(code) => (close(socket, code).await, pending_ack),
+                            None => (close::ABNORMAL, pending_ack),
                         };
                     }
                     Some(Ok(Message::Text(text))) => {
@@ -301,7 +260,7 @@ where
                         if matches!(reply, Some(ServerFrame::Error { .. })) {
                             invalid_frames += 1;
                             if invalid_frames >= MAX_INVALID_FRAMES {
-                                return (close(socket, close_code::POLICY_VIOLATION, "too many invalid frames").await, pending_ack);
+                                return (close(socket, CloseCode::PolicyViolation).await, pending_ack);
                             }
                         } else {
                             invalid_frames = 0;
@@ -312,23 +271,23 @@ where
                         if let Some(reply) = reply
                             && bounded(socket.send(Message::Text(reply.to_json().into()))).await.is_err()
                         {
-                            return (close_code::ABNORMAL, pending_ack);
+                            return (close::ABNORMAL, pending_ack);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        return (close(socket, close_code::UNSUPPORTED_DATA, "binary frames are not supported").await, pending_ack);
+                        return (close(socket, CloseCode::UnsupportedData).await, pending_ack);
                     }
                     Some(Ok(Message::Close(frame))) => {
                         // tungstenite queued the close reply; flush so the client gets it.
                         let _ = bounded(socket.flush()).await;
-                        return (frame.map_or(1005, |f| f.code), pending_ack);
+                        return (frame.map_or(close::NO_STATUS_RECEIVED, |f| f.code), pending_ack);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
             _ = ping.tick() => {
                 if missed_pongs >= params.max_missed_pongs {
-                    return (close(socket, close_code::PING_TIMEOUT, "ping timeout").await, pending_ack);
+                    return (close(socket, CloseCode::PingTimeout).await, pending_ack);
                 }
                 missed_pongs += 1;
                 // Keeps the session alive in Redis while it is connected, and closes a socket whose takeover or
@@ -337,21 +296,21 @@ where
                 match tokio::time::timeout(HEARTBEAT_TIMEOUT, beat).await {
                     Ok(Ok(Heartbeat::Held)) => {}
                     Ok(Ok(Heartbeat::Closed)) => {
-                        return (close(socket, SESSION_CLOSED.code, SESSION_CLOSED.reason).await, None);
+                        return (close(socket, CloseCode::SessionClosed).await, None);
                     }
                     Ok(Ok(Heartbeat::Taken)) => {
-                        return (close(socket, TAKEN_OVER.code, TAKEN_OVER.reason).await, None);
+                        return (close(socket, CloseCode::TakenOver).await, None);
                     }
                     Ok(Err(e)) => debug!(session_id = %params.session, error = %e, "cannot refresh the session"),
                     Err(_) => debug!(session_id = %params.session, "session refresh timed out"),
                 }
                 if bounded(socket.send(Message::Ping(Default::default()))).await.is_err() {
-                    return (close_code::ABNORMAL, pending_ack);
+                    return (close::ABNORMAL, pending_ack);
                 }
             }
             live = frames.recv() => {
                 let Some(live) = live else {
-                    return (close(socket, crate::hub::TAKEN_OVER.code, crate::hub::TAKEN_OVER.reason).await, pending_ack);
+                    return (close(socket, CloseCode::TakenOver).await, pending_ack);
                 };
                 // Boxed: writing is the one state of this loop that is large (1.35 KB with its timeout), and
                 // inline the compiler lays it out beside the select's own state, which made every connection's
@@ -359,7 +318,7 @@ where
                 // wake-up with events (a batch of up to COALESCE_MAX frames) costs far less than the write itself.
                 match Box::pin(bounded(forward(socket, live, &mut frames, &mut cursor, params))).await {
                     Ok(()) => {}
-                    Err(()) => return (close_code::ABNORMAL, pending_ack),
+                    Err(()) => return (close::ABNORMAL, pending_ack),
                 }
             }
         }
@@ -433,7 +392,7 @@ where
     let mut written = 0usize;
     let mut delivered = 0u64;
     // (dispatched, produced_at_ms) of each live frame fed, timed once the flush is done.
-    let mut timings: Vec<(std::time::Instant, i64, ces_shared::otel::EventSpan)> = Vec::new();
+    let mut timings: Vec<(std::time::Instant, i64, ces_runtime::otel::EventSpan)> = Vec::new();
     while let Some(live) = next.take() {
         written += 1;
         if live.resync || *live.epoch != *cursor.epoch || live.seq > cursor.last_sent + 1 {
@@ -456,10 +415,10 @@ where
     }
     socket.flush().await?;
     metrics::counter!(m::DELIVERED).increment(delivered);
-    let now_ms = ces_shared::now_ms();
+    let now_ms = ces_runtime::now_ms();
     for (received, produced_at_ms, span) in timings {
         span.end(Vec::new);
-        use ces_shared::telemetry::{E2E_LATENCY, hop, observe_hop, seconds_between};
+        use ces_runtime::telemetry::{E2E_LATENCY, hop, observe_hop, seconds_between};
         observe_hop(hop::EDGE_TO_SOCKET, received.elapsed().as_secs_f64());
         if produced_at_ms > 0 {
             metrics::histogram!(E2E_LATENCY).record(seconds_between(produced_at_ms, now_ms));
@@ -532,7 +491,7 @@ fn handle_client_text(
         Ok(ClientFrame::Ping) => (Some(ServerFrame::Pong), None),
         Ok(ClientFrame::Ack { seq }) => (None, Some(seq)),
         Ok(ClientFrame::Refresh { token }) => {
-            let now = u64::try_from(ces_shared::now_ms() / 1000).unwrap_or(0);
+            let now = u64::try_from(ces_runtime::now_ms() / 1000).unwrap_or(0);
             let reply = match params.token_keys.verify(&token, now) {
                 Ok(v) if v.session_id == params.session => {
                     *expires_at = (*expires_at).max(v.expires_at);
@@ -560,45 +519,43 @@ fn handle_client_text(
 
 /// The monotonic instant of a unix time in seconds (now, if it is already past).
 fn instant_of(unix_secs: u64) -> tokio::time::Instant {
-    let now_ms = u64::try_from(ces_shared::now_ms()).unwrap_or(0);
+    let now_ms = u64::try_from(ces_runtime::now_ms()).unwrap_or(0);
     let left = unix_secs.saturating_mul(1000).saturating_sub(now_ms);
     tokio::time::Instant::now() + Duration::from_millis(left)
 }
 
 /// Maps a receive error to the close code and reason to answer with; `None` means the connection is gone.
-fn classify(e: &axum::Error) -> Option<(u16, &'static str)> {
+fn classify(e: &axum::Error) -> Option<CloseCode> {
     use std::error::Error as _;
     match e
         .source()
         .and_then(|s| s.downcast_ref::<tungstenite::Error>())?
     {
-        tungstenite::Error::Capacity(_) => Some((close_code::MESSAGE_TOO_BIG, "message too big")),
-        tungstenite::Error::Utf8(_) => {
-            Some((close_code::INVALID_PAYLOAD, "text frame is not UTF-8"))
-        }
-        tungstenite::Error::Protocol(_) => Some((close_code::PROTOCOL_ERROR, "protocol error")),
+        tungstenite::Error::Capacity(_) => Some(CloseCode::MessageTooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidPayload),
+        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
         _ => None,
     }
 }
 
 /// Sends a close frame and waits briefly for the client's close reply, so the close frame is not lost to a TCP
 /// reset when the client writes (e.g. a pong) after the server already dropped the connection.
-async fn close<S>(socket: &mut S, code: u16, reason: &'static str) -> u16
+async fn close<S>(socket: &mut S, code: CloseCode) -> u16
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     // Boxed: the close handshake is awaited in a dozen places of the socket loop, and each would otherwise add
     // its state to every connection's resident task size.
-    Box::pin(close_handshake(socket, code, reason)).await
+    Box::pin(close_handshake(socket, code)).await
 }
 
-async fn close_handshake<S>(socket: &mut S, code: u16, reason: &'static str) -> u16
+async fn close_handshake<S>(socket: &mut S, code: CloseCode) -> u16
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
     };
     if socket.send(Message::Close(Some(frame))).await.is_ok() {
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
@@ -610,5 +567,5 @@ where
         })
         .await;
     }
-    code
+    code.code()
 }

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ces_shared::keys::SessionId;
-use ces_shared::token::TokenKeys;
+use ces_protocol::keys::SessionId;
+use ces_protocol::token::TokenKeys;
 use ces_systest::client::{Ending, WsClient, handshake_status, register, ws_url};
 
 mod common;
@@ -302,7 +302,7 @@ async fn protected_registration_needs_an_api_key_or_an_upstream_jwt() -> anyhow:
     assert_eq!(by_jwt.status(), 201);
     let reg: ces_systest::client::Registered = by_jwt.json().await?;
     // The JWT's subject is stored with the session.
-    let redis = ces_shared::redis::builder(&edge.redis.url())?.build()?;
+    let redis = ces_runtime::redis::builder(&edge.redis.url())?.build()?;
     fred::interfaces::ClientLike::init(&redis).await?;
     let subject: Option<String> = fred::interfaces::HashesInterface::hget(
         &redis,

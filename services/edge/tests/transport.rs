@@ -249,7 +249,7 @@ async fn a_reconnect_storm_waits_for_handshake_slots_and_the_excess_gets_503_wit
 
 /// `CLIENT PAUSE` for `how_long`: every client's commands wait.
 async fn pause_redis(redis: &Redis, how_long: Duration) -> anyhow::Result<fred::clients::Client> {
-    let admin = ces_shared::redis::builder(&redis.url())?.build()?;
+    let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
     admin.init().await?;
     let _: String = admin
         .custom(

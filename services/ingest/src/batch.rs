@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use ces_proto::v1::Envelope;
-use ces_shared::otel::{self, EventSpan, KeyValue, SpanKind};
-use ces_shared::record::{self, Reason};
-use ces_shared::schema::Schemas;
-use ces_shared::{dlq, envelope, event_id};
+use ces_protocol::record::{self, Reason};
+use ces_protocol::schema::Schemas;
+use ces_protocol::{dlq, envelope, event_id};
+use ces_runtime::otel::{self, EventSpan, KeyValue, SpanKind};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ces_shared::config::{Common, Source, Vars};
-use ces_shared::record::DEFAULT_MAX_RECORD_BYTES;
-use ces_shared::schema::UnknownTypes;
+use ces_protocol::record::DEFAULT_MAX_RECORD_BYTES;
+use ces_protocol::schema::UnknownTypes;
+use ces_runtime::config::{Common, Source, Vars};
 
 use crate::breaker;
 
@@ -65,12 +65,12 @@ pub struct Config {
 
 impl Config {
     /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ces_shared::Error> {
-        Self::from_source(&ces_shared::config::Env)
+    pub fn from_env() -> Result<Self, ces_runtime::Error> {
+        Self::from_source(&ces_runtime::config::Env)
     }
 
     /// Reads any [`Source`]; every invalid variable is reported, none falls back to its default.
-    pub fn from_source(source: &dyn Source) -> Result<Self, ces_shared::Error> {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ces_runtime::Error> {
         let mut v = Vars::new(source);
         let brokers = v.string("CES_KAFKA_BROKERS", "127.0.0.1:9092");
         let topics = v.list("CES_KAFKA_TOPICS", &["ces.events"]);

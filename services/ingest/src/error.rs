@@ -3,9 +3,12 @@
 /// What can stop ingest or fail one step of it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Configuration or another shared-helper failure.
+    /// Configuration or telemetry could not be set up.
     #[error(transparent)]
-    Shared(#[from] ces_shared::Error),
+    Runtime(#[from] ces_runtime::Error),
+    /// Protocol data could not be loaded (the schema directory).
+    #[error(transparent)]
+    Protocol(#[from] ces_protocol::Error),
     /// Kafka client failure.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -21,15 +24,4 @@ pub enum Error {
     /// Shutdown was requested while a step was waiting to be retried.
     #[error("shutting down")]
     ShuttingDown,
-}
-
-impl Error {
-    /// Whether retrying the same step later can succeed. Transient failures are retried with backoff and never
-    /// dead-letter a record; permanent ones (bad input) are dead-lettered and committed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Kafka(_) | Error::Redis(_) => true,
-            Error::Shared(_) | Error::Http(_) | Error::Startup(_) | Error::ShuttingDown => false,
-        }
-    }
 }

@@ -56,7 +56,7 @@ impl State {
 
 /// The router.
 pub fn app(state: Arc<State>) -> Router {
-    let _ = state.metrics.set(ces_shared::telemetry::metrics_handle());
+    let _ = state.metrics.set(ces_runtime::telemetry::metrics_handle());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

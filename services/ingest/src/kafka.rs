@@ -295,7 +295,7 @@ pub async fn send_dead_letters(
                             "dead letter too large; value omitted"
                         );
                         d.headers.push((
-                            ces_shared::dlq::VALUE_OMITTED.to_owned(),
+                            ces_protocol::dlq::VALUE_OMITTED.to_owned(),
                             Some(v.len().to_string().into_bytes()),
                         ));
                     }

@@ -52,7 +52,7 @@ use crate::kafka::IngestConsumer;
 use crate::metrics as m;
 use crate::publisher::Publisher;
 use crate::schemas::SchemaStore;
-use ces_shared::backoff::Backoff;
+use ces_runtime::backoff::Backoff;
 
 const RETRY_START: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -78,7 +78,7 @@ pub async fn run(
         config.schema_dir.clone(),
         config.unknown_types,
     )?);
-    let cancel = ces_shared::shutdown::cancel_on(shutdown);
+    let cancel = ces_runtime::shutdown::cancel_on(shutdown);
 
     let state = Arc::new(http::State::default());
     let server = tokio::spawn(http::serve(http, state.clone(), cancel.clone()));
@@ -390,7 +390,7 @@ async fn connect_redis(
 ) -> Result<Option<Publisher>, Error> {
     let make = || config.common.redis_builder()?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
-    while let Some(client) = ces_shared::redis::connect("publisher", make, cancel).await? {
+    while let Some(client) = ces_runtime::redis::connect("publisher", make, cancel).await? {
         match Publisher::new(client.clone(), config.limits, config.redis_timeout).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => {
@@ -500,7 +500,7 @@ fn count_outcomes(
     call_seconds: f64,
     counted: &mut HashSet<usize>,
 ) {
-    use ces_shared::telemetry::{hop, observe_hop, seconds_between};
+    use ces_runtime::telemetry::{hop, observe_hop, seconds_between};
     let (mut published, mut duplicates) = (0u64, 0u64);
     for (event, result) in events.iter().zip(results) {
         let Ok(outcome) = result else { continue };
@@ -523,7 +523,7 @@ fn count_outcomes(
                 duplicates += 1;
                 event
                     .span
-                    .end(|| vec![ces_shared::otel::KeyValue::new("ces.duplicate", true)]);
+                    .end(|| vec![ces_runtime::otel::KeyValue::new("ces.duplicate", true)]);
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ces_ingest::Config;
-use ces_shared::config::EXIT_CONFIG;
+use ces_runtime::config::EXIT_CONFIG;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         }
     };
     // Held to the end of `main`: dropping it flushes the traces not yet exported.
-    let _telemetry = match ces_shared::telemetry::init(
+    let _telemetry = match ces_runtime::telemetry::init(
         "ces-ingest",
         &config.common.log,
         config.common.log_format,
@@ -34,9 +34,9 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(addr = %config.http_addr, "ces-ingest starting");
-    match ces_ingest::run(config, listener, ces_shared::shutdown::shutdown_signal()).await {
+    match ces_ingest::run(config, listener, ces_runtime::shutdown::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ ces_ingest::Error::Shared(_)) => {
+        Err(e @ (ces_ingest::Error::Runtime(_) | ces_ingest::Error::Protocol(_))) => {
             // Bad configuration (the schema directory, say): not worth a restart loop.
             tracing::error!(error = %e, "ces-ingest cannot start");
             ExitCode::from(EXIT_CONFIG as u8)

@@ -1,6 +1,6 @@
 //! Publishing events to Redis: one atomic function call per event, pipelined across a batch.
 //!
-//! `ces_publish` (in `ces_shared::redis::LIBRARY`) drops an event whose id it saw within the dedup window,
+//! `ces_publish` (in `ces_runtime::redis::LIBRARY`) drops an event whose id it saw within the dedup window,
 //! otherwise assigns the session's next `seq`, appends the event to the session's reconnection buffer, trims the
 //! buffer, and publishes it on the session channel, all atomically. So two ingest replicas can never hand out the
 //! same `seq`, publish out of `seq` order, or deliver one event twice.
@@ -9,13 +9,13 @@
 //! rest did not (or we cannot know for the command in flight). [`Publisher::publish`] therefore reports a result
 //! per event, and the caller retries from the first failure on, in order: events that did run are then dropped
 //! as duplicates by their id. Commands are sent fail-fast, never queued while disconnected, and the client never
-//! re-sends a command by itself (see `ces_shared::redis`).
+//! re-sends a command by itself (see `ces_runtime::redis`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ces_shared::keys::SessionKeys;
-use ces_shared::redis::PUBLISH_FUNCTION;
+use ces_protocol::keys::SessionKeys;
+use ces_runtime::redis::PUBLISH_FUNCTION;
 use fred::clients::{Client, Pipeline};
 use fred::interfaces::ClientLike;
 use fred::interfaces::FunctionInterface;
@@ -59,7 +59,7 @@ impl Publisher {
     /// Wraps a connected client and loads the function library. `timeout` bounds each publish call: a
     /// command sent just as Redis died is not answered, and waiting longer only delays the breaker.
     pub async fn new(client: Client, limits: Limits, timeout: Duration) -> Result<Self, Error> {
-        ces_shared::redis::load_library(&client).await?;
+        ces_runtime::redis::load_library(&client).await?;
         Ok(Self {
             client,
             limits,
@@ -82,8 +82,8 @@ impl Publisher {
             ..Options::default()
         };
         let pipeline = Pipeline::from(self.client.with_options(&options));
-        let now = ces_shared::now_ms();
-        let epoch = ces_shared::redis::new_epoch();
+        let now = ces_runtime::now_ms();
+        let epoch = ces_runtime::redis::new_epoch();
         let ms = |d: Duration| Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64);
         // Each event names its session's previous event in this pipeline: Redis runs the pipeline to the end
         // even after a command fails, and an event must never be published before an earlier one of its
@@ -138,13 +138,13 @@ impl Publisher {
 
     /// (Re)loads the function library, e.g. after Redis restarted without persistence.
     pub async fn load_library(&self) -> Result<(), Error> {
-        Ok(ces_shared::redis::load_library(&self.client).await?)
+        Ok(ces_runtime::redis::load_library(&self.client).await?)
     }
 }
 
 /// Whether a Redis error says the publish function is not loaded.
 pub fn is_function_missing(e: &Error) -> bool {
-    matches!(e, Error::Redis(r) if ces_shared::redis::is_function_missing(r))
+    matches!(e, Error::Redis(r) if ces_runtime::redis::is_function_missing(r))
 }
 
 /// Whether Redis rejected this event for a reason of its own: `WRONGTYPE`, a key of this session that another

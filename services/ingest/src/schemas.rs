@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use ces_shared::schema::{Schemas, UnknownTypes};
+use ces_protocol::schema::{Schemas, UnknownTypes};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ces_ingest::batch::Publish;
 use ces_ingest::publisher::{Limits, Outcome, Publisher, is_function_missing};
-use ces_shared::envelope::{self, Envelope};
-use ces_shared::keys::{self, SessionKeys};
+use ces_protocol::envelope::{self, Envelope};
+use ces_protocol::keys::{self, SessionKeys};
 use ces_systest::Redis;
 use fred::clients::Client;
 use fred::interfaces::{
@@ -44,7 +44,7 @@ fn limits(buffer_max_events: u64) -> Limits {
 }
 
 async fn client(redis: &Redis) -> anyhow::Result<Client> {
-    let client = ces_shared::redis::builder(&redis.url())?.build()?;
+    let client = ces_runtime::redis::builder(&redis.url())?.build()?;
     client.init().await?;
     Ok(client)
 }
@@ -61,7 +61,7 @@ async fn publish(p: &Publisher, events: &[Publish]) -> anyhow::Result<Vec<Outcom
 async fn seq_and_epoch_are_decodable_at_every_varint_width() -> anyhow::Result<()> {
     let redis = Redis::start().await?;
     let client = client(&redis).await?;
-    let subscriber = ces_shared::redis::builder(&redis.url())?.build_subscriber_client()?;
+    let subscriber = ces_runtime::redis::builder(&redis.url())?.build_subscriber_client()?;
     subscriber.init().await?;
     let mut messages = subscriber.message_rx();
     subscriber.subscribe(keys::channel("s1")).await?;
@@ -274,7 +274,7 @@ async fn a_resume_never_shortens_the_ttl_a_publish_gave_and_sets_one_on_a_new_se
     let resume = |session: &str| {
         let k = SessionKeys::of(session);
         client.fcall::<fred::types::Value, _, _, _>(
-            ces_shared::redis::RESUME_FUNCTION,
+            ces_runtime::redis::RESUME_FUNCTION,
             vec![k.meta, k.buffer],
             vec!["0", "0123456789abcdef", "120000"],
         )

@@ -1,5 +1,5 @@
 //! A dead letter as `cesctl` sees it, and everything decided about it without I/O: reading the `ces-dlq-*`
-//! headers (`ces_shared::dlq`), `--since` and `P:O` arguments, selection, the replay plan (which headers the
+//! headers (`ces_protocol::dlq`), `--since` and `P:O` arguments, selection, the replay plan (which headers the
 //! re-produced record carries, and when a replay is refused) and the JSON form printed by `--json`.
 
 use std::borrow::Cow;
@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ces_shared::dlq;
-use ces_shared::record::Reason;
+use ces_protocol::dlq;
+use ces_protocol::record::Reason;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::ops::Range;
 
 use anyhow::{Context as _, bail};
-use ces_shared::record::Reason;
+use ces_protocol::record::Reason;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{ArgGroup, Args, Subcommand};
 use futures::StreamExt as _;
@@ -282,16 +282,16 @@ async fn list(brokers: String, topic: String, args: ListArgs) -> anyhow::Result<
             .map(|d| {
                 vec![
                     format!("{}:{}", d.partition, d.offset),
-                    d.header(ces_shared::dlq::FAILED_AT)
+                    d.header(ces_protocol::dlq::FAILED_AT)
                         .unwrap_or("-")
                         .to_owned(),
                     d.reason().unwrap_or("-").to_owned(),
                     d.source().to_string(),
                     letter::truncate(
-                        d.header(ces_shared::dlq::DETAIL).unwrap_or("-"),
+                        d.header(ces_protocol::dlq::DETAIL).unwrap_or("-"),
                         DETAIL_WIDTH,
                     ),
-                    match d.header(ces_shared::dlq::VALUE_OMITTED) {
+                    match d.header(ces_protocol::dlq::VALUE_OMITTED) {
                         Some(size) => format!("<omitted, {size} bytes>"),
                         None => letter::preview(d.value.as_deref(), VALUE_WIDTH),
                     },
@@ -387,7 +387,7 @@ impl Counts {
             Age::Older => self.age.older += 1,
             Age::Unknown => self.age.unknown += 1,
         }
-        let (Some(t), Some(raw)) = (failed_at, d.header(ces_shared::dlq::FAILED_AT)) else {
+        let (Some(t), Some(raw)) = (failed_at, d.header(ces_protocol::dlq::FAILED_AT)) else {
             return;
         };
         let (oldest, newest) = self.span.get_or_insert((t, t));

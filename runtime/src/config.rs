@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::{ConfigErrors, Error};
+use ces_protocol::ConfigErrors;
+
+use crate::error::Error;
 use crate::telemetry::LogFormat;
 
 /// Exit code for a configuration error (`EX_USAGE` from sysexits.h).

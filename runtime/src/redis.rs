@@ -71,7 +71,7 @@ where
     }
 }
 
-/// The Redis function library `ces` (Redis >= 7.0, `shared/src/ces.lua`). Both services load it at start and again whenever Redis
+/// The Redis function library `ces` (Redis >= 7.0, `runtime/src/ces.lua`). Both services load it at start and again whenever Redis
 /// answers "Function not found" (a restart without persistence, `FUNCTION FLUSH`); loading is idempotent.
 ///
 /// - `ces_publish(meta, buffer, ids, channel; envelope, event_id, now_ms, max_events, max_age_ms, dedup_ms,

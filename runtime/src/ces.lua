@@ -1,7 +1,7 @@
 #!lua name=ces
 -- CES's Redis functions: publishing an event (seq, buffer, dedup, Pub/Sub in one atomic step), resuming a
 -- session from its buffer, and session state (claim, release, touch, close, admission). Loaded by both services
--- as `ces_shared::redis::LIBRARY`; its contract is documented there.
+-- as `ces_runtime::redis::LIBRARY`; its contract is documented there.
 
 local function varint(n)
   local out = {}

@@ -1,14 +1,11 @@
-//! The error type of `ces-shared`.
+//! The error type of `ces-protocol`.
 
 use std::fmt;
 
-/// Everything that can go wrong in the shared helpers. None of these are retryable: they describe bad input
-/// (configuration, tokens, envelopes), which retrying cannot fix.
+/// Everything that can go wrong decoding or loading protocol data. None of these are retryable: they describe
+/// bad input (tokens, envelopes, schema files), which retrying cannot fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// One or more configuration variables are missing or invalid; every problem is listed.
-    #[error("invalid configuration:\n{0}")]
-    Config(ConfigErrors),
     /// A session token could not be accepted.
     #[error("session token rejected: {0}")]
     Token(#[from] crate::token::TokenError),
@@ -23,12 +20,9 @@ pub enum Error {
         /// What is wrong, one entry per file.
         problems: ConfigErrors,
     },
-    /// Telemetry could not be initialised.
-    #[error("telemetry: {0}")]
-    Telemetry(String),
 }
 
-/// The list of configuration problems, one per line when displayed.
+/// A list of configuration problems, one per line when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
 

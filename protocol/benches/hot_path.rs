@@ -1,12 +1,12 @@
 //! Micro-benchmarks of the pure functions every event passes through: validation, event id, envelope encode and
-//! decode, frame build. `cargo bench -p ces-shared` (results in target/criterion/).
+//! decode, frame build. `cargo bench -p ces-protocol` (results in target/criterion/).
 
 use std::hint::black_box;
 
 use bytes::Bytes;
-use ces_shared::envelope::{self, Envelope};
-use ces_shared::record::validate_record;
-use ces_shared::schema::{Schemas, UnknownTypes};
+use ces_protocol::envelope::{self, Envelope};
+use ces_protocol::record::validate_record;
+use ces_protocol::schema::{Schemas, UnknownTypes};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A record as `ces-loadtest` produces it: the same shape and size as the measured end-to-end runs.
@@ -64,7 +64,7 @@ fn hot_path(c: &mut Criterion) {
         validate_record(Some(RECORD.as_bytes()), None, 262_144, &schemas).expect("valid record");
     g.bench_function("event_id", |b| {
         b.iter(|| {
-            ces_shared::event_id::derive(
+            ces_protocol::event_id::derive(
                 None,
                 black_box(&event.session_id),
                 black_box(&event.event_type),
@@ -88,14 +88,14 @@ fn hot_path(c: &mut Criterion) {
 
     let decoded = envelope::decode_bytes(published.clone()).expect("valid envelope");
     g.bench_function("event_frame", |b| {
-        b.iter(|| ces_shared::frame::event_frame(black_box(&decoded)))
+        b.iter(|| ces_protocol::frame::event_frame(black_box(&decoded)))
     });
 
     // The edge's whole per-event work before the socket: decode the envelope and build the frame.
     g.bench_function("decode_and_frame", |b| {
         b.iter(|| {
             let env = envelope::decode_bytes(black_box(published.clone())).expect("valid envelope");
-            ces_shared::frame::event_frame(&env)
+            ces_protocol::frame::event_frame(&env)
         })
     });
     g.finish();
