@@ -156,7 +156,7 @@ impl WsClient {
                 Ok(None) | Ok(Some(Err(_))) => return Some(Ending::Dropped),
                 Ok(Some(Ok(Message::Close(f)))) => {
                     return Some(Ending::Closed(
-                        f.map_or(1005, |CloseFrame { code, .. }| code.into()),
+                        f.map_or(ces_protocol::close::NO_STATUS_RECEIVED, |CloseFrame { code, .. }| code.into()),
                     ));
                 }
                 Ok(Some(Ok(_))) => {}
