@@ -8,7 +8,7 @@ help:
 	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops)"
 	@echo "make test  - run the whole test suite against real redis-server processes and one Apache Kafka broker"
 	@echo "make bench - run the standard load tests, each on a fresh stack of its own (results in loadtest/out/)"
-	@echo "make lint  - rustfmt and clippy, as CI runs them"
+	@echo "make lint  - rustfmt, clippy and cargo machete (unused dependencies), as CI runs them"
 	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
 
 up:
@@ -29,10 +29,14 @@ test: deps
 	@if scripts/check-protocol-deps.sh ces-runtime >/dev/null 2>&1; then \
 		echo "[test] scripts/check-protocol-deps.sh no longer detects tokio in ces-runtime; the check is broken" >&2; exit 1; fi
 	@scripts/test.sh
+	@echo "[test] scripts/test-up-stop.sh: SIGINT to make up's process group stops everything"
+	@scripts/test-up-stop.sh
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	@command -v cargo-machete >/dev/null || { echo "[lint] installing cargo-machete"; cargo install --locked cargo-machete; }
+	cargo machete
 
 FUZZ_SECONDS ?= 60
 fuzz:

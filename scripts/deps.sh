@@ -18,6 +18,9 @@ command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_missing+
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] || command -v java >/dev/null 2>&1; then :; else apt_missing+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null 2>&1 || apt_missing+=(maven)
+# scripts/test-up-stop.sh watches processes and sockets with pgrep and ss.
+command -v pgrep >/dev/null 2>&1 || apt_missing+=(procps)
+command -v ss >/dev/null 2>&1 || apt_missing+=(iproute2)
 if ((${#apt_missing[@]})); then
   sudo=""
   if [[ $(id -u) -ne 0 ]]; then

@@ -23,7 +23,9 @@ check_ports() {
 start() { # name, command...
   local name=$1
   shift
-  "$@" >"$logs/$name.log" 2>&1 &
+  # A non-interactive shell starts background commands with SIGINT and SIGQUIT ignored, and programs that find
+  # them ignored keep them so (HAProxy, the JVM): a Ctrl-C would then stop only some of the stack. Restore them.
+  env --default-signal=INT,QUIT "$@" >"$logs/$name.log" 2>&1 &
   pids[$name]=$!
   names[$!]=$name
 }
@@ -36,11 +38,28 @@ stop_one() { # name
   unset "names[$pid]" "pids[$1]"
 }
 
+# Longest stop_all waits for a process to exit after SIGTERM before it sends SIGKILL.
+STOP_TIMEOUT=${STOP_TIMEOUT:-15}
+
 stop_all() {
   ((stopping)) && return 0
   stopping=1
   say "stopping everything"
+  local pid left deadline=$((SECONDS + STOP_TIMEOUT))
   for pid in "${!names[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  while :; do
+    left=()
+    for pid in "${!names[@]}"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+    ((${#left[@]} == 0)) && break
+    if ((SECONDS >= deadline)); then
+      for pid in "${left[@]}"; do
+        warn "${names[$pid]} (pid $pid) did not stop within $STOP_TIMEOUT s of SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+      done
+      break
+    fi
+    sleep 0.1
+  done
   wait 2>/dev/null || true
   say "stopped; logs are in $logs"
 }
@@ -70,7 +89,8 @@ wait_log() { # name, text its log shows once it is up, seconds
 # True when GET http://127.0.0.1:<port><path> answers 200 (bash only: no curl on a bare machine).
 http_ok() { # port, path
   local status
-  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  # The braces keep `2>/dev/null` to the connect: on a bare `exec` it would silence the caller's stderr for good.
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
   printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
   read -r -t 2 _ status _ <&3 || true
   exec 3<&-

@@ -2,9 +2,17 @@
 # Starts a whole local CES stack in the foreground: broker, Redis, ingest, two edges, HAProxy and Prometheus.
 # Ctrl-C stops everything it started. A process that dies is reported; the others keep running.
 set -euo pipefail
+# A shell that starts with SIGINT ignored (`make up` launched in the background by another script) cannot trap
+# it, so Ctrl-C or `kill -INT` to the process group would leave this script waiting. Start again without that.
+if [[ -z "${CES_UP_SIGNALS:-}" ]]; then
+  CES_UP_SIGNALS=default exec env --default-signal=INT,QUIT "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 root=$(pwd)
-data="$root/.ces"
+# CES_UP_DIR: where data and logs go (default .ces); CES_UP_PROFILE: the cargo profile to run (default release;
+# scripts/test-up-stop.sh uses dev to reuse the test build).
+data="${CES_UP_DIR:-$root/.ces}"
+profile=${CES_UP_PROFILE:-release}
 logs="$data/logs"
 
 tag=up
@@ -15,9 +23,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 check_ports broker=9092 controller=9093 redis=6379 edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 prometheus=9090 || exit 1
 
-say "building release binaries (cargo build --release)"
-cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+say "building $profile binaries (cargo build --profile $profile)"
+cargo build --profile "$profile" --locked -q -p ces-ingest -p ces-edge -p ces-ctl
+bin="${CARGO_TARGET_DIR:-$root/target}/$([[ $profile == dev ]] && echo debug || echo "$profile")"
 
 mkdir -p "$logs" "$data/redis"
 # Every WebSocket is a file descriptor in the edge and two in HAProxy.
@@ -30,12 +38,14 @@ export CES_TOKEN_SECRET
 chmod 600 "$data/token-secret"
 CES_TOKEN_SECRET=$(cat "$data/token-secret")
 export CES_LOG_FORMAT=text CES_REDIS_URL=redis://127.0.0.1:6379 CES_KAFKA_BROKERS=127.0.0.1:9092
+# A local stack stops within seconds: the edges close their sockets over 1 s instead of production's 1 + 5 s.
+export CES_DRAIN_DELAY_MS=${CES_DRAIN_DELAY_MS:-0} CES_DRAIN_WINDOW_MS=${CES_DRAIN_WINDOW_MS:-1000}
 
 trap 'stop_all; exit 0' INT TERM
 # Any failure (set -e) after processes started must not leave them running.
 trap 'stop_all' EXIT
 
-say "starting Apache Kafka $(scripts/kafka.sh version) (broker and KRaft controller) on 127.0.0.1:9092, data in .ces/kafka"
+say "starting Apache Kafka $(scripts/kafka.sh version) (broker and KRaft controller) on 127.0.0.1:9092, data in /kafka"
 started=$SECONDS
 start broker scripts/kafka.sh run "$data/kafka" 9092 9093
 wait_log broker "Kafka Server started" 120

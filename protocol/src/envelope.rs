@@ -1,7 +1,7 @@
 //! The protobuf envelope on Redis.
 //!
 //! Ingest encodes an [`Envelope`] without `seq`; the publish function assigns the session's next sequence number
-//! and appends it, with the session's epoch, as trailing fields (see [`append_trailer`] and `LIBRARY` in ces-ingest), relying on the
+//! and appends it, with the session's epoch, as trailing fields (see [`append_trailer`] and `ces_runtime::redis::LIBRARY`), relying on the
 //! protobuf rule that the last occurrence of a scalar field wins. That way the function never parses protobuf and
 //! ingest never waits for the sequence number before it can encode.
 

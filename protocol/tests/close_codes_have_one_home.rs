@@ -42,12 +42,24 @@ fn mentions(code: &str, number: u16) -> bool {
 fn no_close_code_literal_outside_the_close_module() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for dir in ["protocol/src", "runtime/src", "services", "loadtest/src", "systest/src"] {
+    for dir in [
+        "protocol/src",
+        "runtime/src",
+        "services",
+        "loadtest/src",
+        "systest/src",
+    ] {
         rust_files(&root.join(dir), &mut files);
     }
     // Service tests (`services/*/tests`) assert on the numbers on purpose: they pin the wire values.
-    files.retain(|f| !f.components().any(|c| c.as_os_str() == "tests") && !f.ends_with("protocol/src/close.rs"));
-    assert!(files.len() > 20, "the scan found only {} files; is the layout different?", files.len());
+    files.retain(|f| {
+        !f.components().any(|c| c.as_os_str() == "tests") && !f.ends_with("protocol/src/close.rs")
+    });
+    assert!(
+        files.len() > 20,
+        "the scan found only {} files; is the layout different?",
+        files.len()
+    );
     let codes: Vec<u16> = CloseCode::ALL
         .iter()
         .map(|c| c.code())
@@ -62,7 +74,11 @@ fn no_close_code_literal_outside_the_close_module() {
             }
         }
     }
-    assert!(offenders.is_empty(), "use ces_protocol::close instead:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "use ces_protocol::close instead:\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]

@@ -88,7 +88,7 @@ where
 ///   evicted_upto, evicted_reason, envelope...]` for every buffered event after `after_seq`, creating the epoch
 ///   if the session has none yet.
 ///
-/// The varint encoder mirrors `crate::envelope::append_trailer`; Lua numbers are doubles, exact up to 2^53.
+/// The varint encoder mirrors `ces_protocol::envelope::append_trailer`; Lua numbers are doubles, exact up to 2^53.
 pub const LIBRARY: &str = include_str!("ces.lua");
 
 /// Name of the publish function in [`LIBRARY`].

@@ -155,9 +155,10 @@ impl WsClient {
                 Err(_) => return None,
                 Ok(None) | Ok(Some(Err(_))) => return Some(Ending::Dropped),
                 Ok(Some(Ok(Message::Close(f)))) => {
-                    return Some(Ending::Closed(
-                        f.map_or(ces_protocol::close::NO_STATUS_RECEIVED, |CloseFrame { code, .. }| code.into()),
-                    ));
+                    return Some(Ending::Closed(f.map_or(
+                        ces_protocol::close::NO_STATUS_RECEIVED,
+                        |CloseFrame { code, .. }| code.into(),
+                    )));
                 }
                 Ok(Some(Ok(_))) => {}
             }

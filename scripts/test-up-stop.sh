@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make test` runs this: starts `make up` as a process group of its own, sends SIGINT to the whole group (what a
+# terminal's Ctrl-C does, and what `kill -INT -- -<pgid>` does), and fails unless every process of the group has
+# exited and no port of the stack is still listening within STOP_LIMIT seconds, with no process reported as
+# crashed and none killed for being too slow.
+#
+# As root it runs in a network namespace of its own (`unshare --net`), so `make up`'s fixed ports never collide
+# with a stack already running on this machine; otherwise those ports must be free.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tag=test-up-stop
+source scripts/lib.sh
+
+STOP_LIMIT=${STOP_LIMIT:-10}
+ports=(9092 9093 6379 8090 8081 8082 8080 9090)
+
+if [[ -z "${CES_UP_STOP_NETNS:-}" ]] && (($(id -u) == 0)) && unshare --net true 2>/dev/null; then
+  say "running in a network namespace of its own (unshare --net)"
+  CES_UP_STOP_NETNS=1 exec unshare --net "$0" "$@"
+fi
+[[ -n "${CES_UP_STOP_NETNS:-}" ]] && ip link set lo up
+
+dir=$(mktemp -d "${TMPDIR:-/tmp}/ces-up-stop.XXXXXX")
+out="$dir/make-up.out"
+leader=""
+cleanup() {
+  [[ -n "$leader" ]] && kill -KILL -- "-$leader" 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+listening() { ss -Hltn | awk '{print $4}' | sed 's/.*://' | grep -xE "$(IFS='|'; echo "${ports[*]}")" | sort -un | xargs; }
+
+[[ -z "$(listening)" ]] || { warn "ports $(listening) are taken; stop the stack that holds them first"; exit 1; }
+
+# The dev profile reuses the test build; the stop path is the same in release.
+say "make up (CES_UP_PROFILE=dev, data in $dir), output in $out"
+CES_UP_DIR="$dir/data" CES_UP_PROFILE=dev setsid make --no-print-directory up >"$out" 2>&1 </dev/null &
+leader=$!
+started=$SECONDS
+until grep -q "CES is running" "$out"; do
+  if ! kill -0 "$leader" 2>/dev/null; then
+    warn "make up exited before the stack was up:"; tail -20 "$out" >&2; exit 1
+  fi
+  if ((SECONDS - started > 600)); then
+    warn "make up did not come up in 600 s:"; tail -20 "$out" >&2; exit 1
+  fi
+  sleep 0.5
+done
+members=$(pgrep -g "$leader" | wc -l)
+say "stack up after $((SECONDS - started)) s: $members processes in group $leader, listening on $(listening)"
+((members >= 9)) || { warn "expected make, up.sh and 7 services in the group, found $members"; ps -o pid,comm -g "$leader" >&2; exit 1; }
+
+say "kill -INT -- -$leader"
+sent=$SECONDS
+kill -INT -- "-$leader"
+while pgrep -g "$leader" >/dev/null || [[ -n "$(listening)" ]]; do
+  if ((SECONDS - sent > STOP_LIMIT)); then
+    warn "after ${STOP_LIMIT} s, still running:"; ps -o pid,stat,comm -g "$leader" >&2 || true
+    warn "still listening: $(listening)"; tail -20 "$out" >&2; exit 1
+  fi
+  sleep 0.2
+done
+leader_status=0
+wait "$leader" || leader_status=$?
+took=$((SECONDS - sent))
+leader=""
+if grep -E "exited with status|did not stop within" "$out" >&2; then
+  warn "a process was reported as crashed or had to be killed (above)"; exit 1
+fi
+((leader_status == 0)) || { warn "make up exited with status $leader_status"; tail -20 "$out" >&2; exit 1; }
+grep -q "stopped; logs are in" "$out" || { warn "up.sh did not report an orderly stop"; tail -20 "$out" >&2; exit 1; }
+say "every process exited and every port closed within $took s of SIGINT (limit $STOP_LIMIT s); make up exited 0"
