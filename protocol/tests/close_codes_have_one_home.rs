@@ -90,3 +90,23 @@ fn the_scan_sees_a_literal_when_there_is_one() {
     let close_rs = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/close.rs");
     assert!(mentions(&production_code(&close_rs), 4009));
 }
+
+#[test]
+fn the_protocol_document_lists_exactly_the_codes_the_edge_sends() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"))
+            .unwrap();
+    let section = doc
+        .split("### Close codes")
+        .nth(1)
+        .and_then(|s| s.split("\n#").next())
+        .expect("docs/protocol.md has a Close codes section");
+    let mut documented: Vec<u16> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+        .collect();
+    documented.sort_unstable();
+    let mut sent: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+    sent.sort_unstable();
+    assert_eq!(documented, sent);
+}
