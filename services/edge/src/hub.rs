@@ -4,14 +4,16 @@
 //! - [`Hub::attach`] registers a connection for a session. One live connection per session per node: a newer one
 //!   replaces the older, which is told to close with 4009.
 //! - A single subscription task owns the SUBSCRIBE/UNSUBSCRIBE state. Connections ask it to subscribe (and wait
-//!   for the confirmation before their welcome frame) or to release; it reference-counts sessions, batches
-//!   commands, and, because it is the only writer, can never unsubscribe a channel a newer connection still
-//!   needs.
+//!   for the confirmation before their welcome frame) or to release; it batches their requests and sends the
+//!   commands. What to send is decided by the pure [`SubscriptionTable`] (reference counts per session, retries
+//!   of failed unsubscribes; its rules and tests are in [`crate::subscriptions`]); because the task is the only
+//!   writer, it can never unsubscribe a channel a newer connection still needs.
 //! - A single dispatch task reads every Pub/Sub message, turns the envelope into the event frame, and
 //!   `try_send`s it into the session's bounded queue. It never waits on a socket: a full queue means a slow
 //!   consumer, which is closed with 4008 and resumes from the reconnection buffer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +29,7 @@ use tracing::{debug, warn};
 
 use crate::metrics as m;
 use crate::queue;
+use crate::subscriptions::{Request, SubscriptionTable};
 
 /// A live event, ready to write: its position, to detect duplicates and gaps against what the socket already
 /// sent, and its frame, built once by the dispatch task.
@@ -105,15 +108,8 @@ pub struct Attachment {
     pub close: oneshot::Receiver<CloseCode>,
 }
 
-enum SubRequest {
-    Subscribe {
-        session: String,
-        ack: oneshot::Sender<Result<(), String>>,
-    },
-    Release {
-        session: String,
-    },
-}
+/// Who waits for a subscribe request's outcome.
+type Ack = oneshot::Sender<Result<(), String>>;
 
 /// Local connections and the subscription state of one edge node.
 pub struct Hub {
@@ -121,7 +117,7 @@ pub struct Hub {
     next_conn_id: AtomicU64,
     queue_capacity: usize,
     queue_bytes: usize,
-    subs: mpsc::UnboundedSender<SubRequest>,
+    subs: mpsc::UnboundedSender<Request<Ack>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -150,13 +146,7 @@ impl Hub {
         // Unbounded is safe here: each connection sends at most two requests (subscribe, release), so the queue
         // is bounded by twice the number of connections being set up or torn down.
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
-        let hub = std::sync::Arc::new(Self {
-            slots: Mutex::new(HashMap::new()),
-            next_conn_id: AtomicU64::new(1),
-            queue_capacity,
-            queue_bytes,
-            subs: subs_tx,
-        });
+        let hub = std::sync::Arc::new(Self::new(queue_capacity, queue_bytes, subs_tx));
         let messages = subscriber.message_rx();
         tokio::spawn(subscription_task(subscriber, subs_rx));
         let control = ces_protocol::keys::node_channel(node_id);
@@ -166,6 +156,21 @@ impl Hub {
             control,
         ));
         hub
+    }
+
+    /// A hub without its tasks: subscription requests go to `subs`. Tests drive it without Redis.
+    fn new(
+        queue_capacity: usize,
+        queue_bytes: usize,
+        subs: mpsc::UnboundedSender<Request<Ack>>,
+    ) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            queue_capacity,
+            queue_bytes,
+            subs,
+        }
     }
 
     /// Registers a connection for `session`, closing any older one on this node with 4009.
@@ -214,9 +219,9 @@ impl Hub {
     pub async fn subscribe(&self, session: &str) -> Result<(), String> {
         let (ack, done) = oneshot::channel();
         self.subs
-            .send(SubRequest::Subscribe {
+            .send(Request::Subscribe {
                 session: session.to_owned(),
-                ack,
+                waiter: ack,
             })
             .map_err(|_| "subscription task stopped".to_owned())?;
         done.await
@@ -225,7 +230,7 @@ impl Hub {
 
     /// Releases one [`subscribe`](Self::subscribe); the channel is unsubscribed when no connection needs it.
     pub fn release(&self, session: &str) {
-        let _ = self.subs.send(SubRequest::Release {
+        let _ = self.subs.send(Request::Release {
             session: session.to_owned(),
         });
     }
@@ -278,82 +283,71 @@ impl Hub {
     }
 }
 
+/// The two Pub/Sub commands the subscription task sends: the seam between its loop and fred, so tests can run the
+/// loop against a fake.
+trait Channels: Send + Sync {
+    /// SUBSCRIBE `channels` in one command; `Ok` once Redis confirmed all of them.
+    fn subscribe(&self, channels: Vec<String>) -> impl Future<Output = Result<(), String>> + Send;
+    /// UNSUBSCRIBE `channels` in one command.
+    fn unsubscribe(&self, channels: Vec<String>)
+    -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl Channels for SubscriberClient {
+    async fn subscribe(&self, channels: Vec<String>) -> Result<(), String> {
+        PubsubInterface::subscribe(self, channels)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), String> {
+        PubsubInterface::unsubscribe(self, channels)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn channels_of(sessions: &[String]) -> Vec<String> {
+    sessions
+        .iter()
+        .map(|s| ces_protocol::keys::channel(s))
+        .collect()
+}
+
+/// Receives batches of requests, has the table decide, sends what it decided, and answers the batch's callers
+/// once the SUBSCRIBE (if any) completed. Ends when the hub (every sender) is gone.
 async fn subscription_task(
-    subscriber: SubscriberClient,
-    mut requests: mpsc::UnboundedReceiver<SubRequest>,
+    channels: impl Channels,
+    mut requests: mpsc::UnboundedReceiver<Request<Ack>>,
 ) {
-    let mut refs: HashMap<String, usize> = HashMap::new();
-    let mut subscribed: HashSet<String> = HashSet::new();
-    let mut stale: HashSet<String> = HashSet::new();
+    let mut table = SubscriptionTable::default();
     let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
     while requests.recv_many(&mut batch, SUBSCRIBE_BATCH).await > 0 {
-        let mut touched = HashSet::new();
-        let mut waiters = Vec::new();
-        for req in batch.drain(..) {
-            match req {
-                SubRequest::Subscribe { session, ack } => {
-                    *refs.entry(session.clone()).or_insert(0) += 1;
-                    waiters.push((session.clone(), ack));
-                    touched.insert(session);
-                }
-                SubRequest::Release { session } => {
-                    if let Some(n) = refs.get_mut(&session) {
-                        *n -= 1;
-                        if *n == 0 {
-                            refs.remove(&session);
-                        }
-                    }
-                    touched.insert(session);
-                }
-            }
-        }
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        // Channels whose UNSUBSCRIBE failed earlier are retried with this batch.
-        touched.extend(stale.drain());
-        for session in touched {
-            match (refs.contains_key(&session), subscribed.contains(&session)) {
-                (true, false) => add.push(session),
-                (false, true) => remove.push(session),
-                _ => {}
-            }
-        }
-        let mut failed: HashMap<String, String> = HashMap::new();
-        if !add.is_empty() {
-            let channels: Vec<String> =
-                add.iter().map(|s| ces_protocol::keys::channel(s)).collect();
-            match subscriber.subscribe(channels).await {
-                Ok(()) => subscribed.extend(add),
+        let plan = table.plan(batch.drain(..));
+        let mut subscribed = Ok(());
+        if !plan.subscribe.is_empty() {
+            match channels.subscribe(channels_of(&plan.subscribe)).await {
+                Ok(()) => table.subscribed(&plan.subscribe),
                 Err(e) => {
-                    warn!(sessions = add.len(), error = %e, "subscribe failed");
-                    failed.extend(add.into_iter().map(|s| (s, e.to_string())));
+                    warn!(sessions = plan.subscribe.len(), error = %e, "subscribe failed");
+                    subscribed = Err(e);
                 }
             }
         }
-        if !remove.is_empty() {
-            let channels: Vec<String> = remove
-                .iter()
-                .map(|s| ces_protocol::keys::channel(s))
-                .collect();
-            match subscriber.unsubscribe(channels).await {
-                Ok(()) => {
-                    for s in &remove {
-                        subscribed.remove(s);
-                    }
-                }
+        if !plan.unsubscribe.is_empty() {
+            match channels.unsubscribe(channels_of(&plan.unsubscribe)).await {
+                Ok(()) => table.unsubscribed(&plan.unsubscribe),
                 Err(e) => {
-                    // fred keeps tracking (and re-subscribing) these channels, so they stay in `subscribed` and
-                    // are retried with the next batch of requests.
-                    warn!(sessions = remove.len(), error = %e, "unsubscribe failed; will retry");
-                    stale.extend(remove);
+                    // fred keeps tracking (and re-subscribing) these channels, so they stay subscribed and are
+                    // retried with the next batch of requests.
+                    warn!(sessions = plan.unsubscribe.len(), error = %e, "unsubscribe failed; will retry");
+                    table.unsubscribe_failed(&plan.unsubscribe);
                 }
             }
         }
-        metrics::gauge!(m::SUBSCRIBED_CHANNELS).set(subscribed.len() as f64);
-        for (session, ack) in waiters {
-            let _ = ack.send(match failed.get(&session) {
-                Some(e) => Err(e.clone()),
-                None => Ok(()),
-            });
+        metrics::gauge!(m::SUBSCRIBED_CHANNELS).set(table.subscribed_count() as f64);
+        for (ack, answer) in plan.answers(subscribed) {
+            let _ = ack.send(answer);
         }
     }
     debug!("subscription task stopped");
@@ -453,4 +447,395 @@ fn frame_of(payload: Bytes) -> Option<Live> {
         produced_at_ms: env.produced_at_ms,
         span,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+
+    /// A hub without tasks, and the receiving end of its subscription requests.
+    fn hub(capacity: usize, bytes: usize) -> (Arc<Hub>, mpsc::UnboundedReceiver<Request<Ack>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Arc::new(Hub::new(capacity, bytes, tx)), rx)
+    }
+
+    fn live(seq: u64, frame: &'static str) -> Live {
+        Live {
+            seq,
+            epoch: Arc::from("e1"),
+            frame: Utf8Bytes::from_static(frame),
+            resync: false,
+            received: std::time::Instant::now(),
+            produced_at_ms: 0,
+            span: Default::default(),
+        }
+    }
+
+    /// Sequence numbers of what is queued now.
+    fn drain(frames: &mut Frames) -> Vec<u64> {
+        std::iter::from_fn(|| frames.try_recv().map(|l| l.seq)).collect()
+    }
+
+    #[test]
+    fn the_close_codes_on_the_wire() {
+        // The numbers clients see for the two closes the hub decides.
+        assert_eq!(CloseCode::TakenOver.code(), 4009);
+        assert_eq!(CloseCode::SlowConsumer.code(), 4008);
+    }
+
+    #[tokio::test]
+    async fn a_newer_attach_closes_the_older_with_taken_over() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut old = hub.attach("s");
+        let mut new = hub.attach("s");
+        assert_eq!((old.conn_id, new.conn_id), (1, 2));
+        assert_eq!(old.close.try_recv(), Ok(CloseCode::TakenOver));
+        assert_eq!(new.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.local_sessions(), 1);
+        hub.deliver("s", live(1, "x"));
+        assert_eq!(drain(&mut new.frames), vec![1]);
+        // The older queue ended with the slot.
+        assert!(old.frames.recv().await.is_none());
+    }
+
+    #[test]
+    fn each_newer_attach_closes_the_one_before() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut first = hub.attach("s");
+        let mut second = hub.attach("s");
+        let mut third = hub.attach("s");
+        assert_eq!(third.conn_id, 3);
+        assert_eq!(first.close.try_recv(), Ok(CloseCode::TakenOver));
+        assert_eq!(second.close.try_recv(), Ok(CloseCode::TakenOver));
+        assert_eq!(third.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.local_sessions(), 1);
+    }
+
+    #[test]
+    fn sessions_do_not_take_over_each_other() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut a = hub.attach("a");
+        let mut b = hub.attach("b");
+        assert_eq!(a.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(b.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.local_sessions(), 2);
+        hub.deliver("a", live(1, "x"));
+        hub.deliver("b", live(2, "x"));
+        assert_eq!(drain(&mut a.frames), vec![1]);
+        assert_eq!(drain(&mut b.frames), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn detach_of_a_stale_conn_id_keeps_the_newer_slot() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let old = hub.attach("s");
+        let mut new = hub.attach("s");
+        hub.detach("s", old.conn_id);
+        assert_eq!(hub.local_sessions(), 1);
+        assert_eq!(new.close.try_recv(), Err(TryRecvError::Empty));
+        hub.deliver("s", live(1, "x"));
+        assert_eq!(drain(&mut new.frames), vec![1]);
+        // The newer one's own detach removes it, without a close code.
+        hub.detach("s", new.conn_id);
+        assert_eq!(hub.local_sessions(), 0);
+        assert_eq!(new.close.try_recv(), Err(TryRecvError::Closed));
+        assert!(new.frames.recv().await.is_none());
+    }
+
+    #[test]
+    fn detach_of_an_unknown_session_or_twice_does_nothing() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut a = hub.attach("a");
+        hub.detach("b", a.conn_id);
+        assert_eq!(hub.local_sessions(), 1);
+        hub.detach("a", a.conn_id);
+        hub.detach("a", a.conn_id);
+        assert_eq!(hub.local_sessions(), 0);
+        assert_eq!(a.close.try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[tokio::test]
+    async fn close_connection_closes_only_the_matching_conn_id() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut old = hub.attach("s");
+        let mut new = hub.attach("s");
+        assert_eq!(old.close.try_recv(), Ok(CloseCode::TakenOver));
+        // A close meant for the older connection (sent before it was replaced) leaves the newer one alone.
+        hub.close_connection("s", old.conn_id, CloseCode::SessionClosed);
+        hub.close_connection("other", new.conn_id, CloseCode::SessionClosed);
+        assert_eq!(new.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.local_sessions(), 1);
+        hub.close_connection("s", new.conn_id, CloseCode::SessionClosed);
+        assert_eq!(new.close.try_recv(), Ok(CloseCode::SessionClosed));
+        assert_eq!(hub.local_sessions(), 0);
+        assert!(new.frames.recv().await.is_none());
+        // Nothing left to close.
+        hub.close_connection("s", new.conn_id, CloseCode::TakenOver);
+        assert_eq!(hub.local_sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_slow_consumer_with_4008() {
+        let (hub, _rx) = hub(2, 1 << 20);
+        let mut a = hub.attach("s");
+        let mut other = hub.attach("t");
+        hub.deliver("s", live(1, "x"));
+        hub.deliver("s", live(2, "x"));
+        assert_eq!(a.close.try_recv(), Err(TryRecvError::Empty));
+        hub.deliver("s", live(3, "x"));
+        assert_eq!(a.close.try_recv(), Ok(CloseCode::SlowConsumer));
+        assert_eq!(hub.local_sessions(), 1);
+        // What was queued is still readable; the refused frame is not; then the queue ends.
+        assert_eq!(drain(&mut a.frames), vec![1, 2]);
+        assert!(a.frames.recv().await.is_none());
+        // Later frames for the session go nowhere; the other session is untouched.
+        hub.deliver("s", live(4, "x"));
+        assert_eq!(hub.local_sessions(), 1);
+        assert_eq!(other.close.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn the_byte_bound_also_makes_a_slow_consumer() {
+        let (hub, _rx) = hub(100, 10);
+        let mut a = hub.attach("s");
+        hub.deliver("s", live(1, "123456"));
+        assert_eq!(a.close.try_recv(), Err(TryRecvError::Empty));
+        hub.deliver("s", live(2, "123456"));
+        assert_eq!(a.close.try_recv(), Ok(CloseCode::SlowConsumer));
+        assert_eq!(drain(&mut a.frames), vec![1]);
+        assert_eq!(hub.local_sessions(), 0);
+    }
+
+    #[test]
+    fn a_slow_consumer_close_spares_the_newer_connection_that_replaces_it() {
+        let (hub, _rx) = hub(1, 1 << 20);
+        let mut a = hub.attach("s");
+        hub.deliver("s", live(1, "x"));
+        hub.deliver("s", live(2, "x"));
+        assert_eq!(a.close.try_recv(), Ok(CloseCode::SlowConsumer));
+        let mut b = hub.attach("s");
+        hub.deliver("s", live(3, "x"));
+        assert_eq!(b.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(drain(&mut b.frames), vec![3]);
+        // The slow one's late detach does not remove its successor.
+        hub.detach("s", a.conn_id);
+        assert_eq!(hub.local_sessions(), 1);
+    }
+
+    #[test]
+    fn a_frame_for_a_socket_that_stopped_reading_keeps_the_slot() {
+        let (hub, _rx) = hub(1, 1 << 20);
+        let Attachment {
+            conn_id,
+            frames,
+            mut close,
+        } = hub.attach("s");
+        drop(frames);
+        hub.deliver("s", live(1, "x"));
+        hub.deliver("s", live(2, "x"));
+        // Not a slow consumer: the socket is on its way out and detaches itself.
+        assert_eq!(close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.local_sessions(), 1);
+        hub.detach("s", conn_id);
+        assert_eq!(hub.local_sessions(), 0);
+    }
+
+    #[test]
+    fn a_frame_for_a_session_without_a_connection_is_dropped() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut a = hub.attach("a");
+        hub.deliver("b", live(1, "x"));
+        assert_eq!(hub.local_sessions(), 1);
+        assert_eq!(drain(&mut a.frames), Vec::<u64>::new());
+        assert_eq!(a.close.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn resync_all_asks_every_local_socket_to_catch_up() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut a = hub.attach("a");
+        let mut b = hub.attach("b");
+        hub.resync_all();
+        for frames in [&mut a.frames, &mut b.frames] {
+            let got = frames.try_recv().expect("a resync request");
+            assert!(got.resync);
+            assert!(frames.try_recv().is_none());
+        }
+    }
+
+    #[test]
+    fn a_control_message_closes_the_named_connection_only() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let mut a = hub.attach("s");
+        let control = |conn_id| {
+            Value::String(
+                NodeControl::Close {
+                    session: "s",
+                    conn_id,
+                    code: CloseCode::TakenOver,
+                }
+                .encode()
+                .into(),
+            )
+        };
+        handle_control(&hub, &control(a.conn_id + 1));
+        handle_control(&hub, &Value::String("garbage".into()));
+        assert_eq!(a.close.try_recv(), Err(TryRecvError::Empty));
+        handle_control(&hub, &control(a.conn_id));
+        assert_eq!(a.close.try_recv(), Ok(CloseCode::TakenOver));
+        assert_eq!(hub.local_sessions(), 0);
+    }
+
+    /// Pub/Sub commands recorded instead of sent; a command named in `failing` fails with "boom".
+    #[derive(Debug, Default)]
+    struct Fake {
+        log: Mutex<Vec<(&'static str, Vec<String>)>>,
+        failing: Mutex<HashSet<&'static str>>,
+    }
+
+    impl Fake {
+        fn call(&self, command: &'static str, channels: Vec<String>) -> Result<(), String> {
+            self.log.lock().unwrap().push((command, channels));
+            if self.failing.lock().unwrap().contains(command) {
+                Err("boom".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+
+        fn fail(&self, command: &'static str, fail: bool) {
+            let mut failing = self.failing.lock().unwrap();
+            if fail {
+                failing.insert(command);
+            } else {
+                failing.remove(command);
+            }
+        }
+
+        /// The commands sent since the last call.
+        fn sent(&self) -> Vec<(&'static str, Vec<String>)> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+    }
+
+    impl Channels for Arc<Fake> {
+        async fn subscribe(&self, channels: Vec<String>) -> Result<(), String> {
+            self.call("SUBSCRIBE", channels)
+        }
+
+        async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), String> {
+            self.call("UNSUBSCRIBE", channels)
+        }
+    }
+
+    fn ch(sessions: &[&str]) -> Vec<String> {
+        sessions
+            .iter()
+            .map(|s| ces_protocol::keys::channel(s))
+            .collect()
+    }
+
+    /// A hub whose subscription task runs against a fake.
+    fn hub_with_fake() -> (Arc<Hub>, Arc<Fake>) {
+        let (hub, rx) = hub(8, 1 << 20);
+        let fake = Arc::new(Fake::default());
+        tokio::spawn(subscription_task(fake.clone(), rx));
+        (hub, fake)
+    }
+
+    /// Lets the subscription task (on this single-threaded runtime) handle everything queued so far.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribe_returns_once_one_batched_subscribe_succeeded() {
+        let (hub, fake) = hub_with_fake();
+        let (a, b, a2) = futures::join!(hub.subscribe("a"), hub.subscribe("b"), hub.subscribe("a"));
+        assert_eq!((a, b, a2), (Ok(()), Ok(()), Ok(())));
+        assert_eq!(fake.sent(), vec![("SUBSCRIBE", ch(&["a", "b"]))]);
+    }
+
+    #[tokio::test]
+    async fn two_connections_then_one_release_keep_the_channel_until_the_last() {
+        let (hub, fake) = hub_with_fake();
+        assert_eq!(hub.subscribe("a").await, Ok(()));
+        assert_eq!(hub.subscribe("a").await, Ok(()));
+        assert_eq!(fake.sent(), vec![("SUBSCRIBE", ch(&["a"]))]);
+        hub.release("a");
+        settle().await;
+        assert_eq!(fake.sent(), vec![]);
+        hub.release("a");
+        settle().await;
+        assert_eq!(fake.sent(), vec![("UNSUBSCRIBE", ch(&["a"]))]);
+        // A stray release sends nothing.
+        hub.release("a");
+        settle().await;
+        assert_eq!(fake.sent(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn subscribe_and_release_in_one_batch_send_nothing() {
+        let (hub, fake) = hub_with_fake();
+        let (a, ()) = futures::join!(hub.subscribe("a"), async { hub.release("a") });
+        assert_eq!(a, Ok(()));
+        assert_eq!(fake.sent(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_subscribe_answers_the_callers_of_its_sessions_with_the_error() {
+        let (hub, fake) = hub_with_fake();
+        assert_eq!(hub.subscribe("a").await, Ok(()));
+        fake.sent();
+        fake.fail("SUBSCRIBE", true);
+        let (a, b) = futures::join!(hub.subscribe("a"), hub.subscribe("b"));
+        assert_eq!((a, b), (Ok(()), Err("boom".to_owned())));
+        assert_eq!(fake.sent(), vec![("SUBSCRIBE", ch(&["b"]))]);
+        // The failed caller still releases; nothing was subscribed, so nothing is unsubscribed.
+        hub.release("b");
+        settle().await;
+        assert_eq!(fake.sent(), vec![]);
+        // The next caller tries again.
+        fake.fail("SUBSCRIBE", false);
+        assert_eq!(hub.subscribe("b").await, Ok(()));
+        assert_eq!(fake.sent(), vec![("SUBSCRIBE", ch(&["b"]))]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_unsubscribe_is_retried_with_the_next_batch() {
+        let (hub, fake) = hub_with_fake();
+        assert_eq!(hub.subscribe("a").await, Ok(()));
+        fake.sent();
+        fake.fail("UNSUBSCRIBE", true);
+        hub.release("a");
+        settle().await;
+        assert_eq!(fake.sent(), vec![("UNSUBSCRIBE", ch(&["a"]))]);
+        fake.fail("UNSUBSCRIBE", false);
+        assert_eq!(hub.subscribe("b").await, Ok(()));
+        assert_eq!(
+            fake.sent(),
+            vec![("SUBSCRIBE", ch(&["b"])), ("UNSUBSCRIBE", ch(&["a"]))]
+        );
+        // Done: the next batch has nothing to retry.
+        assert_eq!(hub.subscribe("b").await, Ok(()));
+        assert_eq!(fake.sent(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn subscribe_fails_once_the_task_is_gone() {
+        let (hub, rx) = hub(8, 1 << 20);
+        drop(rx);
+        assert_eq!(
+            hub.subscribe("a").await,
+            Err("subscription task stopped".to_owned())
+        );
+        // Releasing then is harmless.
+        hub.release("a");
+    }
 }

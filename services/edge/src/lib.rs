@@ -8,11 +8,12 @@
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
+//! - [`subscriptions`]: the hub's subscription table (reference counts, what to SUBSCRIBE/UNSUBSCRIBE), pure.
 //! - [`queue`]: a connection's bounded queue of live events, which costs nothing while idle.
 //! - [`register_auth`]: who may register (API keys, upstream JWT).
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
 //! - [`serve`]: the accept loop (TLS, header timeout, connection cap, graceful stop).
-//! - [`session`]: session state in Redis (claim, release, close, admission) and node control messages.
+//! - [`session`]: session state in Redis (claim, release, close, admission); sending node control messages.
 //! - [`ws`]: one WebSocket connection's protocol loop.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod register_auth;
 pub mod resume;
 pub mod serve;
 pub mod session;
+pub mod subscriptions;
 pub mod ws;
 
 mod error;
