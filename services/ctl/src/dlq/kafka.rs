@@ -6,7 +6,7 @@
 //! high watermark fetched when it started, so it terminates even while ingest keeps dead-lettering. Every
 //! broker call is bounded by [`TIMEOUT`]: a broker that is down gives an error naming it, never a hang.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::letter::{DeadLetter, Replay};
+use super::letter::{Coord, DeadLetter, Replay};
 
 /// Bound on every broker call, and on how long a read may go without progress.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,11 +75,6 @@ impl Reader {
             .topic_partitions(topic)?
             .with_context(|| format!("topic {topic} does not exist at {brokers}"))?;
         Ok(reader)
-    }
-
-    /// The partitions of the topic.
-    pub(crate) fn partitions(&self) -> &[i32] {
-        &self.partitions
     }
 
     /// The partitions of any `topic` (`None` when it does not exist), to check replay targets.
@@ -193,6 +188,78 @@ impl Reader {
             .iter()
             .map(|&p| Ok((p, self.watermarks(p)?)))
             .collect()
+    }
+
+    /// Reads the dead letters at `coords`, failing with a clear message if any is not there.
+    ///
+    /// Each partition is read from its lowest offset in `coords` to its highest, within its watermarks.
+    pub(crate) fn read_at(
+        &self,
+        coords: &BTreeSet<Coord>,
+    ) -> anyhow::Result<BTreeMap<Coord, DeadLetter>> {
+        // Offsets wanted per partition, first..last + 1 (`coords` is in partition:offset order).
+        let mut wanted: BTreeMap<i32, Range<i64>> = BTreeMap::new();
+        for c in coords {
+            if !self.partitions.contains(&c.partition) {
+                return Err(self.no_partition(c.partition));
+            }
+            wanted.entry(c.partition).or_insert(c.offset..c.offset).end = c.offset + 1;
+        }
+        let mut held = BTreeMap::new();
+        let mut spans = BTreeMap::new();
+        for (p, w) in wanted {
+            let h = self.watermarks(p)?;
+            spans.insert(p, w.start.max(h.start)..w.end.min(h.end));
+            held.insert(p, h);
+        }
+        let mut found = BTreeMap::new();
+        self.read(&spans, |d| {
+            let c = d.coord();
+            if coords.contains(&c) {
+                found.insert(c, d);
+            }
+        })?;
+        for c in coords {
+            if found.contains_key(c) {
+                continue;
+            }
+            let held = &held[&c.partition];
+            if held.contains(&c.offset) {
+                // Inside the partition but absent: compacted away, or a transaction marker.
+                bail!("no dead letter at {c} (no record at that offset)");
+            }
+            return Err(self.not_there(*c, held));
+        }
+        Ok(found)
+    }
+
+    /// The error for a coordinate outside what its partition holds (`held`).
+    fn not_there(&self, c: Coord, held: &Range<i64>) -> anyhow::Error {
+        let topic = &self.topic;
+        if held.is_empty() {
+            anyhow::anyhow!(
+                "no dead letter at {c}; partition {} of {topic} is empty",
+                c.partition
+            )
+        } else {
+            anyhow::anyhow!(
+                "no dead letter at {c}; partition {} holds offsets {}..={}",
+                c.partition,
+                held.start,
+                held.end - 1
+            )
+        }
+    }
+
+    /// The error for a partition the topic does not have.
+    fn no_partition(&self, partition: i32) -> anyhow::Error {
+        let ps = &self.partitions;
+        anyhow::anyhow!(
+            "{} has no partition {partition}; it has partitions {}..={}",
+            self.topic,
+            ps.first().unwrap_or(&0),
+            ps.last().unwrap_or(&0)
+        )
     }
 }
 

@@ -33,6 +33,14 @@ pub(crate) struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Where this dead letter sits in the DLQ topic.
+    pub(crate) fn coord(&self) -> Coord {
+        Coord {
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+
     /// The text of header `name`. Kafka allows repeated names; the last one wins, as ingest replaces
     /// `ces-dlq-*` headers rather than adding to them.
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
@@ -86,11 +94,7 @@ impl DeadLetter {
             && filter
                 .since
                 .is_none_or(|since| self.failed_at().is_some_and(|t| t >= since))
-            && (filter.offsets.is_empty()
-                || filter.offsets.contains(&Coord {
-                    partition: self.partition,
-                    offset: self.offset,
-                }))
+            && (filter.offsets.is_empty() || filter.offsets.contains(&self.coord()))
     }
 
     /// What `cesctl dlq replay` would do with this dead letter, given `--max-replays`.

@@ -1,0 +1,94 @@
+//! The scenarios: set up the clients, drive the load, collect the figures into a [`Report`].
+//!
+//! # Layout
+//!
+//! One file per scenario, each a `run` that returns its [`Report`]: [`throughput`], [`idle`], [`storm`],
+//! [`ingest`], [`raw_ws`], [`broker`], and [`produce`] (which only fills a topic and writes no report). What they
+//! share is split by concern:
+//!
+//! - [`fleet`]: registered sessions with their sockets open, and the delivery figures they report.
+//! - [`producing`]: the producer thread and the progress loop that drives a run.
+//! - [`prometheus`]: scraping ingest's and the edges' `/metrics`, and parsing the text exposition.
+//! - [`stack`]: the stack's processes on this machine, found by the ports they listen on.
+//! - [`shell`]: `redis-cli`, `redis-benchmark` and `kill`, and parsing what they print.
+
+mod broker;
+mod fleet;
+mod idle;
+mod ingest;
+mod produce;
+mod producing;
+mod prometheus;
+mod raw_ws;
+mod shell;
+mod stack;
+mod storm;
+mod throughput;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::{Cli, Scenario};
+use crate::report::Report;
+
+/// Runs the scenario; the exit code is 2 when events were lost or duplicated, 0 otherwise.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let brokers = cli.scenario.measured_brokers().map(str::to_owned);
+    let (mut report, out, name) = match cli.scenario {
+        Scenario::Throughput(c) => (throughput::run(&c).await?, c.out.clone(), c.name.clone()),
+        Scenario::Idle(c) => (idle::run(&c).await?, c.out.clone(), c.name.clone()),
+        Scenario::Storm(s) => (
+            storm::run(&s).await?,
+            s.common.out.clone(),
+            s.common.name.clone(),
+        ),
+        Scenario::Ingest(i) => (
+            ingest::run(&i).await?,
+            i.common.out.clone(),
+            i.common.name.clone(),
+        ),
+        Scenario::RawWs(c) => (raw_ws::run(&c).await?, c.out.clone(), c.name.clone()),
+        Scenario::Broker(b) => (
+            broker::run(&b).await?,
+            b.common.out.clone(),
+            b.common.name.clone(),
+        ),
+        Scenario::Produce(i) => {
+            produce::run(&i).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Some(brokers) = brokers {
+        record_broker(&mut report, brokers).await;
+    }
+    let name = name.unwrap_or_else(|| report.scenario.clone());
+    let files = report.write(&out, &name)?;
+    println!("{}", report.summary());
+    for f in files {
+        println!("  wrote {}", f.display());
+    }
+    Ok(if report.lost > 0 || report.duplicated > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Puts the broker's own settings into `report`, read after the run so the broker is not asked while it is
+/// measured. A broker that does not answer leaves them `null` with a warning: the run's figures stand without them.
+async fn record_broker(report: &mut Report, brokers: String) {
+    let read = tokio::task::spawn_blocking(move || {
+        crate::broker::settings(&brokers, Duration::from_secs(10))
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    match read {
+        Ok(settings) => {
+            report.broker_id = Some(settings.id);
+            report.broker_count = Some(settings.nodes as u64);
+            report.broker_config = Some(settings.config);
+        }
+        Err(e) => eprintln!("[broker] warning: the broker's settings are not in the report: {e:#}"),
+    }
+}

@@ -1,0 +1,84 @@
+//! Shell-outs to the tools beside the stack — `redis-cli`, `redis-benchmark` (Debian package redis-tools) and
+//! `kill` — and the pure parsing of what they print.
+
+use anyhow::Context as _;
+
+/// Pipelined PUBLISH rate of the Redis at `addr`, by `redis-benchmark` (64 commands per pipeline, 16 clients).
+pub(super) fn redis_benchmark_publish(addr: &str, size: usize) -> anyhow::Result<f64> {
+    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
+    let payload = "x".repeat(size);
+    eprintln!("[redis-benchmark] -P 64 -c 16 -n 2000000 PUBLISH ({size}-byte messages)");
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h", host, "-p", port, "-P", "64", "-c", "16", "-n", "2000000", "-q",
+        ])
+        .args(["PUBLISH", "ces:loadtest:raw", &payload])
+        .output()
+        .context("run redis-benchmark (Debian package redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_redis_benchmark(&text)
+        .with_context(|| format!("no rate in redis-benchmark output: {text}"))
+}
+
+/// Runs `redis-cli` against `addr` (host:port) and returns what it printed.
+pub(super) fn redis_cli(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port])
+        .args(args)
+        .output()
+        .context("run redis-cli (Debian package redis-tools)")?;
+    anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `(calls, usec_per_call)` of FCALL from `INFO commandstats`.
+pub(super) fn parse_fcall_stats(text: &str) -> Option<(u64, f64)> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:"))?;
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    Some((
+        field("calls")?.parse().ok()?,
+        field("usec_per_call")?.trim().parse().ok()?,
+    ))
+}
+
+/// The requests per second of `redis-benchmark -q` output.
+fn parse_redis_benchmark(text: &str) -> Option<f64> {
+    // `-q` prints progress with carriage returns, then `<command>: 123456.79 requests per second, p50=...`.
+    let line = text.rsplit('\r').next()?;
+    let before = line.split(" requests per second").next()?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+/// Sends `signal` (as `kill` spells it, e.g. `-KILL`) to process `pid` with `kill`.
+pub(super) fn kill(signal: &str, pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_redis_benchmark_quiet_output() {
+        let out = "PUBLISH ces:loadtest:raw xx: rps=0.0 (overall: nan) avg_msec=nan\r\
+                   PUBLISH ces:loadtest:raw xx: 812345.69 requests per second, p50=0.231 msec\n";
+        assert_eq!(parse_redis_benchmark(out), Some(812345.69));
+        assert_eq!(parse_redis_benchmark("Could not connect to Redis\n"), None);
+    }
+
+    #[test]
+    fn reads_the_fcall_line_of_commandstats() {
+        let out = "# Commandstats\r\ncmdstat_publish:calls=3,usec=9,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
+                   cmdstat_fcall:calls=1456,usec=26578,usec_per_call=18.25,rejected_calls=0,failed_calls=1\r\n";
+        assert_eq!(parse_fcall_stats(out), Some((1456, 18.25)));
+        assert_eq!(parse_fcall_stats("# Commandstats\r\n"), None);
+    }
+}

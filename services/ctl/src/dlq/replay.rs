@@ -1,0 +1,557 @@
+//! `cesctl dlq replay`: re-produce selected dead letters to their source topic.
+//!
+//! In four steps, so that what is decided can be tested without a broker:
+//!
+//! 1. [`select`] (I/O) reads the dead letters the selectors choose and looks up the source topics they name.
+//! 2. [`plan`] (pure) decides, per dead letter, what to produce where with which headers, or why it is refused:
+//!    replayed `--max-replays` times already, value omitted from the DLQ, no source topic, or a source topic or
+//!    partition that does not exist (refused up front rather than after librdkafka's delivery timeout).
+//! 3. [`execute`] (I/O) produces what the plan says, [`REPLAYS_IN_FLIGHT`] at a time, or with `--dry-run` only
+//!    says what it would produce ([`rehearse`]).
+//! 4. [`summarize`] (pure) counts the outcomes by reason; the summary is printed as tables or one JSON object,
+//!    and the command fails when any replay failed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use anyhow::bail;
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use super::args::ReplayArgs;
+use super::letter::{self, Coord, DeadLetter, Filter};
+use super::render;
+use super::{blocking, kafka};
+use crate::table;
+
+/// Replays in flight at once: enough to keep the producer's batches full, few enough that a huge selection
+/// does not queue everything in librdkafka at once.
+const REPLAYS_IN_FLIGHT: usize = 256;
+
+/// The partitions of each source topic the selection names; `None` when the topic does not exist.
+type Targets = BTreeMap<String, Option<Vec<i32>>>;
+
+/// Runs `cesctl dlq replay` against `topic` at `brokers`.
+pub(super) async fn run(brokers: String, topic: String, args: ReplayArgs) -> anyhow::Result<()> {
+    let filter = Filter {
+        reason: args.reason,
+        since: args.since,
+        offsets: args.offsets.iter().copied().collect(),
+    };
+    let (letters, targets) = {
+        let brokers = brokers.clone();
+        blocking(move || select(&brokers, &topic, &filter)).await?
+    };
+    let plan = plan(letters, &targets, args.max_replays);
+    let lines = execute(plan, &brokers, args.dry_run).await?;
+    let summary = summarize(args.dry_run, lines);
+    render::to_stdout(|out| {
+        if args.json {
+            render::json_line(out, &summary)
+        } else {
+            Ok(write_summary(out, &summary)?)
+        }
+    })?;
+    if summary.total.failed > 0 {
+        bail!(
+            "{} of {} replays failed",
+            summary.total.failed,
+            summary.total.failed + summary.total.replayed
+        );
+    }
+    Ok(())
+}
+
+/// Reads the dead letters `filter` selects, in partition:offset order, and where each source topic they name
+/// exists. Blocking.
+fn select(
+    brokers: &str,
+    topic: &str,
+    filter: &Filter,
+) -> anyhow::Result<(Vec<DeadLetter>, Targets)> {
+    let reader = kafka::Reader::connect(brokers, topic)?;
+    let mut selected: BTreeMap<Coord, DeadLetter> = if filter.offsets.is_empty() {
+        let mut selected = BTreeMap::new();
+        reader.read(&reader.whole_topic()?, |d| {
+            if d.matches(filter) {
+                selected.insert(d.coord(), d);
+            }
+        })?;
+        selected
+    } else {
+        // Every coordinate is checked before anything is produced, so a typo fails the whole replay.
+        reader.read_at(&filter.offsets)?
+    };
+    selected.retain(|_, d| d.matches(filter));
+    let mut targets = Targets::new();
+    let topics: BTreeSet<String> = selected.values().filter_map(|d| d.source().topic).collect();
+    for t in topics {
+        let partitions = reader.topic_partitions(&t)?;
+        targets.insert(t, partitions);
+    }
+    Ok((selected.into_values().collect(), targets))
+}
+
+/// Which dead letter a line of the plan and of the report is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Subject {
+    /// DLQ partition.
+    partition: i32,
+    /// DLQ offset.
+    offset: i64,
+    /// `ces-dlq-reason`, as written.
+    reason: Option<String>,
+    /// `ces-dlq-source-*`: where ingest read the record.
+    source_topic: Option<String>,
+    source_partition: Option<i32>,
+    source_offset: Option<i64>,
+}
+
+impl Subject {
+    fn of(d: &DeadLetter) -> Self {
+        let source = d.source();
+        Self {
+            partition: d.partition,
+            offset: d.offset,
+            reason: d.reason().map(str::to_owned),
+            source_topic: source.topic,
+            source_partition: source.partition,
+            source_offset: source.offset,
+        }
+    }
+
+    fn source(&self) -> letter::Source {
+        letter::Source {
+            topic: self.source_topic.clone(),
+            partition: self.source_partition,
+            offset: self.source_offset,
+        }
+    }
+}
+
+/// What the plan does with one selected dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Produce this record (original key, value and partition; headers without `ces-dlq-*`, and the replay
+    /// count raised by one).
+    Produce(letter::Replay),
+    /// Produce nothing, for the reason given.
+    Refuse(String),
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Planned {
+    subject: Subject,
+    step: Step,
+}
+
+/// Decides what to do with each dead letter in `letters`, in order, given where the source topics exist
+/// (`targets`) and `--max-replays`. Pure.
+fn plan(letters: Vec<DeadLetter>, targets: &Targets, max_replays: u32) -> Vec<Planned> {
+    letters
+        .iter()
+        .map(|d| Planned {
+            subject: Subject::of(d),
+            step: match step(d, targets, max_replays) {
+                Ok(r) => Step::Produce(r),
+                Err(note) => Step::Refuse(note),
+            },
+        })
+        .collect()
+}
+
+fn step(d: &DeadLetter, targets: &Targets, max_replays: u32) -> Result<letter::Replay, String> {
+    let replay = d.plan_replay(max_replays)?;
+    match targets.get(&replay.topic) {
+        Some(Some(partitions)) => {
+            if let Some(p) = replay.partition.filter(|p| !partitions.contains(p)) {
+                return Err(format!(
+                    "source topic {} has no partition {p}",
+                    replay.topic
+                ));
+            }
+        }
+        _ => return Err(format!("source topic {} does not exist", replay.topic)),
+    }
+    Ok(replay)
+}
+
+/// What happened to one selected dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+enum Outcome {
+    /// Produced and acknowledged.
+    Replayed {
+        replay_count: u32,
+        target_partition: i32,
+        target_offset: i64,
+    },
+    /// `--dry-run`: would have been produced.
+    WouldReplay { replay_count: u32 },
+    /// Not produced, for the reason given.
+    Refused { note: String },
+    /// Producing failed.
+    Failed { note: String },
+}
+
+/// One line of the report: a dead letter and what happened to it.
+#[derive(Debug, Serialize)]
+struct ReplayLine {
+    #[serde(flatten)]
+    subject: Subject,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+/// Performs `plan`: produces every [`Step::Produce`] to `brokers` and waits for the acknowledgements, or with
+/// `dry_run` produces nothing. Lines come back in plan order. Fails only when no producer can be created; a
+/// replay that fails is a [`Outcome::Failed`] line.
+async fn execute(
+    plan: Vec<Planned>,
+    brokers: &str,
+    dry_run: bool,
+) -> anyhow::Result<Vec<ReplayLine>> {
+    if dry_run {
+        return Ok(rehearse(plan));
+    }
+    let producer = if plan.iter().any(|p| matches!(p.step, Step::Produce(_))) {
+        Some(kafka::producer(brokers)?)
+    } else {
+        None
+    };
+    let producer = &producer;
+    Ok(futures::stream::iter(plan)
+        .map(|Planned { subject, step }| async move {
+            let outcome = match step {
+                Step::Refuse(note) => Outcome::Refused { note },
+                Step::Produce(r) => {
+                    let producer = producer.as_ref().expect("created when any step produces");
+                    match kafka::produce(producer, brokers, &r).await {
+                        Ok(at) => Outcome::Replayed {
+                            replay_count: r.count,
+                            target_partition: at.partition,
+                            target_offset: at.offset,
+                        },
+                        Err(e) => Outcome::Failed {
+                            note: format!("{e:#}"),
+                        },
+                    }
+                }
+            };
+            ReplayLine { subject, outcome }
+        })
+        .buffered(REPLAYS_IN_FLIGHT)
+        .collect()
+        .await)
+}
+
+/// `--dry-run`: the lines `plan` would give, producing nothing.
+fn rehearse(plan: Vec<Planned>) -> Vec<ReplayLine> {
+    plan.into_iter()
+        .map(|Planned { subject, step }| ReplayLine {
+            subject,
+            outcome: match step {
+                Step::Produce(r) => Outcome::WouldReplay {
+                    replay_count: r.count,
+                },
+                Step::Refuse(note) => Outcome::Refused { note },
+            },
+        })
+        .collect()
+}
+
+/// Outcomes counted.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+struct ReplayCounts {
+    replayed: u64,
+    refused: u64,
+    failed: u64,
+}
+
+impl ReplayCounts {
+    fn add(&mut self, o: &Outcome) {
+        match o {
+            Outcome::Replayed { .. } | Outcome::WouldReplay { .. } => self.replayed += 1,
+            Outcome::Refused { .. } => self.refused += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+        }
+    }
+}
+
+/// The `replay --json` summary. With `dry_run`, `replayed` counts what would have been replayed.
+#[derive(Debug, Serialize)]
+struct ReplaySummary {
+    dry_run: bool,
+    #[serde(flatten)]
+    total: ReplayCounts,
+    by_reason: BTreeMap<String, ReplayCounts>,
+    letters: Vec<ReplayLine>,
+}
+
+/// Counts `lines` in total and by reason (`-` for dead letters without one). Pure.
+fn summarize(dry_run: bool, lines: Vec<ReplayLine>) -> ReplaySummary {
+    let mut total = ReplayCounts::default();
+    let mut by_reason: BTreeMap<String, ReplayCounts> = BTreeMap::new();
+    for l in &lines {
+        total.add(&l.outcome);
+        by_reason
+            .entry(render::or_none(l.subject.reason.as_deref()))
+            .or_default()
+            .add(&l.outcome);
+    }
+    ReplaySummary {
+        dry_run,
+        total,
+        by_reason,
+        letters: lines,
+    }
+}
+
+/// The text form: one row per dead letter, then counts by reason.
+fn write_summary(out: &mut impl Write, s: &ReplaySummary) -> std::io::Result<()> {
+    if s.letters.is_empty() {
+        return writeln!(out, "no dead letter matches");
+    }
+    let rows: Vec<Vec<String>> = s
+        .letters
+        .iter()
+        .map(|l| {
+            let (result, note) = match &l.outcome {
+                Outcome::Replayed {
+                    replay_count,
+                    target_partition,
+                    target_offset,
+                } => (
+                    "replayed",
+                    format!(
+                        "now at {} {target_partition}:{target_offset}, replay {replay_count}",
+                        l.subject.source_topic.as_deref().unwrap_or("?")
+                    ),
+                ),
+                Outcome::WouldReplay { replay_count } => {
+                    ("would replay", format!("replay {replay_count}"))
+                }
+                Outcome::Refused { note } => ("refused", note.clone()),
+                Outcome::Failed { note } => ("failed", note.clone()),
+            };
+            vec![
+                format!("{}:{}", l.subject.partition, l.subject.offset),
+                render::or_none(l.subject.reason.as_deref()),
+                l.subject.source().to_string(),
+                result.to_owned(),
+                note,
+            ]
+        })
+        .collect();
+    table::write(out, &["DLQ", "REASON", "SOURCE", "RESULT", "NOTE"], &rows)?;
+    writeln!(out)?;
+    let counts = |name: &str, c: &ReplayCounts| {
+        vec![
+            name.to_owned(),
+            c.replayed.to_string(),
+            c.refused.to_string(),
+            c.failed.to_string(),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = s.by_reason.iter().map(|(r, c)| counts(r, c)).collect();
+    rows.push(counts("total", &s.total));
+    let replayed = if s.dry_run {
+        "WOULD REPLAY"
+    } else {
+        "REPLAYED"
+    };
+    table::write(out, &["REASON", replayed, "REFUSED", "FAILED"], &rows)?;
+    if s.dry_run {
+        writeln!(out, "dry run: nothing was produced")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ces_protocol::dlq;
+
+    /// A dead letter of `ces.events` partition 3 at DLQ 0:`offset`, with `extra` headers.
+    fn dead(offset: i64, extra: &[(&str, &str)]) -> DeadLetter {
+        let mut headers = vec![
+            ("trace", "abc"),
+            (dlq::REASON, "invalid_json"),
+            (dlq::SOURCE_TOPIC, "ces.events"),
+            (dlq::SOURCE_PARTITION, "3"),
+            (dlq::SOURCE_OFFSET, "41"),
+        ];
+        headers.extend_from_slice(extra);
+        DeadLetter {
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: Some(b"s1".to_vec()),
+            value: Some(b"not json".to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+
+    fn targets(partitions: Option<Vec<i32>>) -> Targets {
+        [("ces.events".to_owned(), partitions)].into()
+    }
+
+    fn notes(plan: &[Planned]) -> Vec<Option<&str>> {
+        plan.iter()
+            .map(|p| match &p.step {
+                Step::Produce(_) => None,
+                Step::Refuse(note) => Some(note.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plans_the_original_record_to_its_source_partition() {
+        let plan = plan(vec![dead(7, &[])], &targets(Some(vec![0, 1, 2, 3])), 3);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(
+            plan[0].subject,
+            Subject {
+                partition: 0,
+                offset: 7,
+                reason: Some("invalid_json".into()),
+                source_topic: Some("ces.events".into()),
+                source_partition: Some(3),
+                source_offset: Some(41),
+            }
+        );
+        let Step::Produce(r) = &plan[0].step else {
+            panic!("refused: {:?}", plan[0].step)
+        };
+        assert_eq!(r.topic, "ces.events");
+        assert_eq!(r.partition, Some(3));
+        assert_eq!(r.key.as_deref(), Some(&b"s1"[..]));
+        assert_eq!(r.value.as_deref(), Some(&b"not json"[..]));
+        assert_eq!(
+            r.headers,
+            vec![
+                ("trace".to_owned(), Some(b"abc".to_vec())),
+                (dlq::REPLAY_COUNT.to_owned(), Some(b"1".to_vec())),
+            ]
+        );
+        assert_eq!(r.count, 1);
+    }
+
+    #[test]
+    fn refuses_what_cannot_land_or_keeps_failing_and_keeps_the_order() {
+        let letters = vec![
+            dead(1, &[(dlq::REPLAY_COUNT, "3")]),
+            dead(2, &[]),
+            dead(3, &[(dlq::VALUE_OMITTED, "300000")]),
+        ];
+        let plan = plan(letters, &targets(Some(vec![0, 1, 2, 3])), 3);
+        assert_eq!(
+            plan.iter().map(|p| p.subject.offset).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            notes(&plan),
+            [
+                Some("replayed 3 times already (--max-replays 3)"),
+                None,
+                Some(
+                    "value omitted from the DLQ (300000 bytes); the original is at ces.events 3:41"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_a_source_topic_or_partition_that_does_not_exist() {
+        let missing = "source topic ces.events does not exist";
+        assert_eq!(
+            notes(&plan(vec![dead(1, &[])], &Targets::new(), 3)),
+            [Some(missing)]
+        );
+        assert_eq!(
+            notes(&plan(vec![dead(1, &[])], &targets(None), 3)),
+            [Some(missing)]
+        );
+        assert_eq!(
+            notes(&plan(vec![dead(1, &[])], &targets(Some(vec![0, 1])), 3)),
+            [Some("source topic ces.events has no partition 3")]
+        );
+        // Without a source partition the producer partitions by key: any existing topic will do.
+        let mut d = dead(1, &[]);
+        d.headers.retain(|(k, _)| k != dlq::SOURCE_PARTITION);
+        let plan = plan(vec![d], &targets(Some(vec![0])), 3);
+        assert!(matches!(&plan[0].step, Step::Produce(r) if r.partition.is_none()));
+        let mut d = dead(1, &[]);
+        d.headers.retain(|(k, _)| k != dlq::SOURCE_TOPIC);
+        assert_eq!(
+            notes(&super::plan(vec![d], &targets(Some(vec![3])), 3)),
+            [Some("no ces-dlq-source-topic header")]
+        );
+    }
+
+    #[test]
+    fn a_dry_run_counts_what_would_be_replayed() {
+        let mut anonymous = dead(3, &[]);
+        anonymous.headers.retain(|(k, _)| k != dlq::REASON);
+        let letters = vec![
+            dead(1, &[(dlq::REPLAY_COUNT, "1")]),
+            dead(2, &[(dlq::REPLAY_COUNT, "9")]),
+            anonymous,
+        ];
+        let s = summarize(true, rehearse(plan(letters, &targets(Some(vec![3])), 3)));
+        assert_eq!(
+            s.total,
+            ReplayCounts {
+                replayed: 2,
+                refused: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(s.by_reason["invalid_json"].replayed, 1);
+        assert_eq!(s.by_reason["-"].replayed, 1);
+        assert_eq!(
+            s.letters[0].outcome,
+            Outcome::WouldReplay { replay_count: 2 }
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["dry_run"], true);
+        assert_eq!(json["replayed"], 2);
+        assert_eq!(
+            serde_json::to_string(&s.letters[0]).unwrap(),
+            "{\"partition\":0,\"offset\":1,\"reason\":\"invalid_json\",\"source_topic\":\"ces.events\",\
+             \"source_partition\":3,\"source_offset\":41,\"result\":\"would_replay\",\"replay_count\":2}"
+        );
+        let mut out = Vec::new();
+        write_summary(&mut out, &s).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("DLQ  REASON        SOURCE           RESULT        NOTE\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0:1  invalid_json  ces.events 3:41  would replay  replay 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("REASON        WOULD REPLAY  REFUSED  FAILED\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "total         2             1        0\ndry run: nothing was produced\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_selected_says_so() {
+        let mut out = Vec::new();
+        write_summary(&mut out, &summarize(false, Vec::new())).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "no dead letter matches\n");
+    }
+}
