@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-500}
 bad=0
 while IFS= read -r f; do
+  [[ -f "$f" ]] || continue  # deleted in the work tree, not yet in the index
   n=$(awk '/^#\[cfg\(test\)\]/{exit} {print}' "$f" | grep -cvE '^\s*(//|$)' || true)
   ((n > LIMIT)) || continue
   if head -40 "$f" | grep -q '^//! Long file:'; then
