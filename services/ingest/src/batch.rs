@@ -33,6 +33,8 @@ pub struct InputRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// The headers could not be read (a header name is not UTF-8); `headers` is empty.
     pub headers_unreadable: bool,
+    /// The revocation generation current when the consumer returned it ([`crate::revocations`]).
+    pub received: u64,
 }
 
 /// An event ready for the Redis publish function.
@@ -225,6 +227,7 @@ mod tests {
                 ("ces-dlq-reason".into(), Some(b"old".to_vec())),
             ],
             headers_unreadable: false,
+            received: 0,
         }
     }
 

@@ -87,6 +87,7 @@ pub(crate) async fn consume(
         if !resume(&consumer, &mut partitions, cancel).await {
             break;
         }
+        drop_stale(&consumer, &mut ahead);
         let next = kafka::next_batch(
             &consumer,
             std::mem::take(&mut ahead),
@@ -108,7 +109,7 @@ pub(crate) async fn consume(
             }
         };
         let Some(batch) = batch else { break };
-        let batch = match batch {
+        let mut batch = match batch {
             Ok(b) => {
                 poll_backoff.reset();
                 b
@@ -119,6 +120,12 @@ pub(crate) async fn consume(
                 continue;
             }
         };
+        // A rebalance while the batch was being filled (inside `recv`) revokes what was received before it.
+        if drop_stale(&consumer, &mut batch) && batch.is_empty() {
+            continue;
+        }
+        // The oldest generation in the batch decides whether its offsets may still be committed.
+        let received = batch.iter().map(|r| r.received).min().unwrap_or_default();
         ::metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
         let plan = batch::plan(
             &batch,
@@ -152,13 +159,13 @@ pub(crate) async fn consume(
             );
             break;
         };
-        commits.acknowledge(offsets);
+        commits.acknowledge(offsets, received);
         if commits.is_due(Instant::now()) {
             commit_async(&consumer, &mut commits);
         }
         ::metrics::gauge!(m::PENDING_RECORDS).set(ahead.len() as f64);
     }
-    let last = commits.into_final(owned(&consumer).as_ref());
+    let last = commits.into_final(owned(&consumer).as_ref(), &consumer.context().revocations());
     final_commit(consumer, last).await;
     state.set_not_ready("stopped");
     info!("ingest stopped");
@@ -167,8 +174,31 @@ pub(crate) async fn consume(
 
 /// Sends the commit [`Commits`] hands out now, asynchronously.
 fn commit_async(consumer: &IngestConsumer, commits: &mut Commits) {
-    let offsets = commits.commit(owned(consumer).as_ref(), Instant::now());
+    let offsets = commits.commit(
+        owned(consumer).as_ref(),
+        &consumer.context().revocations(),
+        Instant::now(),
+    );
     kafka::commit(consumer, &offsets, CommitMode::Async);
+}
+
+/// Drops the records of `held` whose partition was revoked after they were received: the consumer delivers them
+/// again from the committed offset if the partition comes back, or the new owner does ([`crate::revocations`]).
+/// Returns whether any was dropped.
+fn drop_stale(consumer: &IngestConsumer, held: &mut Vec<InputRecord>) -> bool {
+    let before = held.len();
+    {
+        let revoked = consumer.context().revocations();
+        held.retain(|r| !revoked.is_stale(&r.topic, r.partition, r.received));
+    }
+    let dropped = before - held.len();
+    if dropped > 0 {
+        info!(
+            records = dropped,
+            "dropped records received before their partition was revoked; they will be delivered again"
+        );
+    }
+    dropped > 0
 }
 
 /// The partitions this replica owns now; `None` if the assignment cannot be read.
@@ -256,7 +286,7 @@ async fn drive(
             biased;
             r = &mut work => return r,
             m = consumer.recv(), if poll => match m {
-                Ok(msg) => ahead.push(kafka::to_input(&msg)),
+                Ok(msg) => ahead.push(kafka::to_input(consumer, &msg)),
                 Err(e) => {
                     warn!(error = %e, "consumer error while a batch is in flight");
                     flight.on_consumer_error();

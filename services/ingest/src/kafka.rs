@@ -1,8 +1,8 @@
 //! The Kafka side of ingest: the consumer, batching, dead-letter production and offset commits.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::batch::{DeadLetter, InputRecord};
 use crate::config::Config;
+use crate::revocations::Revocations;
 use crate::{Error, metrics as m};
 
 /// librdkafka properties ingest sets itself and depends on: commits only after Redis, never automatically.
@@ -44,12 +45,23 @@ pub fn client_config(config: &Config, settings: &[(&str, String)]) -> ClientConf
 /// Largest dead letter the producer sends (librdkafka allows up to 1e9).
 const DLQ_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Logs partition assignment changes and offset commit results, and keeps newly assigned partitions paused
-/// while ingest is paused.
+/// Logs partition assignment changes and offset commit results, keeps newly assigned partitions paused while
+/// ingest is paused, and records revocations, so the engine never commits past records it received before one.
 #[derive(Debug, Default)]
 pub struct IngestContext {
     paused: Arc<AtomicBool>,
     kafka_up: Arc<AtomicBool>,
+    revocations: Mutex<Revocations>,
+}
+
+impl IngestContext {
+    /// The revocations seen so far. rdkafka serves rebalance events inside the poll that returns messages, on
+    /// the caller's task, so the lock is never contended.
+    pub fn revocations(&self) -> MutexGuard<'_, Revocations> {
+        self.revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl ClientContext for IngestContext {
@@ -92,7 +104,12 @@ impl ConsumerContext for IngestContext {
                     warn!(error = %e, "cannot pause newly assigned partitions");
                 }
             }
-            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                let generation = self
+                    .revocations()
+                    .revoke(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
+                info!(partitions = tpl.count(), generation, "partitions revoked");
+            }
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
     }
@@ -142,6 +159,7 @@ pub fn consumer(config: &Config, kafka_up: Arc<AtomicBool>) -> Result<IngestCons
     .create_with_context(IngestContext {
         paused: Arc::default(),
         kafka_up,
+        revocations: Mutex::default(),
     })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -181,8 +199,9 @@ pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
     .create()?)
 }
 
-/// Detaches a consumed message from the client.
-pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
+/// Detaches a message just returned by `consumer` from the client, stamped with the current revocation
+/// generation.
+pub fn to_input(consumer: &IngestConsumer, msg: &BorrowedMessage<'_>) -> InputRecord {
     // rdkafka panics on a header name that is not UTF-8 (the protocol requires UTF-8, but a raw client can send
     // anything). Such a record must be dead-lettered, not crash every replica that reads its partition.
     let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -216,6 +235,7 @@ pub fn to_input(msg: &BorrowedMessage<'_>) -> InputRecord {
         value: msg.payload().map(<[u8]>::to_vec),
         headers,
         headers_unreadable,
+        received: consumer.context().revocations().generation(),
     }
 }
 
@@ -231,7 +251,7 @@ pub async fn next_batch(
 ) -> Result<Vec<InputRecord>, Error> {
     let linger = if batch.is_empty() {
         let first = consumer.recv().await?;
-        batch.push(to_input(&first));
+        batch.push(to_input(consumer, &first));
         linger
     } else {
         Duration::ZERO
@@ -242,7 +262,7 @@ pub async fn next_batch(
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_elapsed) => break,
-            Ok(Ok(msg)) => batch.push(to_input(&msg)),
+            Ok(Ok(msg)) => batch.push(to_input(consumer, &msg)),
             Ok(Err(e)) => {
                 // Keep what we have; the error is reported on the next call if it persists.
                 warn!(error = %e, "consumer error while filling a batch");

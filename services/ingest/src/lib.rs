@@ -20,7 +20,8 @@
 //!   pure values decide:
 //!   - [`retry`]: what to send again after a failure, what to give up, when a batch may be committed;
 //!   - [`commit`]: which offsets are committed, and when;
-//!   - [`pause`]: when partitions are paused and the consumer polled.
+//!   - [`pause`]: when partitions are paused and the consumer polled;
+//!   - [`revocations`]: which held records and settled offsets a partition revocation made stale.
 //! - [`topics`]: waiting for input topics and creating the dead-letter topic.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod pause;
 pub mod publisher;
 pub mod retry;
+pub mod revocations;
 pub mod schemas;
 pub mod topics;
 

@@ -503,9 +503,16 @@ mod tests {
         assert_eq!(settled, commit);
         let t0 = std::time::Instant::now();
         let mut commits = Commits::new(std::time::Duration::ZERO, t0);
-        commits.acknowledge(settled);
+        commits.acknowledge(settled, 0);
         let owned = [("t".to_owned(), 0)].into_iter().collect();
-        assert_eq!(commits.commit(Some(&owned), t0), commit);
+        assert_eq!(
+            commits.commit(
+                Some(&owned),
+                &crate::revocations::Revocations::default(),
+                t0
+            ),
+            commit
+        );
     }
 
     #[test]
