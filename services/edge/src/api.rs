@@ -206,7 +206,7 @@ pub async fn websocket(
     });
     let params = Box::new(SocketParams {
         position,
-        redis: state.redis.clone(),
+        store: state.redis.clone(),
         state_ttl: state.config.state_ttl,
         session_ttl: state.config.session_ttl,
         session: verified.session_id,

@@ -14,7 +14,8 @@
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
 //! - [`serve`]: the accept loop (TLS, header timeout, connection cap, graceful stop).
 //! - [`session`]: session state in Redis (claim, release, close, admission); sending node control messages.
-//! - [`ws`]: one WebSocket connection's protocol loop.
+//! - [`ws`]: one WebSocket connection: a thin loop over the pure state machine [`ws::machine`], with the session's
+//!   Redis state behind [`ws::SessionStore`].
 
 pub mod api;
 pub mod config;

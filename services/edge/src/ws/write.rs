@@ -1,0 +1,201 @@
+//! Writing to the socket: the opening (welcome, `resumed`, replay), live events coalesced into one flush with
+//! the gap fills the machine asks for, and the close handshake. Every write is bounded by [`WRITE_TIMEOUT`], and
+//! the rare or large paths are boxed, because the socket's task lives as long as the connection and its size is a
+//! per-connection cost.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use ces_protocol::close::CloseCode;
+use ces_protocol::frame::ServerFrame;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+
+use super::machine::{Event, Fill, Opening, Socket, Verdict};
+use super::{LiveQueue, SessionStore, SocketParams, read_after};
+use crate::hub::Live;
+use crate::metrics as m;
+use crate::resume::Decision;
+
+/// Longest a single socket write (and its flush) may take before the peer is considered gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a server-initiated close waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most queued frames written before one flush; bounds the latency of the first frame in a burst.
+const COALESCE_MAX: usize = 64;
+
+/// Runs a socket write with [`WRITE_TIMEOUT`]: a peer whose TCP window stays closed (a suspended app, a dead
+/// link) must not hold the task, its queue and its buffers forever.
+pub(super) async fn bounded<T>(
+    write: impl Future<Output = Result<T, axum::Error>>,
+) -> Result<T, ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
+}
+
+fn record_resume(decision: &Decision) {
+    if let Some(ServerFrame::Resumed { ok, reason, .. }) = &decision.resumed {
+        let result = if *ok {
+            "ok".to_owned()
+        } else {
+            reason.clone().unwrap_or_default()
+        };
+        metrics::counter!(m::RESUMES, "result" => result).increment(1);
+    }
+    metrics::counter!(m::REPLAYED).increment(decision.replay.len() as u64);
+}
+
+/// Writes the welcome frame, then the decision: its `resumed` frame and the replayed events, with one flush.
+/// Each write is bounded on its own.
+pub(super) async fn send_opening<S>(socket: &mut S, opening: Opening) -> Result<(), ()>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let Opening { welcome, decision } = opening;
+    bounded(socket.send(Message::Text(welcome.to_json().into()))).await?;
+    record_resume(&decision);
+    bounded(send_decision(socket, decision)).await
+}
+
+/// Writes a decision: its `resumed` frame, then the replayed events, with one flush.
+async fn send_decision<S>(socket: &mut S, decision: Decision) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    if let Some(frame) = decision.resumed {
+        socket.feed(Message::Text(frame.to_json().into())).await?;
+    }
+    for frame in decision.replay {
+        socket.feed(Message::Text(frame)).await?;
+    }
+    socket.flush().await
+}
+
+/// Writes `first` and whatever else is already queued (up to [`COALESCE_MAX`]) with one flush, as the machine
+/// judges each event: written, skipped as already sent, or preceded by a gap fill.
+pub(super) async fn forward<S, St, Q>(
+    socket: &mut S,
+    first: Live,
+    frames: &mut Q,
+    machine: &mut Socket<'_>,
+    params: &SocketParams<St>,
+) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+    St: SessionStore,
+    Q: LiveQueue,
+{
+    let mut next = Some(first);
+    let mut written = 0usize;
+    let mut delivered = 0u64;
+    // (dispatched, produced_at_ms) of each live frame fed, timed once the flush is done.
+    let mut timings: Vec<(std::time::Instant, i64, ces_runtime::otel::EventSpan)> = Vec::new();
+    while let Some(live) = next.take() {
+        written += 1;
+        let mut verdict = machine.on_live(Event::from(&live));
+        if verdict == Verdict::FillGap {
+            // Rare path, boxed so its Redis reads do not weigh on every connection's resident task.
+            Box::pin(fill_gap(socket, machine, params)).await?;
+            verdict = machine.after_fill(Event::from(&live));
+        }
+        match verdict {
+            Verdict::Deliver => {
+                socket.feed(Message::Text(live.frame)).await?;
+                delivered += 1;
+                timings.push((live.received, live.produced_at_ms, live.span));
+            }
+            Verdict::Skip => metrics::counter!(m::SKIPPED).increment(1),
+            Verdict::Done | Verdict::FillGap => {}
+        }
+        if written < COALESCE_MAX {
+            next = frames.try_recv();
+        }
+    }
+    socket.flush().await?;
+    metrics::counter!(m::DELIVERED).increment(delivered);
+    let now_ms = ces_runtime::now_ms();
+    for (received, produced_at_ms, span) in timings {
+        span.end(Vec::new);
+        use ces_runtime::telemetry::{E2E_LATENCY, hop, observe_hop, seconds_between};
+        observe_hop(hop::EDGE_TO_SOCKET, received.elapsed().as_secs_f64());
+        if produced_at_ms > 0 {
+            metrics::histogram!(E2E_LATENCY).record(seconds_between(produced_at_ms, now_ms));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the buffer after the machine's position and writes what the socket misses (a gap, a resync request,
+/// or an epoch change, which the client is told about first).
+async fn fill_gap<S, St>(
+    socket: &mut S,
+    machine: &mut Socket<'_>,
+    params: &SocketParams<St>,
+) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+    St: SessionStore,
+{
+    let position = machine.position();
+    let read = read_after(
+        &params.store,
+        params.session.as_str(),
+        Some(&position),
+        params.state_ttl,
+    )
+    .await;
+    let Ok(snap) = read else {
+        return Err(axum::Error::new(
+            "cannot read the session buffer to fill a gap",
+        ));
+    };
+    let Fill { notice, replay } = machine.on_fill(snap);
+    if let Some(ServerFrame::Resumed { reason, .. }) = &notice {
+        metrics::counter!(m::RESUMES, "result" => reason.clone().unwrap_or_default()).increment(1);
+    }
+    metrics::counter!(m::GAPS_FILLED).increment(replay.len() as u64);
+    for frame in notice
+        .map(|f| Utf8Bytes::from(f.to_json()))
+        .into_iter()
+        .chain(replay)
+    {
+        socket.feed(Message::Text(frame)).await?;
+    }
+    Ok(())
+}
+
+/// Sends a close frame and waits briefly for the client's close reply, so the close frame is not lost to a TCP
+/// reset when the client writes (e.g. a pong) after the server already dropped the connection.
+pub(super) async fn close<S>(socket: &mut S, code: CloseCode) -> u16
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    // Boxed: the close handshake is awaited in a dozen places of the socket loop, and each would otherwise add
+    // its state to every connection's resident task size.
+    Box::pin(close_handshake(socket, code)).await
+}
+
+async fn close_handshake<S>(socket: &mut S, code: CloseCode) -> u16
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            while let Some(Ok(msg)) = socket.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    code.code()
+}
