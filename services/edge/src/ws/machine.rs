@@ -96,6 +96,8 @@ pub struct Socket<'p> {
     last_sent: u64,
     // Acks are stored with the next heartbeat, so a client acking every event costs no Redis call per frame.
     pending_ack: Option<u64>,
+    /// The ack the heartbeat in progress stores; back to `pending_ack` if the heartbeat fails.
+    beat_ack: Option<u64>,
     expires_at: u64,
     drain_after: Duration,
     missed_pongs: u32,
@@ -242,6 +244,7 @@ impl<'p> Socket<'p> {
             epoch: snap.epoch,
             last_sent: decision.last_sent,
             pending_ack: None,
+            beat_ack: None,
             expires_at: terms.expires_at,
             drain_after: terms.drain_after,
             missed_pongs: 0,
@@ -287,16 +290,29 @@ impl<'p> Socket<'p> {
                     return Action::Close(CloseCode::PingTimeout);
                 }
                 self.missed_pongs += 1;
-                Action::Heartbeat {
-                    ack: self.pending_ack.take(),
-                }
+                self.beat_ack = self.pending_ack.take();
+                Action::Heartbeat { ack: self.beat_ack }
             }
             // The heartbeat closes a socket whose takeover or close message was lost. A failed one is not a
-            // reason to close: the next interval tries again.
+            // reason to close: the next interval tries again, with its ack, which is not lost either.
             Input::Beat(Some(Heartbeat::Closed)) => Action::Close(CloseCode::SessionClosed),
             Input::Beat(Some(Heartbeat::Taken)) => Action::Close(CloseCode::TakenOver),
-            Input::Beat(Some(Heartbeat::Held) | None) => Action::Ping,
+            Input::Beat(Some(Heartbeat::Held)) => {
+                self.beat_ack = None;
+                Action::Ping
+            }
+            Input::Beat(None) => {
+                if let Some(seq) = self.beat_ack.take() {
+                    self.acked(seq);
+                }
+                Action::Ping
+            }
         }
+    }
+
+    /// Keeps the highest ack until a heartbeat or the release stores it.
+    fn acked(&mut self, seq: u64) {
+        self.pending_ack = Some(self.pending_ack.map_or(seq, |a| a.max(seq)));
     }
 
     fn on_received(&mut self, message: Received<'_>, over_limit: bool) -> Action {
@@ -364,7 +380,7 @@ impl<'p> Socket<'p> {
             self.invalid_frames = 0;
         }
         if let Some(seq) = ack {
-            self.pending_ack = Some(self.pending_ack.map_or(seq, |a| a.max(seq)));
+            self.acked(seq);
         }
         (reply.map_or(Action::Wait, Action::Reply), rejected)
     }
@@ -881,6 +897,35 @@ mod tests {
     }
 
     #[test]
+    fn the_ack_of_a_failed_heartbeat_waits_for_the_next_one() {
+        let f = fixture();
+        let mut socket = opened(&f, 9);
+        text(&mut socket, r#"{"type":"ack","seq":5}"#);
+        assert_eq!(
+            socket.on(Input::PingDue),
+            Action::Heartbeat { ack: Some(5) }
+        );
+        // Acked while the heartbeat was in progress: the higher of the two is kept.
+        text(&mut socket, r#"{"type":"ack","seq":3}"#);
+        assert_eq!(
+            socket.on(Input::Beat(None)),
+            Action::Ping,
+            "a failed heartbeat is not a reason to close"
+        );
+        assert_eq!(socket.pending_ack(), Some(5), "and its ack is not lost");
+        assert_eq!(
+            socket.on(Input::PingDue),
+            Action::Heartbeat { ack: Some(5) }
+        );
+        assert_eq!(socket.on(Input::Beat(Some(Heartbeat::Held))), Action::Ping);
+        assert_eq!(socket.pending_ack(), None);
+        // A later failure has no stored ack to give back.
+        assert_eq!(socket.on(Input::PingDue), Action::Heartbeat { ack: None });
+        assert_eq!(socket.on(Input::Beat(None)), Action::Ping);
+        assert_eq!(socket.pending_ack(), None);
+    }
+
+    #[test]
     fn a_client_ping_frame_gets_a_pong() {
         let f = fixture();
         let mut socket = opened(&f, 0);
@@ -1102,8 +1147,8 @@ mod tests {
             Action::Heartbeat { ack: Some(4) }
         );
         assert_eq!(socket.on(Input::Beat(None)), Action::Ping);
-        // The ack went with the failed heartbeat; a later ack supersedes it.
-        assert_eq!(socket.pending_ack(), None);
+        // The failed heartbeat did not store the ack: the next heartbeat (or the release) does.
+        assert_eq!(socket.pending_ack(), Some(4));
     }
 
     // --- closes from outside ---
