@@ -106,7 +106,15 @@ lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenar
   say "ces-loadtest $*"
   "$bin/ces-loadtest" "$@" --brokers 127.0.0.1:19092 --edges 127.0.0.1:18081,127.0.0.1:18082 --out "$out" \
     --ingest-metrics "${ingest_metrics:-http://127.0.0.1:18090/metrics}" --redis 127.0.0.1:16379 \
-    || warn "ces-loadtest $1 exited with status $? (2: events lost or duplicated)"
+    || {
+      local status=$?
+      case $status in
+        1) warn "ces-loadtest $1 could not run (status 1; its error is above)" ;;
+        2) warn "ces-loadtest $1: bad arguments (status 2; the usage error is above)" ;;
+        3) warn "ces-loadtest $1: events were lost or duplicated (status 3; see its summary above)" ;;
+        *) warn "ces-loadtest $1 exited with status $status" ;;
+      esac
+    }
 }
 both=http://127.0.0.1:18081,http://127.0.0.1:18082
 

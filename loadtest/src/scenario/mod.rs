@@ -31,7 +31,10 @@ use std::time::Duration;
 use crate::cli::{Cli, Scenario};
 use crate::report::Report;
 
-/// Runs the scenario; the exit code is 2 when events were lost or duplicated, 0 otherwise.
+/// Exit status of a run that lost or duplicated events (1: it could not run; 2: bad arguments).
+pub const EXIT_LOST: u8 = 3;
+
+/// Runs one scenario and writes its report; exits [`EXIT_LOST`] if events were lost or duplicated.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let brokers = cli.scenario.measured_brokers().map(str::to_owned);
     let (mut report, out, name) = match cli.scenario {
@@ -67,8 +70,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     for f in files {
         println!("  wrote {}", f.display());
     }
+    // 2 is clap's usage error; a run that lost or duplicated events says so with its own code.
     Ok(if report.lost > 0 || report.duplicated > 0 {
-        ExitCode::from(2)
+        ExitCode::from(EXIT_LOST)
     } else {
         ExitCode::SUCCESS
     })
