@@ -7,6 +7,7 @@
 # BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000), BENCH_WARMUP (30: seconds of load that warm the
 # broker's JVM up before anything is measured). BENCH_HOLD=1 keeps the stack running after the
 # scenarios until Ctrl-C, for profiling by hand (BENCH_SCENARIOS=none BENCH_HOLD=1 make bench).
+# A scenario that fails is reported and the rest still run; the summary prints, then the exit status is 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -108,6 +109,7 @@ lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenar
     --ingest-metrics "${ingest_metrics:-http://127.0.0.1:18090/metrics}" --redis 127.0.0.1:16379 \
     || {
       local status=$?
+      failed+=("$1")
       case $status in
         1) warn "ces-loadtest $1 could not run (status 1; its error is above)" ;;
         2) warn "ces-loadtest $1: bad arguments (status 2; the usage error is above)" ;;
@@ -117,6 +119,8 @@ lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenar
     }
 }
 both=http://127.0.0.1:18081,http://127.0.0.1:18082
+# Scenarios that failed: the rest still run and the summary still prints, then make bench exits 1.
+failed=()
 
 kafka_up
 for s in $scenarios; do
@@ -125,7 +129,7 @@ for s in $scenarios; do
     micro)
       say "cargo bench -p ces-protocol (criterion; results in target/criterion/)"
       cargo bench --locked -q -p ces-protocol --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>&1 \
-        | grep -E '^hot_path|time:' || warn "cargo bench failed"
+        | grep -E '^hot_path|time:' || { warn "cargo bench failed"; failed+=(micro); }
       ;;
     broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;
     latency)
@@ -161,8 +165,13 @@ done
 
 say "results in $out:"
 ls -1 "$out"
+if ((${#failed[@]})); then
+  warn "failed: ${failed[*]} (see above)"
+  status=1
+fi
 if [[ -n "${BENCH_HOLD:-}" ]]; then
   stack_up hold
   say "stack left running (BENCH_HOLD): broker 127.0.0.1:19092, redis 127.0.0.1:16379, ingest :18090, edges :18081 :18082; Ctrl-C stops it"
   wait
 fi
+exit "${status:-0}"
