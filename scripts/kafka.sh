@@ -96,8 +96,12 @@ run() { # dir, port, controller port
     -Dlog4j2.configurationFile="$here/dev/kafka/log4j2.properties" -cp "$libs/*")
   if [[ ! -f "$dir/data/meta.properties" ]]; then
     # A cluster id is 16 random bytes in URL-safe base64 without padding, as `kafka-storage random-uuid` prints.
-    local cluster
-    cluster=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    # Like Kafka's own Uuid.randomUuid, never one that starts with '-': the tool would read it as an option
+    # (one start in 64 failed with "argument --cluster-id/-t: expected one argument").
+    local cluster=-
+    while [[ $cluster == -* ]]; do
+      cluster=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    done
     CES_KAFKA_LOG_LEVEL=WARN "$java" "${jvm[@]}" kafka.tools.StorageTool format \
       --cluster-id "$cluster" --config "$dir/server.properties" --ignore-formatted >/dev/null
   fi
