@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 package=${1:-ces-protocol}
-# Async runtimes, network and TLS stacks, and the clients of every system CES talks to.
-forbidden='^(tokio|tokio-[a-z-]+|mio|async-std|smol|fred|redis|rdkafka|rdkafka-sys|opentelemetry|opentelemetry[_-][a-z_-]+|rustls|rustls-[a-z-]+|ring|hyper|hyper-[a-z-]+|reqwest|axum|tungstenite|tokio-tungstenite|socket2|metrics-exporter-prometheus)$'
+# Async runtimes, network and TLS stacks, HTTP clients, and the clients of every system CES talks to.
+forbidden='^(tokio|tokio-[a-z-]+|mio|async-std|smol|fred|redis|rdkafka|rdkafka-sys|opentelemetry|opentelemetry[_-][a-z_-]+|rustls|rustls-[a-z-]+|ring|openssl|openssl-sys|native-tls|hyper|hyper-[a-z-]+|reqwest|ureq|curl|curl-sys|axum|tungstenite|tokio-tungstenite|socket2|metrics-exporter-prometheus)$'
 # One "name version" line per crate.
 tree=$(cargo tree --locked -q -p "$package" -e normal --prefix none --format '{p}' | awk '{print $1, $2}' | sort -u)
 found=$(awk -v re="$forbidden" '$1 ~ re {print $1 "@" substr($2, 2)}' <<<"$tree")
@@ -17,4 +17,17 @@ if [[ -n "$found" ]]; then
   done
   exit 1
 fi
-echo "$package: $(wc -l <<<"$tree") crates in its dependency tree, none of them a runtime or I/O crate"
+# Nor I/O through the standard library: files, sockets, processes, the environment or the clock, in non-test code
+# (unit tests sit at the bottom of each file, after `#[cfg(test)]`).
+src=$(cargo metadata --locked --no-deps --format-version 1 \
+  | python3 -c "import json,sys; print(next(p['manifest_path'] for p in json.load(sys.stdin)['packages'] if p['name']=='$package'))")
+src=$(dirname "$src")/src
+io=$(for f in $(find "$src" -name '*.rs' | sort); do
+  awk -v f="$f" '/^#\[cfg\(test\)\]/{exit} /std::(fs|net|process|env)([:;,} ]|$)|SystemTime|Instant::now|File::/{print f ":" NR ": " $0}' "$f"
+done)
+if [[ -n "$io" ]]; then
+  echo "$package performs I/O or reads the clock in non-test code (pass data and time in instead):" >&2
+  echo "$io" >&2
+  exit 1
+fi
+echo "$package: $(wc -l <<<"$tree") crates in its dependency tree, none of them a runtime or I/O crate; no std I/O or clock in its code"

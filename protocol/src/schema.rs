@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -78,33 +77,21 @@ impl Schemas {
         Ok(())
     }
 
-    /// Loads every `<type>.json` in `dir`. Fails with every bad file listed.
-    pub fn load_dir(dir: &Path, unknown: UnknownTypes) -> Result<Self, crate::Error> {
-        let fail = |problems: Vec<String>| crate::Error::Schemas {
-            dir: dir.display().to_string(),
-            problems: ConfigErrors(problems),
-        };
-        let entries = std::fs::read_dir(dir).map_err(|e| fail(vec![e.to_string()]))?;
+    /// Compiles a schema set from the files of a schema directory, read by the caller: each file's name and its
+    /// contents (or why it could not be read). Every `<type>.json` defines the schema of `<type>`; other files
+    /// are ignored. Fails with every bad file listed, `source` (the directory) naming where they came from.
+    pub fn from_files(
+        source: &str,
+        files: impl IntoIterator<Item = (String, Result<Vec<u8>, String>)>,
+        unknown: UnknownTypes,
+    ) -> Result<Self, crate::Error> {
         let mut schemas = Self::new(unknown);
         let mut problems = Vec::new();
-        for entry in entries {
-            let path = match entry {
-                Ok(e) => e.path(),
-                Err(e) => {
-                    problems.push(e.to_string());
-                    continue;
-                }
-            };
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let Some(event_type) = path.file_stem().and_then(|s| s.to_str()) else {
-                problems.push(format!("{name}: file name is not UTF-8"));
+        for (name, contents) in files {
+            let Some(event_type) = name.strip_suffix(".json") else {
                 continue;
             };
-            let loaded = std::fs::read(&path)
-                .map_err(|e| e.to_string())
+            let loaded = contents
                 .and_then(|bytes| {
                     serde_json::from_slice::<Value>(&bytes).map_err(|e| format!("not JSON: {e}"))
                 })
@@ -117,7 +104,10 @@ impl Schemas {
             Ok(schemas)
         } else {
             problems.sort();
-            Err(fail(problems))
+            Err(crate::Error::Schemas {
+                dir: source.to_owned(),
+                problems: ConfigErrors(problems),
+            })
         }
     }
 
@@ -243,26 +233,44 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_loads_whole_or_reports_every_bad_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.json"), r#"{"type":"integer"}"#).unwrap();
-        std::fs::write(dir.path().join("README.md"), "ignored").unwrap();
-        let s = Schemas::load_dir(dir.path(), UnknownTypes::Reject).unwrap();
+    fn a_file_set_loads_whole_or_reports_every_bad_file() {
+        let file = |name: &str, text: &str| (name.to_owned(), Ok(text.as_bytes().to_vec()));
+        let s = Schemas::from_files(
+            "schemas/",
+            [
+                file("a.json", r#"{"type":"integer"}"#),
+                file("README.md", "ignored"),
+            ],
+            UnknownTypes::Reject,
+        )
+        .unwrap();
         assert_eq!(s.types(), ["a"]);
 
-        std::fs::write(dir.path().join("b.json"), "{").unwrap();
-        std::fs::write(dir.path().join("c.json"), r#"{"type": 7}"#).unwrap();
-        std::fs::write(dir.path().join(".hidden.json"), "{}").unwrap();
-        let err = Schemas::load_dir(dir.path(), UnknownTypes::Reject)
-            .unwrap_err()
-            .to_string();
+        let err = Schemas::from_files(
+            "schemas/",
+            [
+                file("a.json", r#"{"type":"integer"}"#),
+                file("b.json", "{"),
+                file("c.json", r#"{"type": 7}"#),
+                file(".hidden.json", "{}"),
+                ("d.json".to_owned(), Err("permission denied".to_owned())),
+            ],
+            UnknownTypes::Reject,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("invalid schemas in schemas/:\n"), "{err}");
         for needle in [
             "b.json: not JSON",
             "c.json: invalid schema",
             ".hidden.json: ",
+            "d.json: permission denied",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
-        assert!(Schemas::load_dir(&dir.path().join("nope"), UnknownTypes::Allow).is_err());
+        assert!(
+            !err.contains("a.json"),
+            "a good file is not a problem: {err}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! problem: a typo in one schema never leaves ingest without the others, nor dead-letters events wholesale.
 //! Each batch takes the set current when it starts, so one batch is judged by one set.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use ces_protocol::schema::{Schemas, UnknownTypes};
@@ -57,12 +57,50 @@ impl SchemaStore {
 
 fn read(dir: Option<&PathBuf>, unknown: UnknownTypes) -> Result<Schemas, Error> {
     let schemas = match dir {
-        Some(dir) => Schemas::load_dir(dir, unknown)?,
+        Some(dir) => load_dir(dir, unknown)?,
         None => Schemas::new(unknown),
     };
     ::metrics::gauge!(m::SCHEMAS_LOADED).set(schemas.types().len() as f64);
     info!(types = ?schemas.types(), unknown = ?unknown, "schemas loaded");
     Ok(schemas)
+}
+
+/// Reads every file of `dir` and compiles the `<type>.json` ones ([`Schemas::from_files`]); a directory or a
+/// file that cannot be read is one more problem in the list.
+fn load_dir(dir: &Path, unknown: UnknownTypes) -> Result<Schemas, ces_protocol::Error> {
+    let source = dir.display().to_string();
+    let mut files = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                match entry {
+                    Ok(e) => {
+                        let path = e.path();
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let contents = if e.file_name().to_str().is_none() {
+                            Err("file name is not UTF-8".to_owned())
+                        } else if name.ends_with(".json") {
+                            std::fs::read(&path).map_err(|e| e.to_string())
+                        } else {
+                            // Not a schema: never read.
+                            Ok(Vec::new())
+                        };
+                        files.push((name, contents));
+                    }
+                    Err(e) => {
+                        files.push(("(a directory entry).json".to_owned(), Err(e.to_string())))
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            return Err(ces_protocol::Error::Schemas {
+                dir: source,
+                problems: ces_protocol::ConfigErrors(vec![e.to_string()]),
+            });
+        }
+    }
+    Schemas::from_files(&source, files, unknown)
 }
 
 /// Reloads `store` on every SIGHUP until `cancel`.
@@ -112,5 +150,32 @@ mod tests {
             ["a", "b"],
             "the previous set stays"
         );
+    }
+
+    #[test]
+    fn a_directory_loads_whole_or_reports_every_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"{"type":"integer"}"#).unwrap();
+        std::fs::write(dir.path().join("README.md"), "ignored").unwrap();
+        let s = load_dir(dir.path(), UnknownTypes::Reject).unwrap();
+        assert_eq!(s.types(), ["a"]);
+
+        std::fs::write(dir.path().join("b.json"), "{").unwrap();
+        std::fs::write(dir.path().join("c.json"), r#"{"type": 7}"#).unwrap();
+        std::fs::write(dir.path().join(".hidden.json"), "{}").unwrap();
+        let err = load_dir(dir.path(), UnknownTypes::Reject)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "b.json: not JSON",
+            "c.json: invalid schema",
+            ".hidden.json: ",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        let missing = load_dir(&dir.path().join("nope"), UnknownTypes::Allow)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("No such file"), "{missing}");
     }
 }
