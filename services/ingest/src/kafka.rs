@@ -110,7 +110,11 @@ impl ConsumerContext for IngestContext {
                     .revoke(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
                 info!(partitions = tpl.count(), generation, "partitions revoked");
             }
-            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+            Rebalance::Error(e) => {
+                // rdkafka unassigns everything after a failed rebalance: whatever was received is stale.
+                let generation = self.revocations().revoke_all();
+                warn!(error = %e, generation, "rebalance failed; the assignment was dropped");
+            }
         }
     }
 

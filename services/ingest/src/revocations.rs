@@ -29,6 +29,8 @@ pub struct Revocations {
     generation: u64,
     /// The generation at which each partition was last revoked.
     revoked_at: HashMap<String, HashMap<i32, u64>>,
+    /// The generation at which every partition was last revoked at once ([`Revocations::revoke_all`]).
+    all_revoked_at: u64,
 }
 
 impl Revocations {
@@ -49,13 +51,23 @@ impl Revocations {
         self.generation
     }
 
+    /// Records that the assignment was lost without saying which partitions (a failed rebalance, after which
+    /// the consumer unassigns everything); returns the new generation.
+    pub fn revoke_all(&mut self) -> u64 {
+        self.generation += 1;
+        self.all_revoked_at = self.generation;
+        self.generation
+    }
+
     /// Whether something of `topic`/`partition` received at generation `received` predates a revocation of that
     /// partition.
     pub fn is_stale(&self, topic: &str, partition: i32, received: u64) -> bool {
-        self.revoked_at
-            .get(topic)
-            .and_then(|t| t.get(&partition))
-            .is_some_and(|&at| at > received)
+        self.all_revoked_at > received
+            || self
+                .revoked_at
+                .get(topic)
+                .and_then(|t| t.get(&partition))
+                .is_some_and(|&at| at > received)
     }
 }
 
@@ -107,6 +119,18 @@ mod tests {
         assert!(r.is_stale("t", 0, between));
         assert!(!r.is_stale("t", 1, r.generation()));
         assert_eq!(r.generation(), 3);
+    }
+
+    #[test]
+    fn losing_the_whole_assignment_stales_everything_received_before() {
+        let mut r = Revocations::default();
+        r.revoke([("t", 0)]);
+        let before = r.generation();
+        assert_eq!(r.revoke_all(), 2);
+        assert!(r.is_stale("t", 1, before));
+        assert!(r.is_stale("never-revoked", 9, before));
+        assert!(!r.is_stale("t", 1, r.generation()));
+        assert!(!r.is_stale("t", 0, r.generation()));
     }
 
     #[test]
