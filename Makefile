@@ -37,7 +37,7 @@ test: deps
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	@command -v cargo-machete >/dev/null || { echo "[lint] installing cargo-machete"; cargo install --locked cargo-machete; }
+	@cargo machete --version >/dev/null 2>&1 || { echo "[lint] installing cargo-machete"; cargo install --locked cargo-machete; }
 	cargo machete
 
 FUZZ_SECONDS ?= 60

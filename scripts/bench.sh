@@ -109,7 +109,7 @@ lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenar
     --ingest-metrics "${ingest_metrics:-http://127.0.0.1:18090/metrics}" --redis 127.0.0.1:16379 \
     || {
       local status=$?
-      failed+=("$1")
+      failed+=("$s")
       case $status in
         1) warn "ces-loadtest $1 could not run (status 1; its error is above)" ;;
         2) warn "ces-loadtest $1: bad arguments (status 2; the usage error is above)" ;;
@@ -158,7 +158,7 @@ for s in $scenarios; do
         --kill-after 10 --target "$both"
       ;;
     none) ;;
-    *) warn "unknown scenario $s" ;;
+    *) warn "unknown scenario $s"; failed+=("$s") ;;
   esac
   [[ $s == micro || $s == none ]] || stack_down
 done

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-500}
+git rev-parse --git-dir >/dev/null 2>&1 || { echo "check-file-size.sh lists files with git; run it in a clone" >&2; exit 1; }
 bad=0
 while IFS= read -r f; do
   [[ -f "$f" ]] || continue  # deleted in the work tree, not yet in the index

@@ -20,12 +20,21 @@ check_ports() {
   ((taken == 0))
 }
 
+# A command prefix that runs a command with SIGINT and SIGQUIT back to their default action: `env
+# --default-signal` (coreutils 8.31 and later), or perl where env is older.
+if env --default-signal=INT true 2>/dev/null; then
+  default_signals=(env --default-signal=INT,QUIT)
+else
+  # shellcheck disable=SC2016 # perl's variables, not the shell's
+  default_signals=(perl -e '$SIG{INT} = $SIG{QUIT} = "DEFAULT"; exec { $ARGV[0] } @ARGV or die "exec $ARGV[0]: $!\n"')
+fi
+
 start() { # name, command...
   local name=$1
   shift
   # A non-interactive shell starts background commands with SIGINT and SIGQUIT ignored, and programs that find
   # them ignored keep them so (HAProxy, the JVM): a Ctrl-C would then stop only some of the stack. Restore them.
-  env --default-signal=INT,QUIT "$@" >"$logs/$name.log" 2>&1 &
+  "${default_signals[@]}" "$@" >"$logs/$name.log" 2>&1 &
   pids[$name]=$!
   names[$!]=$name
 }

@@ -2,21 +2,20 @@
 # Starts a whole local CES stack in the foreground: broker, Redis, ingest, two edges, HAProxy and Prometheus.
 # Ctrl-C stops everything it started. A process that dies is reported; the others keep running.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+tag=up
+source scripts/lib.sh
 # A shell that starts with SIGINT ignored (`make up` launched in the background by another script) cannot trap
 # it, so Ctrl-C or `kill -INT` to the process group would leave this script waiting. Start again without that.
 if [[ -z "${CES_UP_SIGNALS:-}" ]]; then
-  CES_UP_SIGNALS=default exec env --default-signal=INT,QUIT "$0" "$@"
+  CES_UP_SIGNALS=default exec "${default_signals[@]}" "$root/scripts/up.sh" "$@"
 fi
-cd "$(dirname "$0")/.."
-root=$(pwd)
 # CES_UP_DIR: where data and logs go (default .ces); CES_UP_PROFILE: the cargo profile to run (default release;
 # scripts/test-up-stop.sh uses dev to reuse the test build).
 data="${CES_UP_DIR:-$root/.ces}"
 profile=${CES_UP_PROFILE:-release}
 logs="$data/logs"
-
-tag=up
-source scripts/lib.sh
 
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -45,7 +44,7 @@ trap 'stop_all; exit 0' INT TERM
 # Any failure (set -e) after processes started must not leave them running.
 trap 'stop_all' EXIT
 
-say "starting Apache Kafka $(scripts/kafka.sh version) (broker and KRaft controller) on 127.0.0.1:9092, data in /kafka"
+say "starting Apache Kafka $(scripts/kafka.sh version) (broker and KRaft controller) on 127.0.0.1:9092, data in $data/kafka"
 started=$SECONDS
 start broker scripts/kafka.sh run "$data/kafka" 9092 9093
 wait_log broker "Kafka Server started" 120

@@ -147,7 +147,8 @@ pub enum Received<'a> {
 }
 
 impl Received<'_> {
-    /// Whether the message counts against the socket's inbound budget (text frames always do).
+    /// Whether the message counts against the socket's inbound budget. Text frames count too, but they do not
+    /// come through here: [`Socket::on_text`] takes the budget's answer with the text.
     pub fn metered(&self) -> bool {
         matches!(self, Self::Binary)
     }
