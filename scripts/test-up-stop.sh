@@ -33,7 +33,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-listening() { ss -Hltn | awk '{print $4}' | sed 's/.*://' | grep -xE "$(IFS='|'; echo "${ports[*]}")" | sort -un | xargs; }
+# The stack's ports that something listens on, space-separated (none: empty, and still success).
+listening() {
+  ss -Hltn | awk '{print $4}' | sed 's/.*://' | { grep -xE "$(IFS='|'; echo "${ports[*]}")" || true; } | sort -un | xargs
+}
 
 if [[ -n "$(listening)" ]]; then
   [[ -z "${CES_UP_STOP_NETNS:-}" ]] || { warn "ports $(listening) are taken inside a fresh network namespace"; exit 1; }
@@ -62,7 +65,12 @@ say "stack up after $((SECONDS - started)) s: $members processes in group $leade
 say "kill -INT -- -$leader"
 sent=$SECONDS
 kill -INT -- "-$leader"
+last=""
 while pgrep -g "$leader" >/dev/null || [[ -n "$(listening)" ]]; do
+  # What is still running, each time that changes: the log shows which process a slow stop waited for.
+  now="$( (ps -o comm= -g "$leader" || true) | sort | xargs) / ports: $(listening)"
+  [[ "$now" == "$last" ]] || say "after $((SECONDS - sent)) s still running: $now"
+  last=$now
   if ((SECONDS - sent > STOP_LIMIT)); then
     warn "after ${STOP_LIMIT} s, still running:"; ps -o pid,stat,comm -g "$leader" >&2 || true
     warn "still listening: $(listening)"; tail -20 "$out" >&2; exit 1

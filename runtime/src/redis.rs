@@ -10,7 +10,7 @@ use fred::interfaces::ClientLike;
 use fred::types::Builder;
 use fred::types::config::{Config, ReconnectPolicy};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
 
@@ -41,6 +41,18 @@ pub fn builder_with_tls(
         .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
     Ok(builder)
+}
+
+/// Closes `client`, waiting at most `within` for Redis to answer the QUIT. With Redis unreachable, fred would
+/// try to reconnect to send it for as long as its connection timeout (10 s), holding up a process's shutdown;
+/// past `within` the connection is simply dropped with the client.
+pub async fn quit(client: &impl ClientLike, within: Duration) {
+    if tokio::time::timeout(within, client.quit()).await.is_err() {
+        debug!(
+            client = client.id(),
+            "redis did not answer QUIT in time; dropping the connection"
+        );
+    }
 }
 
 /// Builds a client with `make` and connects it, retrying with backoff until it connects (`Some`) or `cancel`

@@ -39,7 +39,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::PubsubInterface;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,9 @@ use crate::hub::Hub;
 /// decodes and `try_send`s, so this absorbs bursts of tens of milliseconds at high rates; overflowing it drops
 /// messages (counted in `ces_edge_subscriber_lagged_total`), which clients recover from their buffer.
 const PUBSUB_BUFFER: usize = 65_536;
+
+/// Longest the edge waits for Redis to answer QUIT at the end of a shutdown.
+const QUIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug)]
@@ -192,8 +195,11 @@ pub async fn run(
             "grace period over; dropping what is still open"
         );
     }
-    let _ = subscriber.quit().await;
-    let _ = redis.quit().await;
+    // Bounded: with Redis gone (a whole stack stopping at once) QUIT would wait out fred's reconnect attempts.
+    tokio::join!(
+        ces_runtime::redis::quit(&subscriber, QUIT_WITHIN),
+        ces_runtime::redis::quit(&redis, QUIT_WITHIN)
+    );
     info!("edge stopped");
     Ok(())
 }
