@@ -402,6 +402,7 @@ mod tests {
     use futures::channel::mpsc;
     use tokio::task::JoinHandle;
 
+    use super::machine::tests::env;
     use super::*;
     use crate::queue;
     use crate::session::{Claim, Heartbeat};
@@ -609,17 +610,6 @@ mod tests {
     const NO_PING: Duration = Duration::from_secs(3600);
     const QUICK_PING: Duration = Duration::from_millis(10);
     const GUARD: Duration = Duration::from_secs(10);
-
-    fn env(epoch: &str, seq: u64) -> Envelope {
-        Envelope {
-            seq,
-            epoch: epoch.into(),
-            event_id: format!("id{seq}"),
-            event_type: "t".into(),
-            data: "1".into(),
-            ..Default::default()
-        }
-    }
 
     fn event(seq: u64) -> Message {
         Message::Text(

@@ -440,7 +440,7 @@ pub fn classify(e: &axum::Error) -> Option<CloseCode> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use ces_protocol::envelope::Envelope;
     use ces_protocol::frame::Lost;
 
@@ -475,7 +475,8 @@ mod tests {
         }
     }
 
-    fn env(epoch: &str, seq: u64) -> Envelope {
+    /// An envelope of event `seq` in `epoch` (also used by the socket loop's tests).
+    pub(in crate::ws) fn env(epoch: &str, seq: u64) -> Envelope {
         Envelope {
             seq,
             epoch: epoch.into(),
