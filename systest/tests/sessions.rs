@@ -334,6 +334,54 @@ async fn a_newer_connection_on_another_edge_takes_over() -> anyhow::Result<()> {
     stack.stop().await
 }
 
+/// Replicas of one image share a host name pattern and, in containers, a pid: ids derived from those alone would
+/// share a control channel, and a takeover's close would reach the newer socket instead of the older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_without_a_node_id_pick_their_own_and_a_takeover_closes_only_the_older()
+-> anyhow::Result<()> {
+    let stack = Stack::start(1, &[]).await?;
+    let redis_url = stack.redis.url();
+    let (first, second) = tokio::try_join!(
+        common::start_edge_unnamed(&redis_url),
+        common::start_edge_unnamed(&redis_url)
+    )?;
+    let reg = register(&stack.http, &first.base).await?;
+    let s = reg.session_id.as_str();
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let (mut old, old_welcome) = connect(&ws_url(&first.base, &reg.token)).await?;
+    kafka::produce(&producer, &stack.topic, &numbered(s, 1..=2)).await?;
+    assert_eq!(seqs(&old.events(2, WAIT).await?), [1, 2]);
+    let epoch = old_welcome["epoch"].as_str().unwrap().to_owned();
+
+    let (mut new, new_welcome) = connect(&resume_url(&second.base, &reg.token, 2, &epoch)).await?;
+    let (old_node, new_node) = (
+        old_welcome["node"].as_str().unwrap(),
+        new_welcome["node"].as_str().unwrap(),
+    );
+    assert_ne!(old_node, new_node, "each edge picked its own id");
+    assert_eq!(
+        old.ending(Duration::from_secs(2)).await,
+        Some(ces_systest::client::Ending::Closed(4009)),
+        "the older socket is closed as taken over"
+    );
+    assert_eq!(
+        new.next_json(Duration::from_secs(5))
+            .await?
+            .expect("resumed"),
+        json!({"type":"resumed","ok":true,"replayed":0})
+    );
+    kafka::produce(&producer, &stack.topic, &numbered(s, 3..=4)).await?;
+    assert_eq!(
+        seqs(&new.events(2, WAIT).await?),
+        [3, 4],
+        "the newer socket stays open and gets the rest"
+    );
+    new.close().await;
+    first.stop().await?;
+    second.stop().await?;
+    stack.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_session_closes_it_on_every_edge_and_refuses_it_after() -> anyhow::Result<()> {
     let stack = Stack::start(1, &[]).await?;

@@ -72,8 +72,19 @@ impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ces_runtime::Error> {
         let mut v = Vars::new(source);
         let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
-        let default_node = format!("edge-{}", std::process::id());
-        let node_id = v.string("CES_NODE_ID", &default_node);
+        // Unique by default: every replica of a container image has the same pid, and nodes sharing an id share a
+        // control channel (missed takeovers, a newer socket closed instead of the older).
+        let node_id = match v.optional("CES_NODE_ID") {
+            Some(id) => id,
+            None => {
+                let host = v.optional("HOSTNAME").or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                });
+                default_node_id(host.as_deref(), rand::random())
+            }
+        };
         // Either one secret, or several keys with ids for rotation (the first signs, all verify).
         let secret = v.optional("CES_TOKEN_SECRET");
         let key_spec = v.optional("CES_TOKEN_KEYS");
@@ -202,6 +213,25 @@ impl Config {
     }
 }
 
+/// The node id when `CES_NODE_ID` is not set: the host name (a Kubernetes pod's name) made safe for a node id,
+/// and a random suffix, so two processes on one host (or two containers from one image) never share an id.
+pub fn default_node_id(host: Option<&str>, suffix: u32) -> String {
+    let host: String = host
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    let host = if host.is_empty() { "edge" } else { &host };
+    format!("{host}-{suffix:08x}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -211,6 +241,8 @@ mod tests {
     fn src(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
         pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
     }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
     fn secret_is_required_and_must_be_long_enough() {
@@ -236,6 +268,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn the_default_node_id_is_the_host_and_a_random_suffix() {
+        assert_eq!(
+            default_node_id(Some("ces-edge-7d9f-x2"), 0xab),
+            "ces-edge-7d9f-x2-000000ab"
+        );
+        assert_eq!(default_node_id(Some("a b/c\u{e9}"), 1), "a-b-c--00000001");
+        assert_eq!(default_node_id(None, 0xffff_ffff), "edge-ffffffff");
+        assert_eq!(default_node_id(Some(""), 2), "edge-00000002");
+        let long = "h".repeat(300);
+        let id = default_node_id(Some(&long), 3);
+        assert_eq!(id.len(), 109);
+        assert!(ces_protocol::keys::validate_session_id(&id).is_ok(), "{id}");
+
+        let with_host = |host: &str| {
+            Config::from_source(&src(&[("CES_TOKEN_SECRET", SECRET), ("HOSTNAME", host)]))
+                .unwrap()
+                .node_id
+        };
+        let (a, b) = (with_host("pod-1"), with_host("pod-1"));
+        assert!(
+            a.starts_with("pod-1-") && b.starts_with("pod-1-"),
+            "{a} {b}"
+        );
+        assert_ne!(a, b, "two replicas on one host get their own ids");
+        let set = Config::from_source(&src(&[
+            ("CES_TOKEN_SECRET", SECRET),
+            ("CES_NODE_ID", "edge-a"),
+        ]))
+        .unwrap();
+        assert_eq!(set.node_id, "edge-a", "an explicit id wins");
     }
 
     #[test]

@@ -84,7 +84,19 @@ pub async fn start_edge(
 ) -> anyhow::Result<Service> {
     let mut env = edge_env(redis_url, node);
     env.extend(extra.iter().cloned());
-    let config = ces_edge::Config::from_source(&env)?;
+    start_edge_with(&env).await
+}
+
+/// Starts an edge node against `redis_url` with no `CES_NODE_ID`, so it picks its own id as a deployment's
+/// replicas do.
+pub async fn start_edge_unnamed(redis_url: &str) -> anyhow::Result<Service> {
+    let mut env = edge_env(redis_url, "unused");
+    env.remove("CES_NODE_ID");
+    start_edge_with(&env).await
+}
+
+async fn start_edge_with(env: &HashMap<&'static str, String>) -> anyhow::Result<Service> {
+    let config = ces_edge::Config::from_source(env)?;
     spawn_service(|listener, stopped| {
         ces_edge::run(config, listener, async move {
             let _ = stopped.await;
