@@ -362,9 +362,18 @@ async fn dispatch_task(
         let msg = match messages.recv().await {
             Ok(msg) => msg,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // Lost messages leave a seq gap the client sees; it resumes from the reconnection buffer.
+                // The dropped messages are in their sessions' buffers, but which sessions they were for is
+                // unknown: every local socket compares its position with its buffer now, instead of waiting for
+                // its session's next event to reveal the gap.
                 metrics::counter!(m::SUBSCRIBER_LAGGED).increment(missed);
-                warn!(missed, "pub/sub reader lagged; messages dropped");
+                warn!(
+                    missed,
+                    "pub/sub reader lagged; messages dropped; every local socket catches up from its buffer"
+                );
+                match hub.upgrade() {
+                    Some(hub) => hub.resync_all(),
+                    None => break,
+                }
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => break,
@@ -664,6 +673,30 @@ mod tests {
             let got = frames.try_recv().expect("a resync request");
             assert!(got.resync);
             assert!(frames.try_recv().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_reader_makes_every_local_socket_catch_up() {
+        let (hub, _rx) = hub(8, 1 << 20);
+        let (mut a, mut b) = (hub.attach("s1"), hub.attach("s2"));
+        // Room for one message: the reader finds the first two dropped.
+        let (tx, rx) = broadcast::channel(1);
+        for _ in 0..3 {
+            tx.send(PubsubMessage {
+                channel: ces_protocol::keys::channel("gone").into(),
+                value: Value::String("not an envelope".into()),
+                kind: fred::types::MessageKind::Message,
+                server: fred::types::config::Server::new("127.0.0.1", 6379),
+            })
+            .expect("a receiver");
+        }
+        drop(tx);
+        dispatch_task(Arc::downgrade(&hub), rx, "ces:node:n".into()).await;
+        for attachment in [&mut a, &mut b] {
+            let resync = attachment.frames.try_recv().expect("a catch-up request");
+            assert!(resync.resync);
+            assert!(attachment.frames.try_recv().is_none(), "one request each");
         }
     }
 
