@@ -6,11 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use ces_systest::kafka::{self, Record};
+use ces_systest::kafka;
 use ces_systest::{Broker, Metrics, Redis, unique};
-use common::{event_json, start_edge};
+use common::start_edge;
 use fred::interfaces::{ClientLike as _, HashesInterface as _, StreamsInterface as _};
-use serde_json::json;
 
 const SESSIONS: usize = 20;
 const ROUNDS: u64 = 80;
@@ -44,20 +43,7 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
 
     // A paced stream: 16 s in all, Redis down from 2 s to 12 s.
     let producer = kafka::producer(&broker.bootstrap())?;
-    let stream = {
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            for n in 1..=ROUNDS {
-                let records: Vec<Record> = sessions
-                    .iter()
-                    .map(|s| Record::keyed(s, event_json(s, "t", json!({ "n": n }))))
-                    .collect();
-                kafka::produce(&producer, &topic, &records).await?;
-                tokio::time::sleep(ROUND_EVERY).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let stream = common::paced_stream(producer, topic.clone(), sessions, ROUNDS, ROUND_EVERY);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = ingest.rss_bytes()?;
     redis.stop().await?;

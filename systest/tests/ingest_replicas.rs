@@ -6,10 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use ces_systest::kafka::{self, Record};
+use ces_systest::kafka;
 use ces_systest::{Broker, Metrics, Redis, unique};
-use common::{event_json, start_edge};
-use serde_json::json;
+use common::start_edge;
 
 const SESSIONS: usize = 24;
 const ROUNDS: u64 = 60;
@@ -41,20 +40,7 @@ async fn a_replica_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::R
     let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();
 
     let producer = kafka::producer(&broker.bootstrap())?;
-    let stream = {
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            for n in 1..=ROUNDS {
-                let records: Vec<Record> = sessions
-                    .iter()
-                    .map(|s| Record::keyed(s, event_json(s, "t", json!({ "n": n }))))
-                    .collect();
-                kafka::produce(&producer, &topic, &records).await?;
-                tokio::time::sleep(ROUND_EVERY).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let stream = common::paced_stream(producer, topic.clone(), sessions, ROUNDS, ROUND_EVERY);
     // Mid-stream, once every replica has published something: each owns partitions.
     for replica in &replicas {
         let mut published = 0.0;

@@ -6,10 +6,9 @@ mod common;
 use std::time::Duration;
 
 use ces_systest::client::{WsClient, register, ws_url};
-use ces_systest::kafka::{self, Record};
+use ces_systest::kafka;
 use ces_systest::unique;
-use common::{Stack, event_json};
-use serde_json::json;
+use common::Stack;
 
 const SESSIONS: usize = 40;
 const ROUNDS: u64 = 20;
@@ -31,13 +30,10 @@ async fn a_replica_joining_and_leaving_loses_and_duplicates_nothing() -> anyhow:
     }
 
     let producer = kafka::producer(&stack.broker.bootstrap())?;
+    let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();
     let mut second = None;
     for n in 1..=ROUNDS {
-        let round: Vec<Record> = clients
-            .iter()
-            .map(|(s, _)| Record::keyed(s, event_json(s, "t", json!({ "n": n }))))
-            .collect();
-        kafka::produce(&producer, &stack.topic, &round).await?;
+        kafka::produce(&producer, &stack.topic, &common::round(&sessions, n)).await?;
         if n == 5 {
             second = Some(stack.start_ingest(&env).await?);
             // Wait until the group really has both replicas.

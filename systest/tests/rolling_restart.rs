@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ces_systest::client::register;
-use ces_systest::kafka::{self, Record};
-use common::{LiveEdges, Stack, event_json, follow, start_edge};
-use serde_json::json;
+use ces_systest::kafka;
+use common::{LiveEdges, Stack, follow, start_edge};
 
 const SESSIONS: usize = 200;
 const ROUNDS: u64 = 30;
@@ -51,22 +50,13 @@ async fn rolling_restart_of_both_edges_loses_and_duplicates_nothing() -> anyhow:
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let stream = {
-        let producer = kafka::producer(&stack.broker.bootstrap())?;
-        let topic = stack.topic.clone();
-        let sessions = sessions.clone();
-        tokio::spawn(async move {
-            for n in 1..=ROUNDS {
-                let round: Vec<Record> = sessions
-                    .iter()
-                    .map(|s| Record::keyed(s, event_json(s, "t", json!({ "n": n }))))
-                    .collect();
-                kafka::produce(&producer, &topic, &round).await?;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let stream = common::paced_stream(
+        kafka::producer(&stack.broker.bootstrap())?,
+        stack.topic.clone(),
+        sessions.clone(),
+        ROUNDS,
+        Duration::from_millis(200),
+    );
 
     // Roll: drain and stop one edge (the load balancer takes it out when /readyz fails), start its replacement,
     // then the same for the other.

@@ -201,6 +201,32 @@ pub fn event_json(session: &str, event_type: &str, data: serde_json::Value) -> V
     .unwrap()
 }
 
+/// Round `n` of a numbered stream: one event per session, keyed by the session, with data `{"n": n}`.
+pub fn round(sessions: &[String], n: u64) -> Vec<kafka::Record> {
+    sessions
+        .iter()
+        .map(|s| kafka::Record::keyed(s, event_json(s, "t", serde_json::json!({ "n": n }))))
+        .collect()
+}
+
+/// Produces rounds 1..=`rounds` ([`round`]) to `topic`, one every `every`, in a task of its own: the test does
+/// something to the stack meanwhile, then awaits the task. Clients check the stream with [`assert_numbered`].
+pub fn paced_stream(
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    sessions: Vec<String>,
+    rounds: u64,
+    every: std::time::Duration,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        for n in 1..=rounds {
+            kafka::produce(&producer, &topic, &round(&sessions, n)).await?;
+            tokio::time::sleep(every).await;
+        }
+        Ok(())
+    })
+}
+
 /// An edge node on a runtime of its own, so it can be killed like a process: every task (listener, sockets,
 /// Redis clients) is dropped at once and clients see their connections end without a close frame.
 pub struct IsolatedEdge {
