@@ -112,7 +112,7 @@ impl fmt::Display for CloseCode {
     }
 }
 
-/// A message on a node's control channel (`ces:node:<node>`, [`crate::keys::node_channel`]).
+/// A message on a node's control channel (`ces:node:{<node>}`, [`crate::keys::node_channel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeControl<'a> {
     /// Close connection `conn_id` of `session` with `code`, if the node still has it. Text form:

@@ -71,6 +71,9 @@ pub enum ServerFrame {
         /// The exact range that is gone.
         #[serde(skip_serializing_if = "Option::is_none")]
         lost: Option<Lost>,
+        /// With `epoch_changed`: the new epoch, which the events that follow belong to (resume with it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Answer to a client `ping`.
     Pong,
@@ -206,6 +209,7 @@ mod tests {
             replayed: 3,
             reason: None,
             lost: None,
+            epoch: None,
         }
         .to_json();
         assert_eq!(ok, r#"{"type":"resumed","ok":true,"replayed":3}"#);
@@ -217,11 +221,24 @@ mod tests {
                 from: 3,
                 to: Some(7),
             }),
+            epoch: None,
         }
         .to_json();
         assert_eq!(
             lost,
             r#"{"type":"resumed","ok":false,"replayed":2,"reason":"buffer_overflow","lost":{"from":3,"to":7}}"#
+        );
+        let changed = ServerFrame::Resumed {
+            ok: false,
+            replayed: 0,
+            reason: Some("epoch_changed".into()),
+            lost: Some(Lost { from: 42, to: None }),
+            epoch: Some("e2".into()),
+        }
+        .to_json();
+        assert_eq!(
+            changed,
+            r#"{"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":42,"to":null},"epoch":"e2"}"#
         );
     }
 

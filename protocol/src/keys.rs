@@ -118,9 +118,10 @@ impl SessionKeys {
     }
 }
 
-/// Pub/Sub channel on which edge node `node` takes control messages (close a connection it holds).
+/// Sharded Pub/Sub channel on which edge node `node` takes control messages (close a connection it holds). The
+/// node id is its hash tag, so on a Redis Cluster the channel lives on one shard like a session's.
 pub fn node_channel(node: &str) -> String {
-    format!("ces:node:{node}")
+    format!("ces:node:{{{node}}}")
 }
 
 /// Sorted set of registered sessions scored by expiry (ms), for the session cap.

@@ -1,5 +1,5 @@
 #!lua name=ces
--- CES's Redis functions: publishing an event (seq, buffer, dedup, Pub/Sub in one atomic step), resuming a
+-- CES's Redis functions: publishing an event (seq, buffer, dedup, sharded Pub/Sub in one atomic step), resuming a
 -- session from its buffer, and session state (claim, release, touch, close, admission). Loaded by both services
 -- as `ces_runtime::redis::LIBRARY`; its contract is documented there.
 
@@ -13,15 +13,56 @@ local function varint(n)
   return table.concat(out)
 end
 
--- A session without state starts a new epoch. A buffer left from a lost state (meta evicted under memory
--- pressure) belongs to the old epoch and goes with it: its entries would otherwise be replayed as the new
--- epoch's, and its ids would block the new epoch's numbering.
-local function ensure_epoch(meta, buf, candidate)
-  local epoch = redis.call('HGET', meta, 'epoch')
+-- The run id of this Redis process, read once per process: it changes with every start (a restart, a restore
+-- from a snapshot) and differs on a promoted replica, which is exactly when a session's state may have gone back.
+local this_run = nil
+local function run_id()
+  if not this_run then
+    this_run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  end
+  return this_run
+end
+
+-- Whether this process's data set holds every write acknowledged before it started, as far as Redis shows it:
+-- it loaded an append-only file (`aof_enabled:1`), and it was never a replica promoted to primary (an empty
+-- `master_replid2`). Read once per process, like the run id.
+local this_kept = nil
+local function restart_kept_writes()
+  if this_kept == nil then
+    local persistence = redis.call('INFO', 'persistence')
+    local replication = redis.call('INFO', 'replication')
+    this_kept = string.find(persistence, 'aof_enabled:1', 1, true) ~= nil
+      and string.find(replication, 'master_replid2:' .. string.rep('0', 40), 1, true) ~= nil
+  end
+  return this_kept
+end
+
+-- An epoch is valid on the Redis process that started it (`run`). State written by another process (the
+-- primary before a failover, this node before a restart) may have lost its newest writes to asynchronous
+-- replication or an older snapshot, and continuing its numbering would hand out a `seq` a client already saw
+-- for another event: such a session starts a new epoch, which clients are told about (`epoch_changed`). The
+-- one exception is `durable` ('1', CES_REDIS_DURABLE_RESTARTS: the operator runs Redis with `appendfsync
+-- always` and no failover) on a process that loaded an append-only file and was never promoted.
+local function epoch_valid(epoch, run, durable)
   if not epoch then
+    return false
+  end
+  return run == run_id() or (durable == '1' and restart_kept_writes())
+end
+
+-- A session without a valid epoch starts a new one. A buffer left from a lost state (meta evicted under memory
+-- pressure, or an epoch of another Redis process) belongs to the old epoch and goes with it: its entries would
+-- otherwise be replayed as the new epoch's, and its ids would block the new epoch's numbering.
+local function ensure_epoch(meta, buf, candidate, durable)
+  local state = redis.call('HMGET', meta, 'epoch', 'run')
+  local epoch = state[1]
+  if not epoch_valid(epoch, state[2], durable) then
     epoch = candidate
     redis.call('DEL', buf)
-    redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'evicted', 0)
+    redis.call('HSET', meta, 'epoch', epoch, 'run', run_id(), 'seq', 0, 'evicted', 0)
+    redis.call('HDEL', meta, 'evicted_reason', 'due')
+  elseif state[2] ~= run_id() then
+    redis.call('HSET', meta, 'run', run_id())
   end
   return epoch
 end
@@ -82,16 +123,20 @@ redis.register_function('ces_publish', function(keys, args)
   if args[9] and args[9] ~= '' and not redis.call('ZSCORE', ids, args[9]) then
     return redis.error_reply('CESORDER the previous event of this session in the batch is not published yet')
   end
-  local state = redis.call('HMGET', meta, 'epoch', 'seq', 'evicted', 'due')
+  local state = redis.call('HMGET', meta, 'epoch', 'seq', 'evicted', 'due', 'run')
   local epoch, seq, evicted, due = state[1], 0, 0, 0
   local update = {}
-  if epoch then
+  if epoch_valid(epoch, state[5], args[10]) then
     seq, evicted, due = tonumber(state[2] or '0'), tonumber(state[3] or '0'), tonumber(state[4] or '0')
+    if state[5] ~= run_id() then
+      update = { 'run', run_id() }
+    end
   else
-    -- A session without state starts a new epoch (see ensure_epoch).
+    -- A session without a valid epoch starts a new one (see ensure_epoch).
     epoch = args[8]
     redis.call('DEL', buf)
-    update = { 'epoch', epoch, 'evicted', 0 }
+    redis.call('HDEL', meta, 'evicted_reason')
+    update = { 'epoch', epoch, 'run', run_id(), 'evicted', 0 }
   end
   seq = seq + 1
   local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
@@ -125,7 +170,7 @@ redis.register_function('ces_publish', function(keys, args)
   if upkept then
     redis.call('PEXPIRE', meta, ttl + gate)
   end
-  redis.call('PUBLISH', ch, env)
+  redis.call('SPUBLISH', ch, env)
   return seq
 end)
 
@@ -195,7 +240,7 @@ end)
 
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
-  local epoch = ensure_epoch(meta, buf, args[2])
+  local epoch = ensure_epoch(meta, buf, args[2], args[4])
   -- A session that is read is alive: its numbering must not expire under a connected client. Never shortened:
   -- ces_publish sets a TTL up to its upkeep interval longer, and that one counts from the last event.
   if redis.call('PTTL', meta) < tonumber(args[3]) then

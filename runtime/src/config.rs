@@ -232,12 +232,18 @@ impl<'a> Vars<'a> {
 /// Settings every service reads: where Redis is and how to log.
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// Redis URL (`redis://` or `rediss://` for TLS, `[user:password@]host:port[/db]`). It may hold a password:
+    /// Redis URL (`redis://` or `rediss://` for TLS, `[user:password@]host:port[/db]`; for Redis Cluster
+    /// `redis-cluster://` or `rediss-cluster://`, `[user:password@]host:port?node=host:port&node=...` naming
+    /// several seed nodes). It may hold a password:
     /// print [`Common::redis_url_redacted`] instead.
     pub redis_url: String,
     /// TLS to Redis trusting only this CA (`CES_REDIS_TLS_CA_FILE`); `rediss://` without it trusts the system's
     /// roots.
     pub redis_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `CES_REDIS_DURABLE_RESTARTS`: the operator states that Redis runs with `appendonly yes` and `appendfsync
+    /// always` and never fails over to a replica, so a restart keeps every acknowledged write and sessions keep
+    /// their epoch across it. Off (the default), any restart or failover starts new epochs (docs/scaling.md).
+    pub redis_durable_restarts: bool,
     /// Log filter in `RUST_LOG` syntax.
     pub log: String,
     /// Log line format.
@@ -249,18 +255,35 @@ impl Common {
     pub fn read(v: &mut Vars<'_>) -> Self {
         let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
         let ca_file = v.optional("CES_REDIS_TLS_CA_FILE");
+        let redis_durable_restarts = v.parse("CES_REDIS_DURABLE_RESTARTS", false);
         let log = v.string("CES_LOG", "info");
         let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
         let shown = redact_url(&redis_url);
-        let tls = redis_url.starts_with("rediss://");
-        v.check(tls || redis_url.starts_with("redis://"), || {
-            format!("CES_REDIS_URL={shown:?} must start with redis:// or rediss:// (TLS)")
+        let tls = ["rediss://", "rediss-cluster://"]
+            .iter()
+            .any(|s| redis_url.starts_with(s));
+        let plain = ["redis://", "redis-cluster://"]
+            .iter()
+            .any(|s| redis_url.starts_with(s));
+        v.check(tls || plain, || {
+            format!(
+                "CES_REDIS_URL={shown:?} must start with redis://, rediss:// (TLS), redis-cluster:// or \
+                 rediss-cluster:// (Redis Cluster)"
+            )
         });
+        if tls || plain {
+            // Host, port and the cluster seeds are checked here, not at the first connection attempt.
+            v.check(
+                fred::types::config::Config::from_url(&redis_url).is_ok(),
+                || format!("CES_REDIS_URL={shown:?} is not a valid Redis URL"),
+            );
+        }
         let redis_tls = match &ca_file {
             None => None,
             Some(_) if !tls => {
                 v.check(false, || {
-                    "CES_REDIS_TLS_CA_FILE is set but CES_REDIS_URL is not rediss://".into()
+                    "CES_REDIS_TLS_CA_FILE is set but CES_REDIS_URL is not rediss:// or rediss-cluster://"
+                        .into()
                 });
                 None
             }
@@ -275,6 +298,7 @@ impl Common {
         Self {
             redis_url,
             redis_tls,
+            redis_durable_restarts,
             log,
             log_format,
         }
@@ -296,7 +320,7 @@ fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
         Some(at) => {
             let user = rest[..at].split_once(':').map_or("", |(user, _)| user);
@@ -338,6 +362,43 @@ mod tests {
         let _ = Common::read(&mut vars);
         let err = vars.finish().unwrap_err().to_string();
         assert!(err.contains("not rediss://"), "{err}");
+    }
+
+    #[test]
+    fn cluster_urls_are_accepted_with_every_seed_and_anything_else_is_refused() {
+        for url in [
+            "redis://r:6379",
+            "rediss://u:p@r:6380/0",
+            "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002&node=127.0.0.1:7003",
+            "rediss-cluster://u:p@r1:7001?node=r2:7001",
+        ] {
+            let src = source(&[("CES_REDIS_URL", url)]);
+            let mut vars = Vars::new(&src);
+            let common = Common::read(&mut vars);
+            vars.finish().unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(common.redis_url, url);
+        }
+        let config = fred::types::config::Config::from_url(
+            "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002&node=127.0.0.1:7003",
+        )
+        .unwrap();
+        assert!(config.server.is_clustered());
+        assert_eq!(config.server.hosts().len(), 3);
+        assert_eq!(
+            redact_url("redis-cluster://u:s3cret@r1:7001?node=r2:7001"),
+            "redis-cluster://u:***@r1:7001?node=r2:7001"
+        );
+        for bad in [
+            "http://r:6379",
+            "redis-sentinel://r:26379",
+            "redis-cluster://",
+            "redis://r:notaport",
+        ] {
+            let src = source(&[("CES_REDIS_URL", bad)]);
+            let mut vars = Vars::new(&src);
+            let _ = Common::read(&mut vars);
+            assert!(vars.finish().is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

@@ -87,18 +87,25 @@ where
 /// answers "Function not found" (a restart without persistence, `FUNCTION FLUSH`); loading is idempotent.
 ///
 /// - `ces_publish(meta, buffer, ids, channel; envelope, event_id, now_ms, max_events, max_age_ms, dedup_ms,
-///   state_ttl_ms, epoch_candidate[, after_id])`: drops the event if its id was seen within the dedup window
+///   state_ttl_ms, epoch_candidate, after_id, durable)`: drops the event if its id was seen within the dedup window
 ///   (returns 0); refuses it with `CESORDER` if `after_id` is given and not among the session's event ids (the
 ///   session's previous event in the same pipeline failed, so this one must wait for it); otherwise assigns the
 ///   next `seq`, appends `seq` and the epoch to the envelope, adds it to the buffer trimmed by count, publishes
-///   it, and returns the `seq`. All in one atomic step, so `seq`, buffer and channel always agree; the checks
+///   it with `SPUBLISH` on the session's shard channel, and returns the `seq`. All in one atomic step, so `seq`, buffer and channel always agree; the checks
 ///   and the buffer append come before `seq` is stored, so a failing call leaves no gap in `seq`. The session's
 ///   upkeep (trimming the buffer by age, forgetting ids past the window, refreshing TTLs) runs at most every
 ///   `min(1 s, smallest limit / 4)` per session, with TTLs that much longer than the limits: six commands per
 ///   event instead of thirteen. The highest evicted `seq` and why are remembered either way.
-/// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms)`: returns `[epoch, last_seq,
+/// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms, durable)`: returns `[epoch, last_seq,
 ///   evicted_upto, evicted_reason, envelope...]` for every buffered event after `after_seq`, creating the epoch
 ///   if the session has none yet.
+///
+/// An epoch belongs to the Redis process that started it (its `run_id`, stored as `run` in the session's meta):
+/// the first call after a restart, a restore from a snapshot or a replica's promotion finds another process's
+/// epoch, whose newest writes may be gone, and starts a new one instead of reusing `seq`s (docs/scaling.md).
+/// With `durable` = "1" (`CES_REDIS_DURABLE_RESTARTS`) an epoch survives a restart of a process that loaded an
+/// append-only file and was never a promoted replica. The library reads `INFO server`, `INFO persistence` and
+/// `INFO replication` once per Redis process, so an ACL user running it needs `+info`.
 ///
 /// The varint encoder mirrors `ces_protocol::envelope::append_trailer`; Lua numbers are doubles, exact up to 2^53.
 pub const LIBRARY: &str = include_str!("ces.lua");
@@ -119,11 +126,13 @@ pub const TOUCH_FUNCTION: &str = "ces_touch";
 /// Name of the resume function in [`LIBRARY`].
 pub const RESUME_FUNCTION: &str = "ces_resume";
 
-/// (Re)loads [`LIBRARY`].
+/// (Re)loads [`LIBRARY`] on every primary: on a single Redis that is the one node; on a Redis Cluster each
+/// primary holds its own copy, so a primary that lacks it (promoted, added, restarted empty) is covered by the
+/// same call, which callers repeat whenever a publish answers "Function not found".
 pub async fn load_library<C: fred::interfaces::FunctionInterface + Sync>(
     client: &C,
 ) -> Result<(), fred::error::Error> {
-    let _: String = client.function_load(true, LIBRARY).await?;
+    let _: String = client.function_load_cluster(true, LIBRARY).await?;
     Ok(())
 }
 

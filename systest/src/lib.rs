@@ -6,7 +6,7 @@
 //! broker and keep apart by unique topic and group names; a test that stops the broker starts its own.
 //!
 //! # Layout
-//! - [`Redis`], [`Broker`]: the server fixtures.
+//! - [`Redis`], [`Broker`], [`cluster::RedisCluster`]: the server fixtures.
 //! - [`Process`]: a CES service binary run as a child process (for RSS, signals, and kills).
 //! - [`Metrics`]: a scraped Prometheus `/metrics` page.
 //! - [`kafka`]: topic creation, producing, and reading a topic to its end.
@@ -14,6 +14,7 @@
 //! - [`tls`]: a throwaway CA and server certificate, and clients that trust it.
 
 pub mod client;
+pub mod cluster;
 pub mod kafka;
 pub mod tls;
 
@@ -159,6 +160,8 @@ impl Secured {
             "&ces:*",
             "+@all",
             "-@dangerous",
+            // The function library reads INFO once per Redis process (which process holds an epoch).
+            "+info",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -283,6 +286,34 @@ impl Redis {
         Ok(child)
     }
 
+    /// Writes a snapshot of the data set now (`SAVE`) and keeps a copy of it, for [`restore`](Self::restore).
+    pub async fn snapshot(&self) -> anyhow::Result<PathBuf> {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).await?;
+        s.write_all(b"SAVE\r\n").await?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await?;
+        ensure_reply(&buf, b"+OK\r\n")?;
+        let copy = self
+            .dir
+            .path()
+            .join(format!("snapshot-{}.rdb", unique("at")));
+        std::fs::copy(self.dir.path().join("dump.rdb"), &copy)?;
+        Ok(copy)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again from `snapshot`, an older copy of its data: what a restore
+    /// from a backup, or a restart from a snapshot older than the last writes, does. Only for a server without
+    /// an append-only file ([`Redis::start`]), which loads its snapshot at start.
+    pub async fn restore(&mut self, snapshot: &std::path::Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.persistent,
+            "a persistent server loads its append-only file, not a snapshot"
+        );
+        self.stop().await?;
+        std::fs::copy(snapshot, self.dir.path().join("dump.rdb"))?;
+        self.start_again().await
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -297,6 +328,16 @@ impl Redis {
             )
         })
     }
+}
+
+fn ensure_reply(got: &[u8], want: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        got == want,
+        "redis answered {:?}, expected {:?}",
+        String::from_utf8_lossy(got),
+        String::from_utf8_lossy(want)
+    );
+    Ok(())
 }
 
 async fn ping(port: u16) -> bool {

@@ -33,10 +33,18 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
             ("CES_BREAKER_FAILURES", "3".into()),
             ("CES_BREAKER_OPEN_MS", "500".into()),
             ("CES_BREAKER_OPEN_MAX_MS", "2000".into()),
+            // Redis writes every command to its append-only file before answering: a restart keeps every
+            // session's epoch (tests/redis_restore.rs covers a restart that does not).
+            ("CES_REDIS_DURABLE_RESTARTS", "true".into()),
         ],
     )
     .await?;
-    let edge = start_edge(&redis.url(), "edge-a", &[]).await?;
+    let edge = start_edge(
+        &redis.url(),
+        "edge-a",
+        &[("CES_REDIS_DURABLE_RESTARTS", "true".into())],
+    )
+    .await?;
     let mut clients =
         common::connect_sessions(&reqwest::Client::new(), &edge.base, SESSIONS).await?;
     let sessions: Vec<String> = clients.iter().map(|(s, _)| s.clone()).collect();

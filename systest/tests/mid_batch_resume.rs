@@ -45,10 +45,18 @@ async fn pausing_inside_record_batches_loses_and_duplicates_nothing() -> anyhow:
             ("CES_BREAKER_FAILURES", "2".into()),
             ("CES_BREAKER_OPEN_MS", "300".into()),
             ("CES_BREAKER_OPEN_MAX_MS", "1000".into()),
+            // Redis writes every command to its append-only file before answering: a restart keeps every
+            // session's epoch.
+            ("CES_REDIS_DURABLE_RESTARTS", "true".into()),
         ],
     )
     .await?;
-    let edge = start_edge(&redis.url(), "edge-a", &[]).await?;
+    let edge = start_edge(
+        &redis.url(),
+        "edge-a",
+        &[("CES_REDIS_DURABLE_RESTARTS", "true".into())],
+    )
+    .await?;
     // Session i is produced to partition i % PARTITIONS.
     let mut clients = common::connect_sessions(
         &reqwest::Client::new(),

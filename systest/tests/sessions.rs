@@ -272,7 +272,7 @@ async fn redis_restarted_without_persistence_is_an_epoch_change() -> anyhow::Res
         .expect("resumed");
     assert_eq!(
         resumed,
-        json!({"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null}})
+        json!({"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null},"epoch":new_epoch})
     );
     // The client continues with new events, numbered from 1 in the new epoch.
     kafka::produce(&producer, &stack.topic, &numbered(s, 4..=5)).await?;
@@ -430,7 +430,8 @@ async fn a_live_gap_is_filled_from_the_buffer_and_an_epoch_change_is_announced()
     let reg = register(&stack.http, edge).await?;
     let s = reg.session_id.as_str();
     let producer = kafka::producer(&stack.broker.bootstrap())?;
-    let (mut ws, _) = connect(&ws_url(edge, &reg.token)).await?;
+    let (mut ws, welcome) = connect(&ws_url(edge, &reg.token)).await?;
+    let old_epoch = welcome["epoch"].as_str().unwrap().to_owned();
     kafka::produce(&producer, &stack.topic, &numbered(s, 1..=1)).await?;
     assert_eq!(seqs(&ws.events(1, WAIT).await?), [1]);
 
@@ -459,7 +460,12 @@ async fn a_live_gap_is_filled_from_the_buffer_and_an_epoch_change_is_announced()
     // Redis loses everything while the socket stays open. As soon as the edge's Pub/Sub connection is back it
     // compares every socket with its buffer: the epoch change is announced in-band before any new event.
     stack.redis.restart().await?;
-    let resumed = ws.next_json(WAIT).await?.expect("resumed");
+    let mut resumed = ws.next_json(WAIT).await?.expect("resumed");
+    let epoch = resumed
+        .as_object_mut()
+        .and_then(|f| f.remove("epoch"))
+        .expect("the notice names the new epoch");
+    assert_ne!(epoch.as_str(), Some(old_epoch.as_str()));
     assert_eq!(
         resumed,
         json!({"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null}})

@@ -207,7 +207,10 @@ pub async fn websocket(
     let params = Box::new(SocketParams {
         position,
         store: state.redis.clone(),
-        state_ttl: state.config.state_ttl,
+        state: crate::resume::StateTerms {
+            ttl: state.config.state_ttl,
+            durable_restarts: state.config.common.redis_durable_restarts,
+        },
         session_ttl: state.config.session_ttl,
         session: verified.session_id,
         node_id: state.config.node_id.clone(),
@@ -347,10 +350,13 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: Redis answers and the node is not draining.
+/// `GET /readyz`: the node is not draining, its subscriptions are in place, and Redis answers.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if !state.hub.receiving() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not receiving");
     }
     // Bounded well below the load balancer's check interval, whatever the command timeout is.
     match tokio::time::timeout(Duration::from_secs(1), state.redis.ping::<String>(None)).await {

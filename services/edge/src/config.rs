@@ -25,6 +25,9 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Bytes queued per connection before it counts as a slow consumer and is closed with 4008.
     pub queue_bytes: usize,
+    /// Bytes of Pub/Sub messages read from Redis and not yet dispatched to sockets; past it messages are dropped
+    /// and every local socket catches up from its buffer.
+    pub pubsub_buffer_bytes: usize,
     /// WebSocket handshakes (token check, session claim, buffer read) in progress at once; more wait.
     pub max_pending_handshakes: usize,
     /// How long a handshake waits for one of those slots before it is refused with 503 `overloaded`.
@@ -93,6 +96,8 @@ impl Config {
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
         let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
         let queue_bytes = v.bounded("CES_WS_QUEUE_BYTES", 4 << 20, 1024, 1 << 30) as usize;
+        let pubsub_buffer_bytes =
+            v.bounded("CES_PUBSUB_BUFFER_BYTES", 64 << 20, 1 << 16, 1 << 32) as usize;
         let max_pending_handshakes =
             v.bounded("CES_WS_MAX_PENDING_HANDSHAKES", 512, 1, 1_000_000) as usize;
         let admission_wait = v.millis("CES_WS_ADMISSION_WAIT_MS", 2000, 0, 60_000);
@@ -189,6 +194,7 @@ impl Config {
             max_missed_pongs,
             queue_capacity,
             queue_bytes,
+            pubsub_buffer_bytes,
             max_pending_handshakes,
             admission_wait,
             register_auth,

@@ -14,17 +14,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use ces_protocol::close::{CloseCode, NodeControl};
 use fred::clients::SubscriberClient;
-use fred::interfaces::{EventInterface, PubsubInterface};
-use fred::types::Message as PubsubMessage;
+use fred::interfaces::EventInterface;
 use fred::types::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::metrics as m;
@@ -118,6 +117,8 @@ pub struct Hub {
     queue_capacity: usize,
     queue_bytes: usize,
     subs: mpsc::UnboundedSender<Request<Ack>>,
+    /// Whether the node's subscriptions are known to be in place (`/readyz`); kept by `pubsub::keep_receiving`.
+    receiving: AtomicBool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -129,18 +130,23 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Most channels per SUBSCRIBE/UNSUBSCRIBE command: bounds one command's size during a reconnect storm.
+/// Most requests per batch of SSUBSCRIBE/SUNSUBSCRIBE commands: bounds one batch's size during a reconnect storm.
 const SUBSCRIBE_BATCH: usize = 512;
 
+/// Most messages read from Redis and not yet dispatched (also bounded in bytes, `CES_PUBSUB_BUFFER_BYTES`).
+const INBOUND_MESSAGES: usize = 65_536;
+
 impl Hub {
-    /// Creates the hub and starts its subscription and dispatch tasks on `subscriber`. The tasks end when the hub
-    /// is dropped (subscription) or the subscriber's message stream closes (dispatch). Each connection's queue
-    /// holds at most `queue_capacity` frames and `queue_bytes` bytes (a single larger frame still fits an empty
-    /// queue).
+    /// Creates the hub and starts its subscription, pump and dispatch tasks on `subscriber`. The tasks end when
+    /// the hub is dropped (subscription) or the subscriber's message stream closes (pump, dispatch). Each
+    /// connection's queue holds at most `queue_capacity` frames and `queue_bytes` bytes (a single larger frame
+    /// still fits an empty queue); messages read from Redis and not yet dispatched at most `inbound_bytes` bytes.
+    /// The node's control channel is subscribed with the first [`resubscribe`](Self::resubscribe).
     pub fn start(
         subscriber: SubscriberClient,
         queue_capacity: usize,
         queue_bytes: usize,
+        inbound_bytes: usize,
         node_id: &str,
     ) -> std::sync::Arc<Self> {
         // Unbounded is safe here: each connection sends at most two requests (subscribe, release), so the queue
@@ -148,11 +154,17 @@ impl Hub {
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
         let hub = std::sync::Arc::new(Self::new(queue_capacity, queue_bytes, subs_tx));
         let messages = subscriber.message_rx();
-        tokio::spawn(subscription_task(subscriber, subs_rx));
         let control = ces_protocol::keys::node_channel(node_id);
-        tokio::spawn(dispatch_task(
+        tokio::spawn(subscription_task(subscriber, subs_rx, control.clone()));
+        let (inbound_tx, inbound_rx) = queue::bounded(INBOUND_MESSAGES, inbound_bytes);
+        tokio::spawn(crate::pubsub::pump(
             std::sync::Arc::downgrade(&hub),
             messages,
+            inbound_tx,
+        ));
+        tokio::spawn(dispatch_task(
+            std::sync::Arc::downgrade(&hub),
+            inbound_rx,
             control,
         ));
         hub
@@ -170,6 +182,7 @@ impl Hub {
             queue_capacity,
             queue_bytes,
             subs,
+            receiving: AtomicBool::new(false),
         }
     }
 
@@ -228,6 +241,28 @@ impl Hub {
             .map_err(|_| "subscription task stopped".to_owned())?
     }
 
+    /// Subscribes the node's control channel and every session a local connection needs again, whatever Redis
+    /// confirmed before (after a reconnect, or when Redis was found to have dropped the node's subscriptions);
+    /// returns once Redis confirmed all of them.
+    pub async fn resubscribe(&self) -> Result<(), String> {
+        let (ack, done) = oneshot::channel();
+        self.subs
+            .send(Request::Resubscribe { waiter: ack })
+            .map_err(|_| "subscription task stopped".to_owned())?;
+        done.await
+            .map_err(|_| "subscription task stopped".to_owned())?
+    }
+
+    /// Whether the node's subscriptions are known to be in place.
+    pub fn receiving(&self) -> bool {
+        self.receiving.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the node's subscriptions are known to be in place.
+    pub(crate) fn set_receiving(&self, receiving: bool) {
+        self.receiving.store(receiving, Ordering::Relaxed);
+    }
+
     /// Releases one [`subscribe`](Self::subscribe); the channel is unsubscribed when no connection needs it.
     pub fn release(&self, session: &str) {
         let _ = self.subs.send(Request::Release {
@@ -284,27 +319,13 @@ impl Hub {
 }
 
 /// The two Pub/Sub commands the subscription task sends: the seam between its loop and fred, so tests can run the
-/// loop against a fake.
-trait Channels: Send + Sync {
-    /// SUBSCRIBE `channels` in one command; `Ok` once Redis confirmed all of them.
+/// loop against a fake. The real one is in [`crate::pubsub`] (sharded, grouped per slot).
+pub(crate) trait Channels: Send + Sync {
+    /// Subscribes `channels`; `Ok` once Redis confirmed all of them.
     fn subscribe(&self, channels: Vec<String>) -> impl Future<Output = Result<(), String>> + Send;
-    /// UNSUBSCRIBE `channels` in one command.
+    /// Unsubscribes `channels`.
     fn unsubscribe(&self, channels: Vec<String>)
     -> impl Future<Output = Result<(), String>> + Send;
-}
-
-impl Channels for SubscriberClient {
-    async fn subscribe(&self, channels: Vec<String>) -> Result<(), String> {
-        PubsubInterface::subscribe(self, channels)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), String> {
-        PubsubInterface::unsubscribe(self, channels)
-            .await
-            .map_err(|e| e.to_string())
-    }
 }
 
 fn channels_of(sessions: &[String]) -> Vec<String> {
@@ -319,14 +340,19 @@ fn channels_of(sessions: &[String]) -> Vec<String> {
 async fn subscription_task(
     channels: impl Channels,
     mut requests: mpsc::UnboundedReceiver<Request<Ack>>,
+    control: String,
 ) {
     let mut table = SubscriptionTable::default();
     let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
     while requests.recv_many(&mut batch, SUBSCRIBE_BATCH).await > 0 {
         let plan = table.plan(batch.drain(..));
         let mut subscribed = Ok(());
-        if !plan.subscribe.is_empty() {
-            match channels.subscribe(channels_of(&plan.subscribe)).await {
+        if !plan.subscribe.is_empty() || plan.resubscribe {
+            let mut names = channels_of(&plan.subscribe);
+            if plan.resubscribe {
+                names.push(control.clone());
+            }
+            match channels.subscribe(names).await {
                 Ok(()) => table.subscribed(&plan.subscribe),
                 Err(e) => {
                     warn!(sessions = plan.subscribe.len(), error = %e, "subscribe failed");
@@ -355,29 +381,10 @@ async fn subscription_task(
 
 async fn dispatch_task(
     hub: std::sync::Weak<Hub>,
-    mut messages: broadcast::Receiver<PubsubMessage>,
+    mut messages: queue::Receiver<crate::pubsub::Inbound>,
     control: String,
 ) {
-    loop {
-        let msg = match messages.recv().await {
-            Ok(msg) => msg,
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // The dropped messages are in their sessions' buffers, but which sessions they were for is
-                // unknown: every local socket compares its position with its buffer now, instead of waiting for
-                // its session's next event to reveal the gap.
-                metrics::counter!(m::SUBSCRIBER_LAGGED).increment(missed);
-                warn!(
-                    missed,
-                    "pub/sub reader lagged; messages dropped; every local socket catches up from its buffer"
-                );
-                match hub.upgrade() {
-                    Some(hub) => hub.resync_all(),
-                    None => break,
-                }
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        };
+    while let Some(crate::pubsub::Inbound(msg)) = messages.recv().await {
         let Some(hub) = hub.upgrade() else { break };
         if *msg.channel == *control {
             handle_control(&hub, &msg.value);
@@ -462,6 +469,8 @@ fn frame_of(payload: Bytes) -> Option<Live> {
 mod tests {
     use std::collections::HashSet;
 
+    use fred::types::Message as PubsubMessage;
+    use tokio::sync::broadcast;
     use tokio::sync::oneshot::error::TryRecvError;
 
     use super::*;
@@ -677,27 +686,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lagging_reader_makes_every_local_socket_catch_up() {
+    async fn messages_the_pump_drops_make_every_local_socket_catch_up_once_it_takes_messages_again()
+    {
         let (hub, _rx) = hub(8, 1 << 20);
         let (mut a, mut b) = (hub.attach("s1"), hub.attach("s2"));
-        // Room for one message: the reader finds the first two dropped.
+        let message = || PubsubMessage {
+            channel: ces_protocol::keys::channel("gone").into(),
+            value: Value::String("not an envelope".into()),
+            kind: fred::types::MessageKind::SMessage,
+            server: fred::types::config::Server::new("127.0.0.1", 6379),
+        };
+        let resyncs = |a: &mut Attachment| {
+            std::iter::from_fn(|| a.frames.try_recv())
+                .filter(|l| l.resync)
+                .count()
+        };
+        // Room for one message in the broadcast channel: of three sent at once, the first two are dropped there.
         let (tx, rx) = broadcast::channel(1);
+        let (inbound, mut out) = queue::bounded(2, 1 << 20);
+        let pump = tokio::spawn(crate::pubsub::pump(Arc::downgrade(&hub), rx, inbound));
         for _ in 0..3 {
-            tx.send(PubsubMessage {
-                channel: ces_protocol::keys::channel("gone").into(),
-                value: Value::String("not an envelope".into()),
-                kind: fred::types::MessageKind::Message,
-                server: fred::types::config::Server::new("127.0.0.1", 6379),
-            })
-            .expect("a receiver");
+            tx.send(message()).expect("a receiver");
         }
+        settle().await;
+        // The third was taken: every socket catches up, once.
+        assert_eq!((resyncs(&mut a), resyncs(&mut b)), (1, 1));
+        // Room for two in the inbound queue: the fourth fits, the fifth and sixth are dropped there.
+        for _ in 0..3 {
+            tx.send(message()).expect("a receiver");
+            settle().await;
+        }
+        assert_eq!(
+            (resyncs(&mut a), resyncs(&mut b)),
+            (0, 0),
+            "nothing taken since the drops"
+        );
+        assert!(out.try_recv().is_some() && out.try_recv().is_some() && out.try_recv().is_none());
+        tx.send(message()).expect("a receiver");
+        settle().await;
+        assert_eq!((resyncs(&mut a), resyncs(&mut b)), (1, 1));
+        assert!(out.try_recv().is_some(), "the message after the drops");
         drop(tx);
-        dispatch_task(Arc::downgrade(&hub), rx, "ces:node:n".into()).await;
-        for attachment in [&mut a, &mut b] {
-            let resync = attachment.frames.try_recv().expect("a catch-up request");
-            assert!(resync.resync);
-            assert!(attachment.frames.try_recv().is_none(), "one request each");
-        }
+        pump.await.unwrap();
     }
 
     #[test]
@@ -776,7 +806,7 @@ mod tests {
     fn hub_with_fake() -> (Arc<Hub>, Arc<Fake>) {
         let (hub, rx) = hub(8, 1 << 20);
         let fake = Arc::new(Fake::default());
-        tokio::spawn(subscription_task(fake.clone(), rx));
+        tokio::spawn(subscription_task(fake.clone(), rx, "ces:node:{n}".into()));
         (hub, fake)
     }
 

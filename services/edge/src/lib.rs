@@ -22,6 +22,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod pubsub;
 pub mod queue;
 pub mod register_auth;
 pub mod resume;
@@ -39,7 +40,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::PubsubInterface;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,10 +51,13 @@ pub use error::Error;
 
 use crate::hub::Hub;
 
-/// Pub/Sub messages buffered between the subscriber connection and the dispatch task. The dispatch task only
-/// decodes and `try_send`s, so this absorbs bursts of tens of milliseconds at high rates; overflowing it drops
-/// messages (counted in `ces_edge_subscriber_lagged_total`), which clients recover from their buffer.
-const PUBSUB_BUFFER: usize = 65_536;
+/// Pub/Sub messages buffered in fred between the subscriber connection and the pump, which only moves them into
+/// the dispatch task's queue (bounded in bytes, `CES_PUBSUB_BUFFER_BYTES`); overflowing either drops messages
+/// (counted in `ces_edge_subscriber_lagged_total`), which clients recover from their buffer.
+const PUBSUB_BUFFER: usize = 4_096;
+
+/// Longest the edge waits at start for its first subscription before it serves anyway (not ready until then).
+const FIRST_SUBSCRIBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest the edge waits for Redis to answer QUIT at the end of a shutdown.
 const QUIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -122,17 +125,24 @@ pub async fn run(
     else {
         return Ok(());
     };
-    // Takeovers and closes for sockets held here arrive on this node's control channel.
-    subscriber
-        .subscribe(ces_protocol::keys::node_channel(&config.node_id))
-        .await?;
     let hub = Hub::start(
         subscriber.clone(),
         config.queue_capacity,
         config.queue_bytes,
+        config.pubsub_buffer_bytes,
         &config.node_id,
     );
-    let _resubscriber = resubscribe_on_reconnect(&subscriber, &hub);
+    // Takeovers and closes for sockets held here arrive on this node's control channel, subscribed (and kept
+    // subscribed, with every session channel) by the keeper; `/readyz` fails until it is.
+    tokio::spawn(pubsub::keep_receiving(
+        Arc::downgrade(&hub),
+        subscriber.clone(),
+        redis.clone(),
+        ces_protocol::keys::node_channel(&config.node_id),
+    ));
+    if !pubsub::first_subscribed(&hub, FIRST_SUBSCRIBE_WITHIN).await {
+        warn!("not subscribed yet; serving, not ready until the subscription is in place");
+    }
     let grace = config.shutdown_grace;
     let tracker = TaskTracker::new();
     let config_rates = config.rates;
@@ -202,42 +212,4 @@ pub async fn run(
     );
     info!("edge stopped");
     Ok(())
-}
-
-/// After the Pub/Sub connection comes back: subscribe every tracked channel again, then have every local socket
-/// catch up from its buffer. In that order, an event published while the connection was down is read from the
-/// buffer, and one published after the SUBSCRIBE arrives live (the socket's cursor drops the overlap).
-fn resubscribe_on_reconnect(
-    subscriber: &SubscriberClient,
-    hub: &Arc<Hub>,
-) -> tokio::task::JoinHandle<Result<(), fred::error::Error>> {
-    use fred::interfaces::EventInterface as _;
-    let client = subscriber.clone();
-    let hub = Arc::downgrade(hub);
-    subscriber.on_reconnect(move |_server| {
-        let client = client.clone();
-        let hub = hub.clone();
-        async move {
-            let mut backoff = ces_runtime::backoff::Backoff::new(
-                std::time::Duration::from_millis(50),
-                std::time::Duration::from_secs(2),
-            );
-            // Bounded: if Redis drops again, the next reconnect starts over.
-            for _ in 0..10 {
-                match client.resubscribe_all().await {
-                    Ok(()) => {
-                        if let Some(hub) = hub.upgrade() {
-                            hub.resync_all();
-                        }
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-subscribing after a reconnect failed; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                }
-            }
-            Ok(())
-        }
-    })
 }

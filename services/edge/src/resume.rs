@@ -66,20 +66,31 @@ pub struct Decision {
     pub last_sent: u64,
 }
 
-/// Reads the session's snapshot after `after`, creating an epoch if the session has none. Reloads the function
-/// library once if Redis lost it.
+/// How a session's epoch and `seq` state is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTerms {
+    /// TTL of the state, given to a session that has none yet and refreshed by a read.
+    pub ttl: Duration,
+    /// Redis restarts lose no acknowledged write (`CES_REDIS_DURABLE_RESTARTS`): an epoch survives a restart of
+    /// the process that holds it (see `ces_runtime::redis::LIBRARY`).
+    pub durable_restarts: bool,
+}
+
+/// Reads the session's snapshot after `after`, creating an epoch if the session has none (or its epoch may have
+/// lost writes). Reloads the function library once if Redis lost it.
 pub async fn fetch(
     redis: &Client,
     session: &str,
     after: u64,
-    state_ttl: Duration,
+    state: StateTerms,
 ) -> Result<Snapshot, Error> {
     let k = SessionKeys::of(session);
     let call = || {
         let args: Vec<Value> = vec![
             Value::Integer(after as i64),
             Value::from(ces_runtime::redis::new_epoch()),
-            Value::Integer(state_ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
+            Value::Integer(state.ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
+            Value::from(if state.durable_restarts { "1" } else { "0" }),
         ];
         redis.fcall::<Vec<Value>, _, _, _>(
             RESUME_FUNCTION,
@@ -167,6 +178,7 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
                 from: pos.last_seq.saturating_add(1),
                 to: None,
             }),
+            epoch: Some(snap.epoch.clone()),
         };
         return Decision {
             resumed: Some(resumed),
@@ -194,6 +206,7 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
                 from: pos.last_seq.saturating_add(1),
                 to: Some(to),
             }),
+            epoch: None,
         }
     } else {
         ServerFrame::Resumed {
@@ -201,6 +214,7 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
             replayed,
             reason: None,
             lost: None,
+            epoch: None,
         }
     };
     Decision {
@@ -256,6 +270,7 @@ mod tests {
                 replayed,
                 reason,
                 lost,
+                ..
             }) => (ok, replayed, reason, lost),
             other => panic!("{other:?}"),
         }
@@ -334,7 +349,26 @@ mod tests {
                 Some(Lost { from: 41, to: None })
             )
         );
+        assert!(
+            matches!(&d.resumed, Some(ServerFrame::Resumed { epoch: Some(e), .. }) if e == "e2"),
+            "the notice names the new epoch: {:?}",
+            d.resumed
+        );
         assert_eq!(d.last_sent, 2);
+        // Within one epoch the notice names none.
+        let d = decide(Some(&pos(1, Some("e1"))), &snap(1, 2..=2, 2, 0, ""));
+        assert!(
+            matches!(
+                &d.resumed,
+                Some(ServerFrame::Resumed {
+                    ok: true,
+                    epoch: None,
+                    ..
+                })
+            ),
+            "{:?}",
+            d.resumed
+        );
     }
 
     #[test]

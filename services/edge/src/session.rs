@@ -3,7 +3,7 @@
 //!
 //! A connection *claims* the session after its subscription is confirmed. The claim returns the previous
 //! holder (`<node>/<conn id>`), and the new connection's node publishes `close <session> <conn id> <code>` on
-//! the previous node's channel (`ces:node:<node>`), which closes the old socket with 4009 in well under a
+//! the previous node's channel (`ces:node:{<node>}`), which closes the old socket with 4009 in well under a
 //! second. A connection that ends *releases* the session (status `disconnected`, TTL `CES_SESSION_TTL_SECS`)
 //! unless a newer one holds it. `DELETE /v1/sessions/{id}` *closes* it: status `closed` (kept as long as a token
 //! can live), the holder is told to close with 4003, and no new connection is accepted.
@@ -155,7 +155,7 @@ pub async fn tell_holder(
         code,
     };
     let _: i64 = redis
-        .publish(keys::node_channel(node), message.encode())
+        .spublish(keys::node_channel(node), message.encode())
         .await?;
     Ok(())
 }

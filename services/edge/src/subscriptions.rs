@@ -14,8 +14,12 @@
 //! - A failed SUBSCRIBE leaves the session unsubscribed; its references stay held until their callers release
 //!   (every subscribe call is paired with one release, successful or not), and each caller of the batch waiting
 //!   on that session gets the error.
-//! - A failed UNSUBSCRIBE leaves the channel subscribed (fred keeps tracking, and re-subscribing, it) and the
-//!   channel is retried with the next batch, unless a caller referenced the session again meanwhile.
+//! - A failed UNSUBSCRIBE leaves the channel subscribed and the channel is retried with the next batch, unless a
+//!   caller referenced the session again meanwhile.
+//! - A resubscribe (the connection was re-established, or Redis was found to have dropped the node's
+//!   subscriptions) forgets what Redis confirmed before and subscribes every referenced session again, from this
+//!   table: it is the one record of what the node needs, whatever the client library tracks. Its waiter gets the
+//!   outcome of the whole SUBSCRIBE.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -35,6 +39,11 @@ pub enum Request<W> {
         /// The session whose channel is no longer needed by one caller.
         session: String,
     },
+    /// Redis may have forgotten every subscription: subscribe every referenced session again.
+    Resubscribe {
+        /// Answered with the outcome of the batch's SUBSCRIBE.
+        waiter: W,
+    },
 }
 
 /// What to send to Redis for one batch, and who waits for the SUBSCRIBE.
@@ -45,8 +54,12 @@ pub struct Plan<W> {
     /// Sessions to UNSUBSCRIBE (sorted): subscribed, no longer referenced after the batch, including those whose
     /// UNSUBSCRIBE failed before.
     pub unsubscribe: Vec<String>,
+    /// Whether the batch holds a resubscribe: the node's own channels must be subscribed again too.
+    pub resubscribe: bool,
     /// The batch's subscribe calls, in request order.
     waiters: Vec<(String, W)>,
+    /// The batch's resubscribe calls.
+    resubscribers: Vec<W>,
 }
 
 impl<W> Plan<W> {
@@ -57,8 +70,12 @@ impl<W> Plan<W> {
         let Plan {
             subscribe: sessions,
             waiters,
+            resubscribers,
             ..
         } = self;
+        let whole = resubscribers
+            .into_iter()
+            .map(|waiter| (waiter, subscribe.clone()));
         let failed: HashSet<&str> = match subscribe {
             Ok(()) => HashSet::new(),
             Err(_) => sessions.iter().map(String::as_str).collect(),
@@ -72,6 +89,7 @@ impl<W> Plan<W> {
                 };
                 (waiter, answer)
             })
+            .chain(whole)
             .collect()
     }
 }
@@ -98,6 +116,7 @@ impl SubscriptionTable {
         // Sorted so a plan (and what the tests assert) does not depend on hash order.
         let mut touched = BTreeSet::new();
         let mut waiters = Vec::new();
+        let mut resubscribers = Vec::new();
         for request in requests {
             match request {
                 Request::Subscribe { session, waiter } => {
@@ -113,6 +132,13 @@ impl SubscriptionTable {
                         }
                     }
                     touched.insert(session);
+                }
+                Request::Resubscribe { waiter } => {
+                    // Nothing Redis confirmed before can be relied on; an UNSUBSCRIBE to retry is moot.
+                    self.subscribed.clear();
+                    self.retry_unsubscribe.clear();
+                    touched.extend(self.refs.keys().cloned());
+                    resubscribers.push(waiter);
                 }
             }
         }
@@ -131,7 +157,9 @@ impl SubscriptionTable {
         Plan {
             subscribe,
             unsubscribe,
+            resubscribe: !resubscribers.is_empty(),
             waiters,
+            resubscribers,
         }
     }
 
@@ -555,5 +583,63 @@ mod tests {
             assert_eq!(t.subscribed_count(), state(&t).1.len());
         }
         assert_eq!(counts, vec![2, 2, 2, 2, 0]);
+    }
+
+    fn resub(waiter: u32) -> Request<u32> {
+        Request::Resubscribe { waiter }
+    }
+
+    #[test]
+    fn a_resubscribe_subscribes_every_referenced_session_again_and_nothing_else() {
+        let mut t = with_a();
+        step_ok(&mut t, vec![sub("b", 0), sub("c", 0)]);
+        step_ok(&mut t, vec![rel("c")]);
+        let plan = t.plan(vec![resub(7)]);
+        assert!(plan.resubscribe);
+        assert_eq!(commands(&plan), (vec!["a", "b"], vec![]));
+        // Until Redis confirms, nothing counts as subscribed.
+        assert_eq!(state(&t), (vec![("a", 1), ("b", 1)], vec![], vec![]));
+        t.subscribed(&plan.subscribe);
+        assert_eq!(plan.answers(Ok::<(), &str>(())), vec![(7, Ok(()))]);
+        assert_eq!(state(&t).1, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_failed_resubscribe_errors_its_waiter_and_the_next_one_tries_everything_again() {
+        let mut t = with_a();
+        let plan = t.plan(vec![resub(1), sub("b", 2)]);
+        assert_eq!(commands(&plan), (vec!["a", "b"], vec![]));
+        assert_eq!(
+            plan.answers(Err("NOPERM")),
+            vec![(2, Err("NOPERM")), (1, Err("NOPERM"))]
+        );
+        assert_eq!(state(&t), (vec![("a", 1), ("b", 1)], vec![], vec![]));
+        let plan = t.plan(vec![resub(3)]);
+        assert_eq!(commands(&plan), (vec!["a", "b"], vec![]));
+        t.subscribed(&plan.subscribe);
+        assert_eq!(t.subscribed_count(), 2);
+    }
+
+    #[test]
+    fn a_resubscribe_drops_a_pending_unsubscribe_retry_and_keeps_a_release_in_its_batch() {
+        let mut t = with_a();
+        step_ok(&mut t, vec![sub("b", 0)]);
+        let plan = t.plan(vec![rel("a")]);
+        t.unsubscribe_failed(&plan.unsubscribe);
+        // After a reconnect Redis holds none of them: "a" needs no UNSUBSCRIBE any more, "b" a SUBSCRIBE.
+        let plan = t.plan(vec![resub(1)]);
+        assert_eq!(commands(&plan), (vec!["b"], vec![]));
+        assert_eq!(state(&t), (vec![("b", 1)], vec![], vec![]));
+        // A release in the same batch as the resubscribe is honoured.
+        let plan = t.plan(vec![resub(2), rel("b")]);
+        assert_eq!(commands(&plan), (vec![], vec![]));
+        assert!(plan.resubscribe);
+        assert_eq!(state(&t), (vec![], vec![], vec![]));
+    }
+
+    #[test]
+    fn a_plan_without_a_resubscribe_says_so() {
+        let mut t = SubscriptionTable::default();
+        assert!(!t.plan(vec![sub("a", 0)]).resubscribe);
     }
 }

@@ -54,8 +54,8 @@ pub struct SocketParams<St = Client> {
     pub position: Option<Position>,
     /// Session state and the reconnection buffer (the command connection).
     pub store: St,
-    /// TTL of a session's epoch and `seq` state, given to a session that has none yet.
-    pub state_ttl: Duration,
+    /// How the session's epoch and `seq` state is kept (its TTL; whether Redis restarts keep it).
+    pub state: resume::StateTerms,
     /// How long the session's state lives after its last activity.
     pub session_ttl: Duration,
     /// When shutdown starts, the socket closes with 1012 after this delay plus a random part of `drain_window`.
@@ -217,13 +217,7 @@ where
     // drops what both hold.
     let session = params.session.as_str();
     let position = params.position.as_ref();
-    let read = Box::pin(read_after(
-        &params.store,
-        session,
-        position,
-        params.state_ttl,
-    ))
-    .await;
+    let read = Box::pin(read_after(&params.store, session, position, params.state)).await;
     let snap = read
         .inspect_err(
             |e| info!(session_id = session, error = %e, "cannot read the session buffer; closing"),
@@ -372,14 +366,14 @@ async fn read_after<St: SessionStore>(
     store: &St,
     session: &str,
     position: Option<&Position>,
-    state_ttl: Duration,
+    state: resume::StateTerms,
 ) -> Result<Snapshot, crate::Error> {
     let after = position.map_or(0, |p| p.last_seq);
-    let snap = store.fetch(session, after, state_ttl).await?;
+    let snap = store.fetch(session, after, state).await?;
     if let Some(pos) = position
         && resume::needs_full_read(pos, &snap)
     {
-        return store.fetch(session, 0, state_ttl).await;
+        return store.fetch(session, 0, state).await;
     }
     Ok(snap)
 }
@@ -591,7 +585,7 @@ mod tests {
             &self,
             _: &str,
             after: u64,
-            _: Duration,
+            _: resume::StateTerms,
         ) -> impl Future<Output = Result<Snapshot, crate::Error>> + Send {
             std::future::ready(self.call(Call::Fetch { after }, |s| Snapshot {
                 epoch: s.epoch.clone(),
@@ -707,7 +701,10 @@ mod tests {
             max_missed_pongs: 2,
             position,
             store,
-            state_ttl: Duration::from_secs(60),
+            state: resume::StateTerms {
+                ttl: Duration::from_secs(60),
+                durable_restarts: false,
+            },
             session_ttl: Duration::from_secs(60),
             drain_delay: Duration::ZERO,
             drain_window: Duration::ZERO,
@@ -798,7 +795,8 @@ mod tests {
                 ok: true,
                 replayed: 2,
                 reason: None,
-                lost: None
+                lost: None,
+                epoch: None,
             })
         );
         assert_eq!(socket.next().await, event(3));
@@ -921,6 +919,7 @@ mod tests {
                 replayed: 1,
                 reason: Some(resume::reason::EPOCH_CHANGED.into()),
                 lost: Some(Lost { from: 5, to: None }),
+                epoch: Some("e2".into()),
             })
         );
         assert_eq!(socket.next().await, event(1));

@@ -116,7 +116,7 @@ impl Config {
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
         let commit_interval = v.millis("CES_COMMIT_INTERVAL_MS", 100, 0, 60_000);
-        let limits = crate::publisher::Limits {
+        let mut limits = crate::publisher::Limits {
             buffer_max_events: v.bounded("CES_BUFFER_MAX_EVENTS", 1000, 1, 1_000_000),
             buffer_max_age: Duration::from_secs(v.bounded(
                 "CES_BUFFER_MAX_AGE_SECS",
@@ -136,9 +136,11 @@ impl Config {
                 60,
                 90 * 86_400,
             )),
+            durable_restarts: false,
         };
         let http_addr = v.socket_addr("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090");
         let common = Common::read(&mut v);
+        limits.durable_restarts = common.redis_durable_restarts;
         v.check(limits.state_ttl >= limits.buffer_max_age, || {
             "CES_SESSION_STATE_TTL_SECS must be at least CES_BUFFER_MAX_AGE_SECS: the buffer cannot outlive its epoch"
                 .into()

@@ -36,6 +36,9 @@ pub struct Limits {
     pub dedup_window: Duration,
     /// A session's epoch and `seq` survive this long without events.
     pub state_ttl: Duration,
+    /// Redis restarts lose no acknowledged write (`CES_REDIS_DURABLE_RESTARTS`): an epoch survives a restart of
+    /// the process that holds it.
+    pub durable_restarts: bool,
 }
 
 /// What became of one event.
@@ -105,6 +108,11 @@ impl Publisher {
                 ms(self.limits.state_ttl),
                 Value::from(epoch.as_str()),
                 Value::from(after),
+                Value::from(if self.limits.durable_restarts {
+                    "1"
+                } else {
+                    "0"
+                }),
             ];
             // Queues in memory; cannot fail before `try_all`.
             let queued: Result<(), _> = pipeline.fcall(PUBLISH_FUNCTION, keys, args).await;

@@ -40,6 +40,7 @@ fn limits(buffer_max_events: u64) -> Limits {
         buffer_max_age: Duration::from_secs(300),
         dedup_window: Duration::from_secs(3600),
         state_ttl: Duration::from_secs(120),
+        durable_restarts: false,
     }
 }
 
@@ -64,7 +65,7 @@ async fn seq_and_epoch_are_decodable_at_every_varint_width() -> anyhow::Result<(
     let subscriber = ces_runtime::redis::builder(&redis.url())?.build_subscriber_client()?;
     subscriber.init().await?;
     let mut messages = subscriber.message_rx();
-    subscriber.subscribe(keys::channel("s1")).await?;
+    subscriber.ssubscribe(keys::channel("s1")).await?;
     let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
     let meta = SessionKeys::of("s1").meta;
 
@@ -216,6 +217,7 @@ fn short_limits() -> Limits {
         buffer_max_age: Duration::from_millis(400),
         dedup_window: Duration::from_millis(400),
         state_ttl: Duration::from_millis(400),
+        durable_restarts: false,
     }
 }
 
@@ -238,6 +240,7 @@ async fn between_upkeeps_every_key_still_outlives_its_limit_after_the_last_event
         buffer_max_age: Duration::from_secs(2),
         dedup_window: Duration::from_secs(2),
         state_ttl: Duration::from_secs(2),
+        durable_restarts: false,
     };
     let publisher = Publisher::new(client.clone(), limits, Duration::from_secs(3)).await?;
     let k = SessionKeys::of("s");

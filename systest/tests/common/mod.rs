@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod exact;
+
 use std::collections::HashMap;
 
 use anyhow::Context as _;

@@ -662,7 +662,8 @@ pub(super) mod tests {
                     ok: true,
                     replayed: 3,
                     reason: None,
-                    lost: None
+                    lost: None,
+                    epoch: None,
                 }),
                 replay: frames(3..=5),
                 last_sent: 5,
@@ -687,6 +688,7 @@ pub(super) mod tests {
                 replayed: 2,
                 reason: Some(resume::reason::EPOCH_CHANGED.into()),
                 lost: Some(Lost { from: 41, to: None }),
+                epoch: Some("e2".into()),
             })
         );
         assert_eq!(opening.decision.replay, frames(1..=2));
@@ -775,6 +777,7 @@ pub(super) mod tests {
                         from: 4,
                         to: Some(6)
                     }),
+                    epoch: None,
                 }),
                 replay: frames(7..=9),
             }
@@ -806,6 +809,7 @@ pub(super) mod tests {
                     replayed: 2,
                     reason: Some(resume::reason::EPOCH_CHANGED.into()),
                     lost: Some(Lost { from: 41, to: None }),
+                    epoch: Some("e2".into()),
                 }),
                 replay: frames(1..=2),
             }

@@ -56,7 +56,7 @@ pub trait SessionStore: Send + Sync {
         &self,
         session: &str,
         after: u64,
-        state_ttl: Duration,
+        state: resume::StateTerms,
     ) -> impl Future<Output = Result<Snapshot, Error>> + Send;
 }
 
@@ -104,8 +104,8 @@ impl SessionStore for Client {
         &self,
         session: &str,
         after: u64,
-        state_ttl: Duration,
+        state: resume::StateTerms,
     ) -> impl Future<Output = Result<Snapshot, Error>> + Send {
-        resume::fetch(self, session, after, state_ttl)
+        resume::fetch(self, session, after, state)
     }
 }

@@ -145,7 +145,7 @@ where
         &params.store,
         params.session.as_str(),
         Some(&position),
-        params.state_ttl,
+        params.state,
     )
     .await;
     let Ok(snap) = read else {
