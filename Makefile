@@ -5,14 +5,18 @@ SHELL := /bin/bash
 .PHONY: help up test bench deps lint fuzz clean
 
 help:
-	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops)"
+	@echo "make up    - start broker, Redis, ingest, two edges, HAProxy and Prometheus on this machine (Ctrl-C stops);"
+	@echo "             make up REDIS=cluster runs a Redis Cluster (3 primaries, 3 replicas on 7001-7006) instead of one Redis"
 	@echo "make test  - run the whole test suite against real redis-server processes and one Apache Kafka broker"
 	@echo "make bench - run the standard load tests, each on a fresh stack of its own (results in loadtest/out/)"
 	@echo "make lint  - rustfmt, clippy and cargo machete (unused dependencies), as CI runs them"
 	@echo "make fuzz  - fuzz the record validator for FUZZ_SECONDS (60) with cargo fuzz (needs the nightly toolchain)"
 
+# REDIS=single (one redis-server on 6379) or cluster (a Redis Cluster on 7001-7006); the environment's REDIS is
+# used when the command line gives none.
+REDIS ?= single
 up:
-	@scripts/up.sh
+	@REDIS=$(REDIS) scripts/up.sh
 
 bench:
 	@scripts/bench.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what CES needs to run and test, reusing whatever is already there.
 #   redis-server, haproxy, prometheus (Debian packages; prometheus brings promtool, which checks the alert rules)
+#   redis-cli              (Debian package redis-tools, which redis-server brings; it forms `make up REDIS=cluster`)
 #   java 17+ and maven     (Debian packages openjdk-17-jre-headless and maven, when missing)
 #   Apache Kafka's jars    (scripts/kafka.sh: Maven Central into ~/.cache/ces/kafka-<version>, once per machine)
 #   cargo-nextest          (test runner; only with --test)
@@ -14,6 +15,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 apt_missing=()
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+# redis-cli forms the cluster of `make up REDIS=cluster`; Debian's redis-server brings it (redis-tools), a Redis
+# built by hand may not.
+command -v redis-cli >/dev/null 2>&1 || [[ " ${apt_missing[*]} " == *" redis-server "* ]] || apt_missing+=(redis-tools)
 command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_missing+=(haproxy)
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] || command -v java >/dev/null 2>&1; then :; else apt_missing+=(openjdk-17-jre-headless); fi
@@ -43,7 +47,7 @@ if ((${#apt_missing[@]})); then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 else
-  say "redis-server, haproxy, prometheus, java and maven already installed"
+  say "redis-server, redis-cli, haproxy, prometheus, java and maven already installed"
 fi
 
 libs=$("$(dirname "$0")/kafka.sh" libs)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts a whole local CES stack in the foreground: broker, Redis, ingest, two edges, HAProxy and Prometheus.
 # Ctrl-C stops everything it started. A process that dies is reported; the others keep running.
+# REDIS=single (the default) runs one redis-server on 6379; REDIS=cluster a Redis Cluster of 3 primaries and 3
+# replicas on 7001-7006 (scripts/redis-cluster.sh), which ingest and both edges reach through one cluster URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -16,17 +18,32 @@ fi
 data="${CES_UP_DIR:-$root/.ces}"
 profile=${CES_UP_PROFILE:-release}
 logs="$data/logs"
+redis_mode=${REDIS:-single}
+if [[ "$redis_mode" != single && "$redis_mode" != cluster ]]; then
+  warn "REDIS=$redis_mode: expected single (one redis-server) or cluster (a Redis Cluster)"
+  exit 64
+fi
+cluster_ports=(7001 7002 7003 7004 7005 7006)
 
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-check_ports broker=9092 controller=9093 redis=6379 edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 prometheus=9090 || exit 1
+if [[ "$redis_mode" == cluster ]]; then
+  redis_ports=()
+  # Each node also listens on its port + 10000 for the cluster bus.
+  for port in "${cluster_ports[@]}"; do redis_ports+=("redis-$port=$port" "redis-$port-bus=$((port + 10000))"); done
+else
+  redis_ports=(redis=6379)
+fi
+check_ports broker=9092 controller=9093 "${redis_ports[@]}" edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 \
+  prometheus=9090 || exit 1
 
 say "building $profile binaries (cargo build --profile $profile)"
 cargo build --profile "$profile" --locked -q -p ces-ingest -p ces-edge -p ces-ctl
 bin="${CARGO_TARGET_DIR:-$root/target}/$([[ $profile == dev ]] && echo debug || echo "$profile")"
 
-mkdir -p "$logs" "$data/redis"
+mkdir -p "$logs"
+[[ "$redis_mode" == cluster ]] || mkdir -p "$data/redis"
 # Every WebSocket is a file descriptor in the edge and two in HAProxy.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ ! -s "$data/token-secret" ]]; then
@@ -36,7 +53,13 @@ fi
 export CES_TOKEN_SECRET
 chmod 600 "$data/token-secret"
 CES_TOKEN_SECRET=$(cat "$data/token-secret")
-export CES_LOG_FORMAT=text CES_REDIS_URL=redis://127.0.0.1:6379 CES_KAFKA_BROKERS=127.0.0.1:9092
+if [[ "$redis_mode" == cluster ]]; then
+  # Every node is a seed, so a service that starts while one node is down still finds the cluster.
+  CES_REDIS_URL=$(scripts/redis-cluster.sh url "${cluster_ports[@]}")
+else
+  CES_REDIS_URL=redis://127.0.0.1:6379
+fi
+export CES_LOG_FORMAT=text CES_REDIS_URL CES_KAFKA_BROKERS=127.0.0.1:9092
 # A local stack stops within seconds: the edges close their sockets over 1 s instead of production's 1 + 5 s.
 export CES_DRAIN_DELAY_MS=${CES_DRAIN_DELAY_MS:-0} CES_DRAIN_WINDOW_MS=${CES_DRAIN_WINDOW_MS:-1000}
 
@@ -50,9 +73,35 @@ start broker scripts/kafka.sh run "$data/kafka" 9092 9093
 wait_log broker "Kafka Server started" 120
 say "Apache Kafka is up after $((SECONDS - started)) s"
 
-say "starting redis-server on 127.0.0.1:6379"
-start redis redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
-wait_port redis 6379
+if [[ "$redis_mode" == cluster ]]; then
+  cluster_dir="$data/redis-cluster"
+  redis_where="127.0.0.1:${cluster_ports[0]}-${cluster_ports[-1]}"
+  say "starting a Redis Cluster of 3 primaries and 3 replicas on $redis_where, data in $cluster_dir"
+  started=$SECONDS
+  # Nothing is persisted, as with the single Redis: a node table left by an earlier run would only keep the nodes
+  # from forming a new cluster. The check_ports above made sure no node of that run still listens.
+  scripts/redis-cluster.sh reset "$cluster_dir"
+  redis_names=()
+  for port in "${cluster_ports[@]}"; do
+    start "redis-$port" scripts/redis-cluster.sh run-node "$cluster_dir" "$port"
+    redis_names+=("redis-$port")
+  done
+  for port in "${cluster_ports[@]}"; do wait_port "redis-$port" "$port"; done
+  say "creating the cluster (redis-cli --cluster create) and waiting until every node reports all 16384 slots ok"
+  if ! scripts/redis-cluster.sh create "$cluster_dir" "${cluster_ports[@]}"; then
+    warn "the Redis Cluster did not form; node logs are $logs/redis-<port>.log"
+    stop_all
+    exit 1
+  fi
+  say "Redis Cluster is up after $((SECONDS - started)) s; CES_REDIS_URL=$CES_REDIS_URL"
+  redis_where+="   Redis Cluster, 3 primaries + 3 replicas ($CES_REDIS_URL)"
+else
+  say "starting redis-server on 127.0.0.1:6379"
+  start redis redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
+  wait_port redis 6379
+  redis_names=(redis)
+  redis_where="127.0.0.1:6379"
+fi
 
 say "creating topics ces.events and ces.events.dlq"
 "$bin/cesctl" topics create --partitions 8 ces.events ces.events.dlq
@@ -83,7 +132,7 @@ cat <<MSG
 
 CES is running (Ctrl-C stops everything):
   Apache Kafka        127.0.0.1:9092   topics ces.events, ces.events.dlq (controller on :9093)
-  Redis               127.0.0.1:6379
+  Redis               $redis_where
   ingest              http://127.0.0.1:8090/metrics
   edge-a              http://127.0.0.1:8081
   edge-b              http://127.0.0.1:8082
@@ -99,7 +148,9 @@ Or send a test event to any session id right away:
 
 Kill an edge by hand to watch clients move to the other (PIDs below), e.g. kill <edge-a pid>:
 MSG
-for name in broker redis ingest edge-a edge-b haproxy prometheus; do printf '  %-8s pid %s\n' "$name" "${pids[$name]}"; done
+for name in broker "${redis_names[@]}" ingest edge-a edge-b haproxy prometheus; do
+  printf '  %-10s pid %s\n' "$name" "${pids[$name]}"
+done
 echo
 
 while ((${#names[@]})); do
