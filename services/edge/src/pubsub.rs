@@ -125,7 +125,12 @@ async fn control_subscribed(redis: &Client, control: &str) -> Option<bool> {
     )
     .await
     .ok()?;
-    answer.ok().map(|counts| counts.iter().any(|(_, n)| *n > 0))
+    answer.ok().map(|counts| has_subscriber(&counts))
+}
+
+/// Whether a `PUBSUB SHARDNUMSUB` answer counts a subscriber for any of its channels.
+fn has_subscriber(counts: &[(String, u64)]) -> bool {
+    counts.iter().any(|(_, n)| *n > 0)
 }
 
 /// Keeps the node subscribed for as long as the hub lives (see the module docs). `redis` is the command client,
@@ -252,6 +257,15 @@ mod tests {
                 fred::util::redis_keyslot(tag.as_bytes())
             );
         }
+    }
+
+    #[test]
+    fn a_shardnumsub_answer_counts_a_subscriber_only_above_zero() {
+        let answer = |n| vec![("ces:node:{n}".to_owned(), n)];
+        assert!(!has_subscriber(&answer(0)));
+        assert!(has_subscriber(&answer(1)));
+        assert!(has_subscriber(&answer(2)));
+        assert!(!has_subscriber(&[]));
     }
 
     #[test]
