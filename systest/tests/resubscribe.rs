@@ -12,7 +12,7 @@ use ces_systest::Redis;
 use ces_systest::client::{WsClient, register, ws_url};
 use common::start_edge;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike as _, FunctionInterface as _};
+use fred::interfaces::ClientLike as _;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
 const PASSWORD: &str = "resubscribe-test-password";
@@ -32,34 +32,8 @@ async fn set_user(admin: &Client, rules: &[&str]) -> anyhow::Result<()> {
 
 /// Publishes event `n` of `session` the way ingest does, as the administrative user.
 async fn publish(admin: &Client, session: &str, n: u64) -> anyhow::Result<u64> {
-    let keys = ces_protocol::keys::SessionKeys::of(session);
-    let id = format!("resubscribe-{n}");
-    let env = ces_protocol::envelope::encode(&ces_protocol::envelope::Envelope {
-        event_id: id.clone(),
-        session_id: session.into(),
-        event_type: "t".into(),
-        data: format!(r#"{{"n":{n}}}"#).into_bytes().into(),
-        ..Default::default()
-    });
-    let args: Vec<Value> = vec![
-        Value::Bytes(env.into()),
-        id.into(),
-        ces_runtime::now_ms().into(),
-        1000.into(),
-        300_000.into(),
-        3_600_000.into(),
-        86_400_000.into(),
-        ces_runtime::redis::new_epoch().into(),
-        "".into(),
-        "0".into(),
-    ];
-    Ok(admin
-        .fcall(
-            ces_runtime::redis::PUBLISH_FUNCTION,
-            vec![keys.meta, keys.buffer, keys.ids, keys.channel],
-            args,
-        )
-        .await?)
+    let channel = ces_protocol::keys::channel(session);
+    common::publish_direct(admin, session, &format!("resubscribe-{n}"), n, channel).await
 }
 
 /// Polls `/readyz` until it answers `status`, for up to `within`; returns the body.

@@ -30,32 +30,8 @@ fn ns(events: &[Value]) -> Vec<u64> {
 async fn publish_unseen(redis_url: &str, session: &str, n: u64) -> anyhow::Result<u64> {
     let redis = ces_runtime::redis::builder(redis_url)?.build()?;
     redis.init().await?;
-    let keys = ces_protocol::keys::SessionKeys::of(session);
     let id = format!("lost-on-the-wire-{n}");
-    let env = ces_protocol::envelope::encode(&ces_protocol::envelope::Envelope {
-        event_id: id.clone(),
-        session_id: session.into(),
-        event_type: "t".into(),
-        data: format!(r#"{{"n":{n}}}"#).into_bytes().into(),
-        ..Default::default()
-    });
-    let args: Vec<fred::types::Value> = vec![
-        fred::types::Value::Bytes(env.into()),
-        id.into(),
-        ces_runtime::now_ms().into(),
-        1000.into(),
-        300_000.into(),
-        3_600_000.into(),
-        86_400_000.into(),
-        "unused".into(),
-    ];
-    let seq = fred::interfaces::FunctionInterface::fcall(
-        &redis,
-        ces_runtime::redis::PUBLISH_FUNCTION,
-        vec![keys.meta, keys.buffer, keys.ids, "nowhere".into()],
-        args,
-    )
-    .await?;
+    let seq = common::publish_direct(&redis, session, &id, n, "nowhere".into()).await?;
     let _ = fred::interfaces::ClientLike::quit(&redis).await;
     Ok(seq)
 }

@@ -195,6 +195,44 @@ impl Stack {
     }
 }
 
+/// Runs `ces_publish` for event `id` of `session` (data `{"n": n}`) as ingest does, through `redis`, publishing on
+/// `channel` (the session's, or one nobody reads to lose the Pub/Sub message); returns its `seq`.
+pub async fn publish_direct(
+    redis: &fred::clients::Client,
+    session: &str,
+    id: &str,
+    n: u64,
+    channel: String,
+) -> anyhow::Result<u64> {
+    let keys = ces_protocol::keys::SessionKeys::of(session);
+    let env = ces_protocol::envelope::encode(&ces_protocol::envelope::Envelope {
+        event_id: id.to_owned(),
+        session_id: session.into(),
+        event_type: "t".into(),
+        data: format!(r#"{{"n":{n}}}"#).into_bytes().into(),
+        ..Default::default()
+    });
+    let args: Vec<fred::types::Value> = vec![
+        fred::types::Value::Bytes(env.into()),
+        id.into(),
+        ces_runtime::now_ms().into(),
+        1000.into(),
+        300_000.into(),
+        3_600_000.into(),
+        86_400_000.into(),
+        ces_runtime::redis::new_epoch().into(),
+        "".into(),
+        "0".into(),
+    ];
+    Ok(fred::interfaces::FunctionInterface::fcall(
+        redis,
+        ces_runtime::redis::PUBLISH_FUNCTION,
+        vec![keys.meta, keys.buffer, keys.ids, channel],
+        args,
+    )
+    .await?)
+}
+
 /// The JSON value of an input event.
 pub fn event_json(session: &str, event_type: &str, data: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(
