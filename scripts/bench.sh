@@ -47,10 +47,14 @@ check_ports broker=19092 controller=19093 redis=16379 ingest=18090 bench-ingest=
 
 say "building release binaries (cargo build --release)"
 cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl -p ces-loadtest
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+built="${CARGO_TARGET_DIR:-$root/target}/release"
 
 rm -rf "$data"
-mkdir -p "$logs" "$data/redis" "$out"
+mkdir -p "$logs" "$data/redis" "$data/bin" "$out"
+# The binaries just built from this tree, copied: another work tree sharing CARGO_TARGET_DIR may build its own
+# over them while the scenarios run (and an edge started from a binary being replaced fails to start).
+cp "$built/ces-ingest" "$built/ces-edge" "$built/cesctl" "$built/ces-loadtest" "$data/bin/"
+bin="$data/bin"
 # One file descriptor per socket, in the edge and in the load generator alike.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 say "file-descriptor limit $(ulimit -n) (every process here holds at most that many sockets)"
