@@ -64,6 +64,10 @@ pub struct Report {
     pub resume_p50_s: Option<f64>,
     /// From the edge being stopped until 99 % of them had resumed (s).
     pub resume_p99_s: Option<f64>,
+    /// How much the machine's TCP counters of a connection storm grew from the stop to the end (`storm`; see
+    /// `procfs::TCP_STORM_COUNTERS`): connects a full accept queue dropped, and SYNs sent again because of them.
+    /// Machine-wide: anything else on the machine counts too.
+    pub tcp_counters: std::collections::BTreeMap<String, u64>,
     /// Sockets that dropped during the run.
     pub disconnects: u64,
     /// Handshakes refused or failed (then retried).
@@ -238,6 +242,15 @@ impl Report {
                 self.resumed_lost
             );
         }
+        s += &summary_line(
+            "TCP during the storm",
+            &self
+                .tcp_counters
+                .iter()
+                .map(|(k, &v)| (k.clone(), v as f64))
+                .collect(),
+            |n| format!("{n:.0}"),
+        );
         if let (Some(raw), Some(ratio)) = (self.raw_limit_per_s, self.ratio_to_raw) {
             s += &format!("  raw limit {raw:.0}/s   ratio {:.0}%\n", ratio * 100.0);
         }

@@ -63,11 +63,12 @@ pub(super) async fn run(s: &StormArgs) -> anyhow::Result<Report> {
                 victims.join(" "),
                 moving.map_or("?".to_owned(), |m| m.to_string()),
             );
+            let tcp = procfs::tcp_storm_counters();
             let status = shell::kill(signal, &victim_pids);
-            (Instant::now(), status, moving)
+            (Instant::now(), status, moving, tcp)
         }
     };
-    let (driven, (killed_at, status, moving)) = tokio::join!(
+    let (driven, (killed_at, status, moving, tcp_before)) = tokio::join!(
         producing.drive(&shared, Duration::from_secs(c.settle)),
         killer
     );
@@ -80,6 +81,7 @@ pub(super) async fn run(s: &StormArgs) -> anyhow::Result<Report> {
     while shared.connected.load(Ordering::Relaxed) < conns && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    report.tcp_counters = procfs::growth(&tcp_before, &procfs::tcp_storm_counters());
     let produced = producing.finish()?;
     report.edge_rss_bytes = (!survivors.is_empty()).then(|| procfs::total_rss(&survivors));
     let sessions = fleet.sessions.len();
