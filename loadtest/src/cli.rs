@@ -79,7 +79,8 @@ pub struct Common {
     /// Where sessions register and connect: the load balancer, or several edges (comma-separated), used in turn.
     #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
     pub target: Vec<String>,
-    /// The edge nodes (host:port) whose memory and CPU are reported (and, in `storm`, the first is stopped).
+    /// The edge nodes (host:port) whose memory and CPU are reported (and, in `storm`, the first --stop-edges are
+    /// stopped).
     #[arg(
         long,
         default_value = "127.0.0.1:8081,127.0.0.1:8082",

@@ -207,9 +207,7 @@ impl Fleet {
     /// Closes every socket and returns what they received, with a note for each worker that did not report.
     pub(super) async fn finish(self) -> (Delivery, Vec<String>) {
         match self.clients {
-            Clients::Tasks {
-                mut tasks, stop, ..
-            } => {
+            Clients::Tasks { mut tasks, stop } => {
                 stop.cancel();
                 let mut outcomes = Vec::with_capacity(self.sessions.len());
                 while let Some(res) = tasks.join_next().await {
