@@ -2,11 +2,15 @@
 # `make bench`: starts its own CES stack on loopback (ports 18xxx/19092-19093/16379, so it can run beside `make up`),
 # runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
 #
-# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency throughput raw-ws ingest idle storm"),
-# BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
+# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency throughput raw-ws ingest idle storm hold
+# storm-wide"), BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
 # BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000), BENCH_WARMUP (30: seconds of load that warm the
-# broker's JVM up before anything is measured). BENCH_HOLD=1 keeps the stack running after the
-# scenarios until Ctrl-C, for profiling by hand (BENCH_SCENARIOS=none BENCH_HOLD=1 make bench).
+# broker's JVM up before anything is measured), BENCH_WIDE_EDGES (6: the edges `hold` and `storm-wide` start, on
+# 18081 and up, at most 9), BENCH_HOLD_CONNECTIONS (100000: `hold` spreads them over those edges),
+# BENCH_STORM_WIDE_SESSIONS (40000) and BENCH_STORM_WIDE_STOP (3: `storm-wide` kills that many edges at once, so
+# their 20,000 sessions move; one edge holds at most its open-files limit of sockets). Every other scenario
+# starts two edges. BENCH_HOLD=1 keeps a stack running after the scenarios until Ctrl-C, for profiling by hand
+# (BENCH_SCENARIOS=none BENCH_HOLD=1 make bench).
 # A scenario that fails is reported and the rest still run; the summary prints, then the exit status is 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +22,7 @@ out="$root/loadtest/out"
 tag=bench
 source scripts/lib.sh
 
-scenarios=${BENCH_SCENARIOS:-micro broker latency throughput raw-ws ingest idle storm}
+scenarios=${BENCH_SCENARIOS:-micro broker latency throughput raw-ws ingest idle storm hold storm-wide}
 sessions=${BENCH_SESSIONS:-10000}
 rate=${BENCH_RATE:-40000}
 duration=${BENCH_DURATION:-20}
@@ -26,17 +30,31 @@ idle_connections=${BENCH_IDLE_CONNECTIONS:-15000}
 storm_sessions=${BENCH_STORM_SESSIONS:-10000}
 ingest_records=${BENCH_INGEST_RECORDS:-300000}
 warmup=${BENCH_WARMUP:-30}
+wide_edges=${BENCH_WIDE_EDGES:-6}
+hold_connections=${BENCH_HOLD_CONNECTIONS:-100000}
+storm_wide_sessions=${BENCH_STORM_WIDE_SESSIONS:-40000}
+storm_wide_stop=${BENCH_STORM_WIDE_STOP:-3}
+# Edge ports are 18081 and up, below ingest's 18090.
+[[ $wide_edges =~ ^[2-9]$ ]] || { echo "BENCH_WIDE_EDGES=$wide_edges: 2 to 9 edges" >&2; exit 64; }
+edge_names=(a b c d e f g h i)
+edges=() edge_addrs="" edge_urls=""
 
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-check_ports broker=19092 controller=19093 redis=16379 ingest=18090 bench-ingest=18091 edge-a=18081 edge-b=18082 || exit 1
+edge_ports=()
+for ((i = 0; i < wide_edges; i++)); do edge_ports+=("edge-${edge_names[i]}=$((18081 + i))"); done
+check_ports broker=19092 controller=19093 redis=16379 ingest=18090 bench-ingest=18091 "${edge_ports[@]}" || exit 1
 
 say "building release binaries (cargo build --release)"
 cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl -p ces-loadtest
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+built="${CARGO_TARGET_DIR:-$root/target}/release"
 
 rm -rf "$data"
-mkdir -p "$logs" "$data/redis" "$out"
+mkdir -p "$logs" "$data/redis" "$data/bin" "$out"
+# The binaries just built from this tree, copied: another work tree sharing CARGO_TARGET_DIR may build its own
+# over them while the scenarios run (and an edge started from a binary being replaced fails to start).
+cp "$built/ces-ingest" "$built/ces-edge" "$built/cesctl" "$built/ces-loadtest" "$data/bin/"
+bin="$data/bin"
 # One file descriptor per socket, in the edge and in the load generator alike.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 say "file-descriptor limit $(ulimit -n) (every process here holds at most that many sockets)"
@@ -74,20 +92,28 @@ kafka_up() {
 
 # Every scenario gets the rest of the stack fresh: an empty Redis, ingest and edges with no history, and an input
 # topic of its own (a backlog one scenario leaves in Kafka is never read by the next), so a scenario never
-# measures the one before it.
-stack_up() { # scenario
+# measures the one before it. Sets `edges` (their names), `edge_addrs` (host:port,...) and `edge_urls`.
+stack_up() { # scenario [number of edges, 2 by default]
   input="ces.bench.in.$1"
-  say "starting a fresh stack: redis :16379, ingest :18090 on topic $input, edges :18081 :18082"
+  local n=${2:-2} i name port
+  edges=() edge_addrs="" edge_urls=""
+  for ((i = 0; i < n; i++)); do
+    edges+=("edge-${edge_names[i]}")
+    edge_addrs+="${edge_addrs:+,}127.0.0.1:$((18081 + i))"
+    edge_urls+="${edge_urls:+,}http://127.0.0.1:$((18081 + i))"
+  done
+  say "starting a fresh stack: redis :16379, ingest :18090 on topic $input, $n edges :18081-:$((18080 + n))"
   rm -rf "$data/redis" && mkdir -p "$data/redis"
   start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
   wait_port redis 16379
   "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 "$input" >/dev/null
   CES_KAFKA_TOPICS="$input" CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
-  CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:18081 start edge-a "$bin/ces-edge"
-  CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:18082 start edge-b "$bin/ces-edge"
+  for ((i = 0; i < n; i++)); do
+    name=${edges[i]} port=$((18081 + i))
+    CES_NODE_ID=$name CES_EDGE_LISTEN=127.0.0.1:$port start "$name" "$bin/ces-edge"
+  done
   wait_port ingest 18090
-  wait_port edge-a 18081
-  wait_port edge-b 18082
+  for ((i = 0; i < n; i++)); do wait_port "${edges[i]}" $((18081 + i)); done
   for _ in $(seq 1 100); do
     http_ok 18090 /readyz && break
     sleep 0.2
@@ -96,16 +122,16 @@ stack_up() { # scenario
 
 stack_down() { # SIGTERM to all at once (the edges drain in parallel), then wait for each
   local name pid
-  for name in bench-ingest edge-a edge-b ingest redis; do
+  for name in bench-ingest "${edges[@]}" ingest redis; do
     pid=${pids[$name]:-}
     [[ -n "$pid" ]] && { kill -TERM "$pid" 2>/dev/null || true; }  # storm may have killed it already
   done
-  for name in bench-ingest edge-a edge-b ingest redis; do stop_one "$name"; done
+  for name in bench-ingest "${edges[@]}" ingest redis; do stop_one "$name"; done
 }
 
 lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenario is reported, the rest go on
   say "ces-loadtest $*"
-  "$bin/ces-loadtest" "$@" --brokers 127.0.0.1:19092 --edges 127.0.0.1:18081,127.0.0.1:18082 --out "$out" \
+  "$bin/ces-loadtest" "$@" --brokers 127.0.0.1:19092 --edges "$edge_addrs" --out "$out" \
     --ingest-metrics "${ingest_metrics:-http://127.0.0.1:18090/metrics}" --redis 127.0.0.1:16379 \
     || {
       local status=$?
@@ -114,17 +140,21 @@ lt() { # scenario args...: runs ces-loadtest against this stack; a failed scenar
         1) warn "ces-loadtest $1 could not run (status 1; its error is above)" ;;
         2) warn "ces-loadtest $1: bad arguments (status 2; the usage error is above)" ;;
         3) warn "ces-loadtest $1: events were lost or duplicated (status 3; see its summary above)" ;;
+        4) warn "ces-loadtest $1 missed a target of its scenario (status 4; TARGET MISSED above)" ;;
         *) warn "ces-loadtest $1 exited with status $status" ;;
       esac
     }
 }
-both=http://127.0.0.1:18081,http://127.0.0.1:18082
 # Scenarios that failed: the rest still run and the summary still prints, then make bench exits 1.
 failed=()
 
 kafka_up
 for s in $scenarios; do
-  [[ $s == micro || $s == none ]] || stack_up "$s"
+  case $s in
+    micro | none) ;;
+    hold | storm-wide) stack_up "$s" "$wide_edges" ;;
+    *) stack_up "$s" ;;
+  esac
   case $s in
     micro)
       say "cargo bench -p ces-protocol (criterion; results in target/criterion/)"
@@ -133,10 +163,10 @@ for s in $scenarios; do
       ;;
     broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;
     latency)
-      lt throughput --name latency --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$both"
+      lt throughput --name latency --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
       ;;
     throughput)
-      lt throughput --topic "$input" --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$both"
+      lt throughput --topic "$input" --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$edge_urls"
       ;;
     raw-ws)
       # Both ends of every raw connection are in one process: at most half the file-descriptor limit.
@@ -155,7 +185,16 @@ for s in $scenarios; do
     idle) lt idle --topic "$input" --connections "$idle_connections" --duration 15 --target http://127.0.0.1:18081 ;;
     storm)
       lt storm --topic "$input" --connections "$storm_sessions" --sessions "$storm_sessions" --rate 2000 --duration 30 \
-        --kill-after 10 --target "$both"
+        --kill-after 10 --target "$edge_urls"
+      ;;
+    hold)
+      # More sockets than one process may hold: the load generator spreads them over worker processes by itself.
+      lt hold --topic "$input" --connections "$hold_connections" --rate 2000 --duration 30 --target "$edge_urls"
+      ;;
+    storm-wide)
+      lt storm --name storm-wide --topic "$input" --connections "$storm_wide_sessions" \
+        --sessions "$storm_wide_sessions" --rate 2000 --duration 30 --kill-after 10 --stop-edges "$storm_wide_stop" \
+        --target "$edge_urls"
       ;;
     none) ;;
     *) warn "unknown scenario $s"; failed+=("$s") ;;
@@ -170,7 +209,7 @@ if ((${#failed[@]})); then
   status=1
 fi
 if [[ -n "${BENCH_HOLD:-}" ]]; then
-  stack_up hold
+  stack_up manual
   say "stack left running (BENCH_HOLD): broker 127.0.0.1:19092, redis 127.0.0.1:16379, ingest :18090, edges :18081 :18082; Ctrl-C stops it"
   wait
 fi

@@ -129,7 +129,13 @@ pub fn settings(brokers: &str, timeout: Duration) -> anyhow::Result<Settings> {
         .inner()
         .fetch_metadata(None, timeout)
         .with_context(|| format!("metadata from {brokers}"))?;
-    let id = metadata.orig_broker_id();
+    let listed: Vec<(i32, String, i32)> = metadata
+        .brokers()
+        .iter()
+        .map(|b| (b.id(), b.host().to_owned(), b.port()))
+        .collect();
+    let id = bootstrap_id(metadata.orig_broker_id(), &listed, brokers)
+        .with_context(|| format!("no broker id in the metadata from {brokers}"))?;
     let opts = AdminOptions::new().request_timeout(Some(timeout));
     let results = futures::executor::block_on(
         admin.describe_configs(&[ResourceSpecifier::Broker(id)], &opts),
@@ -145,6 +151,24 @@ pub fn settings(brokers: &str, timeout: Duration) -> anyhow::Result<Settings> {
         nodes: metadata.brokers().len(),
         config: set_entries(&resource.entries),
     })
+}
+
+/// The id of the broker that answered the metadata request: librdkafka's originating broker id, which is -1 when
+/// the answer came over the bootstrap connection before the broker was known by id; then the listed broker
+/// (`(id, host, port)`) at the first bootstrap address, or the only one listed.
+fn bootstrap_id(orig: i32, listed: &[(i32, String, i32)], bootstrap: &str) -> Option<i32> {
+    if orig >= 0 {
+        return Some(orig);
+    }
+    let first = bootstrap.split(',').next().unwrap_or_default().trim();
+    listed
+        .iter()
+        .find(|(_, host, port)| format!("{host}:{port}") == first)
+        .or(match listed {
+            [only] => Some(only),
+            _ => None,
+        })
+        .map(|b| b.0)
 }
 
 /// The entries a broker's own configuration set (`server.properties`, dynamic broker config), by name: every one
@@ -198,6 +222,27 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_answering_broker_is_found_when_librdkafka_names_none() {
+        let one = [(1, "127.0.0.1".to_owned(), 19092)];
+        assert_eq!(bootstrap_id(3, &one, "x:1"), Some(3));
+        assert_eq!(
+            bootstrap_id(-1, &one, "localhost:19092"),
+            Some(1),
+            "the only one"
+        );
+        let two = [
+            (1, "127.0.0.1".to_owned(), 19092),
+            (2, "127.0.0.1".to_owned(), 19094),
+        ];
+        assert_eq!(
+            bootstrap_id(-1, &two, "127.0.0.1:19094,127.0.0.1:19092"),
+            Some(2)
+        );
+        assert_eq!(bootstrap_id(-1, &two, "localhost:19092"), None);
+        assert_eq!(bootstrap_id(-1, &[], "127.0.0.1:19092"), None);
+    }
 
     fn entry(
         name: &str,

@@ -20,8 +20,13 @@ pub enum Scenario {
     Throughput(Common),
     /// Open C connections and hold them for --duration seconds; report edge RSS per connection and edge CPU.
     Idle(Common),
-    /// C sessions receiving a stream at --rate; kill (or drain) the first of --edges after --kill-after seconds;
-    /// report how long until every session resumed on another edge, and the loss.
+    /// C connections spread over the --target edges while a stream flows at --rate for --duration seconds; report
+    /// each edge's RSS per connection, latency and loss. Exits 4 when a connection was not held or an edge's RSS
+    /// per connection is over --max-rss-per-conn.
+    Hold(HoldArgs),
+    /// C sessions receiving a stream at --rate; kill (or drain) the first --stop-edges of --edges after
+    /// --kill-after seconds; report how long until every session resumed on another edge, and the loss. Exits 4
+    /// when a session did not resume within --max-resume-s.
     Storm(StormArgs),
     /// Produce --count records and time how fast ingest consumes them (from its /metrics), beside the pipelined
     /// `redis-benchmark PUBLISH` rate on the same Redis.
@@ -31,6 +36,10 @@ pub enum Scenario {
     RawWs(Common),
     /// Produce --count records flat out and exit (fills a topic before `ingest --prefilled`).
     Produce(IngestArgs),
+    /// A worker process of a run with more connections than one process may hold: reads its sessions from stdin,
+    /// holds their sockets and reports on stdout until stdin closes. Started by `ces-loadtest` itself.
+    #[command(hide = true)]
+    Worker,
     /// The raw limit of latency: produce at --rate for --duration seconds and read the records back with a bare
     /// Kafka consumer on the same broker (nothing of CES in between); report producer → consumer latency.
     Broker(BrokerArgs),
@@ -43,10 +52,11 @@ impl Scenario {
     pub fn measured_brokers(&self) -> Option<&str> {
         match self {
             Self::Throughput(c) => Some(&c.brokers),
+            Self::Hold(h) => Some(&h.common.brokers),
             Self::Storm(s) => Some(&s.common.brokers),
             Self::Ingest(i) => Some(&i.common.brokers),
             Self::Broker(b) => Some(&b.common.brokers),
-            Self::Idle(_) | Self::RawWs(_) | Self::Produce(_) => None,
+            Self::Idle(_) | Self::RawWs(_) | Self::Produce(_) | Self::Worker => None,
         }
     }
 }
@@ -69,7 +79,8 @@ pub struct Common {
     /// Where sessions register and connect: the load balancer, or several edges (comma-separated), used in turn.
     #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
     pub target: Vec<String>,
-    /// The edge nodes (host:port) whose memory and CPU are reported (and, in `storm`, the first is stopped).
+    /// The edge nodes (host:port) whose memory and CPU are reported (and, in `storm`, the first --stop-edges are
+    /// stopped).
     #[arg(
         long,
         default_value = "127.0.0.1:8081,127.0.0.1:8082",
@@ -89,10 +100,18 @@ pub struct Common {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub settle: u64,
     /// Connections per source address (127.0.0.1, 127.0.0.2, ...), so more than one address's ephemeral ports
-    /// can be used.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    /// can be used. A socket is bound to its source address before it connects, and Linux picks a bound port
+    /// from the even half of the ephemeral range first (14,116 ports of 32768-60999): past that, each bind
+    /// searches the whole range and takes about 2 ms instead of 5 µs, which slowed 100,000 connects to a crawl
+    /// and resumes after an edge kill to 30 s. 10,000 stays well inside the fast half.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub per_source: u64,
-    /// WebSocket handshakes in flight at once while connecting.
+    /// Most sockets one load-generator process holds: more connections are spread over worker processes (this
+    /// program started again as `ces-loadtest worker`), each holding at most this many. Defaults to this
+    /// process's open-files limit minus 1,000 (the limit is per process: 20,000 gives 19,000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub per_process: Option<u64>,
+    /// WebSocket handshakes in flight at once while connecting (shared out among worker processes).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub connect_concurrency: u64,
     /// Directory for `<scenario>.json` and `<scenario>.svg`.
@@ -131,12 +150,31 @@ pub struct StormArgs {
     /// Shared options.
     #[command(flatten)]
     pub common: Common,
-    /// How to stop the first edge.
+    /// How to stop the edges.
     #[arg(long, value_enum, default_value_t = StormAction::Kill)]
     pub action: StormAction,
-    /// Seconds into the stream at which the edge is stopped.
+    /// Seconds into the stream at which the edges are stopped.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub kill_after: u64,
+    /// How many edges to stop at the same moment: the first ones of --edges. Their sessions move to the others
+    /// (one edge holds at most its open-files limit of sockets, so moving more sessions than that takes several).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub stop_edges: u64,
+    /// Target: every session of the stopped edges has resumed on another within this many seconds of the stop.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_resume_s: f64,
+}
+
+/// `hold` options.
+#[derive(Debug, Clone, Args)]
+pub struct HoldArgs {
+    /// Shared options (--connections over --target in turn; --edges are the edges whose memory is measured:
+    /// the same ones, as host:port).
+    #[command(flatten)]
+    pub common: Common,
+    /// Target: no edge's RSS grows by more than this many bytes per connection it holds.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rss_per_conn: u64,
 }
 
 /// `broker` options.
@@ -177,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_scenarios_that_go_through_kafka_name_their_brokers() {
-        for s in ["throughput", "storm", "ingest", "broker"] {
+        for s in ["throughput", "hold", "storm", "ingest", "broker"] {
             assert_eq!(
                 parse(&[s, "--brokers", "127.0.0.1:29092"]).measured_brokers(),
                 Some("127.0.0.1:29092"),
@@ -187,6 +225,31 @@ mod tests {
         for s in ["idle", "raw-ws", "produce"] {
             assert_eq!(parse(&[s]).measured_brokers(), None, "{s}");
         }
+    }
+
+    #[test]
+    fn the_storm_stops_one_edge_within_ten_seconds_unless_told_otherwise() {
+        let Scenario::Storm(s) = parse(&["storm"]) else {
+            panic!("not the storm scenario")
+        };
+        assert_eq!((s.stop_edges, s.max_resume_s), (1, 10.0));
+        let Scenario::Storm(s) = parse(&["storm", "--stop-edges", "3"]) else {
+            panic!("not the storm scenario")
+        };
+        assert_eq!(s.stop_edges, 3);
+        assert!(Cli::try_parse_from(["ces-loadtest", "storm", "--stop-edges", "0"]).is_err());
+    }
+
+    #[test]
+    fn hold_aims_at_eight_kilobytes_per_connection() {
+        let Scenario::Hold(h) = parse(&["hold", "--connections", "100000"]) else {
+            panic!("not the hold scenario")
+        };
+        assert_eq!(
+            (h.max_rss_per_conn, h.common.connections()),
+            (8192, 100_000)
+        );
+        assert_eq!(h.common.per_process, None);
     }
 
     #[test]

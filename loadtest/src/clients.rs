@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -23,8 +23,8 @@ const SAMPLE_BATCH: usize = 64;
 /// Longest a socket task keeps samples before handing them over.
 const SAMPLE_FLUSH: Duration = Duration::from_millis(200);
 
-/// A registered session.
-#[derive(Debug, Clone)]
+/// A registered session (sent to worker processes as JSON, see `scenario::spread`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     /// Session id.
     pub id: String,
@@ -282,7 +282,7 @@ struct Data {
 }
 
 /// One session's socket, from the first connect until `stop`: reconnects with its position after any drop,
-/// moving to the next target; honours `Retry-After`; the first connect may be gated by `gate`.
+/// moving to another target ([`other_target`]); honours `Retry-After`; the first connect may be gated by `gate`.
 pub async fn socket_task(
     session: Session,
     index: u64,
@@ -313,12 +313,15 @@ pub async fn socket_task(
             Err(refusal) => {
                 shared.refused.fetch_add(1, Ordering::Relaxed);
                 failures += 1;
-                if failures == 1 || failures.is_multiple_of(20) {
+                // A socket that was up and dropped meets dead nodes as it moves: expected, and counted.
+                if (failures == 1 && !out.welcomed) || failures.is_multiple_of(20) {
                     tracing_line(&session, &refusal);
                 }
-                // A dead or draining node: try the next one. A busy one says when to come back.
-                target = (target + 1) % targets.len();
-                let wait = refusal.retry.unwrap_or_else(|| backoff(failures));
+                // A dead or draining node: try another. A busy one says when to come back.
+                target = other_target(target, targets.len(), rand::random());
+                let wait = refusal
+                    .retry
+                    .unwrap_or_else(|| backoff(rounds(failures, targets.len())));
                 tokio::select! {
                     () = tokio::time::sleep(wait) => continue,
                     () = stop.cancelled() => break,
@@ -404,7 +407,7 @@ pub async fn socket_task(
         }
         shared.disconnects.fetch_add(1, Ordering::Relaxed);
         dropped_at.get_or_insert_with(Instant::now);
-        target = (target + 1) % targets.len();
+        target = other_target(target, targets.len(), rand::random());
         // Jitter, as a client SDK does, so a node's sockets do not all come back in the same millisecond.
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..250))).await;
     }
@@ -415,9 +418,30 @@ pub async fn socket_task(
     out
 }
 
-/// Exponential backoff from 100 ms to 2 s, with full jitter.
-fn backoff(failures: u32) -> Duration {
-    let cap = 100u64.saturating_mul(1 << failures.min(5)).min(2000);
+/// A target other than `current`, picked by `random` among the other `len - 1` (`current` itself when it is the
+/// only one). A client SDK given a list of nodes does this: when several nodes die at once, their sessions spread
+/// over the survivors instead of all moving to the next node in the list, which would then hold two nodes' share.
+pub fn other_target(current: usize, len: usize, random: u64) -> usize {
+    if len <= 1 {
+        return 0;
+    }
+    let step = 1 + (random % (len as u64 - 1)) as usize;
+    (current + step) % len
+}
+
+/// How many times over a client has tried as many targets as there are others, before its `failures`-th failure
+/// in a row: 0 until it has failed on `len - 1` of them. The backoff grows by rounds, not by attempts: when several
+/// nodes die at once, a client that picks two dead ones in a row has learned nothing about the live ones yet.
+fn rounds(failures: u32, len: usize) -> u32 {
+    let others = u32::try_from(len.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    failures.saturating_sub(1) / others
+}
+
+/// Exponential backoff from 50-100 ms (round 0) to 1-2 s, with jitter.
+fn backoff(rounds: u32) -> Duration {
+    let cap = 100u64.saturating_mul(1 << rounds.min(5)).min(2000);
     Duration::from_millis(rand::random_range(cap / 2..=cap))
 }
 
@@ -443,6 +467,33 @@ mod tests {
         assert_eq!(source_addr(19_999, 20_000).to_string(), "127.0.0.1");
         assert_eq!(source_addr(20_000, 20_000).to_string(), "127.0.0.2");
         assert_eq!(source_addr(300, 1).to_string(), "127.0.1.45");
+    }
+
+    #[test]
+    fn another_target_is_never_the_current_one_and_reaches_every_other() {
+        assert_eq!(other_target(0, 1, 7), 0);
+        assert_eq!(other_target(0, 2, 0), 1);
+        assert_eq!(other_target(1, 2, u64::MAX), 0);
+        for current in 0..6 {
+            let reached: std::collections::BTreeSet<usize> =
+                (0..5).map(|r| other_target(current, 6, r)).collect();
+            let others: std::collections::BTreeSet<usize> =
+                (0..6).filter(|&t| t != current).collect();
+            assert_eq!(reached, others, "from {current}");
+        }
+    }
+
+    #[test]
+    fn the_backoff_grows_once_every_other_target_was_tried() {
+        assert_eq!(
+            (1..=11).map(|f| rounds(f, 6)).collect::<Vec<_>>(),
+            [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2]
+        );
+        assert_eq!((1..=3).map(|f| rounds(f, 2)).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(rounds(4, 1), 3, "one target: every failure is a round");
+        let first = backoff(0);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        assert!(backoff(9) >= Duration::from_secs(1) && backoff(9) <= Duration::from_secs(2));
     }
 
     #[test]

@@ -127,6 +127,51 @@ pub fn total_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| rss_bytes(p)).sum()
 }
 
+/// The TCP counters a connection storm shows in, machine-wide (`/proc/net/netstat`, `TcpExt`): connects dropped
+/// because a listener's accept queue was full, and SYNs sent again (after 1 s, then 3 s, 7 s: what a dropped
+/// connect costs its client).
+pub const TCP_STORM_COUNTERS: [&str; 3] = ["ListenOverflows", "ListenDrops", "TCPSynRetrans"];
+
+/// The [`TCP_STORM_COUNTERS`] now (those the kernel has).
+pub fn tcp_storm_counters() -> BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/net/netstat")
+        .map(|text| parse_netstat(&text, "TcpExt", &TCP_STORM_COUNTERS))
+        .unwrap_or_default()
+}
+
+/// The counters `names` of the `section` of a `/proc/net/netstat` text: a line of names, then a line of values,
+/// both starting with `<section>:`.
+fn parse_netstat(text: &str, section: &str, names: &[&str]) -> BTreeMap<String, u64> {
+    let prefix = format!("{section}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (Some(header), Some(values)) = (lines.next(), lines.next()) else {
+        return BTreeMap::new();
+    };
+    header
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(name, _)| names.contains(name))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
+}
+
+/// How much each counter of `after` grew since `before`.
+pub fn growth(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(name, &v)| {
+            (
+                name.clone(),
+                v.saturating_sub(before.get(name).copied().unwrap_or(v)),
+            )
+        })
+        .collect()
+}
+
 /// `(ns on a CPU, ns waiting on a run queue, timeslices)` from the text of a `/proc/<pid>/task/<tid>/schedstat`:
 /// exactly three unsigned integers separated by whitespace. `None` for anything else.
 fn parse_schedstat(text: &str) -> Option<(u64, u64, u64)> {
@@ -256,6 +301,33 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         assert_eq!(pid_listening_on(&addr), Some(me));
+    }
+
+    #[test]
+    fn reads_the_storm_counters_of_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\n\
+                    TcpExt: 0 6532 6540 10841\n\
+                    IpExt: InNoRoutes ListenOverflows\n\
+                    IpExt: 1 99\n";
+        let got = parse_netstat(text, "TcpExt", &TCP_STORM_COUNTERS);
+        assert_eq!(
+            got,
+            [
+                ("ListenDrops".to_owned(), 6540),
+                ("ListenOverflows".to_owned(), 6532),
+                ("TCPSynRetrans".to_owned(), 10841)
+            ]
+            .into()
+        );
+        assert!(
+            parse_netstat("TcpExt: ListenOverflows\n", "TcpExt", &TCP_STORM_COUNTERS).is_empty()
+        );
+        let later: BTreeMap<String, u64> = [("ListenOverflows".to_owned(), 6600)].into();
+        assert_eq!(
+            growth(&got, &later),
+            [("ListenOverflows".to_owned(), 68)].into()
+        );
+        assert!(tcp_storm_counters().contains_key("ListenOverflows"));
     }
 
     #[test]

@@ -51,10 +51,23 @@ pub struct Report {
     pub rss_per_conn_bytes: Option<u64>,
     /// CPU of the edges over the run, percent of one core.
     pub edge_cpu_percent: Option<f64>,
+    /// Each edge's connections and memory (`hold`); empty when not measured per edge.
+    pub edges: Vec<EdgeFigures>,
+    /// Load-generator processes that held the sockets: 1 when this process held them all, more when they were
+    /// spread over worker processes (see `--per-process`); `null` for scenarios without clients.
+    pub client_processes: Option<u64>,
     /// Sessions that resumed after losing their socket.
     pub resumed: Option<u64>,
     /// From the edge being stopped until the last of them resumed (s).
     pub resume_s: Option<f64>,
+    /// From the edge being stopped until half of them had resumed (s).
+    pub resume_p50_s: Option<f64>,
+    /// From the edge being stopped until 99 % of them had resumed (s).
+    pub resume_p99_s: Option<f64>,
+    /// How much the machine's TCP counters of a connection storm grew from the stop to the end (`storm`; see
+    /// `procfs::TCP_STORM_COUNTERS`): connects a full accept queue dropped, and SYNs sent again because of them.
+    /// Machine-wide: anything else on the machine counts too.
+    pub tcp_counters: std::collections::BTreeMap<String, u64>,
     /// Sockets that dropped during the run.
     pub disconnects: u64,
     /// Handshakes refused or failed (then retried).
@@ -90,6 +103,10 @@ pub struct Report {
     /// every entry not at Kafka's default and not sensitive. `null` when the scenario involves no broker (`idle`,
     /// `raw-ws`) or the broker did not answer.
     pub broker_config: Option<std::collections::BTreeMap<String, String>>,
+    /// The scenario's own targets that this run missed, each with the figure that shows it (`hold`: every
+    /// connection held, RSS per connection; `storm`: every moving session resumed within the deadline). A run that
+    /// missed one exits with status 4.
+    pub targets_missed: Vec<String>,
     /// Scenario-specific notes.
     pub notes: Vec<String>,
     /// Latency per second of the run.
@@ -97,6 +114,32 @@ pub struct Report {
     /// Latency CDF: (ms, fraction at or below).
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
+}
+
+/// One edge's connections and resident memory over a `hold` run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EdgeFigures {
+    /// `host:port` it listens on.
+    pub edge: String,
+    /// Its process id.
+    pub pid: u32,
+    /// WebSockets it held at the end of the stream (its `ces_edge_connections`).
+    pub connections: u64,
+    /// RSS after the sessions were registered, before any socket was opened.
+    pub rss_before_bytes: u64,
+    /// RSS with every socket open, before the stream started.
+    pub rss_held_bytes: u64,
+    /// RSS at the end of the stream, sockets still open.
+    pub rss_after_bytes: u64,
+    /// (`rss_after_bytes` - `rss_before_bytes`) / `connections`.
+    pub rss_per_conn_bytes: u64,
+}
+
+impl EdgeFigures {
+    /// The RSS growth per connection from `rss_before_bytes` to `rss_after_bytes` (0 without connections).
+    pub fn per_conn(&self) -> u64 {
+        self.rss_after_bytes.saturating_sub(self.rss_before_bytes) / self.connections.max(1)
+    }
 }
 
 impl Report {
@@ -172,15 +215,42 @@ impl Report {
             }
             s += "\n";
         }
+        for e in &self.edges {
+            s += &format!(
+                "  edge {} (pid {}): {} connections, RSS {:.1} -> {:.1} -> {:.1} MiB, {} bytes per connection\n",
+                e.edge,
+                e.pid,
+                e.connections,
+                e.rss_before_bytes as f64 / 1048576.0,
+                e.rss_held_bytes as f64 / 1048576.0,
+                e.rss_after_bytes as f64 / 1048576.0,
+                e.rss_per_conn_bytes
+            );
+        }
+        if let Some(n) = self.client_processes.filter(|&n| n > 1) {
+            s += &format!("  clients held by {n} worker processes\n");
+        }
         if let Some(resumed) = self.resumed {
             s += &format!(
-                "  resumed {resumed} sessions in {:.2} s   (disconnects {}, refused handshakes {}, losses named {})\n",
+                "  resumed {resumed} sessions in {:.2} s (half in {:.2} s, 99 % in {:.2} s)   (disconnects {}, refused \
+                 handshakes {}, losses named {})\n",
                 self.resume_s.unwrap_or(f64::NAN),
+                self.resume_p50_s.unwrap_or(f64::NAN),
+                self.resume_p99_s.unwrap_or(f64::NAN),
                 self.disconnects,
                 self.refused,
                 self.resumed_lost
             );
         }
+        s += &summary_line(
+            "TCP during the storm",
+            &self
+                .tcp_counters
+                .iter()
+                .map(|(k, &v)| (k.clone(), v as f64))
+                .collect(),
+            |n| format!("{n:.0}"),
+        );
         if let (Some(raw), Some(ratio)) = (self.raw_limit_per_s, self.ratio_to_raw) {
             s += &format!("  raw limit {raw:.0}/s   ratio {:.0}%\n", ratio * 100.0);
         }
@@ -198,6 +268,9 @@ impl Report {
         s += &self.broker_line();
         for note in &self.notes {
             s += &format!("  note: {note}\n");
+        }
+        for missed in &self.targets_missed {
+            s += &format!("  TARGET MISSED: {missed}\n");
         }
         s
     }
@@ -327,6 +400,38 @@ mod tests {
                 .broker_line()
                 .starts_with("  broker: 3 nodes, id 1: ")
         );
+    }
+
+    #[test]
+    fn edges_and_missed_targets_are_in_the_summary() {
+        let mut report = Report::new("hold");
+        let edge = EdgeFigures {
+            edge: "127.0.0.1:18081".to_owned(),
+            pid: 42,
+            connections: 1000,
+            rss_before_bytes: 10 << 20,
+            rss_held_bytes: 16 << 20,
+            rss_after_bytes: 17 << 20,
+            ..Default::default()
+        };
+        assert_eq!(edge.per_conn(), (7 << 20) / 1000);
+        report.edges.push(EdgeFigures {
+            rss_per_conn_bytes: edge.per_conn(),
+            ..edge
+        });
+        report.client_processes = Some(3);
+        report
+            .targets_missed
+            .push("RSS per connection 9000 bytes > 8192".to_owned());
+        let summary = report.summary();
+        assert!(
+            summary.contains(
+                "  edge 127.0.0.1:18081 (pid 42): 1000 connections, RSS 10.0 -> 16.0 -> 17.0 MiB, 7340 bytes per connection\n"
+            ),
+            "{summary}"
+        );
+        assert!(summary.contains("  clients held by 3 worker processes\n"));
+        assert!(summary.ends_with("  TARGET MISSED: RSS per connection 9000 bytes > 8192\n"));
     }
 
     #[test]

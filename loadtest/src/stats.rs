@@ -1,4 +1,6 @@
-//! Latency recording: one overall histogram and one per second of the run, fed in batches by the socket tasks.
+//! Latency recording: one overall histogram and one per second of the run, fed in batches by the socket tasks. In
+//! a worker process (see `scenario::spread`) the recorder only forwards: it keeps the samples until the worker
+//! sends them to the process that reports.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -13,6 +15,8 @@ const MAX_MICROS: u64 = 60_000_000;
 pub struct Recorder {
     start: Instant,
     inner: Mutex<Histograms>,
+    /// Set in a worker process: samples wait here for [`Recorder::take_forwarded`] instead of being recorded.
+    forward: Option<Mutex<Vec<(Instant, u64)>>>,
 }
 
 #[derive(Debug)]
@@ -70,11 +74,35 @@ impl Recorder {
                 overall: histogram(3),
                 per_second: Vec::new(),
             }),
+            forward: None,
         }
+    }
+
+    /// A recorder that keeps every sample for [`Recorder::take_forwarded`] and records nothing itself. Its owner
+    /// must take them regularly: nothing else bounds what it keeps (a worker takes them every 200 ms).
+    pub fn forwarding() -> Self {
+        Self {
+            forward: Some(Mutex::new(Vec::new())),
+            ..Self::new()
+        }
+    }
+
+    /// The samples kept since the last call (always empty unless [`Recorder::forwarding`]).
+    pub fn take_forwarded(&self) -> Vec<(Instant, u64)> {
+        self.forward.as_ref().map_or_else(Vec::new, |f| {
+            std::mem::take(&mut *f.lock().expect("forward lock"))
+        })
     }
 
     /// Records a batch of `(received, latency µs)` samples.
     pub fn record(&self, samples: &[(Instant, u64)]) {
+        if let Some(forward) = &self.forward {
+            forward
+                .lock()
+                .expect("forward lock")
+                .extend_from_slice(samples);
+            return;
+        }
         let mut h = self.inner.lock().expect("recorder lock");
         for &(at, micros) in samples {
             let micros = micros.clamp(1, MAX_MICROS);
@@ -207,6 +235,19 @@ mod tests {
         assert_eq!(t.observe(3), Seen::Duplicate);
         assert_eq!(t.observe(200), Seen::New);
         assert_eq!((t.distinct, t.duplicated, t.out_of_order), (4, 1, 1));
+    }
+
+    #[test]
+    fn a_forwarding_recorder_keeps_samples_until_taken_and_records_none() {
+        let r = Recorder::forwarding();
+        let now = Instant::now();
+        r.record(&[(now, 5), (now, 7)]);
+        r.record(&[(now, 9)]);
+        assert_eq!(r.quantiles().count, 0);
+        let taken: Vec<u64> = r.take_forwarded().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(taken, [5, 7, 9]);
+        assert!(r.take_forwarded().is_empty());
+        assert!(Recorder::new().take_forwarded().is_empty());
     }
 
     #[test]

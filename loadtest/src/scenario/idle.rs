@@ -38,7 +38,9 @@ pub(super) async fn run(c: &Common) -> anyhow::Result<Report> {
     report.edge_cpu_percent = (!pids.is_empty()).then(|| procfs::cpu_percent_since(&cpu, &pids));
     let still = fleet.shared.connected.load(Ordering::Relaxed);
     let shared = fleet.shared.clone();
-    fleet.finish().await;
+    report.client_processes = Some(fleet.processes());
+    let (_, notes) = fleet.finish().await;
+    report.notes.extend(notes);
     report.sessions = conns;
     report.connections = still;
     report.duration_s = c.duration as f64;

@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //!
-//! One file per scenario, each a `run` that returns its [`Report`]: [`throughput`], [`idle`], [`storm`],
+//! One file per scenario, each a `run` that returns its [`Report`]: [`throughput`], [`idle`], [`hold`], [`storm`],
 //! [`ingest`], [`raw_ws`], [`broker`], and [`produce`] (which only fills a topic and writes no report). What they
 //! share is split by concern:
 //!
 //! - [`fleet`]: registered sessions with their sockets open, and the delivery figures they report.
+//! - [`spread`], [`worker`] and [`wire`]: the sockets of a run with more than one process may hold, spread over
+//!   worker processes (`ces-loadtest worker`), and the lines they report on.
 //! - [`producing`]: the producer thread and the progress loop that drives a run.
 //! - [`prometheus`]: scraping ingest's and the edges' `/metrics`, and parsing the text exposition.
 //! - [`stack`]: the stack's processes on this machine, found by the ports they listen on.
@@ -14,6 +16,7 @@
 
 mod broker;
 mod fleet;
+mod hold;
 mod idle;
 mod ingest;
 mod produce;
@@ -21,9 +24,12 @@ mod producing;
 mod prometheus;
 mod raw_ws;
 mod shell;
+mod spread;
 mod stack;
 mod storm;
 mod throughput;
+mod wire;
+mod worker;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,13 +39,21 @@ use crate::report::Report;
 
 /// Exit status of a run that lost or duplicated events (1: it could not run; 2: bad arguments).
 pub const EXIT_LOST: u8 = 3;
+/// Exit status of a run that lost nothing but missed a target of its scenario (`targets_missed` in the report).
+pub const EXIT_MISSED: u8 = 4;
 
-/// Runs one scenario and writes its report; exits [`EXIT_LOST`] if events were lost or duplicated.
+/// Runs one scenario and writes its report; exits [`EXIT_LOST`] if events were lost or duplicated, else
+/// [`EXIT_MISSED`] if a target of the scenario was missed.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let brokers = cli.scenario.measured_brokers().map(str::to_owned);
     let (mut report, out, name) = match cli.scenario {
         Scenario::Throughput(c) => (throughput::run(&c).await?, c.out.clone(), c.name.clone()),
         Scenario::Idle(c) => (idle::run(&c).await?, c.out.clone(), c.name.clone()),
+        Scenario::Hold(h) => (
+            hold::run(&h).await?,
+            h.common.out.clone(),
+            h.common.name.clone(),
+        ),
         Scenario::Storm(s) => (
             storm::run(&s).await?,
             s.common.out.clone(),
@@ -60,6 +74,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             produce::run(&i).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Scenario::Worker => {
+            worker::run().await?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     if let Some(brokers) = brokers {
         record_broker(&mut report, brokers).await;
@@ -73,6 +91,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // 2 is clap's usage error; a run that lost or duplicated events says so with its own code.
     Ok(if report.lost > 0 || report.duplicated > 0 {
         ExitCode::from(EXIT_LOST)
+    } else if !report.targets_missed.is_empty() {
+        ExitCode::from(EXIT_MISSED)
     } else {
         ExitCode::SUCCESS
     })

@@ -9,6 +9,21 @@ use anyhow::Context as _;
 
 use crate::cli::Common;
 
+/// The edge's gauge of WebSockets it holds.
+const EDGE_CONNECTIONS: &str = "ces_edge_connections";
+
+/// The WebSockets the edge at `edge` (host:port) holds, from its `/metrics`; `None` when it does not answer.
+pub(super) async fn edge_connections(edge: &str) -> Option<u64> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let n = scrape(&http, &format!("http://{edge}/metrics"), EDGE_CONNECTIONS)
+        .await
+        .ok()?;
+    Some(n as u64)
+}
+
 /// The sum of `metric` over its labels at the `/metrics` endpoint `url`.
 pub(super) async fn scrape(http: &reqwest::Client, url: &str, metric: &str) -> anyhow::Result<f64> {
     let text = http

@@ -55,10 +55,12 @@ fn parse_redis_benchmark(text: &str) -> Option<f64> {
     before.rsplit(' ').next()?.parse().ok()
 }
 
-/// Sends `signal` (as `kill` spells it, e.g. `-KILL`) to process `pid` with `kill`.
-pub(super) fn kill(signal: &str, pid: u32) -> std::io::Result<std::process::ExitStatus> {
+/// Sends `signal` (as `kill` spells it, e.g. `-KILL`) to the processes `pids` with one `kill`, so they all get it
+/// at the same moment.
+pub(super) fn kill(signal: &str, pids: &[u32]) -> std::io::Result<std::process::ExitStatus> {
     std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
+        .arg(signal)
+        .args(pids.iter().map(u32::to_string))
         .status()
 }
 

@@ -54,13 +54,14 @@ pub(super) async fn run(c: &Common) -> anyhow::Result<Report> {
     report.edge_rss_bytes = (!pids.is_empty()).then(|| procfs::total_rss(&pids));
     let produced = producing.finish()?;
     let shared = fleet.shared.clone();
-    let sessions = fleet.sessions.clone();
-    let outcomes = fleet.finish().await;
+    let sessions = fleet.sessions.len();
+    report.client_processes = Some(fleet.processes());
+    let (delivery, notes) = fleet.finish().await;
     report.sessions = c.sessions;
     report.connections = c.sessions;
     report.rate_target = c.rate;
     report.duration_s = c.duration as f64;
-    fleet::tally(&mut report, &produced, &outcomes, &sessions);
+    fleet::tally(&mut report, &produced, &delivery, sessions, notes);
     fleet::fill_latency(&mut report, &shared);
     report.produced_per_s = report.produced as f64 / (c.duration as f64).min(produce_secs);
     report.delivered_per_s =
