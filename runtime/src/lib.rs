@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod net;
 pub mod otel;
 pub mod redis;
 pub mod shutdown;

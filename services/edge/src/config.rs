@@ -11,6 +11,8 @@ use ces_runtime::config::{Common, Source, Vars};
 pub struct Config {
     /// Address the HTTP/WebSocket listener binds.
     pub listen: SocketAddr,
+    /// Accept queue of the listener: room for the connects of a reconnect storm while the node accepts.
+    pub listen_backlog: u32,
     /// This node's id, sent in the welcome frame and stored with sessions.
     pub node_id: String,
     /// Session token signing key.
@@ -75,6 +77,7 @@ impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ces_runtime::Error> {
         let mut v = Vars::new(source);
         let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
+        let listen_backlog = v.bounded("CES_EDGE_LISTEN_BACKLOG", 4096, 1, 65_535) as u32;
         // Unique by default: every replica of a container image has the same pid, and nodes sharing an id share a
         // control channel (missed takeovers, a newer socket closed instead of the older).
         let node_id = match v.optional("CES_NODE_ID") {
@@ -187,6 +190,7 @@ impl Config {
         v.finish()?;
         Ok(Self {
             listen,
+            listen_backlog,
             node_id,
             token_keys: token_keys.expect("a key error fails `finish` above"),
             token_ttl,
@@ -316,6 +320,7 @@ mod tests {
             ("CES_EDGE_LISTEN", "nowhere"),
             ("CES_WS_QUEUE_CAPACITY", "0"),
             ("CES_NODE_ID", "a b"),
+            ("CES_EDGE_LISTEN_BACKLOG", "0"),
         ]))
         .unwrap_err()
         .to_string();
@@ -324,6 +329,7 @@ mod tests {
             "CES_EDGE_LISTEN",
             "CES_WS_QUEUE_CAPACITY",
             "CES_NODE_ID",
+            "CES_EDGE_LISTEN_BACKLOG",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
@@ -353,6 +359,7 @@ mod tests {
     fn defaults() {
         let c = Config::from_source(&src(&[("CES_TOKEN_SECRET", &"k".repeat(32))])).unwrap();
         assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.max_message_bytes, 64 * 1024);
         assert_eq!(c.token_ttl, Duration::from_secs(900));
     }

@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match ces_runtime::net::bind(config.listen, config.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(addr = %config.listen, error = %e, "cannot bind");
