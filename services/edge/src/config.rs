@@ -103,7 +103,7 @@ impl Config {
             v.bounded("CES_PUBSUB_BUFFER_BYTES", 64 << 20, 1 << 16, 1 << 32) as usize;
         let max_pending_handshakes =
             v.bounded("CES_WS_MAX_PENDING_HANDSHAKES", 512, 1, 1_000_000) as usize;
-        let admission_wait = v.millis("CES_WS_ADMISSION_WAIT_MS", 2000, 0, 60_000);
+        let admission_wait = v.millis("CES_WS_ADMISSION_WAIT_MS", 5000, 0, 60_000);
         let register_auth = crate::register_auth::RegisterAuth::read(&mut v);
         let header_timeout = v.millis("CES_HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 300_000);
         let max_http_connections =
@@ -360,6 +360,7 @@ mod tests {
         let c = Config::from_source(&src(&[("CES_TOKEN_SECRET", &"k".repeat(32))])).unwrap();
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c.admission_wait, Duration::from_secs(5));
         assert_eq!(c.max_message_bytes, 64 * 1024);
         assert_eq!(c.token_ttl, Duration::from_secs(900));
     }
