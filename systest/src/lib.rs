@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod haproxy;
 pub mod kafka;
 mod metrics;
 pub mod tls;

@@ -285,15 +285,20 @@ pub async fn refresh(
     }))
 }
 
-/// The client's address (through trusted proxies, see [`crate::limits::client_ip`]).
+/// The client's address (through trusted proxies, see [`crate::client_addr::client_ip`]).
 fn client_ip(
     state: &AppState,
     connect_info: Option<&Extension<ConnectInfo<SocketAddr>>>,
     headers: &HeaderMap,
 ) -> Option<std::net::IpAddr> {
     let Extension(ConnectInfo(peer)) = connect_info?;
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    Some(crate::limits::client_ip(
+    // Every line: a proxy may add its entry as a line of its own, after the client's. A line that is not text
+    // stands for a garbage entry.
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"));
+    Some(crate::client_addr::client_ip(
         peer.ip(),
         forwarded,
         &state.config.trusted_proxies,

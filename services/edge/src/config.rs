@@ -56,7 +56,7 @@ pub struct Config {
     /// `Origin` (native apps, servers) are not browsers and are always allowed.
     pub allowed_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` names the client (the load balancers' addresses).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
     /// closing and the listener stops accepting.
     pub drain_delay: Duration,
@@ -144,6 +144,7 @@ impl Config {
             connects_per_min: nonzero(v.bounded("CES_LIMIT_CONNECTS_PER_MIN", 600, 1, 1_000_000)),
             messages_per_sec: nonzero(v.bounded("CES_LIMIT_MESSAGES_PER_SEC", 50, 1, 100_000)),
             max_connections: v.bounded("CES_MAX_CONNECTIONS", 200_000, 1, 10_000_000) as usize,
+            ipv6_prefix: v.bounded("CES_LIMIT_IPV6_PREFIX", 64, 32, 128) as u8,
         };
         let allowed_origins = v.list("CES_ALLOWED_ORIGINS", &[]);
         v.check(
@@ -153,11 +154,11 @@ impl Config {
             || format!("CES_ALLOWED_ORIGINS={allowed_origins:?} must be origins like https://app.example.com"),
         );
         let proxies = v.list("CES_TRUSTED_PROXIES", &[]);
-        let trusted_proxies: Vec<std::net::IpAddr> =
-            proxies.iter().filter_map(|p| p.parse().ok()).collect();
-        v.check(trusted_proxies.len() == proxies.len(), || {
-            format!("CES_TRUSTED_PROXIES={proxies:?} must be IP addresses, comma-separated")
-        });
+        let trusted_proxies =
+            crate::client_addr::TrustedProxies::parse(&proxies).unwrap_or_else(|e| {
+                v.check(false, || format!("CES_TRUSTED_PROXIES: {e}"));
+                Default::default()
+            });
         let drain_delay = v.millis("CES_DRAIN_DELAY_MS", 1000, 0, 60_000);
         let drain_window = v.millis("CES_DRAIN_WINDOW_MS", 5000, 0, 600_000);
         v.check(drain_delay + drain_window <= shutdown_grace, || {

@@ -18,6 +18,7 @@
 //!   Redis state behind [`ws::SessionStore`].
 
 pub mod api;
+pub mod client_addr;
 pub mod config;
 pub mod hub;
 pub mod limits;

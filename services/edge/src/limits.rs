@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
+
+use crate::client_addr::limit_key;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// The configured rates.
@@ -22,6 +24,8 @@ pub struct Rates {
     pub messages_per_sec: NonZeroU32,
     /// Open sockets per node before new ones get 503 (`CES_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// IPv6 clients are limited per network of this many bits (`CES_LIMIT_IPV6_PREFIX`).
+    pub ipv6_prefix: u8,
 }
 
 /// The node's limiters.
@@ -47,14 +51,14 @@ impl Limits {
     /// Admits a registration from `ip`, or says how long to wait.
     pub fn register(&self, ip: IpAddr) -> Result<(), Duration> {
         self.registrations
-            .check_key(&ip)
+            .check_key(&limit_key(ip, self.rates.ipv6_prefix))
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Admits a connection attempt from `ip`, or says how long to wait.
     pub fn connect(&self, ip: IpAddr) -> Result<(), Duration> {
         self.connects
-            .check_key(&ip)
+            .check_key(&limit_key(ip, self.rates.ipv6_prefix))
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
@@ -102,56 +106,9 @@ impl Drop for HandshakeSlot {
     }
 }
 
-/// The client's address: the peer's, unless the peer is a trusted proxy, in which case the right-most address in
-/// `X-Forwarded-For` that is not itself a trusted proxy (entries left of it could have been written by the
-/// client). A malformed header from a trusted proxy falls back to the proxy's address.
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
-        return peer;
-    }
-    let Some(header) = forwarded_for else {
-        return peer;
-    };
-    for entry in header.rsplit(',').map(str::trim) {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => continue,
-            Ok(ip) => return ip,
-            Err(_) => return peer,
-        }
-    }
-    peer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let lb: IpAddr = "10.0.0.9".parse().unwrap();
-        let trusted = [lb];
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            client_ip(ip("1.2.3.4"), Some("5.6.7.8"), &trusted),
-            ip("1.2.3.4")
-        );
-        assert_eq!(client_ip(lb, Some("5.6.7.8"), &trusted), ip("5.6.7.8"));
-        // A client cannot pick its address by sending its own header: the proxy appends the real one.
-        assert_eq!(
-            client_ip(lb, Some("6.6.6.6, 5.6.7.8"), &trusted),
-            ip("5.6.7.8")
-        );
-        assert_eq!(
-            client_ip(lb, Some("5.6.7.8, 10.0.0.9"), &trusted),
-            ip("5.6.7.8")
-        );
-        assert_eq!(client_ip(lb, Some("garbage"), &trusted), lb);
-        assert_eq!(client_ip(lb, None, &trusted), lb);
-        assert_eq!(
-            client_ip(lb, Some("2001:db8::1"), &trusted),
-            ip("2001:db8::1")
-        );
-    }
 
     fn rates(per_min: u32) -> Rates {
         Rates {
@@ -159,6 +116,7 @@ mod tests {
             connects_per_min: NonZeroU32::new(per_min).unwrap(),
             messages_per_sec: NonZeroU32::new(3).unwrap(),
             max_connections: 10,
+            ipv6_prefix: 64,
         }
     }
 
@@ -174,6 +132,15 @@ mod tests {
             "{wait:?}"
         );
         assert!(l.register(b).is_ok(), "another IP is not affected");
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(
+            l.register(v6("2001:db8:0:1::1")).is_ok() && l.register(v6("2001:db8:0:1::2")).is_ok()
+        );
+        assert!(
+            l.register(v6("2001:db8:0:1:ffff::3")).is_err(),
+            "one /64 is one client, whichever of its addresses it uses"
+        );
+        assert!(l.register(v6("2001:db8:0:2::1")).is_ok());
         assert!(
             l.connect(a).is_ok(),
             "registrations and connections are separate budgets"
