@@ -4,6 +4,9 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ces_systest::Redis;
 use ces_systest::haproxy::Haproxy;
@@ -70,5 +73,149 @@ async fn spoofed_forwarded_for_through_haproxy_gets_one_budget_per_real_host() -
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 201);
+    edge.stop().await
+}
+
+/// A raw TCP connection from `ip` to the edge at `base`, or `None` when the edge closed it at once (over its
+/// address's share).
+async fn raw_connection(ip: [u8; 4], base: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((Ipv4Addr::from(ip), 0).into())?;
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// Reads until the edge closes the connection (or `limit` passes); returns what it sent and when it closed.
+async fn until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    use tokio::io::AsyncReadExt as _;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(started + limit, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(started.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, None),
+        }
+    }
+}
+
+/// One host holds connections with bodies trickled a byte at a time and with idle keep-alives, more than its share:
+/// the excess is closed at accept, the rest when their deadlines pass, and meanwhile another host registers,
+/// connects and receives its events from the same node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_and_idle_keep_alives_from_one_host_lock_nobody_out() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    ces_systest::init_logs();
+    let redis = Redis::start().await?;
+    let share = 40;
+    let (request_deadline, head_deadline) = (Duration::from_secs(2), Duration::from_millis(1500));
+    let edge = common::start_edge(
+        &redis.url(),
+        "edge-a",
+        &[
+            ("CES_HTTP_MAX_CONNECTIONS", "100".to_owned()),
+            ("CES_HTTP_MAX_CONNECTIONS_PER_IP", share.to_string()),
+            (
+                "CES_HTTP_REQUEST_TIMEOUT_MS",
+                request_deadline.as_millis().to_string(),
+            ),
+            (
+                "CES_HTTP_HEADER_TIMEOUT_MS",
+                head_deadline.as_millis().to_string(),
+            ),
+            ("CES_WS_ADMISSION_WAIT_MS", "1000".to_owned()),
+        ],
+    )
+    .await?;
+    let attacker = [127, 0, 0, 2];
+    let started = Instant::now();
+    // Trickled bodies: a head announcing 100 kB, then one byte every 100 ms, for as long as the edge lets it.
+    let mut trickles = Vec::new();
+    for _ in 0..share / 2 {
+        let mut stream = raw_connection(attacker, &edge.base).await?;
+        let head = "POST /v1/sessions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n\
+                    Content-Length: 100000\r\n\r\n{";
+        stream.write_all(head.as_bytes()).await?;
+        let (mut read, mut write) = stream.into_split();
+        let feeder = tokio::spawn(async move {
+            while write.write_all(b" ").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        trickles.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut got)).await;
+            feeder.abort();
+            (got, started.elapsed())
+        }));
+    }
+    // Idle keep-alives: one request answered, then silence.
+    let mut idle = Vec::new();
+    for _ in 0..share / 2 {
+        let mut stream = raw_connection(attacker, &edge.base).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            .await?;
+        idle.push(tokio::spawn(async move {
+            until_closed(&mut stream, Duration::from_secs(20)).await
+        }));
+    }
+    // Past the share, as many again as the node has slots: each closed at accept, its request never answered.
+    for _ in 0..100 {
+        let mut extra = raw_connection(attacker, &edge.base).await?;
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            .await;
+        let (got, closed) = until_closed(&mut extra, Duration::from_secs(5)).await;
+        assert!(
+            got.is_empty() && closed.is_some(),
+            "a connection over the share is closed unanswered, got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    // Another host, meanwhile: registers, connects and receives.
+    let http = reqwest::Client::new();
+    let registered = ces_systest::client::register(&http, &edge.base).await?;
+    let mut ws = ces_systest::client::WsClient::connect(&ces_systest::client::ws_url(
+        &edge.base,
+        &registered.token,
+    ))
+    .await?;
+    let welcome = ws
+        .next_json(Duration::from_secs(10))
+        .await?
+        .expect("welcome");
+    assert_eq!(welcome["type"], "welcome");
+    let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
+    fred::interfaces::ClientLike::init(&admin).await?;
+    ces_runtime::redis::load_library(&admin).await?;
+    let channel = ces_protocol::keys::channel(&registered.session_id);
+    common::publish_direct(&admin, &registered.session_id, "abuse-1", 1, channel).await?;
+    let events = ws.events(1, Duration::from_secs(10)).await?;
+    assert_eq!(events[0]["data"]["n"], 1);
+
+    for trickle in trickles {
+        let (answer, at) = trickle.await?;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a trickled body is answered 408, got {answer:?}"
+        );
+        // Generous: the deadline is 2 s, the assertion is that it is enforced at all.
+        assert!(at < request_deadline * 4, "closed after {at:?}");
+    }
+    for idle in idle {
+        let (answer, closed) = idle.await?;
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+        let closed = closed.expect("an idle keep-alive is closed by the head deadline");
+        assert!(closed < head_deadline * 4, "closed after {closed:?}");
+    }
+    ws.close().await;
     edge.stop().await
 }

@@ -39,11 +39,14 @@ pub struct Registered {
 /// `POST /v1/sessions`: registers a session. The body is optional; when given it must be a JSON object of client
 /// metadata (stored with the session, at most `CES_MAX_BODY_BYTES`). When registration is protected
 /// ([`crate::register_auth`]), the request needs `Authorization: Bearer <API key or JWT>`.
+///
+/// The rate limit and the credential are checked before a byte of the body is read: a refused client costs no
+/// body buffer, and a trickled body is cut off by the request deadline ([`crate::serve`]).
 pub async fn register(
     State(state): State<Arc<AppState>>,
     connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Registered>), Error> {
     let client = client_ip(&state, connect_info.as_ref(), &headers);
     if let Some(ip) = client {
@@ -54,6 +57,7 @@ pub async fn register(
         .register_auth
         .check(bearer(&headers))
         .map_err(Error::RegistrationRefused)?;
+    let body = read_body(body, state.config.max_body_bytes).await?;
     let metadata = parse_metadata(&body)?;
     let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string())
         .expect("uuid is a valid session id");
@@ -110,6 +114,19 @@ pub async fn register(
             expires_at: expires_at.format(&Rfc3339).unwrap_or_default(),
         }),
     ))
+}
+
+/// The whole body, at most `limit` bytes (413 past it, without reading the rest).
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge(limit)),
+        Err(e) => Err(Error::BadRequest {
+            code: "invalid_body",
+            message: format!("the body could not be read: {e}"),
+        }),
+    }
 }
 
 fn parse_metadata(body: &[u8]) -> Result<String, Error> {

@@ -108,6 +108,14 @@ impl Config {
         let header_timeout = v.millis("CES_HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 300_000);
         let max_http_connections =
             v.bounded("CES_HTTP_MAX_CONNECTIONS", 10_000, 1, 10_000_000) as usize;
+        let max_connections_per_ip =
+            v.bounded("CES_HTTP_MAX_CONNECTIONS_PER_IP", 64, 1, 10_000_000) as usize;
+        let request_timeout = v.millis("CES_HTTP_REQUEST_TIMEOUT_MS", 15_000, 100, 300_000);
+        let write_timeout = v.millis("CES_HTTP_WRITE_TIMEOUT_MS", 10_000, 100, 300_000);
+        // hyper refuses a buffer under 8 KiB.
+        let max_header_bytes =
+            v.bounded("CES_HTTP_MAX_HEADER_BYTES", 16 << 10, 8 << 10, 1 << 20) as usize;
+        let max_headers = v.bounded("CES_HTTP_MAX_HEADERS", 64, 8, 1000) as usize;
         let tls = match (
             v.optional("CES_TLS_CERT_FILE"),
             v.optional("CES_TLS_KEY_FILE"),
@@ -159,6 +167,11 @@ impl Config {
                 v.check(false, || format!("CES_TRUSTED_PROXIES: {e}"));
                 Default::default()
             });
+        v.check(admission_wait < request_timeout, || {
+            "CES_WS_ADMISSION_WAIT_MS must be shorter than CES_HTTP_REQUEST_TIMEOUT_MS (a handshake that waits for \
+             a slot is a request in progress)"
+                .into()
+        });
         let drain_delay = v.millis("CES_DRAIN_DELAY_MS", 1000, 0, 60_000);
         let drain_window = v.millis("CES_DRAIN_WINDOW_MS", 5000, 0, 600_000);
         v.check(drain_delay + drain_window <= shutdown_grace, || {
@@ -207,6 +220,13 @@ impl Config {
                 tls,
                 header_timeout,
                 max_connections: max_http_connections,
+                max_connections_per_ip,
+                request_timeout,
+                write_timeout,
+                max_header_bytes,
+                max_headers,
+                trusted: trusted_proxies.clone(),
+                ipv6_prefix: rates.ipv6_prefix,
             },
             max_message_bytes,
             max_body_bytes,

@@ -52,6 +52,9 @@ pub enum Error {
     /// No handshake slot freed up within `CES_WS_ADMISSION_WAIT_MS` (a reconnect storm).
     #[error("overloaded")]
     Overloaded,
+    /// The request body is larger than the configured limit (bytes).
+    #[error("body over {0} bytes")]
+    BodyTooLarge(usize),
     /// The client IP exceeded a rate limit; retry after the duration.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
@@ -101,6 +104,11 @@ impl IntoResponse for Error {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many requests from this address; retry after the Retry-After delay".to_owned(),
+            ),
+            Error::BodyTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body may be at most {limit} bytes"),
             ),
             Error::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, *code, message.clone())

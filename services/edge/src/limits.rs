@@ -3,9 +3,10 @@
 //! none is held across an await, so a reconnect storm is answered with 429/503 and `Retry-After` at line rate
 //! instead of stalling the node.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -106,6 +107,70 @@ impl Drop for HandshakeSlot {
     }
 }
 
+/// Each client address's share of the connections not yet upgraded (`CES_HTTP_MAX_CONNECTIONS_PER_IP`): one host
+/// holding slow requests or idle keep-alives cannot take every slot of the node. The lock is held for one map
+/// operation, never across an await.
+#[derive(Debug)]
+pub struct ConnectionShares {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionShares {
+    /// At most `max` connections per key.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes one of `key`'s shares, or `None` when it holds all of them. The share is given back when dropped.
+    pub fn take(self: &Arc<Self>, key: IpAddr) -> Option<Share> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self.clone(),
+            key,
+        })
+    }
+
+    /// Addresses holding at least one share.
+    pub fn addresses(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// One connection's share of its address's budget.
+#[derive(Debug)]
+pub struct Share {
+    shares: Arc<ConnectionShares>,
+    key: IpAddr,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut open = self
+            .shares
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +218,24 @@ mod tests {
         let s = l.socket();
         assert!((0..3).all(|_| s.check().is_ok()));
         assert!(s.check().is_err());
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_share_and_gets_it_back_as_connections_end() {
+        let shares = ConnectionShares::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = shares.take(a).expect("first");
+        let second = shares.take(a).expect("second");
+        assert!(shares.take(a).is_none(), "a third is over the share");
+        let other = shares.take(b).expect("another address has its own share");
+        assert_eq!(shares.addresses(), 2);
+        drop(first);
+        let again = shares
+            .take(a)
+            .expect("a share comes back when its connection ends");
+        assert!(shares.take(a).is_none());
+        drop((second, again, other));
+        assert_eq!(shares.addresses(), 0, "idle addresses are forgotten");
     }
 }

@@ -32,8 +32,11 @@ pub const SUBSCRIBED_CHANNELS: &str = "ces_edge_subscribed_channels";
 pub const RATE_LIMITED_TOTAL: &str = "ces_edge_rate_limited_total";
 /// TCP connections open and not (yet) upgraded to a WebSocket: waiting for a request, or in one.
 pub const HTTP_CONNECTIONS: &str = "ces_edge_http_connections";
-/// Connections closed at accept because `CES_HTTP_MAX_CONNECTIONS` were open.
+/// Connections closed at accept, labelled by `reason`: `node` (`CES_HTTP_MAX_CONNECTIONS` were open) or `address`
+/// (the client's address held `CES_HTTP_MAX_CONNECTIONS_PER_IP`).
 pub const HTTP_CONNECTIONS_SHED: &str = "ces_edge_http_connections_shed_total";
+/// Requests answered 408 because they were not complete within `CES_HTTP_REQUEST_TIMEOUT_MS`.
+pub const HTTP_REQUESTS_TIMED_OUT: &str = "ces_edge_http_requests_timed_out_total";
 /// TLS handshakes that failed or timed out.
 pub const TLS_HANDSHAKE_FAILURES: &str = "ces_edge_tls_handshake_failures_total";
 /// WebSocket handshakes refused with 503 `overloaded` because no handshake slot freed up in time.

@@ -4,11 +4,17 @@
 //! Why not `axum::serve`: it has no header-read timeout, so a connection that never finishes its request holds a
 //! task and a file descriptor forever, and it serves plain TCP only. Here:
 //!
-//! - At most `max_connections` TCP connections wait for (or are in) an HTTP request at once. Beyond that a new
-//!   connection is closed at once (`ces_edge_http_connections_shed_total`); an upgraded WebSocket no longer counts
-//!   here (it is counted by `CES_MAX_CONNECTIONS`).
-//! - The TLS handshake and the request head must each arrive within `header_timeout`; a slow or silent client is
-//!   disconnected after it.
+//! - At most `max_connections` TCP connections wait for (or are in) an HTTP request at once, and at most
+//!   `max_connections_per_ip` of them from one client address (an IPv6 client's /64; a trusted proxy is not
+//!   limited, it carries many clients). Beyond that a new connection is closed at once
+//!   (`ces_edge_http_connections_shed_total`, by `reason`); an upgraded WebSocket no longer counts here (it is
+//!   counted by `CES_MAX_CONNECTIONS`).
+//! - The TLS handshake and each request head must arrive within `header_timeout`, which also bounds an idle
+//!   keep-alive connection (hyper starts the head timer as soon as it waits for the next request). A head is at
+//!   most `max_header_bytes` and `max_headers` fields.
+//! - Each request (its body included) must be answered within `request_timeout`, else 408 and the connection
+//!   closes; a write to the socket that makes no progress for `write_timeout` ends the connection (a client that
+//!   never reads its response).
 //! - The accept loop never waits on a client: handshakes run on the connection's own task.
 //! - On shutdown the listener closes and each connection finishes its in-flight request and closes; the caller
 //!   waits for them with the returned tracker.
@@ -28,6 +34,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
+use crate::client_addr::{TrustedProxies, limit_key};
+use crate::limits::ConnectionShares;
 use crate::metrics as m;
 
 /// How the listener serves connections.
@@ -39,6 +47,20 @@ pub struct Serving {
     pub header_timeout: Duration,
     /// Most connections not yet upgraded to WebSockets.
     pub max_connections: usize,
+    /// Most of those from one client address.
+    pub max_connections_per_ip: usize,
+    /// Longest a request may take, from its head to its answer.
+    pub request_timeout: Duration,
+    /// Longest a write to the socket may wait without progress.
+    pub write_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request head.
+    pub max_headers: usize,
+    /// Proxies whose connections carry many clients: not limited per address.
+    pub trusted: TrustedProxies,
+    /// Prefix length an IPv6 client is counted by.
+    pub ipv6_prefix: u8,
 }
 
 /// Serves `router` on `listener` until `stop` fires. Returns the (closed) tracker of the connections still
@@ -51,6 +73,7 @@ pub async fn serve(
 ) -> TaskTracker {
     let tls = serving.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(serving.max_connections));
+    let shares = ConnectionShares::new(serving.max_connections_per_ip);
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -67,22 +90,36 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(m::HTTP_CONNECTIONS_SHED).increment(1);
+            metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => "node").increment(1);
             drop(tcp);
             continue;
         };
+        let share = if serving.trusted.contains(peer.ip()) {
+            None
+        } else {
+            let Some(share) = shares.take(limit_key(peer.ip(), serving.ipv6_prefix)) else {
+                metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => "address").increment(1);
+                drop(tcp);
+                continue;
+            };
+            Some(share)
+        };
         let _ = tcp.set_nodelay(true);
+        let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
+        tcp.set_write_timeout(Some(serving.write_timeout));
+        let tcp = Box::pin(tcp);
         let router = router.clone();
         let tls = tls.clone();
         let stop = stop.clone();
-        let timeout = serving.header_timeout;
+        let serving = serving.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _held = (slot, share);
             metrics::gauge!(m::HTTP_CONNECTIONS).increment(1.0);
+            let timeout = serving.header_timeout;
             match tls {
-                None => serve_connection(tcp, peer, router, timeout, stop).await,
+                None => serve_connection(tcp, peer, router, &serving, stop).await,
                 Some(tls) => match tokio::time::timeout(timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, router, timeout, stop).await,
+                    Ok(Ok(stream)) => serve_connection(stream, peer, router, &serving, stop).await,
                     Ok(Err(e)) => {
                         metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
                         debug!(%peer, error = %e, "TLS handshake failed");
@@ -107,20 +144,36 @@ async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
     router: Router,
-    header_timeout: Duration,
+    serving: &Serving,
     stop: CancellationToken,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // Handlers read the peer address as axum's `ConnectInfo`, as `into_make_service_with_connect_info` would set.
-    let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
+    let request_timeout = serving.request_timeout;
+    let service = tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
+        // Handlers read the peer address as axum's `ConnectInfo`, as `into_make_service_with_connect_info` would.
         request.extensions_mut().insert(ConnectInfo(peer));
-        request
+        // The body is read inside the handler, so the deadline covers a body trickled in byte by byte. An upgrade's
+        // socket is served after its 101 answer, outside the deadline.
+        let answer = tokio::time::timeout(request_timeout, router.clone().oneshot(request));
+        async move {
+            Ok::<_, std::convert::Infallible>(match answer.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    metrics::counter!(m::HTTP_REQUESTS_TIMED_OUT).increment(1);
+                    debug!(%peer, "request not answered within the deadline");
+                    request_timed_out()
+                }
+            })
+        }
     });
     let service = hyper_util::service::TowerToHyperService::new(service);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(serving.header_timeout)
+        .max_buf_size(serving.max_header_bytes)
+        .max_headers(serving.max_headers)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -134,6 +187,20 @@ async fn serve_connection<IO>(
     if let Err(e) = result {
         debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
+}
+
+/// 408 with `Connection: close`: the rest of a late request is never read.
+fn request_timed_out() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        [(axum::http::header::CONNECTION, "close")],
+        axum::Json(serde_json::json!({
+            "error": "request_timeout",
+            "message": "the request was not complete within the deadline",
+        })),
+    )
+        .into_response()
 }
 
 /// The TLS server configuration for the PEM certificate chain and key at `cert` and `key`: TLS 1.2 and 1.3, ALPN

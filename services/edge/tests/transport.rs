@@ -69,7 +69,12 @@ async fn wss_end_to_end_with_a_self_signed_certificate() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn silent_and_slow_connections_are_cut_at_the_header_timeout() -> anyhow::Result<()> {
-    let edge = start(&[("CES_HTTP_HEADER_TIMEOUT_MS", "500")]).await?;
+    // Every connection here comes from 127.0.0.1: the per-address share is tested in systest `abuse`.
+    let edge = start(&[
+        ("CES_HTTP_HEADER_TIMEOUT_MS", "500"),
+        ("CES_HTTP_MAX_CONNECTIONS_PER_IP", "1000"),
+    ])
+    .await?;
     let target = addr(&edge.base);
     let http = reqwest::Client::new();
 

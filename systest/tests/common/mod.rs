@@ -75,6 +75,7 @@ fn edge_env(redis_url: &str, node: &str) -> HashMap<&'static str, String> {
         // Every test client comes from 127.0.0.1; the per-IP limits are tested in the edge's service tests.
         ("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000000".to_owned()),
         ("CES_LIMIT_CONNECTS_PER_MIN", "1000000".to_owned()),
+        ("CES_HTTP_MAX_CONNECTIONS_PER_IP", "1000000".to_owned()),
     ])
 }
 
