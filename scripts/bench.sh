@@ -65,7 +65,7 @@ export CES_LOG_FORMAT=text CES_LOG=warn CES_REDIS_URL=redis://127.0.0.1:16379 CE
 # The load comes from a handful of loopback addresses: per-address limits would measure themselves.
 export CES_LIMIT_REGISTRATIONS_PER_MIN=1000000 CES_LIMIT_CONNECTS_PER_MIN=1000000
 # The load generator holds thousands of connections per source address, many of them mid-handshake in a storm.
-export CES_HTTP_MAX_CONNECTIONS_PER_IP=1000000
+export CES_HTTP_MAX_CONNECTIONS_PER_IP=1000000 CES_REGISTER_OPEN=true
 export CES_HTTP_MAX_CONNECTIONS=50000
 
 trap 'stop_all; exit 130' INT TERM

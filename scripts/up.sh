@@ -113,6 +113,10 @@ wait_port ingest 8090
 say "starting edge-a on 127.0.0.1:8081 and edge-b on 127.0.0.1:8082"
 # HAProxy (127.0.0.1) adds X-Forwarded-For; the edges believe it from there only.
 export CES_TRUSTED_PROXIES=127.0.0.1
+# A local stack: anyone on this machine may register sessions. A deployment sets API keys or a JWT key instead
+# (docs/security.md); the edges log a warning at start while registration is open.
+say "registration is open (CES_REGISTER_OPEN=true): for local use only"
+export CES_REGISTER_OPEN=true
 CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:8081 start edge-a "$bin/ces-edge"
 CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:8082 start edge-b "$bin/ces-edge"
 wait_port edge-a 8081

@@ -127,6 +127,15 @@ pub fn node_channel(node: &str) -> String {
 /// Sorted set of registered sessions scored by expiry (ms), for the session cap.
 pub const SESSIONS_KEY: &str = "ces:sessions";
 
+/// The live sessions of one registration subject (a JWT's `sub`), scored by expiry like [`SESSIONS_KEY`]. The
+/// subject is hashed: any string a token carries makes a key of bounded length.
+pub fn subject_sessions_key(subject: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(subject.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ces:subject:{{{hex}}}:sessions")
+}
+
 /// Pub/Sub channel of a (validated) session id.
 pub fn channel(session: &str) -> String {
     format!("ces:{{{session}}}:ch")

@@ -24,6 +24,7 @@ async fn edge_process(redis_url: &str, node: &str) -> anyhow::Result<Process> {
         "CES_EDGE_LISTEN",
         &[
             ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
+            ("CES_REGISTER_OPEN", "true".to_owned()),
             ("CES_REDIS_URL", redis_url.to_owned()),
             ("CES_NODE_ID", node.to_owned()),
             ("CES_DRAIN_DELAY_MS", "0".to_owned()),

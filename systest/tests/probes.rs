@@ -92,6 +92,7 @@ async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanl
         "CES_EDGE_LISTEN",
         &[
             ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
+            ("CES_REGISTER_OPEN", "true".to_owned()),
             ("CES_REDIS_URL", redis.url()),
             ("CES_DRAIN_DELAY_MS", "0".to_owned()),
             ("CES_DRAIN_WINDOW_MS", "0".to_owned()),

@@ -48,6 +48,7 @@ async fn events_reach_a_wss_client_through_redis_over_tls_with_an_acl_user() -> 
 
     let env: HashMap<&'static str, String> = [
         ("CES_TOKEN_SECRET", SECRET.to_owned()),
+        ("CES_REGISTER_OPEN", "true".to_owned()),
         ("CES_NODE_ID", "edge-tls".to_owned()),
         ("CES_TLS_CERT_FILE", cert.cert_file().display().to_string()),
         ("CES_TLS_KEY_FILE", cert.key_file().display().to_string()),

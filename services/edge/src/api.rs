@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ces_protocol::keys::SessionId;
+use ces_protocol::keys::{self, SessionId};
 use ces_protocol::token::TokenError;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use futures::FutureExt as _;
@@ -56,7 +56,15 @@ pub async fn register(
         .config
         .register_auth
         .check(bearer(&headers))
-        .map_err(Error::RegistrationRefused)?;
+        .map_err(Error::RegistrationRefused)?
+        // As stored with the session, which refresh and delete read back.
+        .map(|s| s.chars().take(256).collect::<String>());
+    if let Some(subject) = &subject {
+        state
+            .limits
+            .register_subject(subject)
+            .map_err(Error::RateLimited)?;
+    }
     let body = read_body(body, state.config.max_body_bytes).await?;
     let metadata = parse_metadata(&body)?;
     let session = SessionId::parse(&uuid::Uuid::now_v7().simple().to_string())
@@ -71,8 +79,8 @@ pub async fn register(
     fields.insert("created_at_ms", now.as_millis().to_string());
     fields.insert("node", state.config.node_id.clone());
     fields.insert("metadata", metadata);
-    if let Some(subject) = subject {
-        fields.insert("subject", subject.chars().take(256).collect());
+    if let Some(subject) = &subject {
+        fields.insert("subject", subject.clone());
     }
     if let Some(ip) = client {
         fields.insert("ip", ip.to_string());
@@ -85,14 +93,20 @@ pub async fn register(
     }
     fields.insert("status", "disconnected".to_owned());
     let expires_at_ms = i64::try_from(expires_at.as_millis()).unwrap_or(i64::MAX);
-    if !session::admit(
-        &state.redis,
-        &session,
-        expires_at_ms,
-        state.config.max_sessions,
-    )
-    .await?
-    {
+    // Live sessions are counted per subject and in total; a place lasts as long as the session's newest token.
+    if let Some(subject) = &subject {
+        let set = keys::subject_sessions_key(subject);
+        let cap = state.config.max_sessions_per_subject;
+        if !session::admit(&state.redis, set, &session, expires_at_ms, cap).await? {
+            return Err(Error::AtCapacity);
+        }
+    }
+    let everyone = keys::SESSIONS_KEY.to_owned();
+    let cap = state.config.max_sessions;
+    if !session::admit(&state.redis, everyone, &session, expires_at_ms, cap).await? {
+        if let Some(subject) = &subject {
+            session::forget(&state.redis, keys::subject_sessions_key(subject), &session).await?;
+        }
         return Err(Error::AtCapacity);
     }
     let key = session.session_key();
@@ -284,7 +298,11 @@ pub async fn refresh(
     if verified.session_id.as_str() != id {
         return Err(Error::Forbidden("the token is for another session"));
     }
-    if session::is_closed(&state.redis, &verified.session_id).await? {
+    let (status, subject): (Option<String>, Option<String>) = state
+        .redis
+        .hmget(verified.session_id.session_key(), vec!["status", "subject"])
+        .await?;
+    if status.as_deref() == Some("closed") {
         return Err(Error::Unauthorized(TokenError::Revoked));
     }
     let now = SystemTime::now()
@@ -295,6 +313,19 @@ pub async fn refresh(
         .config
         .token_keys
         .sign(&verified.session_id, expires_at);
+    let expires_at_ms = i64::try_from(expires_at.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let session = &verified.session_id;
+    session::extend(
+        &state.redis,
+        keys::SESSIONS_KEY.to_owned(),
+        session,
+        expires_at_ms,
+    )
+    .await?;
+    if let Some(subject) = &subject {
+        let set = keys::subject_sessions_key(subject);
+        session::extend(&state.redis, set, session, expires_at_ms).await?;
+    }
     let expires_at = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(expires_at);
     Ok(Json(Refreshed {
         token,
@@ -343,6 +374,21 @@ pub async fn delete_session(
     }
     // The tombstone must outlive every token that could still be presented.
     let ttl = state.config.token_ttl;
+    let subject: Option<String> = state
+        .redis
+        .hget(verified.session_id.session_key(), "subject")
+        .await?;
+    // Its place under the session caps is free at once.
+    session::forget(
+        &state.redis,
+        keys::SESSIONS_KEY.to_owned(),
+        &verified.session_id,
+    )
+    .await?;
+    if let Some(subject) = &subject {
+        let set = keys::subject_sessions_key(subject);
+        session::forget(&state.redis, set, &verified.session_id).await?;
+    }
     if let Some(holder) = session::close(&state.redis, &verified.session_id, ttl).await? {
         session::tell_holder(
             &state.redis,

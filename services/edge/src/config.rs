@@ -46,6 +46,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Most registered sessions at once, across all nodes.
     pub max_sessions: u64,
+    /// Live sessions per JWT subject, across all edges.
+    pub max_sessions_per_subject: u64,
     /// A session's epoch and `seq` survive this long without events (must match ingest's).
     pub state_ttl: Duration,
     /// How long shutdown waits for sockets to close.
@@ -139,7 +141,8 @@ impl Config {
         };
         let max_message_bytes =
             v.bounded("CES_WS_MAX_MESSAGE_BYTES", 64 * 1024, 256, 16 << 20) as usize;
-        let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 16 * 1024, 256, 1 << 20) as usize;
+        // Metadata is stored with every session: small by default, so registrations cannot fill Redis.
+        let max_body_bytes = v.bounded("CES_MAX_BODY_BYTES", 1024, 256, 1 << 20) as usize;
         let shutdown_grace = v.millis("CES_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000);
         let nonzero = |n: u64| std::num::NonZeroU32::new(n as u32).expect("bounded below by 1");
         let rates = crate::limits::Rates {
@@ -153,6 +156,12 @@ impl Config {
             messages_per_sec: nonzero(v.bounded("CES_LIMIT_MESSAGES_PER_SEC", 50, 1, 100_000)),
             max_connections: v.bounded("CES_MAX_CONNECTIONS", 200_000, 1, 10_000_000) as usize,
             ipv6_prefix: v.bounded("CES_LIMIT_IPV6_PREFIX", 64, 32, 128) as u8,
+            registrations_per_subject_per_min: nonzero(v.bounded(
+                "CES_LIMIT_REGISTRATIONS_PER_SUBJECT_PER_MIN",
+                30,
+                1,
+                1_000_000,
+            )),
         };
         let allowed_origins = v.list("CES_ALLOWED_ORIGINS", &[]);
         v.check(
@@ -182,6 +191,7 @@ impl Config {
         let session_ttl =
             Duration::from_secs(v.bounded("CES_SESSION_TTL_SECS", 900, 10, 30 * 86_400));
         let max_sessions = v.bounded("CES_MAX_SESSIONS", 1_000_000, 1, 1 << 40);
+        let max_sessions_per_subject = v.bounded("CES_MAX_SESSIONS_PER_SUBJECT", 100, 1, 1 << 40);
         let common = Common::read(&mut v);
 
         let token_keys = match (&secret, &key_spec) {
@@ -239,6 +249,7 @@ impl Config {
             state_ttl,
             session_ttl,
             max_sessions,
+            max_sessions_per_subject,
             common,
         })
     }
@@ -269,8 +280,13 @@ mod tests {
 
     use super::*;
 
+    /// `pairs`, with registration open unless they say otherwise (closed registration is tested in
+    /// `register_auth`).
     fn src(pairs: &[(&'static str, &str)]) -> HashMap<&'static str, String> {
-        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+        let mut vars: HashMap<&'static str, String> =
+            [("CES_REGISTER_OPEN", "true".to_owned())].into();
+        vars.extend(pairs.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        vars
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

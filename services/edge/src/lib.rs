@@ -172,6 +172,12 @@ pub async fn run(
             }
         }
     });
+    if state.config.register_auth.is_open() {
+        warn!(
+            "registration is open (CES_REGISTER_OPEN=true): anyone who reaches this node can register sessions; \
+             set CES_REGISTER_API_KEYS or a JWT key for a deployment"
+        );
+    }
     let drain_delay = state.config.drain_delay;
     let serving = state.config.serving.clone();
     info!(

@@ -27,6 +27,8 @@ pub struct Rates {
     pub max_connections: usize,
     /// IPv6 clients are limited per network of this many bits (`CES_LIMIT_IPV6_PREFIX`).
     pub ipv6_prefix: u8,
+    /// Registrations per JWT subject per minute (`CES_LIMIT_REGISTRATIONS_PER_SUBJECT_PER_MIN`).
+    pub registrations_per_subject_per_min: NonZeroU32,
 }
 
 /// The node's limiters.
@@ -34,6 +36,7 @@ pub struct Rates {
 pub struct Limits {
     rates: Rates,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
+    subjects: DefaultKeyedRateLimiter<String>,
     connects: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
@@ -44,6 +47,9 @@ impl Limits {
         Self {
             rates,
             registrations: RateLimiter::keyed(Quota::per_minute(rates.registrations_per_min)),
+            subjects: RateLimiter::keyed(Quota::per_minute(
+                rates.registrations_per_subject_per_min,
+            )),
             connects: RateLimiter::keyed(Quota::per_minute(rates.connects_per_min)),
             clock: DefaultClock::default(),
         }
@@ -53,6 +59,13 @@ impl Limits {
     pub fn register(&self, ip: IpAddr) -> Result<(), Duration> {
         self.registrations
             .check_key(&limit_key(ip, self.rates.ipv6_prefix))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Admits a registration by JWT subject `subject` (from any address), or says how long to wait.
+    pub fn register_subject(&self, subject: &str) -> Result<(), Duration> {
+        self.subjects
+            .check_key(&subject.to_owned())
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
@@ -76,8 +89,10 @@ impl Limits {
     /// Forgets IPs whose limits have fully recovered, so the per-IP maps stay as large as the recent clients.
     pub fn forget_idle(&self) {
         self.registrations.retain_recent();
+        self.subjects.retain_recent();
         self.connects.retain_recent();
         self.registrations.shrink_to_fit();
+        self.subjects.shrink_to_fit();
         self.connects.shrink_to_fit();
     }
 }
@@ -182,6 +197,7 @@ mod tests {
             messages_per_sec: NonZeroU32::new(3).unwrap(),
             max_connections: 10,
             ipv6_prefix: 64,
+            registrations_per_subject_per_min: NonZeroU32::new(per_min).unwrap(),
         }
     }
 
@@ -206,6 +222,12 @@ mod tests {
             "one /64 is one client, whichever of its addresses it uses"
         );
         assert!(l.register(v6("2001:db8:0:2::1")).is_ok());
+        assert!(l.register_subject("user-1").is_ok() && l.register_subject("user-1").is_ok());
+        assert!(
+            l.register_subject("user-1").is_err(),
+            "a subject has a budget of its own"
+        );
+        assert!(l.register_subject("user-2").is_ok());
         assert!(
             l.connect(a).is_ok(),
             "registrations and connections are separate budgets"

@@ -1,8 +1,9 @@
-//! Who may register sessions (`POST /v1/sessions`). Open by default, for deployments where the edge sits behind
-//! an authenticating gateway. Otherwise the request carries `Authorization: Bearer <credential>`, accepted when it
-//! is one of the configured API keys (backend callers) or a JWT signed by the upstream identity provider (HS256
-//! with a shared secret, or RS256 with its public key; `exp` required, `iss`/`aud` checked when configured). A
-//! JWT's `sub` is stored with the session as `subject`.
+//! Who may register sessions (`POST /v1/sessions`). Closed unless configured: the request carries
+//! `Authorization: Bearer <credential>`, accepted when it is one of the configured API keys (backend callers) or a
+//! JWT signed by the upstream identity provider (HS256 with a shared secret, or RS256 with its public key; `exp`,
+//! `iss` and `aud` required and checked). A JWT's `sub` is stored with the session as `subject`, and registrations
+//! are limited per subject as well as per address. `CES_REGISTER_OPEN=true` lets anyone register (local
+//! development, or an edge behind a gateway that authenticates); the node logs that loudly at start.
 
 use std::collections::HashSet;
 
@@ -49,6 +50,7 @@ pub struct RegisterAuth {
     /// timing.
     api_keys: HashSet<[u8; 32]>,
     jwt: Option<(DecodingKey, Validation)>,
+    open: bool,
 }
 
 impl std::fmt::Debug for RegisterAuth {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for RegisterAuth {
         f.debug_struct("RegisterAuth")
             .field("api_keys", &self.api_keys.len())
             .field("jwt", &self.jwt.as_ref().map(|(_, v)| v.algorithms.clone()))
+            .field("open", &self.open)
             .finish()
     }
 }
@@ -69,9 +72,10 @@ struct Claims {
 const MIN_API_KEY_BYTES: usize = 32;
 
 impl RegisterAuth {
-    /// Reads `CES_REGISTER_API_KEYS`, `CES_REGISTER_JWT_HS256_SECRET`, `CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE`,
-    /// `CES_REGISTER_JWT_ISSUER` and `CES_REGISTER_JWT_AUDIENCE`.
+    /// Reads `CES_REGISTER_OPEN`, `CES_REGISTER_API_KEYS`, `CES_REGISTER_JWT_HS256_SECRET`,
+    /// `CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE`, `CES_REGISTER_JWT_ISSUER` and `CES_REGISTER_JWT_AUDIENCE`.
     pub fn read(v: &mut Vars<'_>) -> Self {
+        let open = v.parse("CES_REGISTER_OPEN", false);
         let keys = v.list("CES_REGISTER_API_KEYS", &[]);
         v.check(keys.iter().all(|k| k.len() >= MIN_API_KEY_BYTES), || {
             format!("CES_REGISTER_API_KEYS: every key must be at least {MIN_API_KEY_BYTES} bytes")
@@ -117,27 +121,46 @@ impl RegisterAuth {
             key.is_some() || (issuer.is_none() && audience.is_none()),
             || "CES_REGISTER_JWT_ISSUER/AUDIENCE need a JWT key".into(),
         );
+        // A token for another service of the same identity provider must not register here.
+        v.check(
+            key.is_none() || (issuer.is_some() && audience.is_some()),
+            || "a JWT key needs CES_REGISTER_JWT_ISSUER and CES_REGISTER_JWT_AUDIENCE".into(),
+        );
+        let credentials = !keys.is_empty() || key.is_some();
+        v.check(open || credentials, || {
+            "registration is closed: set CES_REGISTER_API_KEYS, or a JWT key \
+             (CES_REGISTER_JWT_HS256_SECRET or CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE with CES_REGISTER_JWT_ISSUER \
+             and CES_REGISTER_JWT_AUDIENCE), or CES_REGISTER_OPEN=true to let anyone register"
+                .into()
+        });
+        v.check(!(open && credentials), || {
+            "CES_REGISTER_OPEN=true and registration credentials exclude each other: choose one"
+                .into()
+        });
         let jwt = key.map(|(key, algorithm)| {
             // Only the configured algorithm: a token cannot pick a weaker one (or `none`).
             let mut validation = Validation::new(algorithm);
             validation.leeway = 30;
             validation.validate_nbf = true;
-            match &issuer {
-                Some(issuer) => validation.set_issuer(&[issuer]),
-                None => validation.iss = None,
+            if let Some(issuer) = &issuer {
+                validation.set_issuer(&[issuer]);
             }
-            match &audience {
-                Some(audience) => validation.set_audience(&[audience]),
-                None => validation.validate_aud = false,
+            if let Some(audience) = &audience {
+                validation.set_audience(&[audience]);
             }
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
             (key, validation)
         });
-        Self { api_keys, jwt }
+        Self {
+            api_keys,
+            jwt,
+            open,
+        }
     }
 
-    /// Whether anyone may register.
+    /// Whether anyone may register (`CES_REGISTER_OPEN=true`).
     pub fn is_open(&self) -> bool {
-        self.api_keys.is_empty() && self.jwt.is_none()
+        self.open
     }
 
     /// Checks a registration's bearer credential (`""` when absent). `Ok(Some(subject))` for a JWT with a `sub`.
@@ -206,10 +229,40 @@ mod tests {
     }
 
     #[test]
-    fn open_unless_configured() {
-        let auth = read(&[]).unwrap();
+    fn closed_unless_configured_and_open_only_when_asked() {
+        let err = read(&[]).unwrap_err();
+        assert!(
+            err.contains("registration is closed") && err.contains("CES_REGISTER_OPEN"),
+            "{err}"
+        );
+        let auth = read(&[("CES_REGISTER_OPEN", "true")]).unwrap();
         assert!(auth.is_open());
         assert_eq!(auth.check(""), Ok(None));
+        let key = "k".repeat(32);
+        let err = read(&[
+            ("CES_REGISTER_OPEN", "true"),
+            ("CES_REGISTER_API_KEYS", &key),
+        ])
+        .unwrap_err();
+        assert!(err.contains("exclude each other"), "{err}");
+        assert!(!read(&[("CES_REGISTER_API_KEYS", &key)]).unwrap().is_open());
+    }
+
+    #[test]
+    fn a_jwt_key_needs_an_issuer_and_an_audience() {
+        for missing in ["CES_REGISTER_JWT_ISSUER", "CES_REGISTER_JWT_AUDIENCE"] {
+            let mut pairs = vec![
+                ("CES_REGISTER_JWT_HS256_SECRET", SECRET),
+                ("CES_REGISTER_JWT_ISSUER", "https://id.example.com"),
+                ("CES_REGISTER_JWT_AUDIENCE", "ces"),
+            ];
+            pairs.retain(|(k, _)| *k != missing);
+            let err = read(&pairs).unwrap_err();
+            assert!(
+                err.contains("needs CES_REGISTER_JWT_ISSUER and CES_REGISTER_JWT_AUDIENCE"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -243,9 +296,15 @@ mod tests {
         let mut other_aud = good.clone();
         other_aud["aud"] = json!("billing");
         assert_eq!(auth.check(&hs256(other_aud)), Err(Refusal::WrongAudience));
-        let mut no_exp = good.clone();
-        no_exp.as_object_mut().unwrap().remove("exp");
-        assert_eq!(auth.check(&hs256(no_exp)), Err(Refusal::Invalid));
+        for claim in ["exp", "iss", "aud"] {
+            let mut without = good.clone();
+            without.as_object_mut().unwrap().remove(claim);
+            assert_eq!(
+                auth.check(&hs256(without)),
+                Err(Refusal::Invalid),
+                "without {claim}"
+            );
+        }
         let forged = encode(
             &Header::new(Algorithm::HS256),
             &good,
@@ -267,8 +326,13 @@ mod tests {
         let dir = env!("CARGO_MANIFEST_DIR");
         let public = format!("{dir}/tests/data/jwt_rs256_public.pem");
         let private = std::fs::read(format!("{dir}/tests/data/jwt_rs256_private.pem")).unwrap();
-        let auth = read(&[("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", &public)]).unwrap();
-        let claims = json!({"sub": "user-9", "exp": now() + 60});
+        let auth = read(&[
+            ("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", &public),
+            ("CES_REGISTER_JWT_ISSUER", "https://id.example.com"),
+            ("CES_REGISTER_JWT_AUDIENCE", "ces"),
+        ])
+        .unwrap();
+        let claims = json!({"sub": "user-9", "exp": now() + 60, "iss": "https://id.example.com", "aud": "ces"});
         let token = encode(
             &Header::new(Algorithm::RS256),
             &claims,
@@ -285,8 +349,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(auth.check(&confused), Err(Refusal::Invalid));
-        let err =
-            read(&[("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", "/nonexistent.pem")]).unwrap_err();
+        let err = read(&[
+            ("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+            ("CES_REGISTER_JWT_ISSUER", "i"),
+            ("CES_REGISTER_JWT_AUDIENCE", "a"),
+        ])
+        .unwrap_err();
         assert!(err.contains("/nonexistent.pem"), "{err}");
     }
 

@@ -121,9 +121,11 @@ pub async fn is_closed(redis: &Client, session: &SessionId) -> Result<bool, Erro
     Ok(status.as_deref() == Some("closed"))
 }
 
-/// Admits a new session under the cap `max`; `false` when the cap is reached.
+/// Admits a new session into `set` (live sessions scored by their token's expiry, [`keys::SESSIONS_KEY`] or a
+/// subject's) under the cap `max`; `false` when the cap is reached.
 pub async fn admit(
     redis: &Client,
+    set: String,
     session: &SessionId,
     expires_at_ms: i64,
     max: u64,
@@ -134,8 +136,37 @@ pub async fn admit(
         Value::Integer(expires_at_ms),
         Value::Integer(max as i64),
     ];
-    let admitted: i64 = fcall(redis, ADMIT_FUNCTION, keys::SESSIONS_KEY.to_owned(), args).await?;
+    let admitted: i64 = fcall(redis, ADMIT_FUNCTION, set, args).await?;
     Ok(admitted == 1)
+}
+
+/// A session counts as live until its newest token expires: a refresh moves its place in `set` forward (never
+/// back), and only while it is there (a closed session does not come back).
+pub async fn extend(
+    redis: &Client,
+    set: String,
+    session: &SessionId,
+    expires_at_ms: i64,
+) -> Result<(), Error> {
+    use fred::interfaces::SortedSetsInterface as _;
+    let _: Value = redis
+        .zadd(
+            set,
+            Some(fred::types::SetOptions::XX),
+            Some(fred::types::sorted_sets::Ordering::GreaterThan),
+            false,
+            false,
+            (expires_at_ms as f64, session.as_str()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A closed session frees its place in `set` at once.
+pub async fn forget(redis: &Client, set: String, session: &SessionId) -> Result<(), Error> {
+    use fred::interfaces::SortedSetsInterface as _;
+    let _: Value = redis.zrem(set, session.as_str()).await?;
+    Ok(())
 }
 
 /// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`. A holder that is not a

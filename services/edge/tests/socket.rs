@@ -261,6 +261,7 @@ async fn protected_registration_needs_an_api_key_or_an_upstream_jwt() -> anyhow:
         ("CES_REGISTER_API_KEYS", api_key),
         ("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", public),
         ("CES_REGISTER_JWT_AUDIENCE", "ces"),
+        ("CES_REGISTER_JWT_ISSUER", "https://id.example.com"),
     ])
     .await?;
     let http = reqwest::Client::new();
@@ -268,7 +269,9 @@ async fn protected_registration_needs_an_api_key_or_an_upstream_jwt() -> anyhow:
     let jwt = |aud: &str, exp: u64| {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-            &serde_json::json!({"sub": "user-42", "aud": aud, "exp": exp}),
+            &serde_json::json!({
+                "sub": "user-42", "aud": aud, "exp": exp, "iss": "https://id.example.com"
+            }),
             &jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap(),
         )
         .unwrap()

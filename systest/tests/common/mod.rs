@@ -76,6 +76,7 @@ fn edge_env(redis_url: &str, node: &str) -> HashMap<&'static str, String> {
         ("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000000".to_owned()),
         ("CES_LIMIT_CONNECTS_PER_MIN", "1000000".to_owned()),
         ("CES_HTTP_MAX_CONNECTIONS_PER_IP", "1000000".to_owned()),
+        ("CES_REGISTER_OPEN", "true".to_owned()),
     ])
 }
 

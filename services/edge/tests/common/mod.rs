@@ -35,10 +35,18 @@ pub async fn start_with(
         ("CES_NODE_ID", "edge-t".into()),
         ("CES_DRAIN_DELAY_MS", "0".into()),
         ("CES_DRAIN_WINDOW_MS", "0".into()),
+        ("CES_REGISTER_OPEN", "true".into()),
     ]
     .into_iter()
     .collect();
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    // A test that configures registration credentials tests closed registration.
+    if extra
+        .iter()
+        .any(|(k, _)| k.starts_with("CES_REGISTER_") && *k != "CES_REGISTER_OPEN")
+    {
+        env.remove("CES_REGISTER_OPEN");
+    }
     if let Some(cert) = cert {
         env.insert("CES_TLS_CERT_FILE", cert.cert_file().display().to_string());
         env.insert("CES_TLS_KEY_FILE", cert.key_file().display().to_string());

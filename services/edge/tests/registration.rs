@@ -1,0 +1,130 @@
+//! Registration cannot be used to fill Redis or lock real users out: closed unless configured, small metadata, and
+//! a cap on live sessions that a refresh extends and a delete frees.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ces_systest::client::register;
+
+mod common;
+
+use common::start;
+
+#[test]
+fn a_node_with_no_registration_configured_refuses_to_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ces-edge"))
+        .env_clear()
+        .env("CES_TOKEN_SECRET", common::SECRET)
+        .output()
+        .expect("run ces-edge");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("registration is closed") && stderr.contains("CES_REGISTER_OPEN=true"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn registrations_with_a_mebibyte_of_metadata_get_413_and_store_nothing() -> anyhow::Result<()>
+{
+    let edge = start(&[("CES_LIMIT_REGISTRATIONS_PER_MIN", "1000")]).await?;
+    let http = reqwest::Client::new();
+    let metadata = serde_json::json!({ "padding": "x".repeat(1 << 20) }).to_string();
+    for _ in 0..100 {
+        let response = http
+            .post(format!("{}/v1/sessions", edge.base))
+            .header("content-type", "application/json")
+            .body(metadata.clone())
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), 413);
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(body["error"], "body_too_large");
+    }
+    // The default cap is 1 KiB: 2 KiB is refused too, 900 bytes are stored.
+    let medium = serde_json::json!({ "plan": "x".repeat(2048) });
+    let response = http
+        .post(format!("{}/v1/sessions", edge.base))
+        .json(&medium)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 413);
+    let small = serde_json::json!({ "plan": "x".repeat(900) });
+    let response = http
+        .post(format!("{}/v1/sessions", edge.base))
+        .json(&small)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 201);
+    let redis = ces_runtime::redis::builder(&edge.redis.url())?.build()?;
+    fred::interfaces::ClientLike::init(&redis).await?;
+    let live: u64 = fred::interfaces::SortedSetsInterface::zcard(&redis, "ces:sessions").await?;
+    assert_eq!(live, 1, "only the small registration was stored");
+    Ok(())
+}
+
+async fn delete(base: &str, session: &str, token: &str) -> anyhow::Result<u16> {
+    Ok(reqwest::Client::new()
+        .delete(format!("{base}/v1/sessions/{session}"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
+
+#[tokio::test]
+async fn the_live_session_cap_frees_a_place_on_delete() -> anyhow::Result<()> {
+    let edge = start(&[("CES_MAX_SESSIONS", "2")]).await?;
+    let http = reqwest::Client::new();
+    let first = register(&http, &edge.base).await?;
+    let _second = register(&http, &edge.base).await?;
+    let refused = http
+        .post(format!("{}/v1/sessions", edge.base))
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 503);
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"], "at_capacity");
+
+    // A refresh keeps its place (and takes no new one).
+    let refreshed = http
+        .post(format!(
+            "{}/v1/sessions/{}/refresh",
+            edge.base, first.session_id
+        ))
+        .bearer_auth(&first.token)
+        .send()
+        .await?;
+    assert_eq!(refreshed.status().as_u16(), 200);
+    let still_full = http
+        .post(format!("{}/v1/sessions", edge.base))
+        .send()
+        .await?;
+    assert_eq!(still_full.status().as_u16(), 503);
+
+    assert_eq!(
+        delete(&edge.base, &first.session_id, &first.token).await?,
+        204
+    );
+    let third = register(&http, &edge.base).await?;
+    assert_ne!(third.session_id, first.session_id);
+    // A deleted session does not take its place back by refreshing.
+    let again = http
+        .post(format!(
+            "{}/v1/sessions/{}/refresh",
+            edge.base, first.session_id
+        ))
+        .bearer_auth(&first.token)
+        .send()
+        .await?;
+    assert_eq!(again.status().as_u16(), 401);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let full_again = http
+        .post(format!("{}/v1/sessions", edge.base))
+        .send()
+        .await?;
+    assert_eq!(full_again.status().as_u16(), 503);
+    Ok(())
+}
