@@ -298,23 +298,46 @@ pub async fn refresh(
     if verified.session_id.as_str() != id {
         return Err(Error::Forbidden("the token is for another session"));
     }
-    let (status, subject): (Option<String>, Option<String>) = state
+    let (status, subject, created_at_ms): (Option<String>, Option<String>, Option<u64>) = state
         .redis
-        .hmget(verified.session_id.session_key(), vec!["status", "subject"])
+        .hmget(
+            verified.session_id.session_key(),
+            vec!["status", "subject", "created_at_ms"],
+        )
         .await?;
-    if status.as_deref() == Some("closed") {
+    // A session whose state is gone (expired, or removed by an operator) is as good as revoked: a token must not
+    // outlive the record that can revoke it.
+    let (Some(status), Some(created_at_ms)) = (status, created_at_ms) else {
+        return Err(Error::Unauthorized(TokenError::Revoked));
+    };
+    if status == "closed" {
         return Err(Error::Unauthorized(TokenError::Revoked));
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let expires_at = (now + state.config.token_ttl).as_secs();
+    let expires_at = refreshed_expiry(
+        now,
+        state.config.token_ttl,
+        Duration::from_millis(created_at_ms) + state.config.max_session_lifetime,
+    )
+    .ok_or(Error::Unauthorized(TokenError::Expired))?;
     let token = state
         .config
         .token_keys
         .sign(&verified.session_id, expires_at);
     let expires_at_ms = i64::try_from(expires_at.saturating_mul(1000)).unwrap_or(i64::MAX);
     let session = &verified.session_id;
+    // The session's record lives at least as long as the token just issued.
+    let ttl = i64::try_from(expires_at.saturating_sub(now.as_secs())).unwrap_or(i64::MAX);
+    let _: i64 = state
+        .redis
+        .expire(
+            session.session_key(),
+            ttl,
+            Some(fred::types::ExpireOptions::GT),
+        )
+        .await?;
     session::extend(
         &state.redis,
         keys::SESSIONS_KEY.to_owned(),
@@ -331,6 +354,13 @@ pub async fn refresh(
         token,
         expires_at: expires_at.format(&Rfc3339).unwrap_or_default(),
     }))
+}
+
+/// The expiry (Unix seconds) of a token refreshed at `now`: a full `ttl`, but never past the session's end of
+/// life; `None` once that has passed.
+fn refreshed_expiry(now: Duration, ttl: Duration, end_of_life: Duration) -> Option<u64> {
+    let expires_at = (now + ttl).min(end_of_life);
+    (expires_at > now).then_some(expires_at.as_secs())
 }
 
 /// The client's address (through trusted proxies, see [`crate::client_addr::client_ip`]).
@@ -441,5 +471,24 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> String {
 impl From<TokenError> for Error {
     fn from(e: TokenError) -> Self {
         Error::Unauthorized(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_never_reaches_past_the_sessions_end_of_life() {
+        let s = Duration::from_secs;
+        assert_eq!(refreshed_expiry(s(1000), s(900), s(5000)), Some(1900));
+        assert_eq!(refreshed_expiry(s(1000), s(900), s(1500)), Some(1500));
+        assert_eq!(
+            refreshed_expiry(s(1000), s(900), s(1000)),
+            None,
+            "its end of life is now"
+        );
+        assert_eq!(refreshed_expiry(s(1000), s(900), s(10)), None);
+        assert_eq!(refreshed_expiry(s(1000), s(900), s(1001)), Some(1001));
     }
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// A session's state lives this long after its last activity (disconnect, ping).
     pub session_ttl: Duration,
+    /// Longest a session lives from its registration: no refresh issues a token past it.
+    pub max_session_lifetime: Duration,
     /// Most registered sessions at once, across all nodes.
     pub max_sessions: u64,
     /// Live sessions per JWT subject, across all edges.
@@ -191,6 +193,12 @@ impl Config {
         let session_ttl =
             Duration::from_secs(v.bounded("CES_SESSION_TTL_SECS", 900, 10, 30 * 86_400));
         let max_sessions = v.bounded("CES_MAX_SESSIONS", 1_000_000, 1, 1 << 40);
+        let max_session_lifetime = Duration::from_secs(v.bounded(
+            "CES_SESSION_MAX_LIFETIME_SECS",
+            86_400,
+            60,
+            365 * 86_400,
+        ));
         let max_sessions_per_subject = v.bounded("CES_MAX_SESSIONS_PER_SUBJECT", 100, 1, 1 << 40);
         let common = Common::read(&mut v);
 
@@ -250,6 +258,7 @@ impl Config {
             session_ttl,
             max_sessions,
             max_sessions_per_subject,
+            max_session_lifetime,
             common,
         })
     }
@@ -398,6 +407,7 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.admission_wait, Duration::from_secs(5));
+        assert_eq!(c.max_session_lifetime, Duration::from_secs(86_400));
         assert_eq!(c.max_message_bytes, 64 * 1024);
         assert_eq!(c.token_ttl, Duration::from_secs(900));
     }

@@ -128,3 +128,74 @@ async fn the_live_session_cap_frees_a_place_on_delete() -> anyhow::Result<()> {
     assert_eq!(full_again.status().as_u16(), 503);
     Ok(())
 }
+
+#[tokio::test]
+async fn refresh_stops_at_the_session_lifetime_and_at_a_missing_record() -> anyhow::Result<()> {
+    let edge = start(&[("CES_SESSION_MAX_LIFETIME_SECS", "3600")]).await?;
+    let http = reqwest::Client::new();
+    let redis = ces_runtime::redis::builder(&edge.redis.url())?.build()?;
+    fred::interfaces::ClientLike::init(&redis).await?;
+    let refresh = |session: String, token: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/sessions/{session}/refresh", edge.base);
+        async move {
+            let response = http.post(url).bearer_auth(token).send().await?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+
+    // Registered two hours ago: past its hour of life, no new token.
+    let old = register(&http, &edge.base).await?;
+    let key = format!("ces:{{{}}}:session", old.session_id);
+    let two_hours_ago = ces_runtime::now_ms() - 7_200_000;
+    let _: i64 =
+        fred::interfaces::HashesInterface::hset(&redis, &key, ("created_at_ms", two_hours_ago))
+            .await?;
+    let (status, body) = refresh(old.session_id.clone(), old.token.clone()).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{body}"
+    );
+
+    // Registered half an hour before its end of life: the new token ends with the session, not a full TTL later.
+    let young = register(&http, &edge.base).await?;
+    let key = format!("ces:{{{}}}:session", young.session_id);
+    let _: i64 = fred::interfaces::HashesInterface::hset(
+        &redis,
+        &key,
+        ("created_at_ms", ces_runtime::now_ms() - 3_300_000),
+    )
+    .await?;
+    let (status, body) = refresh(young.session_id.clone(), young.token.clone()).await?;
+    assert_eq!(status, 200, "{body}");
+    let expires = time::OffsetDateTime::parse(
+        body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )?;
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(left <= time::Duration::seconds(301), "{left}");
+
+    // A session whose record is gone cannot be refreshed.
+    let gone = register(&http, &edge.base).await?;
+    let _: i64 = fred::interfaces::KeysInterface::del(
+        &redis,
+        format!("ces:{{{}}}:session", gone.session_id),
+    )
+    .await?;
+    let (status, body) = refresh(gone.session_id, gone.token).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{body}"
+    );
+    Ok(())
+}
