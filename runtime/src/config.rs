@@ -244,6 +244,9 @@ pub struct Common {
     /// always` and never fails over to a replica, so a restart keeps every acknowledged write and sessions keep
     /// their epoch across it. Off (the default), any restart or failover starts new epochs (docs/scaling.md).
     pub redis_durable_restarts: bool,
+    /// `CES_REDIS_EVICTION`: what to do at start when a Redis primary may evict keys (`maxmemory-policy` other than
+    /// `noeviction`): `refuse` to start (the default) or `warn` and go on.
+    pub redis_refuse_eviction: bool,
     /// Log filter in `RUST_LOG` syntax.
     pub log: String,
     /// Log line format.
@@ -256,6 +259,10 @@ impl Common {
         let redis_url = v.string("CES_REDIS_URL", "redis://127.0.0.1:6379");
         let ca_file = v.optional("CES_REDIS_TLS_CA_FILE");
         let redis_durable_restarts = v.parse("CES_REDIS_DURABLE_RESTARTS", false);
+        let eviction = v.string("CES_REDIS_EVICTION", "refuse");
+        v.check(eviction == "refuse" || eviction == "warn", || {
+            format!("CES_REDIS_EVICTION={eviction:?} must be refuse or warn")
+        });
         let log = v.string("CES_LOG", "info");
         let log_format = v.parse("CES_LOG_FORMAT", LogFormat::Auto);
         let shown = redact_url(&redis_url);
@@ -299,6 +306,7 @@ impl Common {
             redis_url,
             redis_tls,
             redis_durable_restarts,
+            redis_refuse_eviction: eviction != "warn",
             log,
             log_format,
         }

@@ -12,4 +12,7 @@ pub enum Error {
     /// Telemetry could not be initialised.
     #[error("telemetry: {0}")]
     Telemetry(String),
+    /// Redis is set up in a way that breaks CES's guarantees (it may evict keys).
+    #[error("redis: {0}")]
+    RedisUnsafe(String),
 }

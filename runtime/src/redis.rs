@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, ClusterInterface as _};
 use fred::types::Builder;
 use fred::types::config::{Config, ReconnectPolicy};
 use tokio_util::sync::CancellationToken;
@@ -144,4 +144,133 @@ pub fn is_function_missing(e: &fred::error::Error) -> bool {
 /// A fresh random epoch id (16 hex digits).
 pub fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// One field of an `INFO` answer.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// What a Redis primary says of its memory (`INFO memory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// The primary (`host:port`), or `redis` for a single node.
+    pub server: String,
+    /// `used_memory`.
+    pub used: u64,
+    /// `maxmemory` (0: no limit).
+    pub max: u64,
+    /// `maxmemory_policy`.
+    pub policy: String,
+}
+
+impl Memory {
+    fn parse(server: String, info: &str) -> Self {
+        let number = |field| {
+            info_field(info, field)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            used: number("used_memory"),
+            max: number("maxmemory"),
+            policy: info_field(info, "maxmemory_policy")
+                .unwrap_or("unknown")
+                .to_owned(),
+            server,
+        }
+    }
+}
+
+/// `INFO memory` of every primary. Read with `INFO`, which managed Redis services allow where `CONFIG GET` is
+/// renamed away.
+pub async fn memory(client: &fred::clients::Client) -> Result<Vec<Memory>, fred::error::Error> {
+    use fred::types::InfoKind;
+    let mut answers = Vec::new();
+    match client.cached_cluster_state() {
+        Some(state) if client.is_clustered() => {
+            for server in state.unique_primary_nodes() {
+                let info: String = client
+                    .with_cluster_node(&server)
+                    .info(Some(InfoKind::Memory))
+                    .await?;
+                answers.push(Memory::parse(server.to_string(), &info));
+            }
+        }
+        _ => {
+            let info: String = client.info(Some(InfoKind::Memory)).await?;
+            answers.push(Memory::parse("redis".to_owned(), &info));
+        }
+    }
+    Ok(answers)
+}
+
+/// The primaries whose `maxmemory-policy` evicts keys: each one may silently drop a session's tombstone (undoing a
+/// revocation), its dedup ids (a redelivered event delivered twice) or its numbering.
+pub async fn evicting_primaries(
+    client: &fred::clients::Client,
+) -> Result<Vec<Memory>, fred::error::Error> {
+    let mut primaries = memory(client).await?;
+    primaries.retain(|m| m.policy != "noeviction");
+    Ok(primaries)
+}
+
+/// Refuses (with `refuse`, `CES_REDIS_EVICTION=refuse`) or warns about a Redis that may evict keys. A Redis that
+/// does not answer `INFO memory` is logged and not checked: the check must not stop a process that could run.
+pub async fn check_eviction(
+    client: &fred::clients::Client,
+    refuse: bool,
+) -> Result<(), crate::Error> {
+    let evicting = match evicting_primaries(client).await {
+        Ok(evicting) => evicting,
+        Err(e) => {
+            warn!(error = %e, "could not read maxmemory-policy (INFO memory); eviction not checked");
+            return Ok(());
+        }
+    };
+    if evicting.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = evicting
+        .iter()
+        .map(|m| format!("{}: {}", m.server, m.policy))
+        .collect();
+    let message = format!(
+        "maxmemory-policy must be noeviction ({}): an evicted key undoes a revocation, forgets dedup ids or \
+         resets a session's numbering. Set `maxmemory-policy noeviction`, or CES_REDIS_EVICTION=warn to run anyway",
+        list.join(", ")
+    );
+    if refuse {
+        return Err(crate::Error::RedisUnsafe(message));
+    }
+    warn!("{message}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    use super::Memory;
+
+    #[test]
+    fn memory_is_read_from_info_memory() {
+        let info = "# Memory\r\nused_memory:1024\r\nused_memory_human:1.00K\r\nmaxmemory:4096\r\n\
+                    maxmemory_human:4.00K\r\nmaxmemory_policy:allkeys-lru\r\n";
+        let m = Memory::parse("a:1".into(), info);
+        assert_eq!(
+            m,
+            Memory {
+                server: "a:1".into(),
+                used: 1024,
+                max: 4096,
+                policy: "allkeys-lru".into()
+            }
+        );
+        let empty = Memory::parse("b".into(), "# Memory\r\n");
+        assert_eq!(
+            (empty.used, empty.max, empty.policy.as_str()),
+            (0, 0, "unknown")
+        );
+    }
 }

@@ -63,6 +63,9 @@ const FIRST_SUBSCRIBE_WITHIN: std::time::Duration = std::time::Duration::from_se
 /// Longest the edge waits for Redis to answer QUIT at the end of a shutdown.
 const QUIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often the node reads Redis's memory for `ces_redis_used_memory_bytes`.
+const REDIS_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Shared state of the HTTP handlers.
 #[derive(Debug)]
 pub struct AppState {
@@ -115,6 +118,7 @@ pub async fn run(
     else {
         return Ok(());
     };
+    ces_runtime::redis::check_eviction(&redis, config.common.redis_refuse_eviction).await?;
     let make_subscriber = || {
         common
             .redis_builder()?
@@ -157,6 +161,33 @@ pub async fn run(
         metrics: ces_runtime::telemetry::metrics_handle(),
         limits: limits::Limits::new(config_rates),
         handshakes: Arc::new(tokio::sync::Semaphore::new(max_pending_handshakes)),
+    });
+    // Redis memory for the alert that fires before writes are refused (maxmemory with noeviction).
+    tokio::spawn({
+        let redis = redis.clone();
+        let stop = cancel.clone();
+        async move {
+            let mut every = tokio::time::interval(REDIS_MEMORY_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                match ces_runtime::redis::memory(&redis).await {
+                    Ok(primaries) => {
+                        for m in primaries {
+                            let server = m.server;
+                            let (used, max) = (m.used as f64, m.max as f64);
+                            ::metrics::gauge!(crate::metrics::REDIS_USED_MEMORY, "server" => server.clone())
+                                .set(used);
+                            ::metrics::gauge!(crate::metrics::REDIS_MAX_MEMORY, "server" => server)
+                                .set(max);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "INFO memory failed"),
+                }
+            }
+        }
     });
     // The per-IP maps keep only recently seen clients.
     tokio::spawn({

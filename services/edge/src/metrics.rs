@@ -43,5 +43,9 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "ces_edge_tls_handshake_failures_total"
 pub const HANDSHAKES_SHED: &str = "ces_edge_handshakes_shed_total";
 /// WebSocket handshakes in progress (token checked, not yet welcomed).
 pub const PENDING_HANDSHAKES: &str = "ces_edge_pending_handshakes";
+/// Memory used by each Redis primary (`INFO memory` `used_memory`), labelled by `server`; read every 15 s.
+pub const REDIS_USED_MEMORY: &str = "ces_redis_used_memory_bytes";
+/// Each Redis primary's `maxmemory` (0: no limit), labelled by `server`.
+pub const REDIS_MAX_MEMORY: &str = "ces_redis_maxmemory_bytes";
 /// Registrations refused for a missing or bad credential, labelled by `reason`.
 pub const REGISTRATIONS_REFUSED: &str = "ces_edge_registrations_refused_total";

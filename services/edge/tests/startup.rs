@@ -26,3 +26,53 @@ fn bad_configuration_exits_64_listing_every_error() {
         );
     }
 }
+
+/// A Redis that may evict keys would silently undo revocations and dedup: the edge refuses it unless told to warn.
+#[tokio::test]
+async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> anyhow::Result<()> {
+    let redis = ces_systest::Redis::start().await?;
+    let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
+    fred::interfaces::ClientLike::init(&admin).await?;
+    let _: fred::types::Value = fred::interfaces::ClientLike::custom(
+        &admin,
+        fred::types::CustomCommand::new_static("CONFIG", fred::types::ClusterHash::Random, false),
+        vec!["SET", "maxmemory-policy", "allkeys-lru"],
+    )
+    .await?;
+    let run = |eviction: &'static str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ces-edge"));
+        command
+            .env_clear()
+            .env("CES_TOKEN_SECRET", "startup-test-secret-0123456789abcdef")
+            .env("CES_REGISTER_OPEN", "true")
+            .env("CES_REDIS_URL", redis.url())
+            .env(
+                "CES_EDGE_LISTEN",
+                format!("127.0.0.1:{}", ces_systest::free_port()),
+            )
+            .env("CES_LOG_FORMAT", "text")
+            .env("CES_REDIS_EVICTION", eviction)
+            .kill_on_drop(true);
+        command
+    };
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(20), run("refuse").output()).await??;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy must be noeviction") && stderr.contains("allkeys-lru"),
+        "{stderr}"
+    );
+    // Told to warn, it starts and keeps running.
+    let mut child = run("warn")
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait()?.is_none(),
+        "the edge runs with CES_REDIS_EVICTION=warn"
+    );
+    child.kill().await?;
+    Ok(())
+}

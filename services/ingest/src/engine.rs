@@ -351,6 +351,7 @@ async fn connect_redis(
     let make = || config.common.redis_builder()?.build();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     while let Some(client) = ces_runtime::redis::connect("publisher", make, cancel).await? {
+        ces_runtime::redis::check_eviction(&client, config.common.redis_refuse_eviction).await?;
         match Publisher::new(client.clone(), config.limits, config.redis_timeout).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => {
