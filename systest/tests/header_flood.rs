@@ -93,7 +93,8 @@ async fn ten_thousand_maximal_unfinished_heads_stay_within_the_memory_bound() ->
     let metrics = ces_systest::Metrics::scrape(&edge.base).await?;
     assert_eq!(metrics.get("ces_edge_http_connections", &[]), 10_000.0);
 
-    // A larger head is refused as soon as it passes the cap, not buffered (hyper's default buffer takes ~408 KiB).
+    // A larger head is refused as soon as it passes the cap, not buffered (hyper's default buffer takes ~408 KiB):
+    // the connection ends long before the 60 s head deadline.
     drop(held.pop());
     let mut big = tokio::net::TcpStream::connect(addr).await?;
     let mut head = b"GET /v1/ws HTTP/1.1\r\nHost: edge\r\nX-Big: ".to_vec();
@@ -106,8 +107,9 @@ async fn ten_thousand_maximal_unfinished_heads_stay_within_the_memory_bound() ->
     )
     .await
     .expect("a head over the cap ends the connection");
+    // Answered 431, or reset before the answer could be read (the edge closes with the rest of the head unread).
     assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+        answer.is_empty() || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
