@@ -215,6 +215,13 @@ redis.register_function('ces_touch', function(keys, args)
     redis.call('HSET', keys[1], 'last_ack', args[4])
   end
   redis.call('PEXPIRE', keys[1], args[3])
+  -- The numbering of a session nothing was published to yet lives as long as the session (see ces_resume).
+  if keys[2] then
+    local seq = redis.call('HGET', keys[2], 'seq')
+    if (not seq or seq == '0') and redis.call('PTTL', keys[2]) < tonumber(args[3]) then
+      redis.call('PEXPIRE', keys[2], args[3])
+    end
+  end
   return 'ok'
 end)
 
@@ -241,12 +248,18 @@ end)
 redis.register_function('ces_resume', function(keys, args)
   local meta, buf = keys[1], keys[2]
   local epoch = ensure_epoch(meta, buf, args[2], args[4])
-  -- A session that is read is alive: its numbering must not expire under a connected client. Never shortened:
-  -- ces_publish sets a TTL up to its upkeep interval longer, and that one counts from the last event.
-  if redis.call('PTTL', meta) < tonumber(args[3]) then
-    redis.call('PEXPIRE', meta, args[3])
-  end
   local m = redis.call('HMGET', meta, 'seq', 'evicted', 'evicted_reason')
+  -- A session that is read is alive: its numbering must not expire under a connected client. Never shortened:
+  -- ces_publish sets a TTL up to its upkeep interval longer, and that one counts from the last event. A session
+  -- nothing was published to yet holds only its epoch: it lives as long as the session itself (args[5], kept up
+  -- by ces_touch), not the whole state TTL, so connects cannot fill Redis with numbering of sessions long gone.
+  local ttl = tonumber(args[3])
+  if (not m[1] or m[1] == '0') and args[5] then
+    ttl = tonumber(args[5])
+  end
+  if redis.call('PTTL', meta) < ttl then
+    redis.call('PEXPIRE', meta, ttl)
+  end
   local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
   for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do
     out[#out + 1] = entry[2][2]

@@ -36,7 +36,7 @@ impl Haproxy {
             .map(|(i, b)| format!("    server edge-{i} {b}\n"))
             .collect();
         let config = format!(
-            "global\n    maxconn 4000\n\
+            "global\n    maxconn 8000\n\
              defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    \
              timeout tunnel 1h\n    option forwardfor\n\
              frontend ces\n    bind 127.0.0.1:{port}\n    default_backend edges\n\

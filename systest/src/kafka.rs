@@ -59,7 +59,36 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::R
             Err((topic, code)) => bail!("creating topic {topic}: {code}"),
         }
     }
-    Ok(())
+    // The controller answers once a topic is created; the broker's metadata may lag behind it by a moment, and a
+    // client that looks in that moment finds no topic.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("metadata client")?;
+    let names: Vec<String> = topics.iter().map(|(name, _)| (*name).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let known = consumer
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|m| {
+                    names.iter().all(|name| {
+                        m.topics().iter().any(|t| {
+                            t.name() == name && t.error().is_none() && !t.partitions().is_empty()
+                        })
+                    })
+                })
+                .unwrap_or(false);
+            if known {
+                return Ok(());
+            }
+            if std::time::Instant::now() > until {
+                bail!("topics {names:?} not in the broker's metadata 10 s after creation");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await?
 }
 
 /// A producer that waits for every acknowledgement.

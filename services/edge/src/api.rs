@@ -241,6 +241,7 @@ pub async fn websocket(
         state: crate::resume::StateTerms {
             ttl: state.config.state_ttl,
             durable_restarts: state.config.common.redis_durable_restarts,
+            unpublished_ttl: state.config.session_ttl,
         },
         session_ttl: state.config.session_ttl,
         session: verified.session_id,

@@ -74,6 +74,9 @@ pub struct StateTerms {
     /// Redis restarts lose no acknowledged write (`CES_REDIS_DURABLE_RESTARTS`): an epoch survives a restart of
     /// the process that holds it (see `ces_runtime::redis::LIBRARY`).
     pub durable_restarts: bool,
+    /// TTL of the state of a session nothing was published to yet: the session's own (`CES_SESSION_TTL_SECS`),
+    /// kept up by its heartbeats.
+    pub unpublished_ttl: Duration,
 }
 
 /// Reads the session's snapshot after `after`, creating an epoch if the session has none (or its epoch may have
@@ -91,6 +94,7 @@ pub async fn fetch(
             Value::from(ces_runtime::redis::new_epoch()),
             Value::Integer(state.ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
             Value::from(if state.durable_restarts { "1" } else { "0" }),
+            Value::Integer(state.unpublished_ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
         ];
         redis.fcall::<Vec<Value>, _, _, _>(
             RESUME_FUNCTION,

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use ces_protocol::close::{CloseCode, NodeControl, parse_conn_ref};
-use ces_protocol::keys::{self, SessionId};
+use ces_protocol::keys::{self, SessionId, SessionKeys};
 use ces_runtime::redis::{
     ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION,
 };
@@ -27,13 +27,22 @@ async fn fcall<R: FromValue>(
     key: String,
     args: Vec<Value>,
 ) -> Result<R, Error> {
+    fcall_keys(redis, function, vec![key], args).await
+}
+
+async fn fcall_keys<R: FromValue>(
+    redis: &Client,
+    function: &str,
+    keys: Vec<String>,
+    args: Vec<Value>,
+) -> Result<R, Error> {
     match redis
-        .fcall::<R, _, _, _>(function, vec![key.clone()], args.clone())
+        .fcall::<R, _, _, _>(function, keys.clone(), args.clone())
         .await
     {
         Err(e) if ces_runtime::redis::is_function_missing(&e) => {
             ces_runtime::redis::load_library(redis).await?;
-            Ok(redis.fcall(function, vec![key], args).await?)
+            Ok(redis.fcall(function, keys, args).await?)
         }
         other => Ok(other?),
     }
@@ -212,7 +221,11 @@ pub async fn heartbeat(
     ack: Option<u64>,
 ) -> Result<Heartbeat, Error> {
     let args = conn_args(conn, ttl, ack);
-    let answer: String = fcall(redis, TOUCH_FUNCTION, session.session_key(), args).await?;
+    let keys = vec![
+        session.session_key(),
+        SessionKeys::of(session.as_str()).meta,
+    ];
+    let answer: String = fcall_keys(redis, TOUCH_FUNCTION, keys, args).await?;
     Ok(match answer.as_str() {
         "closed" => Heartbeat::Closed,
         "taken" => Heartbeat::Taken,

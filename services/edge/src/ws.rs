@@ -704,6 +704,7 @@ mod tests {
             state: resume::StateTerms {
                 ttl: Duration::from_secs(60),
                 durable_restarts: false,
+                unpublished_ttl: Duration::from_secs(30),
             },
             session_ttl: Duration::from_secs(60),
             drain_delay: Duration::ZERO,

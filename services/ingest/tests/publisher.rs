@@ -294,6 +294,28 @@ async fn a_resume_never_shortens_the_ttl_a_publish_gave_and_sets_one_on_a_new_se
         ttl > 119_000 && ttl <= 120_000,
         "a new session's state gets the TTL, got {ttl}"
     );
+    // With the session's own TTL given (as edges give it): a session nothing was published to keeps its epoch
+    // only that long, one with events keeps the state TTL.
+    let resume_short = |session: &str| {
+        let k = SessionKeys::of(session);
+        client.fcall::<fred::types::Value, _, _, _>(
+            ces_runtime::redis::RESUME_FUNCTION,
+            vec![k.meta, k.buffer],
+            vec!["0", "0123456789abcdef", "120000", "0", "30000"],
+        )
+    };
+    resume_short("fresh").await?;
+    let ttl: i64 = client.pttl(SessionKeys::of("fresh").meta).await?;
+    assert!(
+        ttl > 29_000 && ttl <= 30_000,
+        "an unpublished session's state lives as long as the session, got {ttl}"
+    );
+    resume_short("s").await?;
+    let ttl: i64 = client.pttl(SessionKeys::of("s").meta).await?;
+    assert!(
+        ttl > 120_000,
+        "a session with events keeps its TTL, got {ttl}"
+    );
     Ok(())
 }
 
