@@ -232,6 +232,10 @@ mod tests {
             l.connect(a).is_ok(),
             "registrations and connections are separate budgets"
         );
+        assert!(l.connect(a).is_ok());
+        let wait = l.connect(a).unwrap_err();
+        assert!(wait > Duration::from_secs(20), "{wait:?}");
+        assert!(l.connect(b).is_ok(), "another IP is not affected");
     }
 
     #[test]
@@ -259,5 +263,46 @@ mod tests {
         assert!(shares.take(a).is_none());
         drop((second, again, other));
         assert_eq!(shares.addresses(), 0, "idle addresses are forgotten");
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten_once_their_budget_is_whole_again() {
+        let l = Limits::new(rates(60_000));
+        assert_eq!(l.max_connections(), 10);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        l.register(a).unwrap();
+        l.connect(a).unwrap();
+        l.register_subject("user-1").unwrap();
+        assert_eq!(
+            (l.registrations.len(), l.connects.len(), l.subjects.len()),
+            (1, 1, 1)
+        );
+        // 60,000 a minute: one request's worth comes back within a millisecond.
+        std::thread::sleep(Duration::from_millis(20));
+        l.forget_idle();
+        assert_eq!(
+            (l.registrations.len(), l.connects.len(), l.subjects.len()),
+            (0, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handshake_waits_for_a_slot_and_gives_up_after_the_wait() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let first = HandshakeSlot::acquire(&slots, Duration::from_millis(10))
+            .await
+            .expect("a free slot");
+        assert!(
+            HandshakeSlot::acquire(&slots, Duration::from_millis(10))
+                .await
+                .is_none(),
+            "no slot frees up within the wait"
+        );
+        drop(first);
+        assert!(
+            HandshakeSlot::acquire(&slots, Duration::from_millis(10))
+                .await
+                .is_some()
+        );
     }
 }
