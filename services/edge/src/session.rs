@@ -6,17 +6,18 @@
 //! the previous node's channel (`ces:node:{<node>}`), which closes the old socket with 4009 in well under a
 //! second. A connection that ends *releases* the session (status `disconnected`, TTL `CES_SESSION_TTL_SECS`)
 //! unless a newer one holds it. `DELETE /v1/sessions/{id}` *closes* it: status `closed` (kept as long as a token
-//! can live), the holder is told to close with 4003, and no new connection is accepted.
+//! can live), the holder is told to close with 4003, and no new connection is accepted. Closing and telling the
+//! holder are [`ces_runtime::session`]'s, shared with `cesctl session revoke`.
 
 use std::time::Duration;
 
-use ces_protocol::close::{CloseCode, NodeControl, parse_conn_ref};
+use ces_protocol::close::CloseCode;
 use ces_protocol::keys::{self, SessionId};
 use ces_runtime::redis::{
-    ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION,
+    ADMIT_FUNCTION, CLAIM_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION, millis as ms,
 };
 use fred::clients::Client;
-use fred::interfaces::{FunctionInterface, HashesInterface, PubsubInterface};
+use fred::interfaces::HashesInterface;
 use fred::types::{FromValue, Value};
 
 use crate::Error;
@@ -27,20 +28,7 @@ async fn fcall<R: FromValue>(
     key: String,
     args: Vec<Value>,
 ) -> Result<R, Error> {
-    match redis
-        .fcall::<R, _, _, _>(function, vec![key.clone()], args.clone())
-        .await
-    {
-        Err(e) if ces_runtime::redis::is_function_missing(&e) => {
-            ces_runtime::redis::load_library(redis).await?;
-            Ok(redis.fcall(function, vec![key], args).await?)
-        }
-        other => Ok(other?),
-    }
-}
-
-fn ms(d: Duration) -> Value {
-    Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64)
+    Ok(ces_runtime::redis::fcall(redis, function, key, args).await?)
 }
 
 /// Outcome of a claim.
@@ -104,15 +92,14 @@ pub async fn release(
     Ok(())
 }
 
-/// Closes `session` for good; the tombstone lives `ttl`. Returns the connection that held it.
+/// Closes `session` for good; the tombstone lives `ttl`. Returns the connection that held it
+/// ([`ces_runtime::session::close`]).
 pub async fn close(
     redis: &Client,
     session: &SessionId,
     ttl: Duration,
 ) -> Result<Option<String>, Error> {
-    let args = vec![Value::Integer(ces_runtime::now_ms()), ms(ttl)];
-    let holder: String = fcall(redis, CLOSE_FUNCTION, session.session_key(), args).await?;
-    Ok((!holder.is_empty()).then_some(holder))
+    Ok(ces_runtime::session::close(redis, session, ttl).await?)
 }
 
 /// Whether `session` was closed.
@@ -138,26 +125,15 @@ pub async fn admit(
     Ok(admitted == 1)
 }
 
-/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`. A holder that is not a
-/// connection reference (a foreign writer) is ignored.
+/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`
+/// ([`ces_runtime::session::tell_holder`]).
 pub async fn tell_holder(
     redis: &Client,
     session: &SessionId,
     holder: &str,
     code: CloseCode,
 ) -> Result<(), Error> {
-    let Some((node, conn_id)) = parse_conn_ref(holder) else {
-        return Ok(());
-    };
-    let message = NodeControl::Close {
-        session: session.as_str(),
-        conn_id,
-        code,
-    };
-    let _: i64 = redis
-        .spublish(keys::node_channel(node), message.encode())
-        .await?;
-    Ok(())
+    Ok(ces_runtime::session::tell_holder(redis, session, holder, code).await?)
 }
 
 /// What a heartbeat found.
