@@ -24,6 +24,9 @@ mod show;
 mod stats;
 
 use anyhow::Context as _;
+use ces_runtime::config::Env;
+
+use crate::kafka::Kafka;
 
 pub(crate) use args::DlqArgs;
 use args::DlqCommand;
@@ -35,11 +38,12 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
         topic,
         command,
     } = args;
+    let kafka = Kafka::read(brokers, &Env)?;
     match command {
-        DlqCommand::List(a) => list::run(brokers, topic, a).await,
-        DlqCommand::Show(a) => show::run(brokers, topic, a).await,
-        DlqCommand::Stats(a) => stats::run(brokers, topic, a).await,
-        DlqCommand::Replay(a) => replay::run(brokers, topic, a).await,
+        DlqCommand::List(a) => list::run(kafka, topic, a).await,
+        DlqCommand::Show(a) => show::run(kafka, topic, a).await,
+        DlqCommand::Stats(a) => stats::run(kafka, topic, a).await,
+        DlqCommand::Replay(a) => replay::run(kafka, topic, a).await,
     }
 }
 

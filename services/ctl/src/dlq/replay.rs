@@ -22,6 +22,7 @@ use super::args::ReplayArgs;
 use super::letter::{self, Coord, DeadLetter, Filter};
 use super::render;
 use super::{blocking, kafka};
+use crate::kafka::Kafka;
 use crate::table;
 
 /// Replays in flight at once: enough to keep the producer's batches full, few enough that a huge selection
@@ -31,19 +32,19 @@ const REPLAYS_IN_FLIGHT: usize = 256;
 /// The partitions of each source topic the selection names; `None` when the topic does not exist.
 type Targets = BTreeMap<String, Option<Vec<i32>>>;
 
-/// Runs `cesctl dlq replay` against `topic` at `brokers`.
-pub(super) async fn run(brokers: String, topic: String, args: ReplayArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq replay` against `topic` through `kafka`.
+pub(super) async fn run(kafka: Kafka, topic: String, args: ReplayArgs) -> anyhow::Result<()> {
     let filter = Filter {
         reason: args.reason,
         since: args.since,
         offsets: args.offsets.iter().copied().collect(),
     };
     let (letters, targets) = {
-        let brokers = brokers.clone();
-        blocking(move || select(&brokers, &topic, &filter)).await?
+        let kafka = kafka.clone();
+        blocking(move || select(&kafka, &topic, &filter)).await?
     };
     let plan = plan(letters, &targets, args.max_replays);
-    let lines = execute(plan, &brokers, args.dry_run).await?;
+    let lines = execute(plan, &kafka, args.dry_run).await?;
     let summary = summarize(args.dry_run, lines);
     render::to_stdout(|out| {
         if args.json {
@@ -65,11 +66,11 @@ pub(super) async fn run(brokers: String, topic: String, args: ReplayArgs) -> any
 /// Reads the dead letters `filter` selects, in partition:offset order, and where each source topic they name
 /// exists. Blocking.
 fn select(
-    brokers: &str,
+    kafka: &Kafka,
     topic: &str,
     filter: &Filter,
 ) -> anyhow::Result<(Vec<DeadLetter>, Targets)> {
-    let reader = kafka::Reader::connect(brokers, topic)?;
+    let reader = kafka::Reader::connect(kafka, topic)?;
     let mut selected: BTreeMap<Coord, DeadLetter> = if filter.offsets.is_empty() {
         let mut selected = BTreeMap::new();
         reader.read(&reader.whole_topic()?, |d| {
@@ -204,30 +205,31 @@ struct ReplayLine {
     outcome: Outcome,
 }
 
-/// Performs `plan`: produces every [`Step::Produce`] to `brokers` and waits for the acknowledgements, or with
+/// Performs `plan`: produces every [`Step::Produce`] through `kafka` and waits for the acknowledgements, or with
 /// `dry_run` produces nothing. Lines come back in plan order. Fails only when no producer can be created; a
 /// replay that fails is a [`Outcome::Failed`] line.
 async fn execute(
     plan: Vec<Planned>,
-    brokers: &str,
+    kafka: &Kafka,
     dry_run: bool,
 ) -> anyhow::Result<Vec<ReplayLine>> {
     if dry_run {
         return Ok(rehearse(plan));
     }
     let producer = if plan.iter().any(|p| matches!(p.step, Step::Produce(_))) {
-        Some(kafka::producer(brokers)?)
+        Some(super::kafka::producer(kafka)?)
     } else {
         None
     };
     let producer = &producer;
+    let brokers = kafka.brokers.as_str();
     Ok(futures::stream::iter(plan)
         .map(|Planned { subject, step }| async move {
             let outcome = match step {
                 Step::Refuse(note) => Outcome::Refused { note },
                 Step::Produce(r) => {
                     let producer = producer.as_ref().expect("created when any step produces");
-                    match kafka::produce(producer, brokers, &r).await {
+                    match super::kafka::produce(producer, brokers, &r).await {
                         Ok(at) => Outcome::Replayed {
                             replay_count: r.count,
                             target_partition: at.partition,

@@ -7,12 +7,13 @@ use super::args::ShowArgs;
 use super::letter::{self, DeadLetter};
 use super::render;
 use super::{blocking, kafka};
+use crate::kafka::Kafka;
 
-/// Runs `cesctl dlq show` against `topic` at `brokers`.
-pub(super) async fn run(brokers: String, topic: String, args: ShowArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq show` against `topic` through `kafka`.
+pub(super) async fn run(kafka: Kafka, topic: String, args: ShowArgs) -> anyhow::Result<()> {
     let c = args.coord;
     let letter = blocking(move || {
-        let reader = kafka::Reader::connect(&brokers, &topic)?;
+        let reader = kafka::Reader::connect(&kafka, &topic)?;
         let mut found = reader.read_at(&[c].into())?;
         Ok(found.remove(&c).expect("read_at returns every coordinate"))
     })

@@ -12,6 +12,7 @@ use super::args::StatsArgs;
 use super::letter::{Age, DeadLetter};
 use super::render;
 use super::{blocking, kafka};
+use crate::kafka::Kafka;
 use crate::table;
 
 /// Counts of one group of dead letters (one reason, or all).
@@ -91,11 +92,11 @@ impl Stats {
     }
 }
 
-/// Runs `cesctl dlq stats` against `topic` at `brokers`.
-pub(super) async fn run(brokers: String, topic: String, args: StatsArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq stats` against `topic` through `kafka`.
+pub(super) async fn run(kafka: Kafka, topic: String, args: StatsArgs) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let stats = blocking(move || {
-        let reader = kafka::Reader::connect(&brokers, &topic)?;
+        let reader = kafka::Reader::connect(&kafka, &topic)?;
         let spans = reader.whole_topic()?;
         let mut stats = Stats::new(topic);
         reader.read(&spans, |d| stats.add(&d, now))?;
