@@ -10,12 +10,14 @@
 //! - [`Process`]: a CES service binary run as a child process (for RSS, signals, and kills).
 //! - [`Metrics`]: a scraped Prometheus `/metrics` page.
 //! - [`kafka`]: topic creation, producing, and reading a topic to its end.
+//! - [`kafka_wire`]: producing records byte for byte over the Kafka protocol (header names that are not UTF-8).
 //! - [`client`]: session registration and a WebSocket client that collects frames.
 //! - [`tls`]: a throwaway CA and server certificate, and clients that trust it.
 
 pub mod client;
 pub mod cluster;
 pub mod kafka;
+pub mod kafka_wire;
 mod metrics;
 pub mod tls;
 

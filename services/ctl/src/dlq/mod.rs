@@ -4,17 +4,19 @@
 //!   high watermarks seen at the start, so they always terminate and never disturb ingest.
 //! - `replay` re-produces selected dead letters to their source topic with the original key, value and headers
 //!   (minus `ces-dlq-*`), counting replays in `ces-replay-count` so a record that keeps failing is refused
-//!   after `--max-replays` instead of looping.
+//!   after `--max-replays` instead of looping, and only to the topics the allow-list names.
 //!
 //! # Layout
 //!
 //! - [`args`]: the command line.
 //! - [`list`], [`show`], [`stats`], [`replay`]: one subcommand each, from reading to printing.
 //! - [`letter`]: what is decided about a dead letter without I/O (headers, selection, the per-letter replay).
-//! - [`kafka`]: reading the topic and producing replays.
+//! - [`targets`]: the topics a replay may write to.
+//! - [`kafka`]: reading the topic and producing replays; [`headers`]: reading headers whose names are not UTF-8.
 //! - [`render`]: output shared by the subcommands (stdout, JSON lines); tables are [`crate::table`].
 
 mod args;
+mod headers;
 mod kafka;
 mod letter;
 mod list;
@@ -22,6 +24,7 @@ mod render;
 mod replay;
 mod show;
 mod stats;
+mod targets;
 
 use anyhow::Context as _;
 use ces_runtime::config::Env;

@@ -147,15 +147,16 @@ fn write_table(out: &mut impl Write, stats: &Stats) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dlq::letter::Header;
     use time::macros::datetime;
 
     fn dead(reason: Option<&str>, failed_at: Option<&str>) -> DeadLetter {
         let mut headers = Vec::new();
         if let Some(r) = reason {
-            headers.push((dlq::REASON.to_owned(), Some(r.as_bytes().to_vec())));
+            headers.push(Header::named(dlq::REASON, r.as_bytes()));
         }
         if let Some(t) = failed_at {
-            headers.push((dlq::FAILED_AT.to_owned(), Some(t.as_bytes().to_vec())));
+            headers.push(Header::named(dlq::FAILED_AT, t.as_bytes()));
         }
         DeadLetter {
             partition: 0,
