@@ -172,14 +172,33 @@ async fn revoking_needs_a_reachable_redis_and_its_password_stays_off_the_command
     let secure = redis.secure_url().expect("secured");
     let ca = cert.ca_file().display().to_string();
     let tls = [("CES_REDIS_TLS_CA_FILE", ca.as_str())];
+    let api_key = "an-api-key-of-at-least-32-bytes-for-the-test";
     let edge = common::start_edge(
         &secure,
         "edge-tls",
-        &[("CES_REDIS_TLS_CA_FILE", ca.clone())],
+        &[
+            ("CES_REDIS_TLS_CA_FILE", ca.clone()),
+            ("CES_REGISTER_API_KEYS", api_key.to_owned()),
+        ],
     )
     .await?;
-    let http = reqwest::Client::new();
-    let reg = register(&http, &edge.base).await?;
+    // Registration is protected: `cesctl session create` takes the key from stdin; without it the edge refuses.
+    let at_edge = [("CES_EDGE_URL", edge.base.as_str())];
+    let o = cesctl(&["session", "create"], &at_edge, "").await?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).starts_with("cesctl: registration refused with 401 Unauthorized: "),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cesctl(
+        &["session", "create", "--credential-stdin"],
+        &at_edge,
+        &format!("{api_key}\n"),
+    )
+    .await?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let reg: Registered = serde_json::from_slice(&o.stdout)?;
     let (mut ws, _) = connect(&ws_url(&edge.base, &reg.token)).await?;
 
     // The URL with its password on the command line is refused before anything is contacted.

@@ -129,10 +129,13 @@ impl Secret {
 
 /// Reads stdin to its end (at most [`STDIN_MAX_BYTES`]), for a `--<flag>-stdin` switch.
 pub(crate) fn read_stdin() -> std::io::Result<String> {
+    read_bounded(std::io::stdin())
+}
+
+/// `input` to its end, or its first [`STDIN_MAX_BYTES`] bytes: a runaway pipe cannot fill memory.
+fn read_bounded(input: impl std::io::Read) -> std::io::Result<String> {
     let mut text = String::new();
-    std::io::stdin()
-        .take(STDIN_MAX_BYTES)
-        .read_to_string(&mut text)?;
+    input.take(STDIN_MAX_BYTES).read_to_string(&mut text)?;
     Ok(text)
 }
 
@@ -221,6 +224,14 @@ mod tests {
                 .0,
             "CES_REGISTER_CREDENTIAL is set but empty"
         );
+    }
+
+    #[test]
+    fn stdin_is_read_up_to_its_bound() {
+        let long = "t".repeat(70_000);
+        assert_eq!(read_bounded(long.as_bytes()).unwrap().len(), 65_536);
+        assert_eq!(read_bounded(&b"tok\n"[..]).unwrap(), "tok\n");
+        assert!(read_bounded(&[0xff_u8][..]).is_err());
     }
 
     #[test]

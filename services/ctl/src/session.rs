@@ -120,7 +120,12 @@ pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
 
 /// The edge URL: `--edge` (without a password), else `CES_EDGE_URL`, else [`DEFAULT_EDGE`].
 pub(crate) fn edge_url(argv: Option<&str>) -> anyhow::Result<String> {
-    let url = EDGE_URL.resolve_url(argv, false, secrets::read_stdin, Env.get(EDGE_URL.env))?;
+    Ok(edge_url_from(argv, Env.get(EDGE_URL.env))?)
+}
+
+/// [`edge_url`] with the variable's value given.
+fn edge_url_from(argv: Option<&str>, env: Option<String>) -> Result<String, crate::usage::Usage> {
+    let url = EDGE_URL.resolve_url(argv, false, secrets::read_stdin, env)?;
     Ok(url.unwrap_or_else(|| DEFAULT_EDGE.to_owned()))
 }
 
@@ -289,6 +294,20 @@ mod tests {
         assert!(err.contains("out of range"), "{err}");
         assert!(revoke_config(None, Some(7 * 86_400), &env(&[])).is_ok());
         assert!(revoke_config(None, Some(10), &env(&[])).is_ok());
+    }
+
+    #[test]
+    fn the_edge_url_comes_from_the_flag_then_the_variable_then_the_default() {
+        assert_eq!(edge_url_from(None, None).unwrap(), DEFAULT_EDGE);
+        assert_eq!(
+            edge_url_from(None, Some("http://e:1".into())).unwrap(),
+            "http://e:1"
+        );
+        assert_eq!(
+            edge_url_from(Some("http://f:2"), Some("http://e:1".into())).unwrap(),
+            "http://f:2"
+        );
+        assert!(edge_url_from(Some("http://u:p@f:2"), None).is_err());
     }
 
     #[test]
