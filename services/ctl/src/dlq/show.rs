@@ -87,7 +87,7 @@ mod tests {
                 Header::named("ces-dlq-reason", b"invalid_utf8"),
                 Header::Named("empty".into(), None),
                 Header::Unreadable,
-                Header::named("x-evil\n  ces-dlq-reason", b"fake\x1b[2J"),
+                Header::named("x-evil\n  ces-dlq-reason", b"fake\x1b[2J\n\tline"),
             ],
         };
         let mut out = Vec::new();
@@ -96,7 +96,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "dead letter 1:9\ntimestamp: 1700000000000\nheaders:\n  ces-dlq-reason: invalid_utf8\n  \
              empty: (none)\n  (a name that is not UTF-8; unreadable)\n  x-evil\\n  ces-dlq-reason: \
-             fake\\u{1b}[2J\nkey: (none)\nvalue (2 bytes):\n(not UTF-8, 2 bytes, base64) /wA=\n"
+             fake\\u{1b}[2J\\n\\tline\nkey: (none)\nvalue (2 bytes):\n(not UTF-8, 2 bytes, base64) /wA=\n"
         );
     }
 
