@@ -4,6 +4,7 @@
 #   redis-cli              (Debian package redis-tools, which redis-server brings; it forms `make up REDIS=cluster`)
 #   java 17+ and maven     (Debian packages openjdk-17-jre-headless and maven, when missing)
 #   Apache Kafka's jars    (scripts/kafka.sh: Maven Central into ~/.cache/ces/kafka-<version>, once per machine)
+#   libssl-dev, pkg-config (Debian packages: librdkafka is built with OpenSSL, for Kafka over TLS and SCRAM)
 #   cargo-nextest          (test runner; only with --test)
 set -euo pipefail
 
@@ -22,6 +23,9 @@ command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || apt_missing+
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]] || command -v java >/dev/null 2>&1; then :; else apt_missing+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null 2>&1 || apt_missing+=(maven)
+# librdkafka is built with the system's OpenSSL (rdkafka's `ssl` feature), found through pkg-config.
+command -v pkg-config >/dev/null 2>&1 || apt_missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || apt_missing+=(libssl-dev)
 # scripts/test-up-stop.sh watches processes and sockets with pgrep and ss.
 command -v pgrep >/dev/null 2>&1 || apt_missing+=(procps)
 command -v ss >/dev/null 2>&1 || apt_missing+=(iproute2)

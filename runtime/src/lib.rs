@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: reading `CES_*` variables from a replaceable [`config::Source`], reporting every error at once.
 //! - [`redis`]: Redis client construction with CES's reconnect policy, and the Redis function library.
+//! - [`session`]: closing a session for good (the edge's `DELETE`, `cesctl session revoke`).
 //! - [`tls`]: PEM certificates and keys, rustls client configurations.
 //! - [`otel`]: OpenTelemetry spans and W3C trace context, off unless an OTLP endpoint is configured.
 //! - [`backoff`]: jittered exponential backoff for transient failures.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod net;
 pub mod otel;
 pub mod redis;
+pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -141,6 +141,42 @@ pub fn is_function_missing(e: &fred::error::Error) -> bool {
     e.details().contains("Function not found")
 }
 
+/// Calls the library's `function` on `key` with `args`, loading [`LIBRARY`] first and calling once more when Redis
+/// lost it (a restart without persistence, `FUNCTION FLUSH`).
+pub async fn fcall<R: fred::types::FromValue>(
+    redis: &fred::clients::Client,
+    function: &str,
+    key: String,
+    args: Vec<fred::types::Value>,
+) -> Result<R, fred::error::Error> {
+    fcall_keys(redis, function, vec![key], args).await
+}
+
+/// [`fcall`] with several keys (all of one session: one hash slot).
+pub async fn fcall_keys<R: fred::types::FromValue>(
+    redis: &fred::clients::Client,
+    function: &str,
+    keys: Vec<String>,
+    args: Vec<fred::types::Value>,
+) -> Result<R, fred::error::Error> {
+    use fred::interfaces::FunctionInterface as _;
+    match redis
+        .fcall::<R, _, _, _>(function, keys.clone(), args.clone())
+        .await
+    {
+        Err(e) if is_function_missing(&e) => {
+            load_library(redis).await?;
+            redis.fcall(function, keys, args).await
+        }
+        other => other,
+    }
+}
+
+/// `d` as a function argument in whole milliseconds, at least 1 (Redis refuses a zero or negative expiry).
+pub fn millis(d: Duration) -> fred::types::Value {
+    fred::types::Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64)
+}
+
 /// A fresh random epoch id (16 hex digits).
 pub fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())

@@ -10,6 +10,8 @@
 //! - [`Process`]: a CES service binary run as a child process (for RSS, signals, and kills).
 //! - [`Metrics`]: a scraped Prometheus `/metrics` page.
 //! - [`kafka`]: topic creation, producing, and reading a topic to its end.
+//! - [`kafka_wire`]: producing records byte for byte over the Kafka protocol (header names that are not UTF-8).
+//! - [`kafka_secure`]: a broker with a TLS + SASL listener.
 //! - [`client`]: session registration and a WebSocket client that collects frames.
 //! - [`tls`]: a throwaway CA and server certificate, and clients that trust it.
 
@@ -17,6 +19,8 @@ pub mod client;
 pub mod cluster;
 pub mod haproxy;
 pub mod kafka;
+pub mod kafka_secure;
+pub mod kafka_wire;
 mod metrics;
 pub mod tls;
 
@@ -398,6 +402,12 @@ impl Broker {
 
     /// A broker of this test's own, on free ports, killed (SIGKILL) when dropped.
     pub async fn own() -> anyhow::Result<Self> {
+        Self::own_with(|_, _| String::new()).await
+    }
+
+    /// [`Broker::own`] with `extra(port, controller_port)` appended to its `server.properties` (a later line wins),
+    /// e.g. another listener. Its plain listener on `port` stays: readiness is checked there.
+    pub async fn own_with(extra: impl Fn(u16, u16) -> String) -> anyhow::Result<Self> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
         let mut last_error = None;
         for _ in 0..3 {
@@ -412,6 +422,7 @@ impl Broker {
                 // A test broker is small and quiet: its log is read only when it fails to start.
                 .env("CES_KAFKA_HEAP", "-Xms128m -Xmx512m")
                 .env("CES_KAFKA_LOG_LEVEL", "WARN")
+                .env("CES_KAFKA_PROPS", extra(port, controller))
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .kill_on_drop(true)

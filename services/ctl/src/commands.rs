@@ -1,22 +1,25 @@
-//! The subcommands.
+//! The subcommands `topics`, `produce` and `watch`; `session` is [`crate::session`], `dlq` [`crate::dlq`].
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use ces_runtime::config::{Env, Source as _};
 use clap::{Args, Subcommand};
 use futures::StreamExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::kafka::Kafka;
+use crate::secrets::{self, REGISTER_CREDENTIAL, SESSION_TOKEN};
+use crate::session;
+
 /// Default Kafka bootstrap servers (`CES_KAFKA_BROKERS`).
 pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
-const DEFAULT_EDGE: &str = "http://127.0.0.1:8080";
 
 /// `cesctl topics ...`
 #[derive(Debug, Subcommand)]
@@ -41,10 +44,10 @@ pub(crate) async fn topics(command: TopicsCommand) -> anyhow::Result<()> {
         partitions,
         topics,
     } = command;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .context("kafka admin client")?;
+    let kafka = Kafka::read(brokers, &Env)?;
+    let brokers = &kafka.brokers;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.config(&[]).create().context("kafka admin client")?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
@@ -105,11 +108,13 @@ pub(crate) struct ProduceArgs {
 }
 
 pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "15000")
+    let kafka = Kafka::read(args.brokers.clone(), &Env)?;
+    let producer: FutureProducer = kafka
+        .config(&[
+            ("acks", "all".into()),
+            ("linger.ms", "5".into()),
+            ("message.timeout.ms", "15000".into()),
+        ])
         .create()
         .context("kafka producer")?;
     let values = event_values(&args)?;
@@ -173,72 +178,49 @@ fn event_values(args: &ProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// `cesctl session ...`
-#[derive(Debug, Subcommand)]
-pub(crate) enum SessionCommand {
-    /// Register a session and print its id and token as JSON.
-    Create {
-        /// Edge (or load balancer) base URL.
-        #[arg(long, env = "CES_EDGE_URL", default_value = DEFAULT_EDGE)]
-        edge: String,
-        /// API key or JWT for an edge whose registration is protected (sent as `Authorization: Bearer`).
-        #[arg(long, env = "CES_REGISTER_CREDENTIAL", hide_env_values = true)]
-        credential: Option<String>,
-    },
-}
-
-pub(crate) async fn session(command: SessionCommand) -> anyhow::Result<()> {
-    let SessionCommand::Create { edge, credential } = command;
-    let registered = register(&edge, credential.as_deref()).await?;
-    println!("{}", serde_json::to_string_pretty(&registered)?);
-    Ok(())
-}
-
-async fn register(edge: &str, credential: Option<&str>) -> anyhow::Result<Value> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut request = http
-        .post(format!("{}/v1/sessions", edge.trim_end_matches('/')))
-        .json(&json!({ "client": "cesctl" }));
-    if let Some(credential) = credential {
-        request = request.bearer_auth(credential);
-    }
-    let resp = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the edge at {edge}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if status.as_u16() != 201 {
-        bail!("registration refused with {status}: {body}");
-    }
-    serde_json::from_str(&body).context("registration answer is not JSON")
-}
-
 /// `cesctl watch ...`
 #[derive(Debug, Args)]
 pub(crate) struct WatchArgs {
-    /// Edge (or load balancer) base URL.
-    #[arg(long, env = "CES_EDGE_URL", default_value = DEFAULT_EDGE)]
-    edge: String,
-    /// Use this token instead of registering a new session.
+    /// Edge (or load balancer) base URL [env: CES_EDGE_URL] [default: http://127.0.0.1:8080].
     #[arg(long)]
+    edge: Option<String>,
+    /// Refused: the token goes in CES_SESSION_TOKEN or on stdin (--token-stdin).
+    #[arg(long, hide = true)]
     token: Option<String>,
-    /// API key or JWT for an edge whose registration is protected (sent as `Authorization: Bearer`).
-    #[arg(long, env = "CES_REGISTER_CREDENTIAL", hide_env_values = true)]
+    /// Read a session's token from stdin and watch that session instead of registering a new one (else
+    /// CES_SESSION_TOKEN, if set).
+    #[arg(long)]
+    token_stdin: bool,
+    /// Refused: the credential goes in CES_REGISTER_CREDENTIAL or on stdin (--credential-stdin).
+    #[arg(long, hide = true)]
     credential: Option<String>,
+    /// Read the API key or JWT for a protected registration from stdin (else CES_REGISTER_CREDENTIAL).
+    #[arg(long, conflicts_with = "token_stdin")]
+    credential_stdin: bool,
     /// Stop after this many event frames (default: run until Ctrl-C).
     #[arg(long)]
     events: Option<u64>,
 }
 
 pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let edge = args.edge.trim_end_matches('/');
-    let token = match args.token {
+    let edge = session::edge_url(args.edge.as_deref())?;
+    let edge = edge.trim_end_matches('/');
+    let token = SESSION_TOKEN.resolve(
+        args.token.as_deref(),
+        args.token_stdin,
+        secrets::read_stdin,
+        Env.get(SESSION_TOKEN.env),
+    )?;
+    let credential = REGISTER_CREDENTIAL.resolve(
+        args.credential.as_deref(),
+        args.credential_stdin,
+        secrets::read_stdin,
+        Env.get(REGISTER_CREDENTIAL.env),
+    )?;
+    let token = match token {
         Some(t) => t,
         None => {
-            let reg = register(edge, args.credential.as_deref()).await?;
+            let reg = session::register(edge, credential.as_deref()).await?;
             let session = reg["session_id"].as_str().unwrap_or_default();
             eprintln!("session {session} registered; send it an event from another terminal with:");
             let me = std::env::current_exe()

@@ -3,6 +3,7 @@
 //! - `cesctl topics create`: create the input and DLQ topics.
 //! - `cesctl produce`: send test events to the input topic.
 //! - `cesctl session create`: register a session at an edge and print its token.
+//! - `cesctl session revoke`: close a session without its token (its socket gets 4003, every edge refuses it).
 //! - `cesctl watch`: register (or reuse a token), connect and print every frame as it arrives.
 //! - `cesctl dlq list`: list dead letters (filter by reason, age; table or JSONL).
 //! - `cesctl dlq show P:O`: every header, the key and the full value of one dead letter.
@@ -11,11 +12,16 @@
 //!
 //! docs/cesctl.md describes every command, flag and output.
 //!
-//! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
+//! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage: an argument or `CES_*` variable that does
+//! not parse, or a secret on the command line ([`secrets`]).
 
 mod commands;
 mod dlq;
+mod kafka;
+mod secrets;
+mod session;
 mod table;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -44,7 +50,7 @@ enum Command {
     /// Manage sessions.
     Session {
         #[command(subcommand)]
-        command: commands::SessionCommand,
+        command: session::SessionCommand,
     },
     /// Connect a WebSocket client and print every frame.
     Watch(commands::WatchArgs),
@@ -58,7 +64,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Topics { command } => commands::topics(command).await,
         Command::Produce(args) => commands::produce(args).await,
-        Command::Session { command } => commands::session(command).await,
+        Command::Session { command } => session::run(command).await,
         Command::Watch(args) => commands::watch(args).await,
         Command::Dlq(args) => dlq::run(args).await,
     };
@@ -66,7 +72,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cesctl: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(usage::exit_code(&e))
         }
     }
 }

@@ -5,8 +5,11 @@
 //! fixed DLQ partitions so their coordinates are known. Outputs are asserted cell by cell (table cells are
 //! separated by two or more spaces) or field by field (JSON), and replays by reading the source topic back.
 
-use std::process::Output;
+mod common;
+
 use std::time::{Duration, Instant, SystemTime};
+
+use common::{cells, cesctl, cesctl_env, jsonl, ok, row, stderr};
 
 use ces_protocol::dlq;
 use ces_systest::Broker;
@@ -14,60 +17,6 @@ use ces_systest::kafka::{self, Record};
 use rdkafka::Message as _;
 use rdkafka::message::{Headers as _, OwnedMessage};
 use serde_json::{Value, json};
-
-/// Runs `cesctl` with `args`, with the environment variables it reads removed so the host cannot leak in.
-async fn cesctl(args: &[&str]) -> anyhow::Result<Output> {
-    cesctl_env(args, &[]).await
-}
-
-async fn cesctl_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cesctl"));
-    cmd.args(args)
-        .env_remove("CES_KAFKA_BROKERS")
-        .env_remove("CES_DLQ_TOPIC")
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts a successful run and returns its stdout.
-fn ok(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
-    stdout(o)
-}
-
-/// Table output as rows of cells.
-fn cells(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .map(|l| {
-            l.split("  ")
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .collect()
-}
-
-fn row(cells: &[&str]) -> Vec<String> {
-    cells.iter().map(|c| (*c).to_owned()).collect()
-}
-
-fn jsonl(out: &str) -> Vec<Value> {
-    out.lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
 
 /// RFC 3339 UTC with milliseconds, `age` ago, as ingest writes `ces-dlq-failed-at`.
 fn ago(age: Duration) -> String {
@@ -571,15 +520,17 @@ async fn replay_reproduces_to_the_source_topic() -> anyhow::Result<()> {
     ];
     let broker = seeded(&dlq_topic, &source, &records).await?;
     let b = broker.bootstrap();
+    // The source topic is ingest's input topic, as the environment ingest shares with operators says.
     let replay = |extra: &[&str]| {
         let mut a: Vec<String> = ["dlq", "replay", "--brokers", &b, "--topic", &dlq_topic]
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
         a.extend(extra.iter().map(|s| (*s).to_owned()));
+        let source = source.clone();
         async move {
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            cesctl(&a).await
+            cesctl_env(&a, &[("CES_KAFKA_TOPICS", &source)]).await
         }
     };
     let source_records = || kafka::read_to_end(&b, &source, 0, Duration::from_secs(5));
@@ -628,11 +579,15 @@ async fn replay_reproduces_to_the_source_topic() -> anyhow::Result<()> {
     assert_eq!(
         cells(&out),
         vec![
-            row(&["DLQ", "REASON", "SOURCE", "RESULT", "NOTE"]),
+            row(&[
+                "DLQ", "REASON", "SOURCE", "TARGET", "ALLOWED", "RESULT", "NOTE"
+            ]),
             row(&[
                 "0:0",
                 "invalid_json",
                 &src("1:5"),
+                &src("1"),
+                "yes",
                 "replayed",
                 &format!("now at {source} 1:0, replay 1")
             ]),
@@ -640,6 +595,8 @@ async fn replay_reproduces_to_the_source_topic() -> anyhow::Result<()> {
                 "0:1",
                 "invalid_json",
                 &src("0:6"),
+                &src("0"),
+                "yes",
                 "refused",
                 "replayed 3 times already (--max-replays 3)"
             ]),

@@ -404,31 +404,9 @@ pub async fn delete_session(
         return Err(Error::Forbidden("the token is for another session"));
     }
     // The tombstone must outlive every token that could still be presented.
+    // Its place under the session caps is free at once (the same revocation as `cesctl session revoke`).
     let ttl = state.config.token_ttl;
-    let subject: Option<String> = state
-        .redis
-        .hget(verified.session_id.session_key(), "subject")
-        .await?;
-    // Its place under the session caps is free at once.
-    session::forget(
-        &state.redis,
-        keys::SESSIONS_KEY.to_owned(),
-        &verified.session_id,
-    )
-    .await?;
-    if let Some(subject) = &subject {
-        let set = keys::subject_sessions_key(subject);
-        session::forget(&state.redis, set, &verified.session_id).await?;
-    }
-    if let Some(holder) = session::close(&state.redis, &verified.session_id, ttl).await? {
-        session::tell_holder(
-            &state.redis,
-            &verified.session_id,
-            &holder,
-            ces_protocol::close::CloseCode::SessionClosed,
-        )
-        .await?;
-    }
+    ces_runtime::session::revoke(&state.redis, &verified.session_id, ttl).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

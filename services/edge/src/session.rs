@@ -6,17 +6,18 @@
 //! the previous node's channel (`ces:node:{<node>}`), which closes the old socket with 4009 in well under a
 //! second. A connection that ends *releases* the session (status `disconnected`, TTL `CES_SESSION_TTL_SECS`)
 //! unless a newer one holds it. `DELETE /v1/sessions/{id}` *closes* it: status `closed` (kept as long as a token
-//! can live), the holder is told to close with 4003, and no new connection is accepted.
+//! can live), the holder is told to close with 4003, and no new connection is accepted. Closing and telling the
+//! holder are [`ces_runtime::session`]'s, shared with `cesctl session revoke`.
 
 use std::time::Duration;
 
-use ces_protocol::close::{CloseCode, NodeControl, parse_conn_ref};
-use ces_protocol::keys::{self, SessionId, SessionKeys};
+use ces_protocol::close::CloseCode;
+use ces_protocol::keys::{SessionId, SessionKeys};
 use ces_runtime::redis::{
-    ADMIT_FUNCTION, CLAIM_FUNCTION, CLOSE_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION,
+    ADMIT_FUNCTION, CLAIM_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION, millis as ms,
 };
 use fred::clients::Client;
-use fred::interfaces::{FunctionInterface, HashesInterface, PubsubInterface};
+use fred::interfaces::HashesInterface;
 use fred::types::{FromValue, Value};
 
 use crate::Error;
@@ -27,7 +28,7 @@ async fn fcall<R: FromValue>(
     key: String,
     args: Vec<Value>,
 ) -> Result<R, Error> {
-    fcall_keys(redis, function, vec![key], args).await
+    Ok(ces_runtime::redis::fcall(redis, function, key, args).await?)
 }
 
 async fn fcall_keys<R: FromValue>(
@@ -36,20 +37,7 @@ async fn fcall_keys<R: FromValue>(
     keys: Vec<String>,
     args: Vec<Value>,
 ) -> Result<R, Error> {
-    match redis
-        .fcall::<R, _, _, _>(function, keys.clone(), args.clone())
-        .await
-    {
-        Err(e) if ces_runtime::redis::is_function_missing(&e) => {
-            ces_runtime::redis::load_library(redis).await?;
-            Ok(redis.fcall(function, keys, args).await?)
-        }
-        other => Ok(other?),
-    }
-}
-
-fn ms(d: Duration) -> Value {
-    Value::Integer(d.as_millis().clamp(1, i64::MAX as u128) as i64)
+    Ok(ces_runtime::redis::fcall_keys(redis, function, keys, args).await?)
 }
 
 /// Outcome of a claim.
@@ -113,15 +101,14 @@ pub async fn release(
     Ok(())
 }
 
-/// Closes `session` for good; the tombstone lives `ttl`. Returns the connection that held it.
+/// Closes `session` for good; the tombstone lives `ttl`. Returns the connection that held it
+/// ([`ces_runtime::session::close`]).
 pub async fn close(
     redis: &Client,
     session: &SessionId,
     ttl: Duration,
 ) -> Result<Option<String>, Error> {
-    let args = vec![Value::Integer(ces_runtime::now_ms()), ms(ttl)];
-    let holder: String = fcall(redis, CLOSE_FUNCTION, session.session_key(), args).await?;
-    Ok((!holder.is_empty()).then_some(holder))
+    Ok(ces_runtime::session::close(redis, session, ttl).await?)
 }
 
 /// Whether `session` was closed.
@@ -178,26 +165,15 @@ pub async fn forget(redis: &Client, set: String, session: &SessionId) -> Result<
     Ok(())
 }
 
-/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`. A holder that is not a
-/// connection reference (a foreign writer) is ignored.
+/// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`
+/// ([`ces_runtime::session::tell_holder`]).
 pub async fn tell_holder(
     redis: &Client,
     session: &SessionId,
     holder: &str,
     code: CloseCode,
 ) -> Result<(), Error> {
-    let Some((node, conn_id)) = parse_conn_ref(holder) else {
-        return Ok(());
-    };
-    let message = NodeControl::Close {
-        session: session.as_str(),
-        conn_id,
-        code,
-    };
-    let _: i64 = redis
-        .spublish(keys::node_channel(node), message.encode())
-        .await?;
-    Ok(())
+    Ok(ces_runtime::session::tell_holder(redis, session, holder, code).await?)
 }
 
 /// What a heartbeat found.

@@ -88,6 +88,13 @@ pub async fn start_edge(
 ) -> anyhow::Result<Service> {
     let mut env = edge_env(redis_url, node);
     env.extend(extra.iter().cloned());
+    // A test that configures registration credentials tests closed registration.
+    if extra
+        .iter()
+        .any(|(k, _)| k.starts_with("CES_REGISTER_") && *k != "CES_REGISTER_OPEN")
+    {
+        env.remove("CES_REGISTER_OPEN");
+    }
     start_edge_with(&env).await
 }
 

@@ -38,8 +38,8 @@ pub(super) enum DlqCommand {
     /// Re-produce dead letters to their source topic.
     ///
     /// Needs at least one selector (--reason, --offsets, --since) or --all; selectors combine, a dead letter must
-    /// match all of them. Dead letters replayed --max-replays times already, or whose value was omitted from the
-    /// DLQ, are refused.
+    /// match all of them. Dead letters whose source topic is not allowed (--allowed-topics), replayed
+    /// --max-replays times already, or whose value was omitted from the DLQ, are refused.
     Replay(ReplayArgs),
 }
 
@@ -100,6 +100,10 @@ pub(super) struct ReplayArgs {
     /// Every dead letter in the topic.
     #[arg(long, conflicts_with_all = ["reason", "offsets", "since"])]
     pub(super) all: bool,
+    /// Topics a replay may write to, comma-separated [env: CES_REPLAY_ALLOWED_TOPICS, else ingest's
+    /// CES_KAFKA_TOPICS] [default: ces.events]. A dead letter whose source topic is not one of them is refused.
+    #[arg(long, value_delimiter = ',')]
+    pub(super) allowed_topics: Vec<String>,
     /// Refuse dead letters already replayed this many times (their ces-replay-count).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub(super) max_replays: u32,

@@ -11,16 +11,16 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::letter::{Coord, DeadLetter, Replay};
+use crate::kafka::Kafka;
 
 /// Bound on every broker call, and on how long a read may go without progress.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,25 +44,27 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    /// Connects to `brokers` and looks `topic` up. Blocking (up to [`TIMEOUT`]).
-    pub(crate) fn connect(brokers: &str, topic: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // librdkafka needs a group id to create a consumer; it is never joined (no subscribe) and nothing
-            // is committed, so a throwaway name leaves no trace.
-            .set(
-                "group.id",
-                format!("cesctl-dlq-reader-{:016x}", rand::random::<u64>()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Stops a partition early when the broker says it is at its end (e.g. the last offsets were
-            // transaction markers, so no record ever reaches the high watermark).
-            .set("enable.partition.eof", "true")
-            // A start offset below the low watermark means retention deleted it meanwhile: read what is left.
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "false")
-            .set("socket.timeout.ms", TIMEOUT.as_millis().to_string())
+    /// Connects through `kafka` and looks `topic` up. Blocking (up to [`TIMEOUT`]).
+    pub(crate) fn connect(kafka: &Kafka, topic: &str) -> anyhow::Result<Self> {
+        let brokers = kafka.brokers.as_str();
+        let consumer: BaseConsumer = kafka
+            .config(&[
+                // librdkafka needs a group id to create a consumer; it is never joined (no subscribe) and nothing
+                // is committed, so a throwaway name leaves no trace.
+                (
+                    "group.id",
+                    format!("cesctl-dlq-reader-{:016x}", rand::random::<u64>()),
+                ),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                // Stops a partition early when the broker says it is at its end (e.g. the last offsets were
+                // transaction markers, so no record ever reaches the high watermark).
+                ("enable.partition.eof", "true".into()),
+                // A start offset below the low watermark means retention deleted it meanwhile: read what is left.
+                ("auto.offset.reset", "earliest".into()),
+                ("allow.auto.create.topics", "false".into()),
+                ("socket.timeout.ms", TIMEOUT.as_millis().to_string()),
+            ])
             .create()
             .context("kafka consumer")?;
         let mut reader = Self {
@@ -270,25 +272,19 @@ fn to_letter(m: &impl Message) -> DeadLetter {
         timestamp: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: super::headers::read(m.headers()),
     }
 }
 
 /// A producer for replays: `acks=all`, and every delivery bounded by [`TIMEOUT`].
-pub(crate) fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        // A retried send must not duplicate a replay.
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", TIMEOUT.as_millis().to_string())
+pub(crate) fn producer(kafka: &Kafka) -> anyhow::Result<FutureProducer> {
+    kafka
+        .config(&[
+            ("acks", "all".into()),
+            // A retried send must not duplicate a replay.
+            ("enable.idempotence", "true".into()),
+            ("message.timeout.ms", TIMEOUT.as_millis().to_string()),
+        ])
         .create()
         .context("kafka producer")
 }

@@ -28,8 +28,27 @@ pub(crate) struct DeadLetter {
     pub(crate) key: Option<Vec<u8>>,
     /// Value bytes (`None` for a tombstone, or when ingest omitted a too-large value).
     pub(crate) value: Option<Vec<u8>>,
-    /// Every header in record order, repeats included; a header may have no value.
-    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Every header in record order, repeats included.
+    pub(crate) headers: Vec<Header>,
+}
+
+/// One header of a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// A header as written: its name, and its value (`None` for a header without one).
+    Named(String, Option<Vec<u8>>),
+    /// A header whose name is not UTF-8. Kafka's protocol wants UTF-8 names, but a client writing the protocol
+    /// itself can send any bytes, and librdkafka hands them on; rdkafka then gives neither the name nor the value
+    /// of such a header ([`super::headers`]), so all that is known is that it is there.
+    Unreadable,
+}
+
+impl Header {
+    /// A named header with a value, for tests and seeds.
+    #[cfg(test)]
+    pub(crate) fn named(name: &str, value: &[u8]) -> Self {
+        Self::Named(name.to_owned(), Some(value.to_vec()))
+    }
 }
 
 impl DeadLetter {
@@ -47,8 +66,11 @@ impl DeadLetter {
         self.headers
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_deref())
+            .find_map(|h| match h {
+                Header::Named(k, v) if k == name => Some(v.as_deref()),
+                _ => None,
+            })
+            .flatten()
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
@@ -111,6 +133,13 @@ impl DeadLetter {
                 "replayed {count} times already (--max-replays {max_replays})"
             ));
         }
+        if self.headers.contains(&Header::Unreadable) {
+            return Err(
+                "a header name is not UTF-8, so that header cannot be read and the record cannot be \
+                 replayed as it was"
+                    .to_owned(),
+            );
+        }
         let source = self.source();
         let topic = source
             .topic
@@ -119,8 +148,12 @@ impl DeadLetter {
         let mut headers: Vec<(String, Option<Vec<u8>>)> = self
             .headers
             .iter()
-            .filter(|(k, _)| !k.starts_with(dlq::PREFIX) && k != dlq::REPLAY_COUNT)
-            .cloned()
+            .filter_map(|h| match h {
+                Header::Named(k, v) if !k.starts_with(dlq::PREFIX) && k != dlq::REPLAY_COUNT => {
+                    Some((k.clone(), v.clone()))
+                }
+                _ => None,
+            })
             .collect();
         let count = count + 1;
         headers.push((
@@ -158,13 +191,22 @@ impl DeadLetter {
             headers: self
                 .headers
                 .iter()
-                .map(|(name, v)| {
-                    let (value, encoding) = encode(v.as_deref());
-                    HeaderJson {
-                        name,
-                        value,
-                        encoding,
+                .map(|h| match h {
+                    Header::Named(name, v) => {
+                        let (value, encoding) = encode(v.as_deref());
+                        HeaderJson {
+                            name: Some(name),
+                            value,
+                            encoding,
+                            unreadable: false,
+                        }
                     }
+                    Header::Unreadable => HeaderJson {
+                        name: None,
+                        value: None,
+                        encoding: None,
+                        unreadable: true,
+                    },
                 })
                 .collect(),
             key,
@@ -306,13 +348,16 @@ impl Age {
     }
 }
 
-/// One header in the `--json` form.
+/// One header in the `--json` form; a [`Header::Unreadable`] one is `{"name": null, "value": null,
+/// "unreadable": true}`.
 #[derive(Debug, Serialize)]
 pub(crate) struct HeaderJson<'a> {
-    name: &'a str,
+    name: Option<&'a str>,
     value: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unreadable: bool,
 }
 
 /// The `--json` form of a dead letter (one line of `list --json`, or `show --json`). Bytes are given as text
@@ -369,21 +414,13 @@ pub(crate) fn preview(bytes: Option<&[u8]>, max: usize) -> String {
     }
 }
 
+pub(crate) use crate::table::escape;
+
 /// `s` on one line, at most `max` characters, `…` when cut.
 pub(crate) fn truncate(s: &str, max: usize) -> String {
-    let escaped: String = s
-        .chars()
-        .flat_map(|c| {
-            let e: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            e
-        })
-        .collect();
+    let escaped = escape(s);
     if escaped.chars().count() <= max {
-        return escaped;
+        return escaped.into_owned();
     }
     let mut cut: String = escaped.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
@@ -404,7 +441,7 @@ mod tests {
             value: Some(b"not json".to_vec()),
             headers: headers
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
+                .map(|(k, v)| Header::named(k, v.as_bytes()))
                 .collect(),
         }
     }
@@ -477,6 +514,14 @@ mod tests {
             garbled.plan_replay(3).unwrap_err(),
             "ces-replay-count is not a count: \"x\""
         );
+        let mut unreadable = dead(&[]);
+        unreadable.headers.insert(1, Header::Unreadable);
+        assert_eq!(
+            unreadable.plan_replay(3).unwrap_err(),
+            "a header name is not UTF-8, so that header cannot be read and the record cannot be replayed as \
+             it was"
+        );
+        assert_eq!(unreadable.reason(), Some("invalid_json"));
         let nowhere = letter(&[(dlq::REASON, "invalid_json")]);
         assert_eq!(
             nowhere.plan_replay(3).unwrap_err(),
@@ -576,7 +621,8 @@ mod tests {
     fn json_form() {
         let mut d = dead(&[]);
         d.value = Some(vec![0xff, 0x00]);
-        d.headers.push(("empty".into(), None));
+        d.headers.push(Header::Named("empty".into(), None));
+        d.headers.push(Header::Unreadable);
         let j = serde_json::to_value(d.to_json()).unwrap();
         assert_eq!(j["reason"], "invalid_json");
         assert_eq!(j["source_partition"], 3);
@@ -592,6 +638,10 @@ mod tests {
             j["headers"][7],
             serde_json::json!({"name": "empty", "value": null})
         );
+        assert_eq!(
+            j["headers"][8],
+            serde_json::json!({"name": null, "value": null, "unreadable": true})
+        );
         assert_eq!(j["replay_count"], 0);
     }
 
@@ -602,5 +652,22 @@ mod tests {
         assert_eq!(preview(Some(b"abcdef"), 5), "abcd…");
         assert_eq!(preview(Some(b"a\nb"), 5), "a\\nb");
         assert_eq!(preview(Some(&[0xff]), 5), "<1 bytes, not UTF-8>");
+        assert_eq!(truncate("a\u{1b}[31mb", 20), "a\\u{1b}[31mb");
+        assert_eq!(escape("plain"), Cow::Borrowed("plain"));
+        assert_eq!(escape("x\ry\tz"), "x\\ry\\tz");
+    }
+
+    #[test]
+    fn the_last_named_header_wins_and_unreadable_or_binary_ones_are_skipped() {
+        let mut d = letter(&[(dlq::REASON, "first"), (dlq::REASON, "second")]);
+        assert_eq!(d.reason(), Some("second"));
+        d.headers.push(Header::Unreadable);
+        d.headers
+            .push(Header::Named(dlq::DETAIL.into(), Some(vec![0xff])));
+        d.headers.push(Header::Named(dlq::FAILED_AT.into(), None));
+        assert_eq!(d.reason(), Some("second"));
+        assert_eq!(d.header(dlq::DETAIL), None);
+        assert_eq!(d.header(dlq::FAILED_AT), None);
+        assert_eq!(d.header("absent"), None);
     }
 }

@@ -10,14 +10,15 @@ use super::args::ListArgs;
 use super::letter::{self, Coord, DeadLetter, Filter};
 use super::render::{self, NONE};
 use super::{blocking, kafka};
+use crate::kafka::Kafka;
 use crate::table;
 
 /// Characters of the detail and the value shown in a table cell.
 const DETAIL_WIDTH: usize = 40;
 const VALUE_WIDTH: usize = 40;
 
-/// Runs `cesctl dlq list` against `topic` at `brokers`.
-pub(super) async fn run(brokers: String, topic: String, args: ListArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq list` against `topic` through `kafka`.
+pub(super) async fn run(kafka: Kafka, topic: String, args: ListArgs) -> anyhow::Result<()> {
     let filter = Filter {
         reason: args.reason,
         since: args.since,
@@ -25,7 +26,7 @@ pub(super) async fn run(brokers: String, topic: String, args: ListArgs) -> anyho
     };
     let limit = args.limit;
     let letters = blocking(move || {
-        let reader = kafka::Reader::connect(&brokers, &topic)?;
+        let reader = kafka::Reader::connect(&kafka, &topic)?;
         let spans = reader.whole_topic()?;
         // Partitions are read concurrently, so order is restored here; with --limit only the first N are kept.
         let mut kept: BTreeMap<Coord, DeadLetter> = BTreeMap::new();

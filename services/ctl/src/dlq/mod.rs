@@ -4,17 +4,19 @@
 //!   high watermarks seen at the start, so they always terminate and never disturb ingest.
 //! - `replay` re-produces selected dead letters to their source topic with the original key, value and headers
 //!   (minus `ces-dlq-*`), counting replays in `ces-replay-count` so a record that keeps failing is refused
-//!   after `--max-replays` instead of looping.
+//!   after `--max-replays` instead of looping, and only to the topics the allow-list names.
 //!
 //! # Layout
 //!
 //! - [`args`]: the command line.
 //! - [`list`], [`show`], [`stats`], [`replay`]: one subcommand each, from reading to printing.
 //! - [`letter`]: what is decided about a dead letter without I/O (headers, selection, the per-letter replay).
-//! - [`kafka`]: reading the topic and producing replays.
+//! - [`targets`]: the topics a replay may write to.
+//! - [`kafka`]: reading the topic and producing replays; [`headers`]: reading headers whose names are not UTF-8.
 //! - [`render`]: output shared by the subcommands (stdout, JSON lines); tables are [`crate::table`].
 
 mod args;
+mod headers;
 mod kafka;
 mod letter;
 mod list;
@@ -22,8 +24,12 @@ mod render;
 mod replay;
 mod show;
 mod stats;
+mod targets;
 
 use anyhow::Context as _;
+use ces_runtime::config::Env;
+
+use crate::kafka::Kafka;
 
 pub(crate) use args::DlqArgs;
 use args::DlqCommand;
@@ -35,11 +41,12 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<()> {
         topic,
         command,
     } = args;
+    let kafka = Kafka::read(brokers, &Env)?;
     match command {
-        DlqCommand::List(a) => list::run(brokers, topic, a).await,
-        DlqCommand::Show(a) => show::run(brokers, topic, a).await,
-        DlqCommand::Stats(a) => stats::run(brokers, topic, a).await,
-        DlqCommand::Replay(a) => replay::run(brokers, topic, a).await,
+        DlqCommand::List(a) => list::run(kafka, topic, a).await,
+        DlqCommand::Show(a) => show::run(kafka, topic, a).await,
+        DlqCommand::Stats(a) => stats::run(kafka, topic, a).await,
+        DlqCommand::Replay(a) => replay::run(kafka, topic, a).await,
     }
 }
 

@@ -2,10 +2,12 @@
 //!
 //! In four steps, so that what is decided can be tested without a broker:
 //!
-//! 1. [`select`] (I/O) reads the dead letters the selectors choose and looks up the source topics they name.
+//! 1. [`select`] (I/O) reads the dead letters the selectors choose and looks up the source topics they name that
+//!    the allow-list ([`AllowList`]) lets a replay write to.
 //! 2. [`plan`] (pure) decides, per dead letter, what to produce where with which headers, or why it is refused:
-//!    replayed `--max-replays` times already, value omitted from the DLQ, no source topic, or a source topic or
-//!    partition that does not exist (refused up front rather than after librdkafka's delivery timeout).
+//!    a source topic that is not allowed, replayed `--max-replays` times already, value omitted from the DLQ, a
+//!    header that cannot be read, no source topic, or a source topic or partition that does not exist (refused up
+//!    front rather than after librdkafka's delivery timeout).
 //! 3. [`execute`] (I/O) produces what the plan says, [`REPLAYS_IN_FLIGHT`] at a time, or with `--dry-run` only
 //!    says what it would produce ([`rehearse`]).
 //! 4. [`summarize`] (pure) counts the outcomes by reason; the summary is printed as tables or one JSON object,
@@ -15,35 +17,39 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use anyhow::bail;
+use ces_runtime::config::Env;
 use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::args::ReplayArgs;
 use super::letter::{self, Coord, DeadLetter, Filter};
 use super::render;
+use super::targets::AllowList;
 use super::{blocking, kafka};
+use crate::kafka::Kafka;
 use crate::table;
 
 /// Replays in flight at once: enough to keep the producer's batches full, few enough that a huge selection
 /// does not queue everything in librdkafka at once.
 const REPLAYS_IN_FLIGHT: usize = 256;
 
-/// The partitions of each source topic the selection names; `None` when the topic does not exist.
+/// The partitions of each allowed source topic the selection names; `None` when the topic does not exist.
 type Targets = BTreeMap<String, Option<Vec<i32>>>;
 
-/// Runs `cesctl dlq replay` against `topic` at `brokers`.
-pub(super) async fn run(brokers: String, topic: String, args: ReplayArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq replay` against `topic` through `kafka`.
+pub(super) async fn run(kafka: Kafka, topic: String, args: ReplayArgs) -> anyhow::Result<()> {
+    let allowed = AllowList::read(&args.allowed_topics, &topic, &Env)?;
     let filter = Filter {
         reason: args.reason,
         since: args.since,
         offsets: args.offsets.iter().copied().collect(),
     };
     let (letters, targets) = {
-        let brokers = brokers.clone();
-        blocking(move || select(&brokers, &topic, &filter)).await?
+        let (kafka, allowed) = (kafka.clone(), allowed.clone());
+        blocking(move || select(&kafka, &topic, &filter, &allowed)).await?
     };
-    let plan = plan(letters, &targets, args.max_replays);
-    let lines = execute(plan, &brokers, args.dry_run).await?;
+    let plan = plan(letters, &targets, &allowed, args.max_replays);
+    let lines = execute(plan, &kafka, args.dry_run).await?;
     let summary = summarize(args.dry_run, lines);
     render::to_stdout(|out| {
         if args.json {
@@ -63,13 +69,14 @@ pub(super) async fn run(brokers: String, topic: String, args: ReplayArgs) -> any
 }
 
 /// Reads the dead letters `filter` selects, in partition:offset order, and where each source topic they name
-/// exists. Blocking.
+/// exists, for the topics `allowed` (the others are never looked up). Blocking.
 fn select(
-    brokers: &str,
+    kafka: &Kafka,
     topic: &str,
     filter: &Filter,
+    allowed: &AllowList,
 ) -> anyhow::Result<(Vec<DeadLetter>, Targets)> {
-    let reader = kafka::Reader::connect(brokers, topic)?;
+    let reader = kafka::Reader::connect(kafka, topic)?;
     let mut selected: BTreeMap<Coord, DeadLetter> = if filter.offsets.is_empty() {
         let mut selected = BTreeMap::new();
         reader.read(&reader.whole_topic()?, |d| {
@@ -84,7 +91,11 @@ fn select(
     };
     selected.retain(|_, d| d.matches(filter));
     let mut targets = Targets::new();
-    let topics: BTreeSet<String> = selected.values().filter_map(|d| d.source().topic).collect();
+    let topics: BTreeSet<String> = selected
+        .values()
+        .filter_map(|d| d.source().topic)
+        .filter(|t| allowed.allows(t))
+        .collect();
     for t in topics {
         let partitions = reader.topic_partitions(&t)?;
         targets.insert(t, partitions);
@@ -105,18 +116,30 @@ struct Subject {
     source_topic: Option<String>,
     source_partition: Option<i32>,
     source_offset: Option<i64>,
+    /// Whether the allow-list lets a replay write to the source topic (the replay's target); `None` without one.
+    allowed: Option<bool>,
 }
 
 impl Subject {
-    fn of(d: &DeadLetter) -> Self {
+    fn of(d: &DeadLetter, allowed: &AllowList) -> Self {
         let source = d.source();
         Self {
             partition: d.partition,
             offset: d.offset,
             reason: d.reason().map(str::to_owned),
+            allowed: source.topic.as_deref().map(|t| allowed.allows(t)),
             source_topic: source.topic,
             source_partition: source.partition,
             source_offset: source.offset,
+        }
+    }
+
+    /// Where a replay goes: the source topic, on the source partition or by key.
+    fn target(&self) -> String {
+        match (&self.source_topic, self.source_partition) {
+            (None, _) => render::NONE.to_owned(),
+            (Some(t), Some(p)) => format!("{t} {p}"),
+            (Some(t), None) => format!("{t} by key"),
         }
     }
 
@@ -147,13 +170,18 @@ struct Planned {
 }
 
 /// Decides what to do with each dead letter in `letters`, in order, given where the source topics exist
-/// (`targets`) and `--max-replays`. Pure.
-fn plan(letters: Vec<DeadLetter>, targets: &Targets, max_replays: u32) -> Vec<Planned> {
+/// (`targets`), which topics a replay may write to (`allowed`) and `--max-replays`. Pure.
+fn plan(
+    letters: Vec<DeadLetter>,
+    targets: &Targets,
+    allowed: &AllowList,
+    max_replays: u32,
+) -> Vec<Planned> {
     letters
         .iter()
         .map(|d| Planned {
-            subject: Subject::of(d),
-            step: match step(d, targets, max_replays) {
+            subject: Subject::of(d, allowed),
+            step: match step(d, targets, allowed, max_replays) {
                 Ok(r) => Step::Produce(r),
                 Err(note) => Step::Refuse(note),
             },
@@ -161,7 +189,16 @@ fn plan(letters: Vec<DeadLetter>, targets: &Targets, max_replays: u32) -> Vec<Pl
         .collect()
 }
 
-fn step(d: &DeadLetter, targets: &Targets, max_replays: u32) -> Result<letter::Replay, String> {
+fn step(
+    d: &DeadLetter,
+    targets: &Targets,
+    allowed: &AllowList,
+    max_replays: u32,
+) -> Result<letter::Replay, String> {
+    // Checked first, so a dead letter aimed at a foreign topic is always reported as such.
+    if let Some(t) = d.source().topic.filter(|t| !allowed.allows(t)) {
+        return Err(allowed.refusal(&t));
+    }
     let replay = d.plan_replay(max_replays)?;
     match targets.get(&replay.topic) {
         Some(Some(partitions)) => {
@@ -204,30 +241,31 @@ struct ReplayLine {
     outcome: Outcome,
 }
 
-/// Performs `plan`: produces every [`Step::Produce`] to `brokers` and waits for the acknowledgements, or with
+/// Performs `plan`: produces every [`Step::Produce`] through `kafka` and waits for the acknowledgements, or with
 /// `dry_run` produces nothing. Lines come back in plan order. Fails only when no producer can be created; a
 /// replay that fails is a [`Outcome::Failed`] line.
 async fn execute(
     plan: Vec<Planned>,
-    brokers: &str,
+    kafka: &Kafka,
     dry_run: bool,
 ) -> anyhow::Result<Vec<ReplayLine>> {
     if dry_run {
         return Ok(rehearse(plan));
     }
     let producer = if plan.iter().any(|p| matches!(p.step, Step::Produce(_))) {
-        Some(kafka::producer(brokers)?)
+        Some(super::kafka::producer(kafka)?)
     } else {
         None
     };
     let producer = &producer;
+    let brokers = kafka.brokers.as_str();
     Ok(futures::stream::iter(plan)
         .map(|Planned { subject, step }| async move {
             let outcome = match step {
                 Step::Refuse(note) => Outcome::Refused { note },
                 Step::Produce(r) => {
                     let producer = producer.as_ref().expect("created when any step produces");
-                    match kafka::produce(producer, brokers, &r).await {
+                    match super::kafka::produce(producer, brokers, &r).await {
                         Ok(at) => Outcome::Replayed {
                             replay_count: r.count,
                             target_partition: at.partition,
@@ -335,16 +373,29 @@ fn write_summary(out: &mut impl Write, s: &ReplaySummary) -> std::io::Result<()>
                 Outcome::Refused { note } => ("refused", note.clone()),
                 Outcome::Failed { note } => ("failed", note.clone()),
             };
+            let allowed = match l.subject.allowed {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => render::NONE,
+            };
             vec![
                 format!("{}:{}", l.subject.partition, l.subject.offset),
                 render::or_none(l.subject.reason.as_deref()),
                 l.subject.source().to_string(),
+                l.subject.target(),
+                allowed.to_owned(),
                 result.to_owned(),
                 note,
             ]
         })
         .collect();
-    table::write(out, &["DLQ", "REASON", "SOURCE", "RESULT", "NOTE"], &rows)?;
+    table::write(
+        out,
+        &[
+            "DLQ", "REASON", "SOURCE", "TARGET", "ALLOWED", "RESULT", "NOTE",
+        ],
+        &rows,
+    )?;
     writeln!(out)?;
     let counts = |name: &str, c: &ReplayCounts| {
         vec![
@@ -370,8 +421,30 @@ fn write_summary(out: &mut impl Write, s: &ReplaySummary) -> std::io::Result<()>
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::dlq::letter::Header;
     use ces_protocol::dlq;
+
+    /// ingest's default: `ces.events` only.
+    fn default_list() -> AllowList {
+        AllowList::read(
+            &[],
+            "ces.events.dlq",
+            &HashMap::<&'static str, String>::new(),
+        )
+        .unwrap()
+    }
+
+    fn plan(letters: Vec<DeadLetter>, targets: &Targets, max_replays: u32) -> Vec<Planned> {
+        super::plan(letters, targets, &default_list(), max_replays)
+    }
+
+    fn without(d: &mut DeadLetter, name: &str) {
+        d.headers
+            .retain(|h| !matches!(h, Header::Named(k, _) if k == name));
+    }
 
     /// A dead letter of `ces.events` partition 3 at DLQ 0:`offset`, with `extra` headers.
     fn dead(offset: i64, extra: &[(&str, &str)]) -> DeadLetter {
@@ -391,7 +464,7 @@ mod tests {
             value: Some(b"not json".to_vec()),
             headers: headers
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
+                .map(|(k, v)| Header::named(k, v.as_bytes()))
                 .collect(),
         }
     }
@@ -422,8 +495,10 @@ mod tests {
                 source_topic: Some("ces.events".into()),
                 source_partition: Some(3),
                 source_offset: Some(41),
+                allowed: Some(true),
             }
         );
+        assert_eq!(plan[0].subject.target(), "ces.events 3");
         let Step::Produce(r) = &plan[0].step else {
             panic!("refused: {:?}", plan[0].step)
         };
@@ -482,21 +557,59 @@ mod tests {
         );
         // Without a source partition the producer partitions by key: any existing topic will do.
         let mut d = dead(1, &[]);
-        d.headers.retain(|(k, _)| k != dlq::SOURCE_PARTITION);
-        let plan = plan(vec![d], &targets(Some(vec![0])), 3);
-        assert!(matches!(&plan[0].step, Step::Produce(r) if r.partition.is_none()));
+        without(&mut d, dlq::SOURCE_PARTITION);
+        let planned = plan(vec![d], &targets(Some(vec![0])), 3);
+        assert!(matches!(&planned[0].step, Step::Produce(r) if r.partition.is_none()));
+        assert_eq!(planned[0].subject.target(), "ces.events by key");
         let mut d = dead(1, &[]);
-        d.headers.retain(|(k, _)| k != dlq::SOURCE_TOPIC);
+        without(&mut d, dlq::SOURCE_TOPIC);
+        let planned = plan(vec![d], &targets(Some(vec![3])), 3);
+        assert_eq!(notes(&planned), [Some("no ces-dlq-source-topic header")]);
+        assert_eq!(planned[0].subject.allowed, None);
+        assert_eq!(planned[0].subject.target(), "-");
+    }
+
+    #[test]
+    fn refuses_a_target_the_allow_list_does_not_name_before_anything_else() {
+        let mut foreign = dead(1, &[(dlq::REPLAY_COUNT, "9")]);
+        foreign
+            .headers
+            .push(Header::named(dlq::SOURCE_TOPIC, b"payments"));
+        let mut targets = targets(Some(vec![3]));
+        targets.insert("payments".into(), Some(vec![3]));
+        let planned = plan(vec![foreign.clone(), dead(2, &[])], &targets, 3);
         assert_eq!(
-            notes(&super::plan(vec![d], &targets(Some(vec![3])), 3)),
-            [Some("no ces-dlq-source-topic header")]
+            notes(&planned),
+            [
+                Some(
+                    "target topic payments is not allowed (allowed: ces.events, from ingest's default)"
+                ),
+                None
+            ]
+        );
+        assert_eq!(planned[0].subject.allowed, Some(false));
+        assert_eq!(planned[0].subject.target(), "payments 3");
+        assert_eq!(planned[1].subject.allowed, Some(true));
+        let list = AllowList::read(
+            &["payments".to_owned()],
+            "dlq",
+            &HashMap::<&'static str, String>::new(),
+        )
+        .unwrap();
+        let planned = super::plan(vec![foreign, dead(2, &[])], &targets, &list, 10);
+        assert!(matches!(&planned[0].step, Step::Produce(r) if r.topic == "payments"));
+        assert_eq!(
+            notes(&planned)[1],
+            Some(
+                "target topic ces.events is not allowed (allowed: payments, from --allowed-topics)"
+            )
         );
     }
 
     #[test]
     fn a_dry_run_counts_what_would_be_replayed() {
         let mut anonymous = dead(3, &[]);
-        anonymous.headers.retain(|(k, _)| k != dlq::REASON);
+        without(&mut anonymous, dlq::REASON);
         let letters = vec![
             dead(1, &[(dlq::REPLAY_COUNT, "1")]),
             dead(2, &[(dlq::REPLAY_COUNT, "9")]),
@@ -523,17 +636,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s.letters[0]).unwrap(),
             "{\"partition\":0,\"offset\":1,\"reason\":\"invalid_json\",\"source_topic\":\"ces.events\",\
-             \"source_partition\":3,\"source_offset\":41,\"result\":\"would_replay\",\"replay_count\":2}"
+             \"source_partition\":3,\"source_offset\":41,\"allowed\":true,\"result\":\"would_replay\",\
+             \"replay_count\":2}"
         );
         let mut out = Vec::new();
         write_summary(&mut out, &s).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.starts_with("DLQ  REASON        SOURCE           RESULT        NOTE\n"),
+            text.starts_with(
+                "DLQ  REASON        SOURCE           TARGET        ALLOWED  RESULT        NOTE\n"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("0:1  invalid_json  ces.events 3:41  would replay  replay 2\n"),
+            text.contains(
+                "0:1  invalid_json  ces.events 3:41  ces.events 3  yes      would replay  replay 2\n"
+            ),
             "{text}"
         );
         assert!(

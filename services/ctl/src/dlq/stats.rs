@@ -12,6 +12,7 @@ use super::args::StatsArgs;
 use super::letter::{Age, DeadLetter};
 use super::render;
 use super::{blocking, kafka};
+use crate::kafka::Kafka;
 use crate::table;
 
 /// Counts of one group of dead letters (one reason, or all).
@@ -91,11 +92,11 @@ impl Stats {
     }
 }
 
-/// Runs `cesctl dlq stats` against `topic` at `brokers`.
-pub(super) async fn run(brokers: String, topic: String, args: StatsArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq stats` against `topic` through `kafka`.
+pub(super) async fn run(kafka: Kafka, topic: String, args: StatsArgs) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let stats = blocking(move || {
-        let reader = kafka::Reader::connect(&brokers, &topic)?;
+        let reader = kafka::Reader::connect(&kafka, &topic)?;
         let spans = reader.whole_topic()?;
         let mut stats = Stats::new(topic);
         reader.read(&spans, |d| stats.add(&d, now))?;
@@ -146,15 +147,16 @@ fn write_table(out: &mut impl Write, stats: &Stats) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dlq::letter::Header;
     use time::macros::datetime;
 
     fn dead(reason: Option<&str>, failed_at: Option<&str>) -> DeadLetter {
         let mut headers = Vec::new();
         if let Some(r) = reason {
-            headers.push((dlq::REASON.to_owned(), Some(r.as_bytes().to_vec())));
+            headers.push(Header::named(dlq::REASON, r.as_bytes()));
         }
         if let Some(t) = failed_at {
-            headers.push((dlq::FAILED_AT.to_owned(), Some(t.as_bytes().to_vec())));
+            headers.push(Header::named(dlq::FAILED_AT, t.as_bytes()));
         }
         DeadLetter {
             partition: 0,
