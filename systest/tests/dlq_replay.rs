@@ -100,7 +100,17 @@ async fn fixed_schema_then_replay_delivers_once_and_loops_are_refused() -> anyho
     )
     .await?;
 
-    let replay = ["dlq", "replay", "--brokers", &bootstrap, "--topic", &dlq];
+    // Replays go to allowed topics only: this test's input topic (ingest's CES_KAFKA_TOPICS in a deployment).
+    let replay = [
+        "dlq",
+        "replay",
+        "--brokers",
+        &bootstrap,
+        "--topic",
+        &dlq,
+        "--allowed-topics",
+        &topic,
+    ];
     let first =
         cesctl(&[&replay[..], &["--reason", "schema_violation", "--json"]].concat()).await?;
     assert_eq!(
