@@ -299,9 +299,7 @@ fn validate_protobuf(value: &[u8]) -> Result<Event<'static>, Rejection> {
             ),
         )
     })?;
-    check_depth(&data)?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&data)
-        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))?;
+    check_data(&data)?;
     let id = if ev.id.is_empty() {
         None
     } else {
@@ -364,7 +362,7 @@ fn validate_json(value: &[u8]) -> Result<Event<'_>, Rejection> {
             )
         })?
         .get();
-    check_depth(data)?;
+    check_data(data)?;
     let data = Cow::Borrowed(data);
 
     let id = match members.id {
@@ -402,6 +400,74 @@ fn string_member<'a>(
             format!("/{name} must be a string, got {}", json_kind(raw.get())),
         )
     })
+}
+
+/// Checks that `data` is JSON every consumer can parse into values, the same way for both encodings: nested at
+/// most [`MAX_DEPTH`] deep, then parsed whole.
+///
+/// Well-formed is not enough. `serde::de::IgnoredAny` and `RawValue` check only the syntax: they accept a number
+/// no double can hold (`4E44444`) and a `\u` escape naming half a surrogate pair (`"\ud800"`), which a client's
+/// parser rejects (serde_json) or silently turns into something else (`Infinity`, U+FFFD). [`Parses`] reads every
+/// number and string as a value would, and keeps nothing.
+fn check_data(data: &str) -> Result<(), Rejection> {
+    check_depth(data)?;
+    serde_json::from_str::<Parses>(data)
+        .map(|Parses| ())
+        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))
+}
+
+/// JSON parsed as into a value (every number converted, every string unescaped), with nothing kept.
+struct Parses;
+
+impl<'de> Deserialize<'de> for Parses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `deserialize_any`, unlike `deserialize_ignored_any`, makes serde_json convert what it reads.
+        d.deserialize_any(Parses)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Parses {
+    type Value = Parses;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_unit<E>(self) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parses, A::Error> {
+        while let Some(Parses) = seq.next_element()? {}
+        Ok(Parses)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parses, A::Error> {
+        while let Some(Parses) = map.next_key()? {
+            map.next_value::<Parses>()?;
+        }
+        Ok(Parses)
+    }
 }
 
 /// Rejects `data` nested deeper than [`MAX_DEPTH`]; a linear scan that skips string contents.
@@ -766,6 +832,83 @@ mod tests {
         let big = proto("s", "t", &[b'1'; 100], "");
         let r = validate(Some(&big), Encoding::Protobuf, 64).unwrap_err();
         assert_eq!(r.reason, Reason::TooLarge);
+    }
+
+    /// `make fuzz` found it: the selector byte 2 (protobuf), then a `ces.v1.Event` whose `data` is the JSON text
+    /// `4E44444`, well-formed but beyond any double, so no consumer that builds values can parse it.
+    const FUZZ_NUMBER_OUT_OF_RANGE: &[u8] = &[
+        0x02, 0x0a, 0x01, 0x73, 0x12, 0x01, 0x71, 0x1a, 0x07, 0x34, 0x45, 0x34, 0x34, 0x34, 0x34,
+        0x34,
+    ];
+
+    #[test]
+    fn fuzz_regression_a_number_out_of_range_is_not_json_in_either_encoding() {
+        let (selector, value) = FUZZ_NUMBER_OUT_OF_RANGE.split_first().unwrap();
+        assert_eq!(selector % 4, 2, "the fuzz target's protobuf selector");
+        let schemas = Schemas::new(crate::schema::UnknownTypes::Allow);
+        let r = validate_record(Some(value), Some(b"application/x-protobuf"), 4096, &schemas)
+            .unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidJson);
+        assert!(
+            r.detail
+                .starts_with("/data is not JSON: number out of range"),
+            "{}",
+            r.detail
+        );
+        let r = json(
+            Some(br#"{"session_id":"s","type":"q","data":4E44444}"#),
+            4096,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidJson);
+        assert!(
+            r.detail
+                .starts_with("/data is not JSON: number out of range"),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[test]
+    fn both_encodings_agree_on_what_json_data_is() {
+        // Each `data` text with whether a consumer that builds values can parse it.
+        let cases: &[(&str, bool)] = &[
+            ("4E44444", false),
+            ("-1e309", false),
+            ("[1, {\"a\": 1e400}]", false),
+            ("{\"n\": -4E44444}", false),
+            (r#""\ud800""#, false),
+            (r#"{"\udc00": 1}"#, false),
+            (r#"["\ud83d"]"#, false),
+            ("1e308", true),
+            ("-0", true),
+            ("1e-400", true),
+            ("18446744073709551616", true),
+            (r#""\ud83d\ude00""#, true),
+            (r#"{"a": [true, null, "x", 1.5]}"#, true),
+        ];
+        for &(data, parses) in cases {
+            let as_json = format!(r#"{{"session_id":"s","type":"t","data":{data}}}"#);
+            let as_proto = proto("s", "t", data.as_bytes(), "");
+            let j = json(Some(as_json.as_bytes()), 4096).map(|e| e.data.into_owned());
+            let p =
+                validate(Some(&as_proto), Encoding::Protobuf, 4096).map(|e| e.data.into_owned());
+            assert_eq!(
+                j.as_ref().map_err(|r| r.reason),
+                p.as_ref().map_err(|r| r.reason),
+                "{data}"
+            );
+            assert_eq!(j.is_ok(), parses, "{data}: {j:?}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(data).is_ok(),
+                parses,
+                "{data}: the consumer's view"
+            );
+            if let Err(r) = j {
+                assert_eq!(r.reason, Reason::InvalidJson, "{data}");
+                assert!(r.detail.starts_with("/data is not JSON: "), "{}", r.detail);
+            }
+        }
     }
 
     #[test]
