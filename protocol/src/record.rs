@@ -23,6 +23,9 @@ use crate::schema::Schemas;
 
 /// Default maximum size of a record value: 256 KiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 * 1024;
+/// Default maximum size of a record's headers, names and values counted: 64 KiB. Headers are not part of an
+/// event, but they travel with its dead letter; far more than tracing and content-type headers need.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Longest accepted event type.
 pub const MAX_TYPE_LEN: usize = 128;
 /// Longest accepted producer event id.
@@ -58,7 +61,8 @@ pub enum Reason {
     MissingData,
     /// `id` is present but not a string of 1–256 bytes without control characters.
     InvalidId,
-    /// A header name is not UTF-8 (the Kafka protocol requires it); the headers cannot be kept.
+    /// A header name is not UTF-8 (the Kafka protocol requires it), or the headers are larger than the
+    /// configured limit ([`validate_headers`]); the headers are not kept.
     InvalidHeaders,
     /// The `content-type` header names an encoding CES does not read.
     UnsupportedContentType,
@@ -240,6 +244,33 @@ pub fn validate_record<'a>(
     let event = validate(value, encoding, max_bytes)?;
     schemas.check(&event)?;
     Ok(event)
+}
+
+/// The size of a record's headers: every name and value, in bytes.
+pub fn header_bytes<'h>(headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>) -> usize {
+    headers
+        .into_iter()
+        .map(|(name, value)| name.len() + value.map_or(0, <[u8]>::len))
+        .sum()
+}
+
+/// Checks that a record's headers, names and values counted, take at most `max_bytes`.
+///
+/// A record whose headers alone come near the broker's message size could never be dead-lettered with them, and
+/// a dead letter that cannot be written holds up its whole partition; such a record is rejected up front, and its
+/// dead letter goes without them.
+pub fn validate_headers<'h>(
+    headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    max_bytes: usize,
+) -> Result<(), Rejection> {
+    let bytes = header_bytes(headers);
+    if bytes > max_bytes {
+        return Err(Rejection::new(
+            Reason::InvalidHeaders,
+            format!("headers are {bytes} bytes (names and values), limit is {max_bytes}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a record value against the v1 contract of `encoding` (everything but the schema).
@@ -832,6 +863,21 @@ mod tests {
         let big = proto("s", "t", &[b'1'; 100], "");
         let r = validate(Some(&big), Encoding::Protobuf, 64).unwrap_err();
         assert_eq!(r.reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn headers_count_names_and_values_and_the_limit_is_inclusive() {
+        let headers: [(&str, Option<&[u8]>); 3] =
+            [("ab", Some(b"xyz")), ("c", None), ("", Some(b"1234"))];
+        assert_eq!(header_bytes(headers), 2 + 3 + 1 + 4);
+        assert_eq!(header_bytes([]), 0);
+        assert!(validate_headers(headers, 10).is_ok());
+        let r = validate_headers(headers, 9).unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidHeaders);
+        assert_eq!(
+            r.detail,
+            "headers are 10 bytes (names and values), limit is 9"
+        );
     }
 
     /// `make fuzz` found it: the selector byte 2 (protobuf), then a `ces.v1.Event` whose `data` is the JSON text
