@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ces_protocol::record::DEFAULT_MAX_RECORD_BYTES;
+use ces_protocol::record::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_RECORD_BYTES};
 use ces_protocol::schema::UnknownTypes;
 use ces_runtime::config::{Common, Source, Vars};
 
@@ -31,7 +31,8 @@ pub struct Config {
     pub schema_dir: Option<PathBuf>,
     /// What happens to an event whose type has no schema.
     pub unknown_types: UnknownTypes,
-    /// Attempts at an event Redis keeps rejecting for an event-specific reason before it is dead-lettered.
+    /// Attempts at an event Redis keeps rejecting for an event-specific reason before it is dead-lettered, and
+    /// at a dead letter Kafka keeps refusing before it is skipped.
     pub max_attempts: u32,
     /// When the Redis and Kafka circuit breakers open and for how long.
     pub breaker: breaker::Policy,
@@ -48,6 +49,9 @@ pub struct Config {
     pub auto_offset_reset: String,
     /// Largest accepted record value in bytes; larger ones are dead-lettered as `too_large`.
     pub max_record_bytes: usize,
+    /// Largest accepted record headers in bytes (names and values); larger ones are dead-lettered, without them,
+    /// as `invalid_headers`.
+    pub max_header_bytes: usize,
     /// Most records handled in one batch.
     pub batch_max: usize,
     /// How long a batch waits for more records after its first one.
@@ -112,6 +116,12 @@ impl Config {
             DEFAULT_MAX_RECORD_BYTES as u64,
             1024,
             16 << 20,
+        );
+        let max_header_bytes = v.bounded(
+            "CES_MAX_HEADER_BYTES",
+            DEFAULT_MAX_HEADER_BYTES as u64,
+            1024,
+            1 << 20,
         );
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
@@ -179,6 +189,7 @@ impl Config {
             stats_interval,
             auto_offset_reset,
             max_record_bytes: max_record_bytes as usize,
+            max_header_bytes: max_header_bytes as usize,
             batch_max: batch_max as usize,
             batch_linger,
             commit_interval,
@@ -202,6 +213,7 @@ mod tests {
         assert_eq!(c.dlq_topic, "ces.events.dlq");
         assert_eq!(c.group, "ces-ingest");
         assert_eq!(c.max_record_bytes, 256 * 1024);
+        assert_eq!(c.max_header_bytes, 64 * 1024);
         assert_eq!(c.batch_linger, Duration::from_millis(5));
         assert_eq!(c.commit_interval, Duration::from_millis(100));
     }
@@ -239,6 +251,7 @@ mod tests {
             ("CES_DLQ_REPLICATION", "0"),
             ("CES_KAFKA_PROP_ENABLE_AUTO_COMMIT", "true"),
             ("CES_COMMIT_INTERVAL_MS", "60001"),
+            ("CES_MAX_HEADER_BYTES", "1023"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
@@ -254,6 +267,7 @@ mod tests {
             "CES_DLQ_REPLICATION",
             "CES_KAFKA_PROP_ENABLE_AUTO_COMMIT",
             "CES_COMMIT_INTERVAL_MS",
+            "CES_MAX_HEADER_BYTES",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
