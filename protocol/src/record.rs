@@ -23,6 +23,12 @@ use crate::schema::Schemas;
 
 /// Default maximum size of a record value: 256 KiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The highest the maximum size of a record value may be set: 1,031,426 bytes. An accepted record's `data` is at
+/// most as long as its value, and its event frame adds at most [`crate::frame::EVENT_FRAME_OVERHEAD_BYTES`], so
+/// every event frame fits [`crate::frame::MAX_EVENT_FRAME_BYTES`], the largest an edge can always send. A larger
+/// frame would be refused by the edge's socket every time it was sent, live and on every resume.
+pub const MAX_RECORD_BYTES_CEILING: usize =
+    crate::frame::MAX_EVENT_FRAME_BYTES - crate::frame::EVENT_FRAME_OVERHEAD_BYTES;
 /// Default maximum size of a record's headers, names and values counted: 64 KiB. Headers are not part of an
 /// event, but they travel with its dead letter; far more than tracing and content-type headers need.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -877,6 +883,42 @@ mod tests {
         assert_eq!(
             r.detail,
             "headers are 10 bytes (names and values), limit is 9"
+        );
+    }
+
+    #[test]
+    fn the_largest_accepted_record_makes_a_frame_the_edge_can_send() {
+        assert_eq!(MAX_RECORD_BYTES_CEILING, 1_031_426);
+        // The worst case: a protobuf value that is nearly all data, with the longest id escaping to twice its size.
+        let id = "\"".repeat(MAX_ID_LEN);
+        let overhead = proto("s", "t", b"", &id).len() + 4;
+        let data = format!(
+            "\"{}\"",
+            "x".repeat(MAX_RECORD_BYTES_CEILING - overhead - 2)
+        );
+        let value = proto("s", "t", data.as_bytes(), &id);
+        assert!(value.len() <= MAX_RECORD_BYTES_CEILING, "{}", value.len());
+        let e = validate(Some(&value), Encoding::Protobuf, MAX_RECORD_BYTES_CEILING).unwrap();
+        let env = crate::envelope::Envelope {
+            seq: u64::MAX,
+            event_id: e.id.as_deref().unwrap().to_owned(),
+            event_type: e.event_type.to_string(),
+            data: bytes::Bytes::copy_from_slice(e.data.as_bytes()),
+            ..Default::default()
+        };
+        let frame =
+            crate::frame::event_frame_traced(&env, Some("4bf92f3577b34da6a3ce929d0e0e4736"))
+                .unwrap();
+        assert!(
+            frame.len() <= crate::frame::MAX_EVENT_FRAME_BYTES,
+            "{}",
+            frame.len()
+        );
+        // The ceiling wastes little: this frame comes within 1 KiB of what the edge can send.
+        assert!(
+            frame.len() > crate::frame::MAX_EVENT_FRAME_BYTES - 1024,
+            "{}",
+            frame.len()
         );
     }
 
