@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ces_protocol::record::{DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_RECORD_BYTES};
+use ces_protocol::record::{
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_CEILING,
+};
 use ces_protocol::schema::UnknownTypes;
 use ces_runtime::config::{Common, Source, Vars};
 
@@ -111,12 +113,17 @@ impl Config {
         let queue_max_kbytes = v.bounded("CES_KAFKA_QUEUE_MAX_KBYTES", 16_384, 64, 2_097_151);
         let stats_interval = v.millis("CES_KAFKA_STATS_INTERVAL_MS", 5000, 0, 86_400_000);
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
-        let max_record_bytes = v.bounded(
-            "CES_MAX_RECORD_BYTES",
-            DEFAULT_MAX_RECORD_BYTES as u64,
-            1024,
-            16 << 20,
-        );
+        let max_record_bytes: u64 =
+            v.parse("CES_MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES as u64);
+        v.check(max_record_bytes >= 1024, || {
+            format!("CES_MAX_RECORD_BYTES={max_record_bytes} is less than 1024")
+        });
+        v.check(max_record_bytes <= MAX_RECORD_BYTES_CEILING as u64, || {
+            format!(
+                "CES_MAX_RECORD_BYTES={max_record_bytes} is more than {MAX_RECORD_BYTES_CEILING}: the event frame of a \
+                 larger record may not fit an edge's 1 MiB socket write buffer, and could never be sent to a client"
+            )
+        });
         let max_header_bytes = v.bounded(
             "CES_MAX_HEADER_BYTES",
             DEFAULT_MAX_HEADER_BYTES as u64,
@@ -234,6 +241,33 @@ mod tests {
                 ("sasl.mechanisms".to_owned(), "SCRAM-SHA-512".to_owned()),
                 ("security.protocol".to_owned(), "sasl_ssl".to_owned()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_record_limit_past_what_an_edge_can_send_is_refused_at_start() {
+        let with = |v: usize| {
+            let src: HashMap<&'static str, String> = [("CES_MAX_RECORD_BYTES", v.to_string())]
+                .into_iter()
+                .collect();
+            Config::from_source(&src)
+        };
+        assert_eq!(
+            with(MAX_RECORD_BYTES_CEILING).unwrap().max_record_bytes,
+            1_031_426
+        );
+        let err = with(MAX_RECORD_BYTES_CEILING + 1).unwrap_err().to_string();
+        assert!(
+            err.contains("CES_MAX_RECORD_BYTES=1031427 is more than 1031426: the event frame"),
+            "{err}"
+        );
+        let err = with(16 << 20).unwrap_err().to_string();
+        assert!(err.contains("1 MiB socket write buffer"), "{err}");
+        assert!(
+            with(1023)
+                .unwrap_err()
+                .to_string()
+                .contains("CES_MAX_RECORD_BYTES=1023 is less than 1024")
         );
     }
 
