@@ -458,6 +458,13 @@ mod tests {
         ] {
             assert_eq!(canonical_json(text), None, "{text:?}");
         }
+        // A member a later one of the same name replaces is never written out, but its syntax is still checked.
+        for first in ["1.", "1e", "1e+", "-", "01", "\"\\x\"", "tru", "[1,]"] {
+            let text = format!(r#"{{"a":{first},"a":2}}"#);
+            assert_eq!(canonical_json(&text), None, "{text}");
+            assert_eq!(reference::canonical_json(&text), None, "{text}");
+        }
+        assert_eq!(canonical_json(r#"{"a":1.5e+3,"a":2}"#).unwrap(), r#"{"a":2}"#);
     }
 
     #[test]
