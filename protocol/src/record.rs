@@ -884,6 +884,83 @@ mod tests {
             r.detail,
             "headers are 10 bytes (names and values), limit is 9"
         );
+        assert_eq!(
+            (DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_RECORD_BYTES),
+            (65_536, 262_144)
+        );
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let data = |d: &str| {
+            let value = format!(r#"{{"session_id":"s","type":"t","data":{d}}}"#);
+            json(Some(value.as_bytes()), 4096)
+                .map(|_| ())
+                .map_err(|r| r.reason)
+        };
+        let over = MAX_DEPTH + 1;
+        // Brackets after an escaped quote are still inside the string.
+        assert!(data(&format!(r#""\"{}""#, "[".repeat(over))).is_ok());
+        assert!(data(&format!(r#""\\\"{}""#, "{".repeat(over))).is_ok());
+        // A string ends at its closing quote: what follows counts again.
+        let after_string = format!(r#"["x",{}{}]"#, "[".repeat(over), "]".repeat(over));
+        assert_eq!(data(&after_string), Err(Reason::TooDeep));
+        let after_escape = format!(r#"["\\",{}{}]"#, "[".repeat(over), "]".repeat(over));
+        assert_eq!(data(&after_escape), Err(Reason::TooDeep));
+        // Closing brackets count down: many shallow siblings are not deep.
+        assert!(data(&format!("[{}[]]", "[],{},".repeat(over))).is_ok());
+    }
+
+    #[test]
+    fn quoted_input_is_cut_at_a_character_boundary_and_kinds_are_named() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("éé", 3), "é");
+        assert_eq!(truncate("éé", 1), "");
+        let detail = |v: &str| {
+            json(
+                Some(format!(r#"{{"session_id":{v},"type":"t","data":1}}"#).as_bytes()),
+                1024,
+            )
+            .unwrap_err()
+            .detail
+        };
+        assert_eq!(detail("[1]"), "/session_id must be a string, got an array");
+        assert_eq!(
+            detail("true"),
+            "/session_id must be a string, got a boolean"
+        );
+        assert_eq!(
+            detail("false"),
+            "/session_id must be a string, got a boolean"
+        );
+        assert_eq!(detail("7"), "/session_id must be a string, got a number");
+        // A string no parser can read (half a surrogate pair) is named for what it looks like.
+        assert_eq!(
+            detail(r#""\ud800""#),
+            "/session_id must be a string, got a string"
+        );
+        let r = json(
+            Some(br#"{"session_id":"s","type":"t","data":1,"id":"x"}"#),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(r.id.as_deref(), Some("x"));
+        assert_eq!(Reason::TooDeep.to_string(), "too_deep");
+        assert_eq!(
+            Rejection::new(Reason::InvalidId, "/id: id is empty").to_string(),
+            "invalid_id: /id: id is empty"
+        );
+    }
+
+    #[test]
+    fn a_type_may_take_exactly_its_longest_length() {
+        assert!(validate_type(&"t".repeat(MAX_TYPE_LEN)).is_ok());
+        assert_eq!(
+            validate_type(&"t".repeat(MAX_TYPE_LEN + 1)).unwrap_err(),
+            "type is 129 bytes, more than 128"
+        );
     }
 
     #[test]
