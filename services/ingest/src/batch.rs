@@ -159,7 +159,7 @@ pub fn plan(
         let next = plan
             .commit
             .entry((r.topic.clone(), r.partition))
-            .or_insert(r.offset + 1);
+            .or_default();
         *next = (*next).max(r.offset + 1);
         if r.headers_unreadable {
             let detail = "a header name is not UTF-8; the original headers could not be kept";
@@ -366,6 +366,21 @@ mod tests {
         );
         assert_eq!(env.produced_at_ms, 1_000);
         assert_eq!(env.event_id, p.publish[0].event_id);
+    }
+
+    #[test]
+    fn ingested_at_is_the_planning_time_in_milliseconds() {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let p = plan(
+            &[rec(0, 1, r#"{"session_id":"a","type":"t","data":1}"#)],
+            1024,
+            1024,
+            &Schemas::default(),
+            now,
+        );
+        let env = envelope::decode(&p.publish[0].envelope).unwrap();
+        assert_eq!(env.ingested_at_ms, 1_700_000_000_123);
+        assert_eq!(p.publish[0].ingested_at_ms, 1_700_000_000_123);
     }
 
     #[test]

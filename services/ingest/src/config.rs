@@ -226,6 +226,28 @@ mod tests {
     }
 
     #[test]
+    fn limits_accept_their_bounds_and_nothing_past_them() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let src: HashMap<&'static str, String> =
+                pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            Config::from_source(&src)
+        };
+        let week = ("604800", "604801");
+        for key in ["CES_BUFFER_MAX_AGE_SECS", "CES_DEDUP_WINDOW_SECS"] {
+            let ok = with(&[(key, week.0), ("CES_SESSION_STATE_TTL_SECS", "604800")]);
+            assert!(ok.is_ok(), "{key}: {ok:?}");
+            assert!(
+                with(&[(key, week.1), ("CES_SESSION_STATE_TTL_SECS", "604800")]).is_err(),
+                "{key}"
+            );
+        }
+        let c = with(&[("CES_SESSION_STATE_TTL_SECS", "7776000")]).unwrap();
+        assert_eq!(c.limits.state_ttl, Duration::from_secs(90 * 86_400));
+        assert!(with(&[("CES_SESSION_STATE_TTL_SECS", "7776001")]).is_err());
+        assert_eq!(with(&[]).unwrap().dlq_replication, -1);
+    }
+
+    #[test]
     fn kafka_properties_pass_through() {
         let src: HashMap<&'static str, String> = [
             ("CES_KAFKA_PROP_SECURITY_PROTOCOL", "sasl_ssl"),
