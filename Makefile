@@ -45,11 +45,15 @@ lint:
 	cargo machete
 
 FUZZ_SECONDS ?= 60
+# The corpus grows with every run; CI keeps it outside the clone so each run starts where the last one stopped.
+FUZZ_CORPUS ?= fuzz/corpus/validate_record
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "[fuzz] installing cargo-fuzz"; cargo install cargo-fuzz --locked; }
-	@mkdir -p fuzz/corpus/validate_record && cp -n fuzz/seeds/validate_record/* fuzz/corpus/validate_record/
-	@echo "[fuzz] cargo +nightly fuzz run validate_record for $(FUZZ_SECONDS) s"
-	@cd fuzz && cargo +nightly fuzz run validate_record -- -max_total_time=$(FUZZ_SECONDS)
+	@mkdir -p "$(FUZZ_CORPUS)" && for seed in fuzz/seeds/validate_record/*; do \
+		[ -e "$(FUZZ_CORPUS)/$${seed##*/}" ] || cp "$$seed" "$(FUZZ_CORPUS)/"; done
+	@echo "[fuzz] cargo +nightly fuzz run validate_record for $(FUZZ_SECONDS) s (corpus: $(FUZZ_CORPUS))"
+	@corpus=$$(cd "$(FUZZ_CORPUS)" && pwd) && cd fuzz && \
+		cargo +nightly fuzz run validate_record "$$corpus" -- -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf .ces

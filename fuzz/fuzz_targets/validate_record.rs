@@ -2,12 +2,14 @@
 //!
 //! The first input byte picks the `content-type` header (none, JSON, protobuf, or something unsupported); the rest
 //! is the record value. Whatever the bytes, validation must answer without panicking, an accepted event must
-//! satisfy every rule the validator promises, and a rejection must explain itself.
+//! satisfy every rule the validator promises (its `data` is JSON a consumer can parse into values, and has a
+//! canonical form for its event id), and a rejection must explain itself.
 
 #![no_main]
 
 use std::sync::OnceLock;
 
+use ces_protocol::event_id::{canonical_json, derive};
 use ces_protocol::keys::validate_session_id;
 use ces_protocol::record::{validate_record, validate_type};
 use ces_protocol::schema::{Schemas, UnknownTypes};
@@ -46,6 +48,9 @@ fuzz_target!(|input: &[u8]| {
             assert!(validate_session_id(&event.session_id).is_ok());
             assert!(validate_type(&event.event_type).is_ok());
             assert!(serde_json::from_str::<serde_json::Value>(&event.data).is_ok());
+            assert!(canonical_json(&event.data).is_some(), "accepted data has no canonical form");
+            let id = derive(event.id.as_deref(), &event.session_id, &event.event_type, &event.data);
+            assert!(!id.is_empty());
         }
         Err(rejection) => assert!(!rejection.detail.is_empty()),
     }

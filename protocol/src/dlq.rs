@@ -3,6 +3,9 @@
 //!
 //! A dead letter is the original record, byte for byte (key, value, headers), plus these headers. Every
 //! `ces-dlq-*` header already on the record (from an earlier dead-lettering) is replaced, never duplicated.
+//! A dead letter the DLQ topic will not take whole goes without its value, then without its original headers,
+//! then without its key, each omission named by a header ([`OMITTED`]); the source coordinates still point at
+//! the original.
 
 /// Prefix of every header ingest adds to a dead letter.
 pub const PREFIX: &str = "ces-dlq-";
@@ -23,6 +26,16 @@ pub const ATTEMPTS: &str = "ces-dlq-attempts";
 /// Present when the dead letter was too large for the DLQ topic and was written without its value; the value
 /// is its original size in bytes. The original is still at the source coordinates.
 pub const VALUE_OMITTED: &str = "ces-dlq-value-omitted";
+/// Present when the dead letter was written without the record's own headers (too large for the DLQ topic even
+/// without its value, or over the header limit, reason `invalid_headers`); the value is their original size in
+/// bytes, names and values counted.
+pub const HEADERS_OMITTED: &str = "ces-dlq-headers-omitted";
+/// Present when the dead letter was too large for the DLQ topic even without its value and headers, and was
+/// written without its key; the value is the key's original size in bytes.
+pub const KEY_OMITTED: &str = "ces-dlq-key-omitted";
+/// Every omission header, in the order the parts are dropped. A dead letter carrying any of them is not the
+/// whole record: replaying it would produce a different one; the original is at the source coordinates.
+pub const OMITTED: [&str; 3] = [VALUE_OMITTED, HEADERS_OMITTED, KEY_OMITTED];
 
 /// Set by `cesctl dlq replay` on a re-produced record: how many times it has been replayed. Not a `ces-dlq-*`
 /// header, so it survives dead-lettering and a record that fails again shows its count.

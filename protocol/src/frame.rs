@@ -9,6 +9,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 
+/// The edge's cap on one socket's write buffer (tungstenite's `max_write_buffer_size`, set in
+/// services/edge/src/api.rs): a frame that does not fit beside what the buffer holds is refused, never sent.
+pub const EDGE_MAX_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// What the edge's write buffer may still hold when a frame is added (tungstenite's `write_buffer_size`, set
+/// in services/edge/src/api.rs): below it nothing is written out; past it everything is, before the next frame.
+pub const EDGE_WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// The longest header of a WebSocket frame a server sends: 2 bytes and a 64-bit length, no mask.
+pub const WS_FRAME_HEADER_MAX_BYTES: usize = 10;
+/// The largest event frame (its JSON text) an edge can always send: with its WebSocket header, beside a full
+/// write threshold, it fits the write buffer's cap.
+pub const MAX_EVENT_FRAME_BYTES: usize =
+    EDGE_MAX_WRITE_BUFFER_BYTES - EDGE_WRITE_BUFFER_BYTES - WS_FRAME_HEADER_MAX_BYTES;
+/// The most an event frame adds to its `data`: the JSON around it, with the longest `seq` (20 digits), `id`
+/// ([`crate::record::MAX_ID_LEN`] bytes, each escaped to two), `event` type ([`crate::record::MAX_TYPE_LEN`]
+/// bytes, never escaped) and `trace_id` (32 hex digits), all quoted.
+pub const EVENT_FRAME_OVERHEAD_BYTES: usize =
+    r#"{"type":"event","seq":,"id":,"event":,"data":,"trace_id":}"#.len()
+        + 20
+        + (2 * crate::record::MAX_ID_LEN + 2)
+        + (crate::record::MAX_TYPE_LEN + 2)
+        + (32 + 2);
+
 /// Builds `{"type":"event","seq":..,"id":..,"event":..,"data":..}` from an envelope.
 ///
 /// Returns `None` when the envelope's `data` is not UTF-8, which only a corrupt or foreign publisher can cause
@@ -176,6 +198,31 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(parsed["seq"], 7);
+    }
+
+    #[test]
+    fn the_largest_frame_adds_exactly_the_overhead_to_its_data() {
+        let env = Envelope {
+            seq: u64::MAX,
+            event_id: "\"".repeat(crate::record::MAX_ID_LEN),
+            event_type: "t".repeat(crate::record::MAX_TYPE_LEN),
+            data: Bytes::from_static(b"[1]"),
+            ..Default::default()
+        };
+        let frame = event_frame_traced(&env, Some("4bf92f3577b34da6a3ce929d0e0e4736")).unwrap();
+        assert_eq!(frame.len(), 3 + EVENT_FRAME_OVERHEAD_BYTES);
+        assert_eq!(EVENT_FRAME_OVERHEAD_BYTES, 756);
+        // A producer id escapes to at most two bytes a byte: control characters, which take six, are invalid.
+        assert!(
+            crate::record::validate_record(
+                Some(br#"{"session_id":"s","type":"t","data":1,"id":"\u0001"}"#),
+                None,
+                1024,
+                &crate::schema::Schemas::default()
+            )
+            .is_err()
+        );
+        assert_eq!(MAX_EVENT_FRAME_BYTES, 1_032_182);
     }
 
     #[test]

@@ -23,6 +23,15 @@ use crate::schema::Schemas;
 
 /// Default maximum size of a record value: 256 KiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The highest the maximum size of a record value may be set: 1,031,426 bytes. An accepted record's `data` is at
+/// most as long as its value, and its event frame adds at most [`crate::frame::EVENT_FRAME_OVERHEAD_BYTES`], so
+/// every event frame fits [`crate::frame::MAX_EVENT_FRAME_BYTES`], the largest an edge can always send. A larger
+/// frame would be refused by the edge's socket every time it was sent, live and on every resume.
+pub const MAX_RECORD_BYTES_CEILING: usize =
+    crate::frame::MAX_EVENT_FRAME_BYTES - crate::frame::EVENT_FRAME_OVERHEAD_BYTES;
+/// Default maximum size of a record's headers, names and values counted: 64 KiB. Headers are not part of an
+/// event, but they travel with its dead letter; far more than tracing and content-type headers need.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Longest accepted event type.
 pub const MAX_TYPE_LEN: usize = 128;
 /// Longest accepted producer event id.
@@ -58,7 +67,8 @@ pub enum Reason {
     MissingData,
     /// `id` is present but not a string of 1–256 bytes without control characters.
     InvalidId,
-    /// A header name is not UTF-8 (the Kafka protocol requires it); the headers cannot be kept.
+    /// A header name is not UTF-8 (the Kafka protocol requires it), or the headers are larger than the
+    /// configured limit ([`validate_headers`]); the headers are not kept.
     InvalidHeaders,
     /// The `content-type` header names an encoding CES does not read.
     UnsupportedContentType,
@@ -242,6 +252,33 @@ pub fn validate_record<'a>(
     Ok(event)
 }
 
+/// The size of a record's headers: every name and value, in bytes.
+pub fn header_bytes<'h>(headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>) -> usize {
+    headers
+        .into_iter()
+        .map(|(name, value)| name.len() + value.map_or(0, <[u8]>::len))
+        .sum()
+}
+
+/// Checks that a record's headers, names and values counted, take at most `max_bytes`.
+///
+/// A record whose headers alone come near the broker's message size could never be dead-lettered with them, and
+/// a dead letter that cannot be written holds up its whole partition; such a record is rejected up front, and its
+/// dead letter goes without them.
+pub fn validate_headers<'h>(
+    headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    max_bytes: usize,
+) -> Result<(), Rejection> {
+    let bytes = header_bytes(headers);
+    if bytes > max_bytes {
+        return Err(Rejection::new(
+            Reason::InvalidHeaders,
+            format!("headers are {bytes} bytes (names and values), limit is {max_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a record value against the v1 contract of `encoding` (everything but the schema).
 pub fn validate(
     value: Option<&[u8]>,
@@ -299,9 +336,7 @@ fn validate_protobuf(value: &[u8]) -> Result<Event<'static>, Rejection> {
             ),
         )
     })?;
-    check_depth(&data)?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&data)
-        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))?;
+    check_data(&data)?;
     let id = if ev.id.is_empty() {
         None
     } else {
@@ -364,7 +399,7 @@ fn validate_json(value: &[u8]) -> Result<Event<'_>, Rejection> {
             )
         })?
         .get();
-    check_depth(data)?;
+    check_data(data)?;
     let data = Cow::Borrowed(data);
 
     let id = match members.id {
@@ -402,6 +437,74 @@ fn string_member<'a>(
             format!("/{name} must be a string, got {}", json_kind(raw.get())),
         )
     })
+}
+
+/// Checks that `data` is JSON every consumer can parse into values, the same way for both encodings: nested at
+/// most [`MAX_DEPTH`] deep, then parsed whole.
+///
+/// Well-formed is not enough. `serde::de::IgnoredAny` and `RawValue` check only the syntax: they accept a number
+/// no double can hold (`4E44444`) and a `\u` escape naming half a surrogate pair (`"\ud800"`), which a client's
+/// parser rejects (serde_json) or silently turns into something else (`Infinity`, U+FFFD). [`Parses`] reads every
+/// number and string as a value would, and keeps nothing.
+fn check_data(data: &str) -> Result<(), Rejection> {
+    check_depth(data)?;
+    serde_json::from_str::<Parses>(data)
+        .map(|Parses| ())
+        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))
+}
+
+/// JSON parsed as into a value (every number converted, every string unescaped), with nothing kept.
+struct Parses;
+
+impl<'de> Deserialize<'de> for Parses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `deserialize_any`, unlike `deserialize_ignored_any`, makes serde_json convert what it reads.
+        d.deserialize_any(Parses)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Parses {
+    type Value = Parses;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_unit<E>(self) -> Result<Parses, E> {
+        Ok(Parses)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parses, A::Error> {
+        while let Some(Parses) = seq.next_element()? {}
+        Ok(Parses)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parses, A::Error> {
+        while let Some(Parses) = map.next_key()? {
+            map.next_value::<Parses>()?;
+        }
+        Ok(Parses)
+    }
 }
 
 /// Rejects `data` nested deeper than [`MAX_DEPTH`]; a linear scan that skips string contents.
@@ -766,6 +869,211 @@ mod tests {
         let big = proto("s", "t", &[b'1'; 100], "");
         let r = validate(Some(&big), Encoding::Protobuf, 64).unwrap_err();
         assert_eq!(r.reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn headers_count_names_and_values_and_the_limit_is_inclusive() {
+        let headers: [(&str, Option<&[u8]>); 3] =
+            [("ab", Some(b"xyz")), ("c", None), ("", Some(b"1234"))];
+        assert_eq!(header_bytes(headers), 2 + 3 + 1 + 4);
+        assert_eq!(header_bytes([]), 0);
+        assert!(validate_headers(headers, 10).is_ok());
+        let r = validate_headers(headers, 9).unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidHeaders);
+        assert_eq!(
+            r.detail,
+            "headers are 10 bytes (names and values), limit is 9"
+        );
+        assert_eq!(
+            (DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_RECORD_BYTES),
+            (65_536, 262_144)
+        );
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let data = |d: &str| {
+            let value = format!(r#"{{"session_id":"s","type":"t","data":{d}}}"#);
+            json(Some(value.as_bytes()), 4096)
+                .map(|_| ())
+                .map_err(|r| r.reason)
+        };
+        let over = MAX_DEPTH + 1;
+        // Brackets after an escaped quote are still inside the string.
+        assert!(data(&format!(r#""\"{}""#, "[".repeat(over))).is_ok());
+        assert!(data(&format!(r#""\\\"{}""#, "{".repeat(over))).is_ok());
+        // A string ends at its closing quote: what follows counts again.
+        let after_string = format!(r#"["x",{}{}]"#, "[".repeat(over), "]".repeat(over));
+        assert_eq!(data(&after_string), Err(Reason::TooDeep));
+        let after_escape = format!(r#"["\\",{}{}]"#, "[".repeat(over), "]".repeat(over));
+        assert_eq!(data(&after_escape), Err(Reason::TooDeep));
+        // Closing brackets count down: many shallow siblings are not deep.
+        assert!(data(&format!("[{}[]]", "[],{},".repeat(over))).is_ok());
+    }
+
+    #[test]
+    fn quoted_input_is_cut_at_a_character_boundary_and_kinds_are_named() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("éé", 3), "é");
+        assert_eq!(truncate("éé", 1), "");
+        let detail = |v: &str| {
+            json(
+                Some(format!(r#"{{"session_id":{v},"type":"t","data":1}}"#).as_bytes()),
+                1024,
+            )
+            .unwrap_err()
+            .detail
+        };
+        assert_eq!(detail("[1]"), "/session_id must be a string, got an array");
+        assert_eq!(
+            detail("true"),
+            "/session_id must be a string, got a boolean"
+        );
+        assert_eq!(
+            detail("false"),
+            "/session_id must be a string, got a boolean"
+        );
+        assert_eq!(detail("7"), "/session_id must be a string, got a number");
+        // A string no parser can read (half a surrogate pair) is named for what it looks like.
+        assert_eq!(
+            detail(r#""\ud800""#),
+            "/session_id must be a string, got a string"
+        );
+        let r = json(
+            Some(br#"{"session_id":"s","type":"t","data":1,"id":"x"}"#),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(r.id.as_deref(), Some("x"));
+        assert_eq!(Reason::TooDeep.to_string(), "too_deep");
+        assert_eq!(
+            Rejection::new(Reason::InvalidId, "/id: id is empty").to_string(),
+            "invalid_id: /id: id is empty"
+        );
+    }
+
+    #[test]
+    fn a_type_may_take_exactly_its_longest_length() {
+        assert!(validate_type(&"t".repeat(MAX_TYPE_LEN)).is_ok());
+        assert_eq!(
+            validate_type(&"t".repeat(MAX_TYPE_LEN + 1)).unwrap_err(),
+            "type is 129 bytes, more than 128"
+        );
+    }
+
+    #[test]
+    fn the_largest_accepted_record_makes_a_frame_the_edge_can_send() {
+        assert_eq!(MAX_RECORD_BYTES_CEILING, 1_031_426);
+        // The worst case: a protobuf value that is nearly all data, with the longest id escaping to twice its size.
+        let id = "\"".repeat(MAX_ID_LEN);
+        let overhead = proto("s", "t", b"", &id).len() + 4;
+        let data = format!(
+            "\"{}\"",
+            "x".repeat(MAX_RECORD_BYTES_CEILING - overhead - 2)
+        );
+        let value = proto("s", "t", data.as_bytes(), &id);
+        assert!(value.len() <= MAX_RECORD_BYTES_CEILING, "{}", value.len());
+        let e = validate(Some(&value), Encoding::Protobuf, MAX_RECORD_BYTES_CEILING).unwrap();
+        let env = crate::envelope::Envelope {
+            seq: u64::MAX,
+            event_id: e.id.as_deref().unwrap().to_owned(),
+            event_type: e.event_type.to_string(),
+            data: bytes::Bytes::copy_from_slice(e.data.as_bytes()),
+            ..Default::default()
+        };
+        let frame =
+            crate::frame::event_frame_traced(&env, Some("4bf92f3577b34da6a3ce929d0e0e4736"))
+                .unwrap();
+        assert!(
+            frame.len() <= crate::frame::MAX_EVENT_FRAME_BYTES,
+            "{}",
+            frame.len()
+        );
+        // The ceiling wastes little: this frame comes within 1 KiB of what the edge can send.
+        assert!(
+            frame.len() > crate::frame::MAX_EVENT_FRAME_BYTES - 1024,
+            "{}",
+            frame.len()
+        );
+    }
+
+    /// `make fuzz` found it: the selector byte 2 (protobuf), then a `ces.v1.Event` whose `data` is the JSON text
+    /// `4E44444`, well-formed but beyond any double, so no consumer that builds values can parse it.
+    const FUZZ_NUMBER_OUT_OF_RANGE: &[u8] = &[
+        0x02, 0x0a, 0x01, 0x73, 0x12, 0x01, 0x71, 0x1a, 0x07, 0x34, 0x45, 0x34, 0x34, 0x34, 0x34,
+        0x34,
+    ];
+
+    #[test]
+    fn fuzz_regression_a_number_out_of_range_is_not_json_in_either_encoding() {
+        let (selector, value) = FUZZ_NUMBER_OUT_OF_RANGE.split_first().unwrap();
+        assert_eq!(selector % 4, 2, "the fuzz target's protobuf selector");
+        let schemas = Schemas::new(crate::schema::UnknownTypes::Allow);
+        let r = validate_record(Some(value), Some(b"application/x-protobuf"), 4096, &schemas)
+            .unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidJson);
+        assert!(
+            r.detail
+                .starts_with("/data is not JSON: number out of range"),
+            "{}",
+            r.detail
+        );
+        let r = json(
+            Some(br#"{"session_id":"s","type":"q","data":4E44444}"#),
+            4096,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidJson);
+        assert!(
+            r.detail
+                .starts_with("/data is not JSON: number out of range"),
+            "{}",
+            r.detail
+        );
+    }
+
+    #[test]
+    fn both_encodings_agree_on_what_json_data_is() {
+        // Each `data` text with whether a consumer that builds values can parse it.
+        let cases: &[(&str, bool)] = &[
+            ("4E44444", false),
+            ("-1e309", false),
+            ("[1, {\"a\": 1e400}]", false),
+            ("{\"n\": -4E44444}", false),
+            (r#""\ud800""#, false),
+            (r#"{"\udc00": 1}"#, false),
+            (r#"["\ud83d"]"#, false),
+            ("1e308", true),
+            ("-0", true),
+            ("1e-400", true),
+            ("18446744073709551616", true),
+            (r#""\ud83d\ude00""#, true),
+            (r#"{"a": [true, null, "x", 1.5]}"#, true),
+        ];
+        for &(data, parses) in cases {
+            let as_json = format!(r#"{{"session_id":"s","type":"t","data":{data}}}"#);
+            let as_proto = proto("s", "t", data.as_bytes(), "");
+            let j = json(Some(as_json.as_bytes()), 4096).map(|e| e.data.into_owned());
+            let p =
+                validate(Some(&as_proto), Encoding::Protobuf, 4096).map(|e| e.data.into_owned());
+            assert_eq!(
+                j.as_ref().map_err(|r| r.reason),
+                p.as_ref().map_err(|r| r.reason),
+                "{data}"
+            );
+            assert_eq!(j.is_ok(), parses, "{data}: {j:?}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(data).is_ok(),
+                parses,
+                "{data}: the consumer's view"
+            );
+            if let Err(r) = j {
+                assert_eq!(r.reason, Reason::InvalidJson, "{data}");
+                assert!(r.detail.starts_with("/data is not JSON: "), "{}", r.detail);
+            }
+        }
     }
 
     #[test]

@@ -91,6 +91,30 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::R
     .await?
 }
 
+/// Sets topic-level configuration (`max.message.bytes`, ...) on an existing topic.
+pub async fn set_topic_config(
+    bootstrap: &str,
+    topic: &str,
+    entries: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("admin client")?;
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in entries {
+        change = change.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.alter_configs(&[change], &opts).await? {
+        if let Err((resource, code)) = result {
+            bail!("configuring {resource:?}: {code}");
+        }
+    }
+    Ok(())
+}
+
 /// A producer that waits for every acknowledgement.
 pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
     Ok(ClientConfig::new()
@@ -98,6 +122,23 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
+        .create()?)
+}
+
+/// Like [`producer`], but for records up to `max_bytes` uncompressed (librdkafka refuses a record larger than its
+/// `message.max.bytes`, 1,000,000 by default, before compressing it, while the broker's limit applies to the
+/// compressed batch), compressed with `compression` (`none`, `lz4`, ...).
+pub fn large_producer(
+    bootstrap: &str,
+    max_bytes: usize,
+    compression: &str,
+) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", compression)
+        .set("message.max.bytes", max_bytes.to_string())
         .create()?)
 }
 

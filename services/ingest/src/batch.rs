@@ -61,12 +61,76 @@ pub struct Publish {
 pub struct DeadLetter {
     /// Why it was rejected.
     pub reason: Reason,
-    /// Original key, untouched.
+    /// Original key, untouched (unless omitted, see [`Part`]).
     pub key: Option<Vec<u8>>,
-    /// Original value, untouched.
+    /// Original value, untouched (unless omitted).
     pub value: Option<Vec<u8>>,
-    /// Original headers followed by the `ces-dlq-*` headers.
+    /// Original headers (unless omitted) followed by the `ces-dlq-*` headers.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Where the original record is: topic, partition, offset (also in the `ces-dlq-source-*` headers).
+    pub source: (String, i32, i64),
+}
+
+/// A part of the original record a dead letter can go without, in the order they are dropped when the DLQ topic
+/// refuses it as too large: the value (usually what made it large), the record's own headers, the key. The
+/// `ces-dlq-*` headers always stay: they say why and where the original is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The value; `ces-dlq-value-omitted` says its size.
+    Value,
+    /// Every header not named `ces-dlq-*`; `ces-dlq-headers-omitted` says their size.
+    Headers,
+    /// The key; `ces-dlq-key-omitted` says its size.
+    Key,
+}
+
+impl Part {
+    /// The header that records the omission.
+    pub fn header(self) -> &'static str {
+        match self {
+            Part::Value => dlq::VALUE_OMITTED,
+            Part::Headers => dlq::HEADERS_OMITTED,
+            Part::Key => dlq::KEY_OMITTED,
+        }
+    }
+}
+
+impl DeadLetter {
+    /// Drops `part` and records its size in the part's omission header; the size dropped, or `None` when the
+    /// letter has no such part left (nothing changes then).
+    pub fn omit(&mut self, part: Part) -> Option<usize> {
+        let bytes = match part {
+            Part::Value => self.value.take()?.len(),
+            Part::Key => self.key.take()?.len(),
+            Part::Headers => {
+                let own = |k: &str| !k.starts_with(dlq::PREFIX);
+                if !self.headers.iter().any(|(k, _)| own(k)) {
+                    return None;
+                }
+                let bytes = record::header_bytes(
+                    self.headers
+                        .iter()
+                        .filter(|(k, _)| own(k))
+                        .map(|(k, v)| (k.as_str(), v.as_deref())),
+                );
+                self.headers.retain(|(k, _)| !own(k));
+                bytes
+            }
+        };
+        self.headers.push((
+            part.header().to_owned(),
+            Some(bytes.to_string().into_bytes()),
+        ));
+        Some(bytes)
+    }
+
+    /// Drops the next part the letter still has, in [`Part`]'s order; which part and its size, or `None` when
+    /// only the `ces-dlq-*` headers are left.
+    pub fn omit_next(&mut self) -> Option<(Part, usize)> {
+        [Part::Value, Part::Headers, Part::Key]
+            .into_iter()
+            .find_map(|part| Some((part, self.omit(part)?)))
+    }
 }
 
 /// What to do with one batch.
@@ -80,10 +144,12 @@ pub struct Plan {
     pub commit: BTreeMap<(String, i32), i64>,
 }
 
-/// Plans a batch. `now` stamps `ingested_at_ms` and `ces-dlq-failed-at`.
+/// Plans a batch: each record's headers are checked against `max_header_bytes`, its value against
+/// `max_record_bytes` and `schemas`. `now` stamps `ingested_at_ms` and `ces-dlq-failed-at`.
 pub fn plan(
     records: &[InputRecord],
     max_record_bytes: usize,
+    max_header_bytes: usize,
     schemas: &Schemas,
     now: OffsetDateTime,
 ) -> Plan {
@@ -93,12 +159,20 @@ pub fn plan(
         let next = plan
             .commit
             .entry((r.topic.clone(), r.partition))
-            .or_insert(r.offset + 1);
+            .or_default();
         *next = (*next).max(r.offset + 1);
         if r.headers_unreadable {
             let detail = "a header name is not UTF-8; the original headers could not be kept";
             plan.dead
                 .push(dead_letter(r, Reason::InvalidHeaders, detail, now));
+            continue;
+        }
+        let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+        if let Err(rejection) = record::validate_headers(headers, max_header_bytes) {
+            // Headers that large are what would keep the dead letter from fitting the DLQ topic.
+            let mut d = dead_letter(r, rejection.reason, &rejection.detail, now);
+            d.omit(Part::Headers);
+            plan.dead.push(d);
             continue;
         }
         let content_type = r
@@ -207,6 +281,7 @@ pub fn dead_letter(
         key: r.key.clone(),
         value: r.value.clone(),
         headers,
+        source: (r.topic.clone(), r.partition, r.offset),
     }
 }
 
@@ -247,6 +322,7 @@ mod tests {
         let p = plan(
             &records,
             1024,
+            1024,
             &Schemas::default(),
             OffsetDateTime::UNIX_EPOCH,
         );
@@ -273,6 +349,7 @@ mod tests {
                 r#"{"session_id":"a","type":"t","data":{"x" : 1}}"#,
             )],
             1024,
+            1024,
             &Schemas::default(),
             OffsetDateTime::UNIX_EPOCH,
         );
@@ -292,10 +369,26 @@ mod tests {
     }
 
     #[test]
+    fn ingested_at_is_the_planning_time_in_milliseconds() {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let p = plan(
+            &[rec(0, 1, r#"{"session_id":"a","type":"t","data":1}"#)],
+            1024,
+            1024,
+            &Schemas::default(),
+            now,
+        );
+        let env = envelope::decode(&p.publish[0].envelope).unwrap();
+        assert_eq!(env.ingested_at_ms, 1_700_000_000_123);
+        assert_eq!(p.publish[0].ingested_at_ms, 1_700_000_000_123);
+    }
+
+    #[test]
     fn same_business_event_gets_the_same_id_wherever_it_was_read() {
         let v = r#"{"session_id":"a","type":"t","data":{"k":1}}"#;
         let p = plan(
             &[rec(0, 1, v), rec(3, 99, v)],
+            1024,
             1024,
             &Schemas::default(),
             OffsetDateTime::UNIX_EPOCH,
@@ -307,7 +400,13 @@ mod tests {
     fn dead_letter_keeps_the_original_and_adds_coordinates() {
         let r = rec(4, 77, "{");
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let p = plan(std::slice::from_ref(&r), 1024, &Schemas::default(), now);
+        let p = plan(
+            std::slice::from_ref(&r),
+            1024,
+            1024,
+            &Schemas::default(),
+            now,
+        );
         let d = &p.dead[0];
         assert_eq!(
             (d.key.as_ref(), d.value.as_ref()),
@@ -335,6 +434,7 @@ mod tests {
         let p = plan(
             std::slice::from_ref(&r),
             1024,
+            1024,
             &Schemas::default(),
             OffsetDateTime::UNIX_EPOCH,
         );
@@ -342,6 +442,114 @@ mod tests {
         assert_eq!(p.dead[0].reason, Reason::InvalidHeaders);
         assert_eq!(p.dead[0].value, r.value);
         assert_eq!(p.commit.values().copied().collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn headers_over_the_limit_dead_letter_the_record_without_them() {
+        let mut r = rec(0, 8, r#"{"session_id":"a","type":"t","data":1}"#);
+        r.headers
+            .push(("big".into(), Some(vec![b'h'; 1000 - 7 - 17 - 3])));
+        // trace(5) + t1(2) + ces-dlq-reason(14) + old(3) + big(3) + its value: exactly 1000 bytes.
+        assert_eq!(
+            record::header_bytes(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()))),
+            1000
+        );
+        let plan_with = |limit| {
+            plan(
+                std::slice::from_ref(&r),
+                1024,
+                limit,
+                &Schemas::default(),
+                OffsetDateTime::UNIX_EPOCH,
+            )
+        };
+        assert_eq!(plan_with(1000).publish.len(), 1, "the limit is inclusive");
+        let p = plan_with(999);
+        assert!(p.publish.is_empty());
+        let d = &p.dead[0];
+        assert_eq!(d.reason, Reason::InvalidHeaders);
+        assert_eq!(
+            header(d, dlq::DETAIL),
+            "headers are 1000 bytes (names and values), limit is 999"
+        );
+        // Only the ces-dlq-* headers are left, the omission among them; key and value are kept.
+        assert!(d.headers.iter().all(|(k, _)| k.starts_with(dlq::PREFIX)));
+        // What was dropped: trace and big; the stale ces-dlq-reason the record carried is replaced anyway.
+        assert_eq!(header(d, dlq::HEADERS_OMITTED), "983");
+        assert_eq!(
+            (d.key.as_ref(), d.value.as_ref()),
+            (r.key.as_ref(), r.value.as_ref())
+        );
+        assert_eq!(d.source, ("ces.events".to_owned(), 0, 8));
+        assert_eq!(p.commit.values().copied().collect::<Vec<_>>(), [9]);
+    }
+
+    #[test]
+    fn a_letter_sheds_its_value_then_its_headers_then_its_key_and_says_so() {
+        let mut d = dead_letter(
+            &rec(1, 2, "0123456789"),
+            Reason::InvalidJson,
+            "d",
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let own_headers = d.headers.len() - 6;
+        assert_eq!(own_headers, 1, "trace; the stale reason was replaced");
+        assert_eq!(d.omit_next(), Some((Part::Value, 10)));
+        assert_eq!(d.value, None);
+        assert_eq!(header(&d, dlq::VALUE_OMITTED), "10");
+        assert!(d.key.is_some() && d.headers.iter().any(|(k, _)| k == "trace"));
+        assert_eq!(d.omit_next(), Some((Part::Headers, 7)));
+        assert_eq!(header(&d, dlq::HEADERS_OMITTED), "7");
+        assert!(d.headers.iter().all(|(k, _)| k.starts_with(dlq::PREFIX)));
+        assert_eq!(d.omit_next(), Some((Part::Key, 1)));
+        assert_eq!(d.key, None);
+        assert_eq!(header(&d, dlq::KEY_OMITTED), "1");
+        let before = d.clone();
+        assert_eq!(d.omit_next(), None);
+        assert_eq!(d, before, "nothing left to drop: unchanged");
+        // Every ces-dlq-* header survived, and each omission is named once.
+        for name in [
+            dlq::REASON,
+            dlq::DETAIL,
+            dlq::SOURCE_TOPIC,
+            dlq::SOURCE_PARTITION,
+            dlq::SOURCE_OFFSET,
+            dlq::FAILED_AT,
+        ] {
+            header(&d, name);
+        }
+        for name in dlq::OMITTED {
+            assert_eq!(
+                d.headers.iter().filter(|(k, _)| k == name).count(),
+                1,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_letter_without_a_part_skips_to_the_next() {
+        let mut r = rec(0, 0, "x");
+        r.value = None;
+        r.headers.clear();
+        let mut d = dead_letter(&r, Reason::MissingValue, "d", OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(d.omit(Part::Value), None);
+        assert_eq!(d.omit(Part::Headers), None);
+        assert!(
+            !d.headers
+                .iter()
+                .any(|(k, _)| dlq::OMITTED.contains(&k.as_str()))
+        );
+        assert_eq!(d.omit_next(), Some((Part::Key, 1)));
+        assert_eq!(d.omit_next(), None);
+        // An empty value is still a value: dropping it is recorded.
+        let mut d = dead_letter(
+            &rec(0, 0, ""),
+            Reason::MissingValue,
+            "d",
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(d.omit_next(), Some((Part::Value, 0)));
     }
 
     #[test]
@@ -378,7 +586,7 @@ mod tests {
             proto,
             rec(0, 2, r#"{"session_id":"a","type":"t","data":{"m":1}}"#),
         ];
-        let p = plan(&records, 1024, &schemas, OffsetDateTime::UNIX_EPOCH);
+        let p = plan(&records, 1024, 1024, &schemas, OffsetDateTime::UNIX_EPOCH);
         assert_eq!(p.publish.len(), 1);
         assert_eq!(p.publish[0].record, 0);
         assert_eq!(p.dead.len(), 1);

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ces_protocol::record::DEFAULT_MAX_RECORD_BYTES;
+use ces_protocol::record::{
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_CEILING,
+};
 use ces_protocol::schema::UnknownTypes;
 use ces_runtime::config::{Common, Source, Vars};
 
@@ -31,7 +33,8 @@ pub struct Config {
     pub schema_dir: Option<PathBuf>,
     /// What happens to an event whose type has no schema.
     pub unknown_types: UnknownTypes,
-    /// Attempts at an event Redis keeps rejecting for an event-specific reason before it is dead-lettered.
+    /// Attempts at an event Redis keeps rejecting for an event-specific reason before it is dead-lettered, and
+    /// at a dead letter Kafka keeps refusing before it is skipped.
     pub max_attempts: u32,
     /// When the Redis and Kafka circuit breakers open and for how long.
     pub breaker: breaker::Policy,
@@ -48,6 +51,9 @@ pub struct Config {
     pub auto_offset_reset: String,
     /// Largest accepted record value in bytes; larger ones are dead-lettered as `too_large`.
     pub max_record_bytes: usize,
+    /// Largest accepted record headers in bytes (names and values); larger ones are dead-lettered, without them,
+    /// as `invalid_headers`.
+    pub max_header_bytes: usize,
     /// Most records handled in one batch.
     pub batch_max: usize,
     /// How long a batch waits for more records after its first one.
@@ -107,11 +113,22 @@ impl Config {
         let queue_max_kbytes = v.bounded("CES_KAFKA_QUEUE_MAX_KBYTES", 16_384, 64, 2_097_151);
         let stats_interval = v.millis("CES_KAFKA_STATS_INTERVAL_MS", 5000, 0, 86_400_000);
         let auto_offset_reset = v.string("CES_KAFKA_AUTO_OFFSET_RESET", "earliest");
-        let max_record_bytes = v.bounded(
-            "CES_MAX_RECORD_BYTES",
-            DEFAULT_MAX_RECORD_BYTES as u64,
+        let max_record_bytes: u64 =
+            v.parse("CES_MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES as u64);
+        v.check(max_record_bytes >= 1024, || {
+            format!("CES_MAX_RECORD_BYTES={max_record_bytes} is less than 1024")
+        });
+        v.check(max_record_bytes <= MAX_RECORD_BYTES_CEILING as u64, || {
+            format!(
+                "CES_MAX_RECORD_BYTES={max_record_bytes} is more than {MAX_RECORD_BYTES_CEILING}: the event frame of a \
+                 larger record may not fit an edge's 1 MiB socket write buffer, and could never be sent to a client"
+            )
+        });
+        let max_header_bytes = v.bounded(
+            "CES_MAX_HEADER_BYTES",
+            DEFAULT_MAX_HEADER_BYTES as u64,
             1024,
-            16 << 20,
+            1 << 20,
         );
         let batch_max = v.bounded("CES_BATCH_MAX", 1000, 1, 100_000);
         let batch_linger = v.millis("CES_BATCH_LINGER_MS", 5, 0, 10_000);
@@ -179,6 +196,7 @@ impl Config {
             stats_interval,
             auto_offset_reset,
             max_record_bytes: max_record_bytes as usize,
+            max_header_bytes: max_header_bytes as usize,
             batch_max: batch_max as usize,
             batch_linger,
             commit_interval,
@@ -202,8 +220,31 @@ mod tests {
         assert_eq!(c.dlq_topic, "ces.events.dlq");
         assert_eq!(c.group, "ces-ingest");
         assert_eq!(c.max_record_bytes, 256 * 1024);
+        assert_eq!(c.max_header_bytes, 64 * 1024);
         assert_eq!(c.batch_linger, Duration::from_millis(5));
         assert_eq!(c.commit_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn limits_accept_their_bounds_and_nothing_past_them() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let src: HashMap<&'static str, String> =
+                pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            Config::from_source(&src)
+        };
+        let week = ("604800", "604801");
+        for key in ["CES_BUFFER_MAX_AGE_SECS", "CES_DEDUP_WINDOW_SECS"] {
+            let ok = with(&[(key, week.0), ("CES_SESSION_STATE_TTL_SECS", "604800")]);
+            assert!(ok.is_ok(), "{key}: {ok:?}");
+            assert!(
+                with(&[(key, week.1), ("CES_SESSION_STATE_TTL_SECS", "604800")]).is_err(),
+                "{key}"
+            );
+        }
+        let c = with(&[("CES_SESSION_STATE_TTL_SECS", "7776000")]).unwrap();
+        assert_eq!(c.limits.state_ttl, Duration::from_secs(90 * 86_400));
+        assert!(with(&[("CES_SESSION_STATE_TTL_SECS", "7776001")]).is_err());
+        assert_eq!(with(&[]).unwrap().dlq_replication, -1);
     }
 
     #[test]
@@ -226,6 +267,33 @@ mod tests {
     }
 
     #[test]
+    fn a_record_limit_past_what_an_edge_can_send_is_refused_at_start() {
+        let with = |v: usize| {
+            let src: HashMap<&'static str, String> = [("CES_MAX_RECORD_BYTES", v.to_string())]
+                .into_iter()
+                .collect();
+            Config::from_source(&src)
+        };
+        assert_eq!(
+            with(MAX_RECORD_BYTES_CEILING).unwrap().max_record_bytes,
+            1_031_426
+        );
+        let err = with(MAX_RECORD_BYTES_CEILING + 1).unwrap_err().to_string();
+        assert!(
+            err.contains("CES_MAX_RECORD_BYTES=1031427 is more than 1031426: the event frame"),
+            "{err}"
+        );
+        let err = with(16 << 20).unwrap_err().to_string();
+        assert!(err.contains("1 MiB socket write buffer"), "{err}");
+        assert!(
+            with(1023)
+                .unwrap_err()
+                .to_string()
+                .contains("CES_MAX_RECORD_BYTES=1023 is less than 1024")
+        );
+    }
+
+    #[test]
     fn reports_every_problem() {
         let src: HashMap<&'static str, String> = [
             ("CES_KAFKA_TOPICS", "a,b"),
@@ -239,6 +307,7 @@ mod tests {
             ("CES_DLQ_REPLICATION", "0"),
             ("CES_KAFKA_PROP_ENABLE_AUTO_COMMIT", "true"),
             ("CES_COMMIT_INTERVAL_MS", "60001"),
+            ("CES_MAX_HEADER_BYTES", "1023"),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
@@ -254,6 +323,7 @@ mod tests {
             "CES_DLQ_REPLICATION",
             "CES_KAFKA_PROP_ENABLE_AUTO_COMMIT",
             "CES_COMMIT_INTERVAL_MS",
+            "CES_MAX_HEADER_BYTES",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

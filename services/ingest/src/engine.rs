@@ -25,7 +25,7 @@ use crate::kafka::{self, IngestConsumer};
 use crate::metrics as m;
 use crate::pause::{InFlight, Partitions};
 use crate::publisher::{self, Publisher};
-use crate::retry::{DeadLettering, Next, Publishing, Sent, Settlement, Verdict};
+use crate::retry::{DeadLettering, Delivery, Next, Publishing, Settlement, Verdict};
 use crate::schemas::SchemaStore;
 use crate::{Config, Error, http, topics};
 
@@ -130,6 +130,7 @@ pub(crate) async fn consume(
         let plan = batch::plan(
             &batch,
             config.max_record_bytes,
+            config.max_header_bytes,
             &schemas.current(),
             OffsetDateTime::now_utc(),
         );
@@ -477,32 +478,68 @@ fn count_outcomes(
     ::metrics::counter!(m::DUPLICATES).increment(duplicates);
 }
 
-/// Produces every dead letter, retrying the failed ones through the Kafka breaker until all are acknowledged.
+/// Produces every dead letter as `dead_letters` decides: an outage is retried through the Kafka breaker until it
+/// ends; a letter Kafka keeps refusing is skipped after `CES_MAX_ATTEMPTS` refusals, logged and counted, so it
+/// cannot hold up its partition.
 async fn dead_letter_all(
     sinks: &Sinks<'_>,
-    acknowledged: &mut DeadLettering,
-    mut dead: Vec<DeadLetter>,
+    dead_letters: &mut DeadLettering,
+    letters: Vec<DeadLetter>,
 ) -> Result<(), Error> {
+    let mut pending: Vec<(usize, DeadLetter)> =
+        dead_letters.admit(letters.len()).zip(letters).collect();
     let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
-    while !dead.is_empty() {
+    while !pending.is_empty() {
         if !wait_permitted(sinks.kafka, sinks.cancel).await {
             return Err(Error::ShuttingDown);
         }
-        let attempted = dead.len();
-        let (failed, error) = kafka::send_dead_letters(sinks.producer, sinks.dlq_topic, dead).await;
-        dead = failed;
-        match acknowledged.on_sent(attempted, dead.len()) {
-            Sent::Acknowledged => sinks.kafka.on_success(),
-            Sent::Retry => {
-                sinks.kafka.on_error();
-                ::metrics::counter!(m::RETRIES, "target" => "kafka").increment(1);
-                if let Some(e) = error {
-                    error!(pending = dead.len(), error = %e, "dead-letter produce failed; retrying");
-                }
-                if !sleep_or_cancel(backoff.next_delay(), sinks.cancel).await {
-                    return Err(Error::ShuttingDown);
-                }
+        let (ids, letters): (Vec<usize>, Vec<DeadLetter>) = pending.into_iter().unzip();
+        let results = kafka::send_dead_letters(sinks.producer, sinks.dlq_topic, letters).await;
+        let delivery = |result: &Result<(), Error>| match result {
+            Ok(()) => Delivery::Acknowledged,
+            Err(e) if kafka::is_refusal(e) => Delivery::Refused,
+            Err(_) => Delivery::Failed,
+        };
+        let sent = dead_letters.on_sent(
+            ids.iter()
+                .zip(&results)
+                .map(|(&id, (_, r))| (id, delivery(r))),
+        );
+        let mut results: Vec<(usize, DeadLetter, Result<(), Error>)> = ids
+            .into_iter()
+            .zip(results)
+            .map(|(id, (d, r))| (id, d, r))
+            .collect();
+        for skipped in &sent.skipped {
+            if let Some((_, d, Err(e))) = results.iter().find(|(id, _, _)| *id == skipped.letter) {
+                let (topic, partition, offset) = &d.source;
+                error!(
+                    topic,
+                    partition,
+                    offset,
+                    reason = d.reason.as_str(),
+                    attempts = skipped.attempts,
+                    error = %e,
+                    "kafka keeps refusing the dead letter; skipping the record (the original is still at its source)"
+                );
+                ::metrics::counter!(m::DEAD_LETTERS_SKIPPED, "reason" => d.reason.as_str())
+                    .increment(1);
             }
+        }
+        if sent.kafka_answered {
+            sinks.kafka.on_success();
+        } else {
+            sinks.kafka.on_error();
+            ::metrics::counter!(m::RETRIES, "target" => "kafka").increment(1);
+        }
+        results.retain(|(id, _, _)| sent.retry.contains(id));
+        if let Some((_, d, Err(e))) = results.first() {
+            let (topic, partition, offset) = &d.source;
+            error!(pending = results.len(), topic, partition, offset, error = %e, "dead-letter produce failed; retrying");
+        }
+        pending = results.into_iter().map(|(id, d, _)| (id, d)).collect();
+        if !pending.is_empty() && !sleep_or_cancel(backoff.next_delay(), sinks.cancel).await {
+            return Err(Error::ShuttingDown);
         }
     }
     Ok(())

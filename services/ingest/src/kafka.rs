@@ -184,23 +184,29 @@ pub fn set_paused(consumer: &IngestConsumer, paused: bool) -> Result<usize, Erro
     }
 }
 
-/// Creates the dead-letter producer. `acks=all` so a dead letter is durable before its offset is committed.
+/// Creates the dead-letter producer ([`producer_settings`]).
 pub fn producer(config: &Config) -> Result<FutureProducer, Error> {
-    Ok(client_config(
-        config,
-        &[
-            ("acks", "all".into()),
-            // A produce that times out after the broker wrote it is retried without a second copy.
-            ("enable.idempotence", "true".into()),
-            ("linger.ms", "5".into()),
-            ("message.timeout.ms", "30000".into()),
-            // A `too_large` record is by definition big; the producer must accept anything the broker
-            // delivered. Larger than the broker's own limit, the dead letter goes without its value (see
-            // `send_dead_letters`).
-            ("message.max.bytes", DLQ_MAX_MESSAGE_BYTES.to_string()),
-        ],
-    )
-    .create()?)
+    Ok(client_config(config, &producer_settings()).create()?)
+}
+
+/// The dead-letter producer's own settings. `acks=all` so a dead letter is durable before its offset is
+/// committed.
+pub fn producer_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("acks", "all".into()),
+        // A produce that times out after the broker wrote it is retried without a second copy.
+        ("enable.idempotence", "true".into()),
+        ("linger.ms", "5".into()),
+        ("message.timeout.ms", "30000".into()),
+        // A `too_large` record is by definition big; the producer must accept anything the broker
+        // delivered. Larger than the DLQ topic's own limit, the dead letter goes without its value, headers
+        // or key (see `send_dead_letters`).
+        ("message.max.bytes", DLQ_MAX_MESSAGE_BYTES.to_string()),
+        // The topic's limit applies to the compressed batch: a record that arrived compressed within the input
+        // topic's limit usually fits the DLQ topic's whole once compressed again, headers and all. lz4 costs
+        // little CPU, and dead letters are few.
+        ("compression.type", "lz4".into()),
+    ]
 }
 
 /// Detaches a message just returned by `consumer` from the client, stamped with the current revocation
@@ -277,59 +283,99 @@ pub async fn next_batch(
     Ok(batch)
 }
 
-/// Produces dead letters, returning the ones that failed (to be retried) with the last error.
+/// Produces dead letters; each comes back with its result, in order.
+///
+/// A letter the DLQ topic refuses as too large is sent again alone (batched with others, their size may have
+/// been the trouble), then without its value, its own headers and its key in turn ([`DeadLetter::omit_next`])
+/// until it fits or nothing is left to drop. Only the `ces-dlq-*` headers are never dropped.
 pub async fn send_dead_letters(
     producer: &FutureProducer,
     topic: &str,
     dead: Vec<DeadLetter>,
-) -> (Vec<DeadLetter>, Option<Error>) {
-    let sends = dead.iter().map(|d| {
-        let mut headers = OwnedHeaders::new_with_capacity(d.headers.len());
-        for (k, v) in &d.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
-        }
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
-        if let Some(k) = &d.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &d.value {
-            record = record.payload(v.as_slice());
-        }
-        producer.send(record, Timeout::Never)
-    });
-    let results = futures::future::join_all(sends).await;
-    let mut failed = Vec::new();
-    let mut last_error = None;
-    for (mut d, result) in dead.into_iter().zip(results) {
-        match result {
-            Ok(_) => {
-                metrics::counter!(m::DEAD_LETTERED, "reason" => d.reason.as_str()).increment(1)
-            }
-            Err((e, _)) => {
-                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
-                    // Permanent: retrying the same bytes can never succeed. Keep the coordinates and headers so
-                    // the operator can fetch the original from the source topic.
-                    if let Some(v) = d.value.take() {
-                        warn!(
-                            reason = d.reason.as_str(),
-                            bytes = v.len(),
-                            "dead letter too large; value omitted"
-                        );
-                        d.headers.push((
-                            ces_protocol::dlq::VALUE_OMITTED.to_owned(),
-                            Some(v.len().to_string().into_bytes()),
-                        ));
-                    }
-                }
-                last_error = Some(Error::Kafka(e));
-                failed.push(d);
+) -> Vec<(DeadLetter, Result<(), Error>)> {
+    let results = futures::future::join_all(dead.iter().map(|d| send(producer, topic, d))).await;
+    let mut out = Vec::with_capacity(dead.len());
+    for (mut d, mut result) in dead.into_iter().zip(results) {
+        if is_too_large(&result) {
+            result = send(producer, topic, &d).await;
+            while is_too_large(&result) {
+                let Some((part, bytes)) = d.omit_next() else {
+                    break;
+                };
+                let (source_topic, partition, offset) = &d.source;
+                warn!(
+                    topic = source_topic,
+                    partition,
+                    offset,
+                    reason = d.reason.as_str(),
+                    omitted = part.header(),
+                    bytes,
+                    "dead letter too large for the DLQ topic; sending it without a part"
+                );
+                result = send(producer, topic, &d).await;
             }
         }
+        if result.is_ok() {
+            metrics::counter!(m::DEAD_LETTERED, "reason" => d.reason.as_str()).increment(1);
+        }
+        out.push((d, result));
     }
-    (failed, last_error)
+    out
+}
+
+/// Produces one dead letter.
+async fn send(producer: &FutureProducer, topic: &str, d: &DeadLetter) -> Result<(), Error> {
+    let mut headers = OwnedHeaders::new_with_capacity(d.headers.len());
+    for (k, v) in &d.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        });
+    }
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    if let Some(k) = &d.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(v) = &d.value {
+        record = record.payload(v.as_slice());
+    }
+    match producer.send(record, Timeout::Never).await {
+        Ok(_) => Ok(()),
+        Err((e, _)) => Err(Error::Kafka(e)),
+    }
+}
+
+fn is_too_large(result: &Result<(), Error>) -> bool {
+    matches!(result, Err(Error::Kafka(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+}
+
+/// Whether a produce error is Kafka refusing this record for good: sending the same bytes again cannot succeed
+/// (too large for the topic, a record or timestamp the broker deems invalid, a topic policy, no permission to
+/// write the topic). Anything else, unknown errors included, counts as Kafka or the way to it failing for a
+/// while: retried for as long as it lasts, as an outage, never given up.
+pub fn is_refusal(error: &Error) -> bool {
+    use RDKafkaErrorCode as C;
+    let Error::Kafka(e) = error else {
+        return false;
+    };
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+                | C::InvalidTimestamp
+                | C::UnsupportedForMessageFormat
+                | C::PolicyViolation
+                | C::InvalidTopic
+                | C::InvalidRequiredAcks
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::BadMessage
+                | C::InvalidArgument
+        )
+    )
 }
 
 /// Commits `offsets` (next offset per topic-partition). A refused commit is logged and counted, not fatal: the
@@ -347,5 +393,85 @@ pub fn commit(consumer: &IngestConsumer, offsets: &BTreeMap<(String, i32), i64>,
     if let Err(e) = consumer.commit(&tpl, mode) {
         metrics::counter!(m::COMMIT_FAILURES).increment(1);
         warn!(error = %e, "offset commit refused; records will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+
+    use super::*;
+
+    fn produce(code: RDKafkaErrorCode) -> Error {
+        Error::Kafka(KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn kafka_refusing_the_record_is_told_from_kafka_failing() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidMessageSize,
+            C::MessageBatchTooLarge,
+            C::InvalidRecord,
+            C::InvalidTimestamp,
+            C::UnsupportedForMessageFormat,
+            C::PolicyViolation,
+            C::InvalidTopic,
+            C::InvalidRequiredAcks,
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::BadMessage,
+            C::InvalidArgument,
+        ] {
+            assert!(is_refusal(&produce(code)), "{code:?} is a refusal");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::RequestTimedOut,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::UnknownTopicOrPartition,
+            C::UnknownTopic,
+            C::QueueFull,
+            C::Fatal,
+            C::InvalidMessage,
+            C::Unknown,
+        ] {
+            assert!(!is_refusal(&produce(code)), "{code:?} is an outage");
+        }
+        assert!(!is_refusal(&Error::Kafka(KafkaError::Canceled)));
+        assert!(!is_refusal(&Error::ShuttingDown));
+    }
+
+    #[test]
+    fn dead_letters_are_durable_idempotent_and_compressed() {
+        let settings = producer_settings();
+        let get = |k: &str| {
+            settings
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("acks"), Some("all"));
+        assert_eq!(get("enable.idempotence"), Some("true"));
+        assert_eq!(get("compression.type"), Some("lz4"));
+        assert_eq!(get("message.max.bytes"), Some("67108864"));
+    }
+
+    #[test]
+    fn only_a_size_refusal_makes_a_letter_shed_parts() {
+        assert!(is_too_large(&Err(produce(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        ))));
+        assert!(!is_too_large(&Err(produce(
+            RDKafkaErrorCode::InvalidRecord
+        ))));
+        assert!(!is_too_large(&Err(Error::ShuttingDown)));
+        assert!(!is_too_large(&Ok(())));
     }
 }

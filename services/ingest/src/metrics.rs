@@ -24,6 +24,9 @@ pub const BREAKER_TRANSITIONS: &str = "ces_ingest_breaker_transitions_total";
 pub const PAUSED_PARTITIONS: &str = "ces_ingest_paused_partitions";
 /// Records held in memory: the batch in progress plus the records read ahead of it.
 pub const PENDING_RECORDS: &str = "ces_ingest_pending_records";
+/// Records whose dead letter Kafka refused `CES_MAX_ATTEMPTS` times (too large even without value, headers and key;
+/// invalid; not permitted), labelled by `reason`: skipped, neither delivered nor in the DLQ.
+pub const DEAD_LETTERS_SKIPPED: &str = "ces_ingest_dead_letters_skipped_total";
 /// Events given up after repeated event-specific Redis failures (then dead-lettered as `processing_failed`).
 pub const GIVEN_UP: &str = "ces_ingest_given_up_total";
 /// Schema directory reloads, labelled by `result` (`ok` or `error`).

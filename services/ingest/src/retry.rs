@@ -7,7 +7,10 @@
 //!   its session (the ones that already ran come back as duplicates). An outage is retried for as long as it
 //!   lasts; an event Redis rejects for a reason of its own ([`publisher::is_event_error`]) is retried up to
 //!   `max_attempts` times, then given up so it can be dead-lettered and the rest of the batch goes on.
-//! - [`DeadLettering`]: how many of a batch's dead letters Kafka acknowledged.
+//! - [`DeadLettering`]: a batch's dead letters against Kafka. A failure of Kafka or of the way to it is retried for
+//!   as long as it lasts; a letter Kafka refuses for good (too large even without its value, headers and key;
+//!   an invalid record; no permission) is sent again up to `max_attempts` times, then skipped, so one record can
+//!   never hold up its partition for good.
 //! - [`Settlement`]: both together, and the batch's offsets, handed out only once Redis answered every event and
 //!   Kafka acknowledged every dead letter (given-up events included).
 
@@ -200,36 +203,108 @@ impl Publishing {
     }
 }
 
-/// What happens after a produce of dead letters.
+/// How Kafka answered one dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// Kafka acknowledged every one: the breaker records a success.
+pub enum Delivery {
+    /// Written and acknowledged (`acks=all`).
     Acknowledged,
-    /// Some failed: the breaker records a failure, and the failed ones are sent again after a backoff delay,
-    /// for as long as it takes.
-    Retry,
+    /// Kafka, or the way to it, failed (a broker down, a timeout): an outage, sent again for as long as it lasts.
+    Failed,
+    /// Kafka answered that it will not take this record ([`crate::kafka::is_refusal`]); sending the same bytes
+    /// again cannot succeed.
+    Refused,
 }
 
-/// How many dead letters of one batch Kafka acknowledged.
-#[derive(Debug, Default)]
+/// A dead letter Kafka refused as often as allowed: given up, neither delivered nor dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// The letter's id ([`DeadLettering::admit`]).
+    pub letter: usize,
+    /// Times Kafka refused it.
+    pub attempts: u32,
+}
+
+/// What happens after a produce of dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The letters to send again after the next backoff delay, in the order given.
+    pub retry: Vec<usize>,
+    /// The letters given up now: never sent again, and the batch commits past them.
+    pub skipped: Vec<Skipped>,
+    /// Whether Kafka answered every letter, acknowledging or refusing it: the breaker records a success, else a
+    /// failure. A refusal comes from a working Kafka, so it must not trip the breaker.
+    pub kafka_answered: bool,
+}
+
+/// The dead letters of one batch on their way to Kafka.
+#[derive(Debug)]
 pub struct DeadLettering {
+    admitted: usize,
     acknowledged: usize,
+    skipped: usize,
+    max_attempts: u32,
+    refusals: HashMap<usize, u32>,
 }
 
 impl DeadLettering {
-    /// Takes the result of producing `attempted` dead letters of which `failed` were not acknowledged.
-    pub fn on_sent(&mut self, attempted: usize, failed: usize) -> Sent {
-        self.acknowledged += attempted.saturating_sub(failed);
-        if failed == 0 {
-            Sent::Acknowledged
-        } else {
-            Sent::Retry
+    /// No letters yet; each is refused at most `max_attempts` times before it is skipped.
+    pub fn new(max_attempts: u32) -> Self {
+        Self {
+            admitted: 0,
+            acknowledged: 0,
+            skipped: 0,
+            max_attempts,
+            refusals: HashMap::new(),
         }
+    }
+
+    /// Ids for `letters` more dead letters, unique within the batch.
+    pub fn admit(&mut self, letters: usize) -> Range<usize> {
+        let ids = self.admitted..self.admitted + letters;
+        self.admitted = ids.end;
+        ids
+    }
+
+    /// Takes how Kafka answered each letter sent (by id); says which to send again and which to give up.
+    pub fn on_sent(&mut self, results: impl IntoIterator<Item = (usize, Delivery)>) -> Sent {
+        let mut sent = Sent {
+            retry: Vec::new(),
+            skipped: Vec::new(),
+            kafka_answered: true,
+        };
+        for (letter, delivery) in results {
+            match delivery {
+                Delivery::Acknowledged => self.acknowledged += 1,
+                Delivery::Failed => {
+                    sent.kafka_answered = false;
+                    sent.retry.push(letter);
+                }
+                Delivery::Refused => {
+                    let refusals = self.refusals.entry(letter).or_insert(0);
+                    *refusals += 1;
+                    if *refusals >= self.max_attempts {
+                        self.skipped += 1;
+                        sent.skipped.push(Skipped {
+                            letter,
+                            attempts: *refusals,
+                        });
+                    } else {
+                        sent.retry.push(letter);
+                    }
+                }
+            }
+        }
+        sent
     }
 
     /// Dead letters Kafka acknowledged so far.
     pub fn acknowledged(&self) -> usize {
         self.acknowledged
+    }
+
+    /// Dead letters settled so far: acknowledged or skipped.
+    pub fn settled(&self) -> usize {
+        self.acknowledged + self.skipped
     }
 }
 
@@ -244,13 +319,14 @@ pub struct Settlement {
 
 impl Settlement {
     /// A batch with `events` events to publish and `letters` records to dead-letter, whose offsets are
-    /// `commit` (next offset per partition).
+    /// `commit` (next offset per partition); `max_attempts` bounds both an event's rejections by Redis and a
+    /// dead letter's refusals by Kafka.
     pub fn new(commit: Offsets, events: usize, letters: usize, max_attempts: u32) -> Self {
         Self {
             commit,
             letters,
             publishing: Publishing::new(events, max_attempts),
-            dead_letters: DeadLettering::default(),
+            dead_letters: DeadLettering::new(max_attempts),
         }
     }
 
@@ -264,13 +340,12 @@ impl Settlement {
         self.publishing.given_up()
     }
 
-    /// The batch's offsets, once Redis acknowledged or gave up every event and Kafka acknowledged every dead
-    /// letter, the given-up events' included; `None` before that (shutdown interrupted a retry, or a crash):
-    /// such a batch is redelivered.
+    /// The batch's offsets, once Redis acknowledged or gave up every event and Kafka acknowledged (or refused
+    /// for good) every dead letter, the given-up events' included; `None` before that (shutdown interrupted a
+    /// retry, or a crash): such a batch is redelivered.
     pub fn into_commit(self) -> Option<Offsets> {
         let letters = self.letters + self.publishing.given_up().len();
-        (self.publishing.is_done() && self.dead_letters.acknowledged() == letters)
-            .then_some(self.commit)
+        (self.publishing.is_done() && self.dead_letters.settled() == letters).then_some(self.commit)
     }
 }
 
@@ -481,15 +556,99 @@ mod tests {
         assert_eq!(given, [(0, 2), (1, 2)]);
     }
 
+    /// Sends letters `ids` and answers each with `delivery`.
+    fn answer(d: &mut DeadLettering, answers: &[(usize, Delivery)]) -> Sent {
+        d.on_sent(answers.iter().copied())
+    }
+
     #[test]
     fn dead_letters_are_retried_until_kafka_acknowledges_every_one() {
-        let mut d = DeadLettering::default();
-        assert_eq!(d.on_sent(3, 3), Sent::Retry);
+        use Delivery::{Acknowledged as Ack, Failed};
+        let mut d = DeadLettering::new(2);
+        assert_eq!(d.admit(3), 0..3);
+        let sent = answer(&mut d, &[(0, Failed), (1, Failed), (2, Failed)]);
+        assert_eq!(sent.retry, [0, 1, 2]);
+        assert!(!sent.kafka_answered, "an outage trips the breaker");
         assert_eq!(d.acknowledged(), 0);
-        assert_eq!(d.on_sent(3, 1), Sent::Retry);
-        assert_eq!(d.acknowledged(), 2);
-        assert_eq!(d.on_sent(1, 0), Sent::Acknowledged);
-        assert_eq!(d.acknowledged(), 3);
+        for _ in 0..10 {
+            let sent = answer(&mut d, &[(0, Ack), (1, Failed), (2, Ack)]);
+            assert_eq!(
+                (sent.retry.as_slice(), sent.skipped.as_slice()),
+                (&[1][..], &[][..])
+            );
+        }
+        assert_eq!(d.acknowledged(), 20, "an outage never gives a letter up");
+        let sent = answer(&mut d, &[(1, Ack)]);
+        assert!(sent.retry.is_empty() && sent.skipped.is_empty() && sent.kafka_answered);
+        assert_eq!((d.acknowledged(), d.settled()), (21, 21));
+        assert_eq!(d.admit(2), 3..5, "ids stay unique across calls");
+        assert_eq!(d.admit(0), 5..5);
+    }
+
+    #[test]
+    fn a_letter_kafka_refuses_is_sent_again_then_skipped_without_tripping_the_breaker() {
+        use Delivery::{Acknowledged as Ack, Failed, Refused};
+        let mut d = DeadLettering::new(3);
+        d.admit(3);
+        let sent = answer(&mut d, &[(0, Ack), (1, Refused), (2, Ack)]);
+        assert_eq!(sent.retry, [1]);
+        assert!(sent.skipped.is_empty());
+        assert!(
+            sent.kafka_answered,
+            "kafka answered: the breaker stays closed"
+        );
+        // An outage in between does not count as a refusal.
+        let sent = answer(&mut d, &[(1, Failed)]);
+        assert_eq!(
+            (sent.retry.as_slice(), sent.kafka_answered),
+            (&[1][..], false)
+        );
+        assert_eq!(answer(&mut d, &[(1, Refused)]).retry, [1]);
+        assert_eq!(d.settled(), 2);
+        let sent = answer(&mut d, &[(1, Refused)]);
+        assert!(sent.retry.is_empty());
+        assert_eq!(
+            sent.skipped,
+            [Skipped {
+                letter: 1,
+                attempts: 3
+            }]
+        );
+        assert!(sent.kafka_answered);
+        assert_eq!((d.acknowledged(), d.settled()), (2, 3));
+    }
+
+    #[test]
+    fn refusals_are_counted_per_letter() {
+        use Delivery::Refused;
+        let mut d = DeadLettering::new(2);
+        d.admit(2);
+        assert_eq!(answer(&mut d, &[(0, Refused)]).retry, [0]);
+        let sent = answer(&mut d, &[(0, Refused), (1, Refused)]);
+        assert_eq!(
+            sent.skipped,
+            [Skipped {
+                letter: 0,
+                attempts: 2
+            }]
+        );
+        assert_eq!(sent.retry, [1]);
+        let sent = answer(&mut d, &[(1, Refused)]);
+        assert_eq!(
+            sent.skipped,
+            [Skipped {
+                letter: 1,
+                attempts: 2
+            }]
+        );
+        assert_eq!(d.settled(), 2);
+        let mut once = DeadLettering::new(1);
+        once.admit(1);
+        assert_eq!(
+            answer(&mut once, &[(0, Refused)]).skipped.len(),
+            1,
+            "one attempt allowed"
+        );
     }
 
     #[test]
@@ -498,7 +657,12 @@ mod tests {
         let mut s = Settlement::new(commit.clone(), 0, 2, 5);
         let (p, d) = s.parts();
         assert!(p.is_done());
-        assert_eq!(d.on_sent(2, 0), Sent::Acknowledged);
+        d.admit(2);
+        let sent = answer(
+            d,
+            &[(0, Delivery::Acknowledged), (1, Delivery::Acknowledged)],
+        );
+        assert!(sent.retry.is_empty() && sent.kafka_answered);
         let settled = s.into_commit().expect("settled");
         assert_eq!(settled, commit);
         let t0 = std::time::Instant::now();
@@ -525,7 +689,9 @@ mod tests {
                 kind(&p.on_results(vec![ok(1)]).verdict),
                 ("acknowledged", None, None)
             );
-            assert_eq!(d.on_sent(2, 2), Sent::Retry);
+            d.admit(2);
+            let sent = answer(d, &[(0, Delivery::Failed), (1, Delivery::Failed)]);
+            assert_eq!(sent.retry, [0, 1]);
             s
         };
         assert_eq!(
@@ -533,12 +699,17 @@ mod tests {
             None,
             "events delivered, dead letters not"
         );
+        let half = [(0, Delivery::Acknowledged), (1, Delivery::Failed)];
         let mut s = build();
-        assert_eq!(s.parts().1.on_sent(2, 1), Sent::Retry);
+        assert_eq!(answer(s.parts().1, &half).retry, [1]);
         let mut again = build();
-        again.parts().1.on_sent(2, 1);
+        answer(again.parts().1, &half);
         assert_eq!(again.into_commit(), None, "one of two acknowledged");
-        assert_eq!(s.parts().1.on_sent(1, 0), Sent::Acknowledged);
+        assert!(
+            answer(s.parts().1, &[(1, Delivery::Acknowledged)])
+                .retry
+                .is_empty()
+        );
         assert_eq!(s.into_commit(), Some(commit));
     }
 
@@ -570,16 +741,47 @@ mod tests {
             .on_results(vec![ok(1), Err(wrongtype()), ok(2)]);
         waiting.parts().0.on_results(vec![dup()]);
         assert_eq!(waiting.into_commit(), None, "its dead letter is owed");
-        assert_eq!(s.parts().1.on_sent(1, 0), Sent::Acknowledged);
+        let ids = s.parts().1.admit(1);
+        assert!(
+            answer(s.parts().1, &[(ids.start, Delivery::Acknowledged)])
+                .retry
+                .is_empty()
+        );
         assert_eq!(s.into_commit(), Some(commit));
     }
 
     #[test]
     fn a_batch_with_events_left_is_not_committed_even_with_its_dead_letters_acknowledged() {
         let mut s = Settlement::new(offsets(&[("t", 0, 9)]), 2, 1, 5);
-        s.parts().1.on_sent(1, 0);
+        s.parts().1.admit(1);
+        answer(s.parts().1, &[(0, Delivery::Acknowledged)]);
         let a = s.parts().0.on_results(vec![ok(1), Err(wrongtype())]);
         assert_eq!(kind(&a.verdict), ("rejected", Some(1), Some(1)));
         assert_eq!(s.into_commit(), None);
+    }
+
+    #[test]
+    fn a_skipped_dead_letter_lets_the_batch_commit() {
+        let commit = offsets(&[("t", 0, 4)]);
+        let mut s = Settlement::new(commit.clone(), 0, 2, 2);
+        let d = s.parts().1;
+        d.admit(2);
+        answer(d, &[(0, Delivery::Acknowledged), (1, Delivery::Refused)]);
+        let mut held = Settlement::new(commit.clone(), 0, 2, 2);
+        held.parts().1.admit(2);
+        answer(
+            held.parts().1,
+            &[(0, Delivery::Acknowledged), (1, Delivery::Refused)],
+        );
+        assert_eq!(held.into_commit(), None, "refused once, to be sent again");
+        let sent = answer(s.parts().1, &[(1, Delivery::Refused)]);
+        assert_eq!(
+            sent.skipped,
+            [Skipped {
+                letter: 1,
+                attempts: 2
+            }]
+        );
+        assert_eq!(s.into_commit(), Some(commit), "never an endless stall");
     }
 }
