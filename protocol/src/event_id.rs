@@ -464,7 +464,10 @@ mod tests {
             assert_eq!(canonical_json(&text), None, "{text}");
             assert_eq!(reference::canonical_json(&text), None, "{text}");
         }
-        assert_eq!(canonical_json(r#"{"a":1.5e+3,"a":2}"#).unwrap(), r#"{"a":2}"#);
+        assert_eq!(
+            canonical_json(r#"{"a":1.5e+3,"a":2}"#).unwrap(),
+            r#"{"a":2}"#
+        );
     }
 
     #[test]
