@@ -121,10 +121,18 @@ impl DeadLetter {
 
     /// What `cesctl dlq replay` would do with this dead letter, given `--max-replays`.
     pub(crate) fn plan_replay(&self, max_replays: u32) -> Result<Replay, String> {
-        if let Some(size) = self.header(dlq::VALUE_OMITTED) {
+        // A letter that went without part of its record (value, headers or key) cannot be replayed as it was:
+        // without its headers a protobuf event would be read as JSON, without its key it would change partition.
+        if let Some((name, size)) = dlq::OMITTED
+            .iter()
+            .find_map(|name| Some((*name, self.header(name)?)))
+        {
+            let part = name
+                .trim_start_matches("ces-dlq-")
+                .trim_end_matches("-omitted");
             let source = self.source();
             return Err(format!(
-                "value omitted from the DLQ ({size} bytes); the original is at {source}"
+                "{part} omitted from the DLQ ({size} bytes); the original is at {source}"
             ));
         }
         let count = self.replay_count()?;
@@ -508,6 +516,16 @@ mod tests {
         assert_eq!(
             omitted.plan_replay(3).unwrap_err(),
             "value omitted from the DLQ (300000 bytes); the original is at ces.events 3:41"
+        );
+        let headerless = dead(&[(dlq::HEADERS_OMITTED, "921645")]);
+        assert_eq!(
+            headerless.plan_replay(3).unwrap_err(),
+            "headers omitted from the DLQ (921645 bytes); the original is at ces.events 3:41"
+        );
+        let keyless = dead(&[(dlq::KEY_OMITTED, "1048400")]);
+        assert_eq!(
+            keyless.plan_replay(3).unwrap_err(),
+            "key omitted from the DLQ (1048400 bytes); the original is at ces.events 3:41"
         );
         let garbled = dead(&[(dlq::REPLAY_COUNT, "x")]);
         assert_eq!(
