@@ -26,6 +26,11 @@ pub fn derive(producer_id: Option<&str>, session_id: &str, event_type: &str, dat
         return id.to_owned();
     }
     let canonical = canonical_json(data).unwrap_or_else(|| data.to_owned());
+    hash_fields(session_id, event_type, &canonical)
+}
+
+/// `ev_` and the first 128 bits of SHA-256 over the domain and the length-prefixed fields.
+fn hash_fields(session_id: &str, event_type: &str, canonical: &str) -> String {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     for field in [
@@ -583,13 +588,11 @@ mod tests {
     /// kept as the reference the new one must match.
     mod reference {
         use std::collections::BTreeMap;
-        use std::fmt::Write as _;
 
         use serde_json::Value;
         use serde_json::value::RawValue;
-        use sha2::{Digest, Sha256};
 
-        use super::super::{DOMAIN, significant_digits};
+        use super::super::significant_digits;
 
         pub(super) fn derive(
             producer_id: Option<&str>,
@@ -601,22 +604,7 @@ mod tests {
                 return id.to_owned();
             }
             let canonical = canonical_json(data).unwrap_or_else(|| data.to_owned());
-            let mut h = Sha256::new();
-            h.update(DOMAIN);
-            for field in [
-                session_id.as_bytes(),
-                event_type.as_bytes(),
-                canonical.as_bytes(),
-            ] {
-                h.update((field.len() as u64).to_be_bytes());
-                h.update(field);
-            }
-            let digest = h.finalize();
-            let mut out = String::from("ev_");
-            for b in &digest[..16] {
-                let _ = write!(out, "{b:02x}");
-            }
-            out
+            super::super::hash_fields(session_id, event_type, &canonical)
         }
 
         pub(super) fn canonical_json(text: &str) -> Option<String> {
