@@ -74,6 +74,8 @@ pub async fn serve(
     let tls = serving.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(serving.max_connections));
     let shares = ConnectionShares::new(serving.max_connections_per_ip);
+    // Shared by every connection's task: one allocation for the node, none per connection.
+    let serving = Arc::new(serving);
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
