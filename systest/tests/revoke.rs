@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use ces_protocol::keys::SessionId;
 use ces_systest::Redis;
-use ces_systest::client::{Ending, Registered, WsClient, handshake_status, register, ws_url};
+use ces_systest::client::{Ending, Registered, handshake_status, register, ws_url};
 use fred::interfaces::{ClientLike as _, HashesInterface as _, KeysInterface as _};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
+
+use common::connect;
 
 /// Runs the `cesctl` binary with `args`, only `env` of the `CES_*` variables, and `stdin` on its standard input.
 async fn cesctl(args: &[&str], env: &[(&str, &str)], stdin: &str) -> anyhow::Result<Output> {
@@ -39,16 +41,6 @@ async fn cesctl(args: &[&str], env: &[(&str, &str)], stdin: &str) -> anyhow::Res
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-async fn connect(url: &str) -> anyhow::Result<(WsClient, Value)> {
-    let mut ws = WsClient::connect(url).await?;
-    let welcome = ws
-        .next_json(Duration::from_secs(5))
-        .await?
-        .expect("welcome");
-    assert_eq!(welcome["type"], "welcome");
-    Ok((ws, welcome))
 }
 
 /// `POST /v1/sessions/{id}/refresh` at `edge` with the session's token: status and JSON body.

@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use ces_systest::client::{WsClient, register, resume_url, ws_url};
+use ces_systest::client::{register, resume_url, ws_url};
 use ces_systest::kafka::{self, Record};
 use ces_systest::unique;
-use common::{Stack, event_json};
+use common::{Stack, connect, event_json};
 use fred::interfaces::{ClientLike, HashesInterface};
 use serde_json::{Value, json};
 
@@ -55,17 +55,6 @@ async fn wait_for_seq(redis_url: &str, session: &str, seq: u64) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("seq {seq} of {session} not reached")
-}
-
-/// Connects and returns the client with its welcome frame.
-async fn connect(url: &str) -> anyhow::Result<(WsClient, Value)> {
-    let mut ws = WsClient::connect(url).await?;
-    let welcome = ws
-        .next_json(Duration::from_secs(5))
-        .await?
-        .expect("welcome");
-    assert_eq!(welcome["type"], "welcome");
-    Ok((ws, welcome))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,12 @@
 //! a cap on live sessions that a refresh extends and a delete frees.
 
 use std::process::Command;
-use std::time::Duration;
 
 use ces_systest::client::register;
 
 mod common;
 
-use common::start;
+use common::{refresh, start};
 
 #[test]
 fn a_node_with_no_registration_configured_refuses_to_start() {
@@ -89,14 +88,7 @@ async fn the_live_session_cap_frees_a_place_on_delete() -> anyhow::Result<()> {
     assert_eq!(body["error"], "at_capacity");
 
     // A refresh keeps its place (and takes no new one).
-    let refreshed = http
-        .post(format!(
-            "{}/v1/sessions/{}/refresh",
-            edge.base, first.session_id
-        ))
-        .bearer_auth(&first.token)
-        .send()
-        .await?;
+    let refreshed = refresh(&edge.base, &first.session_id, &first.token).await?;
     assert_eq!(refreshed.status().as_u16(), 200);
     let still_full = http
         .post(format!("{}/v1/sessions", edge.base))
@@ -111,16 +103,8 @@ async fn the_live_session_cap_frees_a_place_on_delete() -> anyhow::Result<()> {
     let third = register(&http, &edge.base).await?;
     assert_ne!(third.session_id, first.session_id);
     // A deleted session does not take its place back by refreshing.
-    let again = http
-        .post(format!(
-            "{}/v1/sessions/{}/refresh",
-            edge.base, first.session_id
-        ))
-        .bearer_auth(&first.token)
-        .send()
-        .await?;
+    let again = refresh(&edge.base, &first.session_id, &first.token).await?;
     assert_eq!(again.status().as_u16(), 401);
-    tokio::time::sleep(Duration::from_millis(10)).await;
     let full_again = http
         .post(format!("{}/v1/sessions", edge.base))
         .send()
@@ -136,10 +120,9 @@ async fn refresh_stops_at_the_session_lifetime_and_at_a_missing_record() -> anyh
     let redis = ces_runtime::redis::builder(&edge.redis.url())?.build()?;
     fred::interfaces::ClientLike::init(&redis).await?;
     let refresh = |session: String, token: String| {
-        let http = http.clone();
-        let url = format!("{}/v1/sessions/{session}/refresh", edge.base);
+        let base = edge.base.clone();
         async move {
-            let response = http.post(url).bearer_auth(token).send().await?;
+            let response = refresh(&base, &session, &token).await?;
             let status = response.status().as_u16();
             let body: serde_json::Value = response.json().await?;
             anyhow::Ok((status, body))

@@ -9,7 +9,7 @@ use ces_systest::client::{Ending, WsClient, handshake_status, register, ws_url};
 
 mod common;
 
-use common::{Edge, SECRET, start};
+use common::{Edge, SECRET, refresh, start};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -343,14 +343,6 @@ async fn registration_stops_at_the_session_cap() -> anyhow::Result<()> {
 
 fn keys(spec: &[(&str, &str)]) -> TokenKeys {
     TokenKeys::new(spec.iter().map(|(k, s)| (*k, s.as_bytes()))).unwrap()
-}
-
-async fn refresh(base: &str, session: &str, token: &str) -> anyhow::Result<reqwest::Response> {
-    Ok(reqwest::Client::new()
-        .post(format!("{base}/v1/sessions/{session}/refresh"))
-        .bearer_auth(token)
-        .send()
-        .await?)
 }
 
 const OLD_SECRET: &str = "old-secret-old-secret-old-secret-0000";

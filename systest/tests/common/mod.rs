@@ -467,3 +467,16 @@ fn close_code(error: &str) -> Option<u16> {
     .find(|(_, name)| error.contains(&format!("code: {name}")))
     .map(|(code, _)| code.into())
 }
+
+/// Connects a WebSocket and returns it with its welcome frame.
+pub async fn connect(
+    url: &str,
+) -> anyhow::Result<(ces_systest::client::WsClient, serde_json::Value)> {
+    let mut ws = ces_systest::client::WsClient::connect(url).await?;
+    let welcome = ws
+        .next_json(std::time::Duration::from_secs(5))
+        .await?
+        .expect("welcome");
+    assert_eq!(welcome["type"], "welcome");
+    Ok((ws, welcome))
+}

@@ -72,3 +72,12 @@ pub async fn start_with(
         _stop: stop,
     })
 }
+
+/// `POST /v1/sessions/{session}/refresh` at `base` with `token`.
+pub async fn refresh(base: &str, session: &str, token: &str) -> anyhow::Result<reqwest::Response> {
+    Ok(reqwest::Client::new()
+        .post(format!("{base}/v1/sessions/{session}/refresh"))
+        .bearer_auth(token)
+        .send()
+        .await?)
+}
