@@ -261,8 +261,23 @@ redis.register_function('ces_resume', function(keys, args)
     redis.call('PEXPIRE', meta, ttl)
   end
   local out = { epoch, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '' }
-  for _, entry in ipairs(redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')) do
-    out[#out + 1] = entry[2][2]
+  -- One page: at most args[6] events and args[7] bytes of envelopes, but always the first event, so each read
+  -- makes progress. The caller reads on after the page's last event (without args[6], the whole buffer).
+  local range
+  if args[6] then
+    range = redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+', 'COUNT', args[6])
+  else
+    range = redis.call('XRANGE', buf, '(' .. args[1] .. '-0', '+')
+  end
+  local budget = tonumber(args[7] or '0')
+  local bytes = 0
+  for i, entry in ipairs(range) do
+    local env = entry[2][2]
+    bytes = bytes + #env
+    if budget > 0 and i > 1 and bytes > budget then
+      break
+    end
+    out[#out + 1] = env
   end
   return out
 end)

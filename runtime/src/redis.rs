@@ -96,9 +96,11 @@ where
 ///   upkeep (trimming the buffer by age, forgetting ids past the window, refreshing TTLs) runs at most every
 ///   `min(1 s, smallest limit / 4)` per session, with TTLs that much longer than the limits: six commands per
 ///   event instead of thirteen. The highest evicted `seq` and why are remembered either way.
-/// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms, durable)`: returns `[epoch, last_seq,
-///   evicted_upto, evicted_reason, envelope...]` for every buffered event after `after_seq`, creating the epoch
-///   if the session has none yet.
+/// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms, durable, unpublished_ttl_ms,
+///   page_events, page_bytes)`: returns `[epoch, last_seq, evicted_upto, evicted_reason, envelope...]` for one
+///   page of the buffered events after `after_seq` (at most `page_events` events and `page_bytes` bytes, at
+///   least one event), creating the epoch if the session has none yet. A page whose last event is below
+///   `last_seq` was cut short; the caller reads on after it.
 ///
 /// An epoch belongs to the Redis process that started it (its `run_id`, stored as `run` in the session's meta):
 /// the first call after a restart, a restore from a snapshot or a replica's promotion finds another process's

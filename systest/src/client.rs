@@ -82,6 +82,30 @@ impl WsClient {
         Ok(Self { stream })
     }
 
+    /// Connects to a `ws://` URL with a receive buffer of `bytes` (no autotuning), so the client's kernel holds
+    /// little of what the server writes and a slow reader slows the server's writes down.
+    pub async fn connect_with_receive_buffer(url: &str, bytes: u32) -> anyhow::Result<Self> {
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .context("a ws:// URL")?;
+        let addr = tokio::net::lookup_host(authority)
+            .await?
+            .next()
+            .context("no address")?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_recv_buffer_size(bytes)?;
+        let tcp = socket.connect(addr).await?;
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        Ok(Self { stream })
+    }
+
     /// Connects to a `wss://` URL through `connector` (e.g. one that trusts a test CA).
     pub async fn connect_tls(
         url: &str,

@@ -243,10 +243,12 @@ pub async fn websocket(
             durable_restarts: state.config.common.redis_durable_restarts,
             unpublished_ttl: state.config.session_ttl,
         },
+        page: crate::resume::Page::REPLAY,
         session_ttl: state.config.session_ttl,
         session: verified.session_id,
         node_id: state.config.node_id.clone(),
         ping_interval: state.config.ping_interval,
+        write_timeout: state.config.ws_write_timeout,
         max_missed_pongs: state.config.max_missed_pongs,
         drain_delay: state.config.drain_delay,
         drain_window: state.config.drain_window,
@@ -265,8 +267,8 @@ pub async fn websocket(
         // length anyway, so 1 KiB is enough. A 16 KiB write threshold coalesces frames; the 1 MiB write cap
         // bounds what one stuck socket can hold.
         .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
+        .write_buffer_size(ces_protocol::frame::EDGE_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(ces_protocol::frame::EDGE_MAX_WRITE_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
         // The task that serves the socket lives as long as the connection, so its size is a per-connection cost.

@@ -21,6 +21,9 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Interval between WebSocket pings.
     pub ping_interval: Duration,
+    /// Longest one socket write (a batch of live events, a page of a replay) may take before the peer is
+    /// considered gone.
+    pub ws_write_timeout: Duration,
     /// Pings in a row without any frame from the client before the socket is closed.
     pub max_missed_pongs: u32,
     /// Frames queued per connection before it counts as a slow consumer and is closed with 4008.
@@ -100,6 +103,7 @@ impl Config {
         let key_spec = v.optional("CES_TOKEN_KEYS");
         let token_ttl = Duration::from_secs(v.bounded("CES_TOKEN_TTL_SECS", 900, 10, 7 * 86_400));
         let ping_interval = v.millis("CES_WS_PING_INTERVAL_MS", 30_000, 100, 600_000);
+        let ws_write_timeout = v.millis("CES_WS_WRITE_TIMEOUT_MS", 10_000, 100, 600_000);
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
         let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
         let queue_bytes = v.bounded("CES_WS_QUEUE_BYTES", 4 << 20, 1024, 1 << 30) as usize;
@@ -227,6 +231,7 @@ impl Config {
             token_keys: token_keys.expect("a key error fails `finish` above"),
             token_ttl,
             ping_interval,
+            ws_write_timeout,
             max_missed_pongs,
             queue_capacity,
             queue_bytes,
@@ -405,6 +410,7 @@ mod tests {
     fn defaults() {
         let c = Config::from_source(&src(&[("CES_TOKEN_SECRET", &"k".repeat(32))])).unwrap();
         assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.ws_write_timeout, Duration::from_secs(10));
         assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.admission_wait, Duration::from_secs(5));
         assert_eq!(c.max_session_lifetime, Duration::from_secs(86_400));

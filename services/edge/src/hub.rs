@@ -430,12 +430,9 @@ fn handle_control(hub: &Hub, value: &Value) {
 fn frame_of(payload: Bytes) -> Option<Live> {
     use ces_runtime::telemetry::{hop, observe_hop, seconds_between};
     let received = std::time::Instant::now();
-    use ces_runtime::otel::{self, EventSpan, KeyValue, SpanKind};
+    use ces_runtime::otel::{EventSpan, KeyValue, SpanKind};
     let env = ces_protocol::envelope::decode_bytes(payload).ok()?;
-    let trace_id = otel::enabled()
-        .then(|| otel::trace_id_of(&env.traceparent))
-        .flatten();
-    let frame = ces_protocol::frame::event_frame_traced(&env, trace_id)?;
+    let frame = crate::resume::frame_of(&env);
     let span = EventSpan::start(
         "ces.deliver",
         SpanKind::Producer,
@@ -457,7 +454,7 @@ fn frame_of(payload: Bytes) -> Option<Live> {
     Some(Live {
         seq: env.seq,
         epoch: Arc::from(env.epoch.as_str()),
-        frame: Utf8Bytes::from(frame),
+        frame,
         resync: false,
         received,
         produced_at_ms: env.produced_at_ms,

@@ -49,3 +49,12 @@ pub const REDIS_USED_MEMORY: &str = "ces_redis_used_memory_bytes";
 pub const REDIS_MAX_MEMORY: &str = "ces_redis_maxmemory_bytes";
 /// Registrations refused for a missing or bad credential, labelled by `reason`.
 pub const REGISTRATIONS_REFUSED: &str = "ces_edge_registrations_refused_total";
+/// Counter: buffered events whose frame an edge can never send (larger than the write buffer's cap, or data not
+/// UTF-8), each replaced by a `resumed ok:false` notice naming its `seq` (`reason: too_large`).
+pub const UNSENDABLE: &str = "ces_edge_unsendable_events_total";
+/// Gauge: bytes of live events queued for this node's sockets, all together (bounded by
+/// `CES_EDGE_QUEUE_BUDGET_BYTES`).
+pub const QUEUED_BYTES: &str = "ces_edge_queued_bytes";
+/// Counter: sockets closed with 4008 because the node's queues together passed their budget (the largest queue
+/// goes first).
+pub const BUDGET_CLOSES: &str = "ces_edge_queue_budget_closes_total";

@@ -5,12 +5,16 @@
 //! what to answer (`resumed ok:true`, or `ok:false` with the exact lost range and why), what to replay, and the
 //! position the socket is at afterwards. The same two steps heal a gap found while live (a Pub/Sub message lost
 //! during a reconnect) and an epoch change under a live socket (Redis lost its data).
+//!
+//! A read returns at most one [`Page`] of events: a replay of a long buffer (up to `CES_BUFFER_MAX_EVENTS` events
+//! of up to 1 MiB each) is read and written page by page, each page under its own write deadline, so neither the
+//! edge's memory nor a client on a slow link has to take the whole buffer at once.
 
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use ces_protocol::envelope::{self, Envelope};
-use ces_protocol::frame::{Lost, ServerFrame};
+use ces_protocol::frame::{Lost, MAX_EVENT_FRAME_BYTES, ServerFrame};
 use ces_protocol::keys::SessionKeys;
 use ces_runtime::redis::RESUME_FUNCTION;
 use fred::clients::Client;
@@ -27,6 +31,26 @@ pub mod reason {
     pub const EXPIRED: &str = "expired";
     /// The buffer was lost (Redis flushed or restarted without persistence, state expired): numbering restarted.
     pub const EPOCH_CHANGED: &str = "epoch_changed";
+    /// The event's frame is larger than an edge can send (or its data is not UTF-8): it can never be delivered.
+    pub const TOO_LARGE: &str = "too_large";
+}
+
+/// The most one read of the buffer returns: `events` events, and no more than `bytes` bytes of envelopes unless a
+/// single event is larger (one event always comes, so a read always makes progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Most events.
+    pub events: usize,
+    /// Most bytes of envelopes.
+    pub bytes: usize,
+}
+
+impl Page {
+    /// The pages replays are read in: what a client on a 1 Mbit/s link takes within the 10 s write deadline.
+    pub const REPLAY: Self = Self {
+        events: 256,
+        bytes: 1 << 20,
+    };
 }
 
 /// Where a client says it is.
@@ -51,8 +75,10 @@ pub struct Snapshot {
     pub evicted_reason: String,
     /// The `seq` the read started after.
     pub after: u64,
-    /// Buffered events after `after`, in order.
+    /// Buffered events after `after`, in order: one [`Page`].
     pub events: Vec<Envelope>,
+    /// The page ended before `last_seq`: more events follow in the buffer, to read after the last one here.
+    pub more: bool,
 }
 
 /// What to send and where the socket stands afterwards.
@@ -64,6 +90,8 @@ pub struct Decision {
     pub replay: Vec<Utf8Bytes>,
     /// Last `seq` the client has (or is about to have) after the replay.
     pub last_sent: u64,
+    /// The replay is one page of more: read on after `last_sent`.
+    pub more: bool,
 }
 
 /// How a session's epoch and `seq` state is kept.
@@ -79,13 +107,14 @@ pub struct StateTerms {
     pub unpublished_ttl: Duration,
 }
 
-/// Reads the session's snapshot after `after`, creating an epoch if the session has none (or its epoch may have
-/// lost writes). Reloads the function library once if Redis lost it.
+/// Reads the session's snapshot after `after` (one `page` of events), creating an epoch if the session has none
+/// (or its epoch may have lost writes). Reloads the function library once if Redis lost it.
 pub async fn fetch(
     redis: &Client,
     session: &str,
     after: u64,
     state: StateTerms,
+    page: Page,
 ) -> Result<Snapshot, Error> {
     let k = SessionKeys::of(session);
     let call = || {
@@ -95,6 +124,8 @@ pub async fn fetch(
             Value::Integer(state.ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
             Value::from(if state.durable_restarts { "1" } else { "0" }),
             Value::Integer(state.unpublished_ttl.as_millis().clamp(1, i64::MAX as u128) as i64),
+            Value::Integer(page.events.clamp(1, i64::MAX as usize) as i64),
+            Value::Integer(page.bytes.clamp(1, i64::MAX as usize) as i64),
         ];
         redis.fcall::<Vec<Value>, _, _, _>(
             RESUME_FUNCTION,
@@ -130,6 +161,10 @@ fn parse_snapshot(reply: Vec<Value>, after: u64) -> Result<Snapshot, Error> {
             Err(e) => tracing::warn!(error = %e, "malformed envelope in buffer skipped"),
         }
     }
+    // The buffer always holds its newest event (a publish appends and numbers it in one step; trimming takes the
+    // oldest), so a page that ends before `last_seq` was cut short. (A library from before paging returns the
+    // whole buffer, which this reads as complete.)
+    let more = events.last().is_some_and(|e| e.seq < last_seq);
     Ok(Snapshot {
         epoch,
         last_seq,
@@ -137,6 +172,7 @@ fn parse_snapshot(reply: Vec<Value>, after: u64) -> Result<Snapshot, Error> {
         evicted_reason,
         after,
         events,
+        more,
     })
 }
 
@@ -149,28 +185,38 @@ pub fn needs_full_read(pos: &Position, snap: &Snapshot) -> bool {
 }
 
 /// Decides the answer to a connection. `pos` is `None` for a fresh connection (replay whatever is buffered,
-/// no `resumed` frame). For an epoch change, `snap` must be read from the new epoch's start (`after == 0`).
+/// no `resumed` frame). For an epoch change, `snap` must be read from the new epoch's start (`after == 0`). When
+/// `snap` is one page of more ([`Snapshot::more`]), the `resumed` frame counts every event up to its `last_seq`
+/// and the socket stands at the page's last event, to read on from there.
 pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
-    let replay: Vec<Utf8Bytes> = snap
-        .events
-        .iter()
-        .filter_map(|env| {
-            let trace_id = ces_runtime::otel::enabled()
-                .then(|| ces_runtime::otel::trace_id_of(&env.traceparent))
-                .flatten();
-            ces_protocol::frame::event_frame_traced(env, trace_id)
-        })
-        .map(Utf8Bytes::from)
-        .collect();
+    let replay: Vec<Utf8Bytes> = snap.events.iter().map(frame_of).collect();
     let newest = snap.events.last().map_or(snap.after, |e| e.seq);
+    // Past the page's end the client has nothing yet; past a complete read it has everything numbered so far.
+    let reached = if snap.more {
+        newest
+    } else {
+        newest.max(snap.last_seq)
+    };
+    let first_available = snap
+        .events
+        .first()
+        .map_or(snap.last_seq.saturating_add(1), |e| e.seq);
+    let replayed = if snap.more {
+        snap.last_seq
+            .saturating_add(1)
+            .saturating_sub(first_available)
+    } else {
+        replay.len() as u64
+    };
+    let more = snap.more;
     let Some(pos) = pos else {
         return Decision {
             resumed: None,
-            last_sent: newest.max(snap.last_seq),
+            last_sent: reached,
             replay,
+            more,
         };
     };
-    let replayed = replay.len() as u64;
     // `snap` was read from the epoch's start because the client's position belongs to another epoch; judge by
     // that, not by the fresh numbers, which may have moved past the position meanwhile.
     if needs_full_read(pos, snap) || (snap.after == 0 && pos.last_seq > 0) {
@@ -187,13 +233,10 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
         return Decision {
             resumed: Some(resumed),
             replay,
-            last_sent: newest.max(snap.last_seq),
+            last_sent: reached,
+            more,
         };
     }
-    let first_available = snap
-        .events
-        .first()
-        .map_or(snap.last_seq.saturating_add(1), |e| e.seq);
     let resumed = if pos.last_seq.saturating_add(1) < first_available {
         let to = first_available - 1;
         let why = if snap.evicted >= to && !snap.evicted_reason.is_empty() {
@@ -224,8 +267,41 @@ pub fn decide(pos: Option<&Position>, snap: &Snapshot) -> Decision {
     Decision {
         resumed: Some(resumed),
         replay,
-        last_sent: newest.max(pos.last_seq).max(snap.last_seq),
+        last_sent: reached.max(pos.last_seq),
+        more,
     }
+}
+
+/// The frame that carries a buffered event to the client: the event, or, when its frame is larger than an edge
+/// can ever send ([`MAX_EVENT_FRAME_BYTES`]; ingest refuses such records, but an older ingest or a foreign
+/// publisher may have buffered one), a notice that exactly this `seq` is lost, so the session goes on past it
+/// instead of failing on it at every reconnect. An envelope whose `data` is not UTF-8 is lost the same way.
+pub fn frame_of(env: &Envelope) -> Utf8Bytes {
+    let trace_id = ces_runtime::otel::enabled()
+        .then(|| ces_runtime::otel::trace_id_of(&env.traceparent))
+        .flatten();
+    match ces_protocol::frame::event_frame_traced(env, trace_id) {
+        Some(frame) if frame.len() <= MAX_EVENT_FRAME_BYTES => Utf8Bytes::from(frame),
+        _ => too_large(env.seq),
+    }
+}
+
+/// The notice sent in place of event `seq` when its frame cannot be sent ([`frame_of`]).
+pub fn too_large(seq: u64) -> Utf8Bytes {
+    metrics::counter!(crate::metrics::UNSENDABLE).increment(1);
+    Utf8Bytes::from(
+        ServerFrame::Resumed {
+            ok: false,
+            replayed: 0,
+            reason: Some(reason::TOO_LARGE.into()),
+            lost: Some(Lost {
+                from: seq,
+                to: Some(seq),
+            }),
+            epoch: None,
+        }
+        .to_json(),
+    )
 }
 
 #[cfg(test)]
@@ -257,6 +333,7 @@ mod tests {
             evicted_reason: why.into(),
             after,
             events: seqs.into_iter().map(env).collect(),
+            more: false,
         }
     }
 
@@ -403,5 +480,101 @@ mod tests {
         assert_eq!((d.replay.len(), d.last_sent), (3, 3));
         let empty = decide(None, &snap(0, [], 0, 0, ""));
         assert_eq!((empty.replay.len(), empty.last_sent), (0, 0));
+    }
+
+    /// One page of `seqs` out of a buffer numbered up to `last_seq`.
+    fn page(after: u64, seqs: std::ops::RangeInclusive<u64>, last_seq: u64) -> Snapshot {
+        Snapshot {
+            more: *seqs.end() < last_seq,
+            ..snap(after, seqs, last_seq, 0, "")
+        }
+    }
+
+    #[test]
+    fn a_page_of_more_counts_the_whole_replay_and_stands_at_its_last_event() {
+        let d = decide(Some(&pos(3, Some("e1"))), &page(3, 4..=5, 10));
+        assert_eq!(resumed(&d), (true, 7, None, None));
+        assert_eq!((d.replay.len(), d.last_sent, d.more), (2, 5, true));
+        let fresh = decide(None, &page(0, 1..=2, 9));
+        assert_eq!(
+            (fresh.resumed, fresh.last_sent, fresh.more),
+            (None, 2, true)
+        );
+        // The last page completes the read.
+        let last = decide(Some(&pos(8, Some("e1"))), &page(8, 9..=10, 10));
+        assert_eq!(resumed(&last), (true, 2, None, None));
+        assert_eq!((last.last_sent, last.more), (10, false));
+    }
+
+    #[test]
+    fn a_page_after_an_eviction_names_the_loss_and_counts_what_follows() {
+        let d = decide(
+            Some(&pos(2, Some("e1"))),
+            &Snapshot {
+                more: true,
+                ..snap(2, 8..=9, 20, 7, "buffer_overflow")
+            },
+        );
+        assert_eq!(
+            resumed(&d),
+            (
+                false,
+                13,
+                Some("buffer_overflow".into()),
+                Some(Lost {
+                    from: 3,
+                    to: Some(7)
+                })
+            )
+        );
+        assert_eq!((d.last_sent, d.more), (9, true));
+        let changed = Snapshot {
+            epoch: "e2".into(),
+            ..page(0, 1..=4, 30)
+        };
+        let d = decide(Some(&pos(40, Some("e1"))), &changed);
+        assert_eq!(resumed(&d).1, 30, "every event of the new epoch");
+        assert_eq!((d.last_sent, d.more), (4, true));
+    }
+
+    #[test]
+    fn an_event_too_large_to_send_is_replaced_by_a_notice_of_its_own_loss() {
+        let mut big = env(5);
+        big.data = format!(r#""{}""#, "x".repeat(MAX_EVENT_FRAME_BYTES))
+            .into_bytes()
+            .into();
+        let mut fits = env(6);
+        let overhead = frame_of(&fits).len() - 1;
+        fits.data = format!(r#""{}""#, "x".repeat(MAX_EVENT_FRAME_BYTES - overhead - 2))
+            .into_bytes()
+            .into();
+        assert_eq!(
+            frame_of(&fits).len(),
+            MAX_EVENT_FRAME_BYTES,
+            "the largest that is sent"
+        );
+        let mut not_utf8 = env(7);
+        not_utf8.data = vec![b'"', 0xff, b'"'].into();
+        let s = Snapshot {
+            events: vec![env(4), big, fits, not_utf8],
+            ..snap(3, [], 7, 0, "")
+        };
+        let d = decide(Some(&pos(3, Some("e1"))), &s);
+        assert_eq!(resumed(&d), (true, 4, None, None));
+        let frames: Vec<serde_json::Value> = d
+            .replay
+            .iter()
+            .map(|f| serde_json::from_str(f.as_str()).expect("json"))
+            .collect();
+        assert_eq!(frames[0]["seq"], 4);
+        for (frame, seq) in [(&frames[1], 5), (&frames[3], 7)] {
+            assert_eq!(
+                *frame,
+                serde_json::json!({"type": "resumed", "ok": false, "replayed": 0, "reason": "too_large",
+                    "lost": {"from": seq, "to": seq}}),
+            );
+        }
+        assert_eq!(frames[2]["seq"], 6);
+        assert_eq!(d.last_sent, 7);
     }
 }

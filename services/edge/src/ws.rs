@@ -31,7 +31,7 @@ use crate::metrics as m;
 use crate::resume::{self, Position, Snapshot};
 use machine::{Action, Input, Received, Setup, Socket, Terms};
 
-use write::{bounded, close, forward, send_opening};
+use write::{bounded, close, forward, next_page, send_opening};
 
 pub use machine::MAX_INVALID_FRAMES;
 pub use store::SessionStore;
@@ -48,6 +48,9 @@ pub struct SocketParams<St = Client> {
     pub node_id: String,
     /// Interval between server pings.
     pub ping_interval: Duration,
+    /// Longest one write (a batch of live events, one page of a replay, a reply) may take before the peer is
+    /// considered gone (`CES_WS_WRITE_TIMEOUT_MS`).
+    pub write_timeout: Duration,
     /// Pings in a row without any inbound frame before the socket is closed.
     pub max_missed_pongs: u32,
     /// Where the client says it is (`last_seq`/`epoch` on connect), `None` for a fresh connection.
@@ -56,6 +59,9 @@ pub struct SocketParams<St = Client> {
     pub store: St,
     /// How the session's epoch and `seq` state is kept (its TTL; whether Redis restarts keep it).
     pub state: resume::StateTerms,
+    /// How much of the buffer one read takes: replays and gap fills are read and written a page at a time
+    /// ([`resume::Page::REPLAY`]).
+    pub page: resume::Page,
     /// How long the session's state lives after its last activity.
     pub session_ttl: Duration,
     /// When shutdown starts, the socket closes with 1012 after this delay plus a random part of `drain_window`.
@@ -217,7 +223,7 @@ where
     // drops what both hold.
     let session = params.session.as_str();
     let position = params.position.as_ref();
-    let read = Box::pin(read_after(&params.store, session, position, params.state)).await;
+    let read = Box::pin(read_after(params, position)).await;
     let snap = read
         .inspect_err(
             |e| info!(session_id = session, error = %e, "cannot read the session buffer; closing"),
@@ -237,7 +243,10 @@ where
         Err(code) => return (close(socket, code).await, None),
     };
     // Boxed: sent once per connection, so its state has no business in every connection's resident task.
-    if Box::pin(send_opening(socket, opening)).await.is_err() {
+    if Box::pin(send_opening(socket, opening, params.write_timeout))
+        .await
+        .is_err()
+    {
         return (close::ABNORMAL, machine.pending_ack());
     }
     drop(handshake_slot);
@@ -260,6 +269,14 @@ where
             reason = &mut hub_close => machine.on(Input::HubClose(reason.ok())),
             inbound = socket.next() => receive(&mut machine, &inbound, &params.inbound_limit),
             _ = ping.tick() => machine.on(Input::PingDue),
+            // The next page of a replay, each under its own write deadline; between pages the socket answers its
+            // client, pings and closes as usual.
+            () = std::future::ready(()), if machine.replaying() => {
+                match Box::pin(bounded(params.write_timeout, next_page(socket, &mut machine, params))).await {
+                    Ok(()) => Action::Wait,
+                    Err(()) => Action::Abort,
+                }
+            }
             live = frames.recv() => match live {
                 None => machine.on(Input::HubGone),
                 Some(live) => {
@@ -268,7 +285,7 @@ where
                     // connection's resident task 2.5 KB larger (measured: `run` 4.4 KB inline, 1.9 KB boxed). One
                     // allocation per wake-up with events (a batch of up to COALESCE_MAX frames) costs far less
                     // than the write itself.
-                    match Box::pin(bounded(forward(socket, live, &mut frames, &mut machine, params))).await {
+                    match Box::pin(bounded(params.write_timeout, forward(socket, live, &mut frames, &mut machine, params))).await {
                         Ok(()) => Action::Wait,
                         Err(()) => Action::Abort,
                     }
@@ -284,14 +301,17 @@ where
                 Action::Close(code) => return (close(socket, code).await, machine.pending_ack()),
                 Action::Closed(code) => {
                     // tungstenite queued the close reply; flush so the client gets it.
-                    let _ = bounded(socket.flush()).await;
+                    let _ = bounded(params.write_timeout, socket.flush()).await;
                     return (code, machine.pending_ack());
                 }
                 Action::Abort => return (close::ABNORMAL, machine.pending_ack()),
                 Action::Reply(frame) => {
-                    if bounded(socket.send(Message::Text(frame.to_json().into())))
-                        .await
-                        .is_err()
+                    if bounded(
+                        params.write_timeout,
+                        socket.send(Message::Text(frame.to_json().into())),
+                    )
+                    .await
+                    .is_err()
                     {
                         return (close::ABNORMAL, machine.pending_ack());
                     }
@@ -319,9 +339,12 @@ where
                     next = Some(machine.on(Input::Beat(found)));
                 }
                 Action::Ping => {
-                    if bounded(socket.send(Message::Ping(Default::default())))
-                        .await
-                        .is_err()
+                    if bounded(
+                        params.write_timeout,
+                        socket.send(Message::Ping(Default::default())),
+                    )
+                    .await
+                    .is_err()
                     {
                         return (close::ABNORMAL, machine.pending_ack());
                     }
@@ -360,20 +383,21 @@ fn receive(
     })
 }
 
-/// Reads the buffer after `position` (from the epoch's start if the position belongs to another epoch); a fresh
-/// connection reads all of it.
+/// Reads one page of the buffer after `position` (from the epoch's start if the position belongs to another
+/// epoch); a fresh connection reads from the start.
 async fn read_after<St: SessionStore>(
-    store: &St,
-    session: &str,
+    params: &SocketParams<St>,
     position: Option<&Position>,
-    state: resume::StateTerms,
 ) -> Result<Snapshot, crate::Error> {
+    let (store, session) = (&params.store, params.session.as_str());
     let after = position.map_or(0, |p| p.last_seq);
-    let snap = store.fetch(session, after, state).await?;
+    let snap = store
+        .fetch(session, after, params.state, params.page)
+        .await?;
     if let Some(pos) = position
         && resume::needs_full_read(pos, &snap)
     {
-        return store.fetch(session, 0, state).await;
+        return store.fetch(session, 0, params.state, params.page).await;
     }
     Ok(snap)
 }
@@ -586,13 +610,25 @@ mod tests {
             _: &str,
             after: u64,
             _: resume::StateTerms,
+            page: resume::Page,
         ) -> impl Future<Output = Result<Snapshot, crate::Error>> + Send {
-            std::future::ready(self.call(Call::Fetch { after }, |s| Snapshot {
-                epoch: s.epoch.clone(),
-                last_seq: s.events.last().map_or(0, |e| e.seq),
-                after,
-                events: s.events.iter().filter(|e| e.seq > after).cloned().collect(),
-                ..Default::default()
+            std::future::ready(self.call(Call::Fetch { after }, |s| {
+                let last_seq = s.events.last().map_or(0, |e| e.seq);
+                let events: Vec<Envelope> = s
+                    .events
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .take(page.events)
+                    .cloned()
+                    .collect();
+                Snapshot {
+                    epoch: s.epoch.clone(),
+                    last_seq,
+                    after,
+                    more: events.last().is_some_and(|e| e.seq < last_seq),
+                    events,
+                    ..Default::default()
+                }
             }))
         }
     }
@@ -698,6 +734,7 @@ mod tests {
             session: SessionId::parse("s-1").expect("session id"),
             node_id: "edge-a".into(),
             ping_interval: NO_PING,
+            write_timeout: Duration::from_secs(10),
             max_missed_pongs: 2,
             position,
             store,
@@ -706,6 +743,7 @@ mod tests {
                 durable_restarts: false,
                 unpublished_ttl: Duration::from_secs(30),
             },
+            page: resume::Page::REPLAY,
             session_ttl: Duration::from_secs(60),
             drain_delay: Duration::ZERO,
             drain_window: Duration::ZERO,
@@ -804,6 +842,40 @@ mod tests {
         assert_eq!(socket.next().await, event(4));
         assert_eq!(socket.code().await, close::ABNORMAL);
         assert_eq!(store.calls()[1], Call::Fetch { after: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_long_replay_goes_page_by_page_and_live_events_follow_it_once() {
+        let store = Memory::with_events("e1", 1..=7);
+        let mut socket = serve_with(SocketParams {
+            page: resume::Page {
+                events: 2,
+                bytes: 1 << 20,
+            },
+            ..params(store.clone(), None)
+        });
+        // Queued live while the pages are written: 6 and 7 come with the pages, 8 after them.
+        for seq in 6..=7 {
+            socket.push(live("e1", seq));
+        }
+        assert_eq!(socket.next().await, welcome("e1", 7));
+        for seq in 1..=7 {
+            assert_eq!(socket.next().await, event(seq));
+        }
+        store.set_buffer("e1", 1..=8);
+        socket.push(live("e1", 8));
+        assert_eq!(socket.next().await, event(8));
+        assert_eq!(socket.code().await, close::ABNORMAL);
+        let fetches: Vec<Call> = store
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Fetch { .. }))
+            .collect();
+        assert_eq!(
+            fetches,
+            [0, 2, 4, 6].map(|after| Call::Fetch { after }),
+            "one read per page, each after the last event sent"
+        );
     }
 
     #[tokio::test]

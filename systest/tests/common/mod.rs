@@ -213,12 +213,24 @@ pub async fn publish_direct(
     n: u64,
     channel: String,
 ) -> anyhow::Result<u64> {
+    publish_data(redis, session, id, &format!(r#"{{"n":{n}}}"#), channel).await
+}
+
+/// [`publish_direct`] with any `data` (JSON text, of any size: this is how a foreign or older publisher could
+/// buffer what ingest would refuse).
+pub async fn publish_data(
+    redis: &fred::clients::Client,
+    session: &str,
+    id: &str,
+    data: &str,
+    channel: String,
+) -> anyhow::Result<u64> {
     let keys = ces_protocol::keys::SessionKeys::of(session);
     let env = ces_protocol::envelope::encode(&ces_protocol::envelope::Envelope {
         event_id: id.to_owned(),
         session_id: session.into(),
         event_type: "t".into(),
-        data: format!(r#"{{"n":{n}}}"#).into_bytes().into(),
+        data: data.as_bytes().to_vec().into(),
         ..Default::default()
     });
     let args: Vec<fred::types::Value> = vec![

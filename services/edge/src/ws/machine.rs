@@ -94,6 +94,8 @@ pub struct Socket<'p> {
     keys: &'p TokenKeys,
     epoch: String,
     last_sent: u64,
+    /// The replay (or gap fill) in progress was read one page at a time and has more to read after `last_sent`.
+    more: bool,
     // Acks are stored with the next heartbeat, so a client acking every event costs no Redis call per frame.
     pending_ack: Option<u64>,
     /// The ack the heartbeat in progress stores; back to `pending_ack` if the heartbeat fails.
@@ -244,6 +246,7 @@ impl<'p> Socket<'p> {
             keys: terms.keys,
             epoch: snap.epoch,
             last_sent: decision.last_sent,
+            more: decision.more,
             pending_ack: None,
             beat_ack: None,
             expires_at: terms.expires_at,
@@ -263,6 +266,13 @@ impl<'p> Socket<'p> {
     /// The highest ack not yet stored by a heartbeat, to store when the session is released.
     pub fn pending_ack(&self) -> Option<u64> {
         self.pending_ack
+    }
+
+    /// Whether a replay or gap fill is under way and its next page is due: read the buffer after
+    /// [`position`](Self::position), feed it to [`on_fill`](Self::on_fill) and write what that returns, before
+    /// live events (those past the position are skipped meanwhile; the pages bring them).
+    pub fn replaying(&self) -> bool {
+        self.more
     }
 
     /// Where the socket stands: the last `seq` it sent and its epoch (what a gap fill reads after).
@@ -418,6 +428,7 @@ impl<'p> Socket<'p> {
             .filter(|f| matches!(f, ServerFrame::Resumed { ok: false, .. }));
         self.epoch = snap.epoch;
         self.last_sent = decision.last_sent;
+        self.more = decision.more;
         Fill {
             notice,
             replay: decision.replay,
@@ -633,6 +644,7 @@ pub(super) mod tests {
                     resumed: None,
                     replay: frames(1..=3),
                     last_sent: 3,
+                    more: false,
                 },
             }
         );
@@ -667,6 +679,7 @@ pub(super) mod tests {
                 }),
                 replay: frames(3..=5),
                 last_sent: 5,
+                more: false,
             }
         );
         assert_eq!(socket.position().last_seq, 5);

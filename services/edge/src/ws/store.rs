@@ -51,12 +51,13 @@ pub trait SessionStore: Send + Sync {
         ack: Option<u64>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Reads the session's buffer after `after` ([`resume::fetch`]).
+    /// Reads one page of the session's buffer after `after` ([`resume::fetch`]).
     fn fetch(
         &self,
         session: &str,
         after: u64,
         state: resume::StateTerms,
+        page: resume::Page,
     ) -> impl Future<Output = Result<Snapshot, Error>> + Send;
 }
 
@@ -105,7 +106,8 @@ impl SessionStore for Client {
         session: &str,
         after: u64,
         state: resume::StateTerms,
+        page: resume::Page,
     ) -> impl Future<Output = Result<Snapshot, Error>> + Send {
-        resume::fetch(self, session, after, state)
+        resume::fetch(self, session, after, state, page)
     }
 }

@@ -1,5 +1,7 @@
-//! Writing to the socket: the opening (welcome, `resumed`, replay), live events coalesced into one flush with
-//! the gap fills the machine asks for, and the close handshake. Every write is bounded by [`WRITE_TIMEOUT`], and
+//! Writing to the socket: the opening (welcome, `resumed`, the replay's first page), the replay's next pages,
+//! live events coalesced into one flush with the gap fills the machine asks for, and the close handshake. Every
+//! write is bounded by the socket's write timeout (`CES_WS_WRITE_TIMEOUT_MS`, a page of a replay counting as one
+//! write), and
 //! the rare or large paths are boxed, because the socket's task lives as long as the connection and its size is a
 //! per-connection cost.
 
@@ -17,21 +19,19 @@ use crate::hub::Live;
 use crate::metrics as m;
 use crate::resume::Decision;
 
-/// Longest a single socket write (and its flush) may take before the peer is considered gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a server-initiated close waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most queued frames written before one flush; bounds the latency of the first frame in a burst.
 const COALESCE_MAX: usize = 64;
 
-/// Runs a socket write with [`WRITE_TIMEOUT`]: a peer whose TCP window stays closed (a suspended app, a dead
-/// link) must not hold the task, its queue and its buffers forever.
+/// Runs a socket write within `timeout`: a peer whose TCP window stays closed (a suspended app, a dead link)
+/// must not hold the task, its queue and its buffers forever.
 pub(super) async fn bounded<T>(
+    timeout: Duration,
     write: impl Future<Output = Result<T, axum::Error>>,
 ) -> Result<T, ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+    match tokio::time::timeout(timeout, write).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(_)) | Err(_) => Err(()),
     }
@@ -49,16 +49,24 @@ fn record_resume(decision: &Decision) {
     metrics::counter!(m::REPLAYED).increment(decision.replay.len() as u64);
 }
 
-/// Writes the welcome frame, then the decision: its `resumed` frame and the replayed events, with one flush.
-/// Each write is bounded on its own.
-pub(super) async fn send_opening<S>(socket: &mut S, opening: Opening) -> Result<(), ()>
+/// Writes the welcome frame, then the decision: its `resumed` frame and the first page of the replay, with one
+/// flush. Each write is bounded by `timeout` on its own.
+pub(super) async fn send_opening<S>(
+    socket: &mut S,
+    opening: Opening,
+    timeout: Duration,
+) -> Result<(), ()>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
     let Opening { welcome, decision } = opening;
-    bounded(socket.send(Message::Text(welcome.to_json().into()))).await?;
+    bounded(
+        timeout,
+        socket.send(Message::Text(welcome.to_json().into())),
+    )
+    .await?;
     record_resume(&decision);
-    bounded(send_decision(socket, decision)).await
+    bounded(timeout, send_decision(socket, decision)).await
 }
 
 /// Writes a decision: its `resumed` frame, then the replayed events, with one flush.
@@ -130,7 +138,7 @@ where
 }
 
 /// Reads the buffer after the machine's position and writes what the socket misses (a gap, a resync request,
-/// or an epoch change, which the client is told about first).
+/// or an epoch change, which the client is told about first): one page, counted as gap fill.
 async fn fill_gap<S, St>(
     socket: &mut S,
     machine: &mut Socket<'_>,
@@ -140,24 +148,46 @@ where
     S: Sink<Message, Error = axum::Error> + Unpin,
     St: SessionStore,
 {
+    let written = feed_page(socket, machine, params).await?;
+    metrics::counter!(m::GAPS_FILLED).increment(written);
+    Ok(())
+}
+
+/// Writes the next page of a replay or gap fill that [`Socket::replaying`] says is under way, with one flush.
+pub(super) async fn next_page<S, St>(
+    socket: &mut S,
+    machine: &mut Socket<'_>,
+    params: &SocketParams<St>,
+) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+    St: SessionStore,
+{
+    let written = feed_page(socket, machine, params).await?;
+    metrics::counter!(m::REPLAYED).increment(written);
+    socket.flush().await
+}
+
+/// Reads one page after the machine's position, feeds the notice (if any) and the events, and returns how many
+/// events it fed.
+async fn feed_page<S, St>(
+    socket: &mut S,
+    machine: &mut Socket<'_>,
+    params: &SocketParams<St>,
+) -> Result<u64, axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+    St: SessionStore,
+{
     let position = machine.position();
-    let read = read_after(
-        &params.store,
-        params.session.as_str(),
-        Some(&position),
-        params.state,
-    )
-    .await;
-    let Ok(snap) = read else {
-        return Err(axum::Error::new(
-            "cannot read the session buffer to fill a gap",
-        ));
+    let Ok(snap) = read_after(params, Some(&position)).await else {
+        return Err(axum::Error::new("cannot read the session buffer"));
     };
     let Fill { notice, replay } = machine.on_fill(snap);
     if let Some(ServerFrame::Resumed { reason, .. }) = &notice {
         metrics::counter!(m::RESUMES, "result" => reason.clone().unwrap_or_default()).increment(1);
     }
-    metrics::counter!(m::GAPS_FILLED).increment(replay.len() as u64);
+    let written = replay.len() as u64;
     for frame in notice
         .map(|f| Utf8Bytes::from(f.to_json()))
         .into_iter()
@@ -165,7 +195,7 @@ where
     {
         socket.feed(Message::Text(frame)).await?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Sends a close frame and waits briefly for the client's close reply, so the close frame is not lost to a TCP
