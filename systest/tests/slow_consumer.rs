@@ -1,5 +1,6 @@
-//! A client that stops reading: its queue overflows (by frame count, or by bytes) and it is closed with 4008, its
-//! neighbour on the same edge keeps receiving meanwhile, and after the close it resumes with nothing lost.
+//! A client that stops reading: its queue overflows (by frame count, by bytes, or the node's queues together pass
+//! their budget) and it is closed with 4008, its neighbour on the same edge keeps receiving meanwhile, and after
+//! the close it resumes with nothing lost.
 
 mod common;
 
@@ -19,20 +20,46 @@ const NEIGHBOUR_EVENTS: u64 = 50;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_with_4008_and_resumes_with_nothing_lost()
 -> anyhow::Result<()> {
-    stops_reading_then_resumes(&[("CES_WS_QUEUE_CAPACITY", "64".into())]).await
+    stops_reading_then_resumes(
+        &[("CES_WS_QUEUE_CAPACITY", "64".into())],
+        "ces_edge_slow_consumer_total",
+    )
+    .await
 }
 
 /// The byte bound: frames of 16 KiB against a 256 KiB queue whose frame count would allow far more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_full_by_bytes_closes_with_4008_too() -> anyhow::Result<()> {
-    stops_reading_then_resumes(&[
-        ("CES_WS_QUEUE_CAPACITY", "1000000".into()),
-        ("CES_WS_QUEUE_BYTES", (256 * 1024).to_string()),
-    ])
+    stops_reading_then_resumes(
+        &[
+            ("CES_WS_QUEUE_CAPACITY", "1000000".into()),
+            ("CES_WS_QUEUE_BYTES", (256 * 1024).to_string()),
+        ],
+        "ces_edge_slow_consumer_total",
+    )
     .await
 }
 
-async fn stops_reading_then_resumes(edge_env: &[(&'static str, String)]) -> anyhow::Result<()> {
+/// The node's budget: no queue is full on its own (1 GiB each), but together they may hold 1 MiB, and the stuck
+/// client's is the largest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_nodes_queue_budget_the_largest_queue_closes_with_4008() -> anyhow::Result<()> {
+    stops_reading_then_resumes(
+        &[
+            ("CES_WS_QUEUE_CAPACITY", "1000000".into()),
+            ("CES_WS_QUEUE_BYTES", (1 << 30).to_string()),
+            ("CES_EDGE_QUEUE_BUDGET_BYTES", (1 << 20).to_string()),
+        ],
+        "ces_edge_queue_budget_closes_total",
+    )
+    .await
+}
+
+/// Runs the scenario on an edge with `edge_env`; `counter` is the metric that must count the close.
+async fn stops_reading_then_resumes(
+    edge_env: &[(&'static str, String)],
+    counter: &str,
+) -> anyhow::Result<()> {
     let mut stack = Stack::start(1, &[("CES_BUFFER_MAX_EVENTS", "5000".into())]).await?;
     for e in std::mem::take(&mut stack.edges) {
         e.stop().await?;
@@ -72,11 +99,7 @@ async fn stops_reading_then_resumes(edge_env: &[(&'static str, String)]) -> anyh
     common::assert_numbered(&neighbour.session_id, &events, NEIGHBOUR_EVENTS);
     let mut slow_closed = false;
     for _ in 0..100 {
-        if Metrics::scrape(&edge.base)
-            .await?
-            .get("ces_edge_slow_consumer_total", &[])
-            >= 1.0
-        {
+        if Metrics::scrape(&edge.base).await?.get(counter, &[]) >= 1.0 {
             slow_closed = true;
             break;
         }

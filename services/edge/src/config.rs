@@ -30,6 +30,8 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Bytes queued per connection before it counts as a slow consumer and is closed with 4008.
     pub queue_bytes: usize,
+    /// Bytes queued for all connections together; past it the largest queue's connection is closed with 4008.
+    pub queue_budget_bytes: usize,
     /// Bytes of Pub/Sub messages read from Redis and not yet dispatched to sockets; past it messages are dropped
     /// and every local socket catches up from its buffer.
     pub pubsub_buffer_bytes: usize,
@@ -107,6 +109,8 @@ impl Config {
         let max_missed_pongs = v.bounded("CES_WS_MAX_MISSED_PONGS", 2, 1, 100) as u32;
         let queue_capacity = v.bounded("CES_WS_QUEUE_CAPACITY", 1024, 1, 1 << 20) as usize;
         let queue_bytes = v.bounded("CES_WS_QUEUE_BYTES", 4 << 20, 1024, 1 << 30) as usize;
+        let queue_budget_bytes =
+            v.bounded("CES_EDGE_QUEUE_BUDGET_BYTES", 256 << 20, 1 << 20, 1 << 40) as usize;
         let pubsub_buffer_bytes =
             v.bounded("CES_PUBSUB_BUFFER_BYTES", 64 << 20, 1 << 16, 1 << 32) as usize;
         let max_pending_handshakes =
@@ -235,6 +239,7 @@ impl Config {
             max_missed_pongs,
             queue_capacity,
             queue_bytes,
+            queue_budget_bytes,
             pubsub_buffer_bytes,
             max_pending_handshakes,
             admission_wait,
@@ -411,6 +416,7 @@ mod tests {
         let c = Config::from_source(&src(&[("CES_TOKEN_SECRET", &"k".repeat(32))])).unwrap();
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.ws_write_timeout, Duration::from_secs(10));
+        assert_eq!(c.queue_budget_bytes, 256 << 20);
         assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.admission_wait, Duration::from_secs(5));
         assert_eq!(c.max_session_lifetime, Duration::from_secs(86_400));

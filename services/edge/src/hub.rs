@@ -110,12 +110,25 @@ pub struct Attachment {
 /// Who waits for a subscribe request's outcome.
 type Ack = oneshot::Sender<Result<(), String>>;
 
+/// How much the connections' queues of live events may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Frames per connection (`CES_WS_QUEUE_CAPACITY`).
+    pub capacity: usize,
+    /// Bytes per connection (`CES_WS_QUEUE_BYTES`); a single larger frame still fits an empty queue.
+    pub bytes: usize,
+    /// Bytes of every connection's queue together (`CES_EDGE_QUEUE_BUDGET_BYTES`).
+    pub node_bytes: usize,
+}
+
 /// Local connections and the subscription state of one edge node.
 pub struct Hub {
     slots: Mutex<HashMap<String, Slot>>,
     next_conn_id: AtomicU64,
     queue_capacity: usize,
     queue_bytes: usize,
+    /// Bytes queued for all local connections, bounded by [`QueueLimits::node_bytes`].
+    budget: Arc<queue::Budget>,
     subs: mpsc::UnboundedSender<Request<Ack>>,
     /// Whether the node's subscriptions are known to be in place (`/readyz`); kept by `pubsub::keep_receiving`.
     receiving: AtomicBool,
@@ -126,9 +139,13 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("queue_capacity", &self.queue_capacity)
             .field("queue_bytes", &self.queue_bytes)
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
 }
+
+/// How often `ces_edge_queued_bytes` is updated.
+const QUEUED_BYTES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most requests per batch of SSUBSCRIBE/SUNSUBSCRIBE commands: bounds one batch's size during a reconnect storm.
 const SUBSCRIBE_BATCH: usize = 512;
@@ -138,21 +155,20 @@ const INBOUND_MESSAGES: usize = 65_536;
 
 impl Hub {
     /// Creates the hub and starts its subscription, pump and dispatch tasks on `subscriber`. The tasks end when
-    /// the hub is dropped (subscription) or the subscriber's message stream closes (pump, dispatch). Each
-    /// connection's queue holds at most `queue_capacity` frames and `queue_bytes` bytes (a single larger frame
-    /// still fits an empty queue); messages read from Redis and not yet dispatched at most `inbound_bytes` bytes.
-    /// The node's control channel is subscribed with the first [`resubscribe`](Self::resubscribe).
+    /// the hub is dropped (subscription) or the subscriber's message stream closes (pump, dispatch). The
+    /// connections' queues hold what `queues` allows; messages read from Redis and not yet dispatched at most
+    /// `inbound_bytes` bytes. The node's control channel is subscribed with the first
+    /// [`resubscribe`](Self::resubscribe).
     pub fn start(
         subscriber: SubscriberClient,
-        queue_capacity: usize,
-        queue_bytes: usize,
+        queues: QueueLimits,
         inbound_bytes: usize,
         node_id: &str,
     ) -> std::sync::Arc<Self> {
         // Unbounded is safe here: each connection sends at most two requests (subscribe, release), so the queue
         // is bounded by twice the number of connections being set up or torn down.
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
-        let hub = std::sync::Arc::new(Self::new(queue_capacity, queue_bytes, subs_tx));
+        let hub = std::sync::Arc::new(Self::new(queues, subs_tx));
         let messages = subscriber.message_rx();
         let control = ces_protocol::keys::node_channel(node_id);
         tokio::spawn(subscription_task(subscriber, subs_rx, control.clone()));
@@ -167,20 +183,28 @@ impl Hub {
             inbound_rx,
             control,
         ));
+        tokio::spawn({
+            let budget = hub.budget.clone();
+            let hub = std::sync::Arc::downgrade(&hub);
+            async move {
+                let mut every = tokio::time::interval(QUEUED_BYTES_EVERY);
+                while hub.strong_count() > 0 {
+                    metrics::gauge!(m::QUEUED_BYTES).set(budget.used() as f64);
+                    every.tick().await;
+                }
+            }
+        });
         hub
     }
 
     /// A hub without its tasks: subscription requests go to `subs`. Tests drive it without Redis.
-    fn new(
-        queue_capacity: usize,
-        queue_bytes: usize,
-        subs: mpsc::UnboundedSender<Request<Ack>>,
-    ) -> Self {
+    fn new(queues: QueueLimits, subs: mpsc::UnboundedSender<Request<Ack>>) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
-            queue_capacity,
-            queue_bytes,
+            queue_capacity: queues.capacity,
+            queue_bytes: queues.bytes,
+            budget: queue::Budget::new(queues.node_bytes),
             subs,
             receiving: AtomicBool::new(false),
         }
@@ -189,7 +213,8 @@ impl Hub {
     /// Registers a connection for `session`, closing any older one on this node with 4009.
     pub fn attach(&self, session: &str) -> Attachment {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = queue::bounded(self.queue_capacity, self.queue_bytes);
+        let (tx, rx) =
+            queue::bounded_within(self.queue_capacity, self.queue_bytes, self.budget.clone());
         let (close_tx, close) = oneshot::channel();
         let old = self.slots.lock().expect("hub lock").insert(
             session.to_owned(),
@@ -298,9 +323,24 @@ impl Hub {
             metrics::counter!(m::UNDELIVERABLE).increment(1);
             return;
         };
-        match slot.tx.try_send(frame) {
-            Ok(()) => {}
-            Err(queue::Refused::Full(_)) => {
+        let refused = match slot.tx.try_send(frame) {
+            Ok(()) => return,
+            Err(queue::Refused::OverBudget(frame)) => {
+                // The node's queues together are full: the largest goes, which is the slowest socket's (maybe
+                // this one), and its client resumes from the buffer. One more try, then this socket goes too.
+                let largest = close_largest(&mut slots);
+                match slots.get(session) {
+                    Some(slot) if largest.as_deref() != Some(session) => {
+                        slot.tx.try_send(frame).err()
+                    }
+                    _ => return,
+                }
+            }
+            Err(refused) => Some(refused),
+        };
+        match refused {
+            None => {}
+            Some(queue::Refused::Full(_) | queue::Refused::OverBudget(_)) => {
                 metrics::counter!(m::SLOW_CONSUMERS).increment(1);
                 if let Some(slot) = slots.remove(session) {
                     warn!(
@@ -311,11 +351,34 @@ impl Hub {
                     let _ = slot.close.send(CloseCode::SlowConsumer);
                 }
             }
-            Err(queue::Refused::Closed(_)) => {
+            Some(queue::Refused::Closed(_)) => {
                 metrics::counter!(m::UNDELIVERABLE).increment(1);
             }
         }
     }
+}
+
+/// Closes the connection whose queue holds the most bytes with 4008, dropping what it queued at once so the
+/// node's budget has room again; returns its session. A scan of every local connection, done only when the
+/// node's queues together reach their budget.
+fn close_largest(slots: &mut HashMap<String, Slot>) -> Option<String> {
+    let (session, bytes) = slots
+        .iter()
+        .map(|(session, slot)| (session, slot.tx.queued_bytes()))
+        .max_by_key(|(_, bytes)| *bytes)?;
+    let session = session.clone();
+    let slot = slots.remove(&session)?;
+    slot.tx.clear();
+    metrics::counter!(m::BUDGET_CLOSES).increment(1);
+    warn!(
+        session_id = session,
+        conn_id = slot.conn_id,
+        queued_bytes = bytes,
+        "the node's queues are over their budget; closing the largest"
+    );
+    metrics::counter!(m::SLOW_CONSUMERS).increment(1);
+    let _ = slot.close.send(CloseCode::SlowConsumer);
+    Some(session)
 }
 
 /// The two Pub/Sub commands the subscription task sends: the seam between its loop and fred, so tests can run the
@@ -474,8 +537,22 @@ mod tests {
 
     /// A hub without tasks, and the receiving end of its subscription requests.
     fn hub(capacity: usize, bytes: usize) -> (Arc<Hub>, mpsc::UnboundedReceiver<Request<Ack>>) {
+        hub_within(capacity, bytes, usize::MAX)
+    }
+
+    /// [`hub`] with a node-wide budget of `node_bytes`.
+    fn hub_within(
+        capacity: usize,
+        bytes: usize,
+        node_bytes: usize,
+    ) -> (Arc<Hub>, mpsc::UnboundedReceiver<Request<Ack>>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Hub::new(capacity, bytes, tx)), rx)
+        let queues = QueueLimits {
+            capacity,
+            bytes,
+            node_bytes,
+        };
+        (Arc::new(Hub::new(queues, tx)), rx)
     }
 
     fn live(seq: u64, frame: &'static str) -> Live {
@@ -622,6 +699,55 @@ mod tests {
         hub.deliver("s", live(2, "123456"));
         assert_eq!(a.close.try_recv(), Ok(CloseCode::SlowConsumer));
         assert_eq!(drain(&mut a.frames), vec![1]);
+        assert_eq!(hub.local_sessions(), 0);
+    }
+
+    #[test]
+    fn past_the_node_budget_the_largest_queue_is_closed_with_4008_and_emptied() {
+        let (hub, _rx) = hub_within(100, 100, 14);
+        let mut big = hub.attach("big");
+        let mut small = hub.attach("small");
+        let mut other = hub.attach("other");
+        for seq in 1..=4 {
+            hub.deliver("big", live(seq, "12"));
+        }
+        hub.deliver("small", live(1, "12"));
+        hub.deliver("other", live(1, "1234"));
+        assert_eq!(hub.budget.used(), 14);
+        // 2 more bytes for `small` pass the budget: `big` (8 bytes) goes, `small` gets its frame.
+        hub.deliver("small", live(2, "12"));
+        assert_eq!(big.close.try_recv(), Ok(CloseCode::SlowConsumer));
+        assert_eq!(drain(&mut big.frames), Vec::<u64>::new(), "emptied at once");
+        assert_eq!(drain(&mut small.frames), vec![1, 2]);
+        assert_eq!(small.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(other.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.local_sessions(), 2);
+        assert_eq!(hub.budget.used(), 4, "only `other`'s frame is still queued");
+    }
+
+    #[test]
+    fn the_socket_that_passes_the_node_budget_goes_itself_when_its_queue_is_the_largest() {
+        let (hub, _rx) = hub_within(100, 100, 10);
+        let mut big = hub.attach("big");
+        let mut small = hub.attach("small");
+        for seq in 1..=4 {
+            hub.deliver("big", live(seq, "12"));
+        }
+        hub.deliver("small", live(1, "12"));
+        hub.deliver("big", live(5, "12"));
+        assert_eq!(big.close.try_recv(), Ok(CloseCode::SlowConsumer));
+        assert_eq!(drain(&mut big.frames), Vec::<u64>::new());
+        assert_eq!(small.close.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(hub.budget.used(), 2);
+        // Still over after the largest went (a frame larger than what was freed): this one goes too.
+        let (hub, _rx) = hub_within(100, 100, 6);
+        let mut a = hub.attach("a");
+        let mut b = hub.attach("b");
+        hub.deliver("a", live(1, "123"));
+        hub.deliver("b", live(1, "12"));
+        hub.deliver("b", live(2, "1234567"));
+        assert_eq!(a.close.try_recv(), Ok(CloseCode::SlowConsumer));
+        assert_eq!(b.close.try_recv(), Ok(CloseCode::SlowConsumer));
         assert_eq!(hub.local_sessions(), 0);
     }
 

@@ -132,8 +132,11 @@ pub async fn run(
     };
     let hub = Hub::start(
         subscriber.clone(),
-        config.queue_capacity,
-        config.queue_bytes,
+        hub::QueueLimits {
+            capacity: config.queue_capacity,
+            bytes: config.queue_bytes,
+            node_bytes: config.queue_budget_bytes,
+        },
         config.pubsub_buffer_bytes,
         &config.node_id,
     );

@@ -56,5 +56,5 @@ pub const UNSENDABLE: &str = "ces_edge_unsendable_events_total";
 /// `CES_EDGE_QUEUE_BUDGET_BYTES`).
 pub const QUEUED_BYTES: &str = "ces_edge_queued_bytes";
 /// Counter: sockets closed with 4008 because the node's queues together passed their budget (the largest queue
-/// goes first).
+/// goes first); each is also counted in [`SLOW_CONSUMERS`].
 pub const BUDGET_CLOSES: &str = "ces_edge_queue_budget_closes_total";

@@ -106,7 +106,8 @@ pub async fn pump(
                 }
             }
             Ok(()) => {}
-            Err(queue::Refused::Full(_)) => {
+            // This queue shares no budget; full either way.
+            Err(queue::Refused::Full(_) | queue::Refused::OverBudget(_)) => {
                 metrics::counter!(m::SUBSCRIBER_LAGGED).increment(1);
                 dropped += 1;
             }

@@ -1,5 +1,6 @@
 //! A connection's queue of live events: one producer (the hub's dispatch task), one consumer (the socket task),
-//! bounded by count and by bytes, and empty-handed while idle.
+//! bounded by count and by bytes, and empty-handed while idle. The queues of a node can also share a [`Budget`]:
+//! bytes held by all of them together, so many slow sockets cannot add up to more memory than the node has.
 //!
 //! Why not `tokio::sync::mpsc`: its channel allocates its first block of 32 slots when it is created, 3.6 KB per
 //! connection for `Live`, and an edge holds mostly idle connections. This queue allocates nothing until the first
@@ -7,6 +8,7 @@
 //! here, and a burst's memory does not outlive the burst.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -20,11 +22,48 @@ pub trait ByteLen {
     fn byte_len(&self) -> usize;
 }
 
+/// Bytes queued by every queue that shares it, and the most they may hold together.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes queued now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `len` bytes unless that would pass the limit.
+    fn take(&self, len: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(len).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, len: usize) {
+        self.used.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
 /// Why [`Sender::try_send`] refused an item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused<T> {
     /// The queue holds `capacity` items, or adding this one would pass the byte bound.
     Full(T),
+    /// Adding this one would pass the [`Budget`] the queue shares with others.
+    OverBudget(T),
     /// The receiver is gone.
     Closed(T),
 }
@@ -44,6 +83,18 @@ struct Shared<T> {
     ready: Notify,
     capacity: usize,
     max_bytes: usize,
+    budget: Option<Arc<Budget>>,
+}
+
+impl<T> Shared<T> {
+    /// Empties the queue, giving its bytes back to the budget.
+    fn clear(&self, state: &mut State<T>) {
+        state.items = VecDeque::new();
+        if let Some(budget) = &self.budget {
+            budget.give_back(state.bytes);
+        }
+        state.bytes = 0;
+    }
 }
 
 /// The producing end.
@@ -61,6 +112,23 @@ pub struct Receiver<T> {
 /// A queue holding at most `capacity` items and `max_bytes` bytes; a single item larger than `max_bytes` still
 /// fits an empty queue, so one big frame is delivered rather than taken for a slow consumer.
 pub fn bounded<T: ByteLen>(capacity: usize, max_bytes: usize) -> (Sender<T>, Receiver<T>) {
+    with_budget(capacity, max_bytes, None)
+}
+
+/// A [`bounded`] queue whose bytes also count against `budget`, shared with other queues.
+pub fn bounded_within<T: ByteLen>(
+    capacity: usize,
+    max_bytes: usize,
+    budget: Arc<Budget>,
+) -> (Sender<T>, Receiver<T>) {
+    with_budget(capacity, max_bytes, Some(budget))
+}
+
+fn with_budget<T: ByteLen>(
+    capacity: usize,
+    max_bytes: usize,
+    budget: Option<Arc<Budget>>,
+) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -71,6 +139,7 @@ pub fn bounded<T: ByteLen>(capacity: usize, max_bytes: usize) -> (Sender<T>, Rec
         ready: Notify::new(),
         capacity: capacity.max(1),
         max_bytes,
+        budget,
     });
     (
         Sender {
@@ -93,11 +162,30 @@ impl<T: ByteLen> Sender<T> {
         if full {
             return Err(Refused::Full(item));
         }
+        if let Some(budget) = &self.shared.budget
+            && !budget.take(len)
+        {
+            return Err(Refused::OverBudget(item));
+        }
         state.bytes += len;
         state.items.push_back(item);
         drop(state);
         self.shared.ready.notify_one();
         Ok(())
+    }
+}
+
+impl<T> Sender<T> {
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.state.lock().expect("queue lock").bytes
+    }
+
+    /// Drops everything queued now (the connection is being closed; its client resumes from the buffer), giving
+    /// the bytes back at once rather than when the socket's task ends.
+    pub fn clear(&self) {
+        let mut state = self.shared.state.lock().expect("queue lock");
+        self.shared.clear(&mut state);
     }
 }
 
@@ -115,7 +203,7 @@ impl<T: ByteLen> Receiver<T> {
         loop {
             {
                 let mut state = self.shared.state.lock().expect("queue lock");
-                if let Some(item) = Self::pop(&mut state) {
+                if let Some(item) = Self::pop(&self.shared, &mut state) {
                     return Some(item);
                 }
                 if state.sender_gone {
@@ -129,12 +217,19 @@ impl<T: ByteLen> Receiver<T> {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        Self::pop(&mut self.shared.state.lock().expect("queue lock"))
+        Self::pop(
+            &self.shared,
+            &mut self.shared.state.lock().expect("queue lock"),
+        )
     }
 
-    fn pop(state: &mut State<T>) -> Option<T> {
+    fn pop(shared: &Shared<T>, state: &mut State<T>) -> Option<T> {
         let item = state.items.pop_front()?;
-        state.bytes -= item.byte_len();
+        let len = item.byte_len();
+        state.bytes -= len;
+        if let Some(budget) = &shared.budget {
+            budget.give_back(len);
+        }
         if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
             state.items = VecDeque::new();
         }
@@ -147,8 +242,7 @@ impl<T> Drop for Receiver<T> {
         let mut state = self.shared.state.lock().expect("queue lock");
         state.receiver_gone = true;
         // What was queued goes now, not when the sender goes.
-        state.items = VecDeque::new();
-        state.bytes = 0;
+        self.shared.clear(&mut state);
     }
 }
 
@@ -243,5 +337,38 @@ mod tests {
         assert_eq!(rx.shared.state.lock().unwrap().items.capacity(), 0);
         drop(rx);
         assert_eq!(tx.try_send(vec![1]), Err(Refused::Closed(vec![1])));
+    }
+
+    #[test]
+    fn queues_sharing_a_budget_are_refused_past_it_together_and_give_bytes_back_every_way() {
+        let budget = Budget::new(10);
+        let (a, mut a_rx) = bounded_within::<Vec<u8>>(100, 100, budget.clone());
+        let (b, b_rx) = bounded_within::<Vec<u8>>(100, 100, budget.clone());
+        a.try_send(vec![0; 6]).unwrap();
+        b.try_send(vec![0; 4]).unwrap();
+        assert_eq!(budget.used(), 10);
+        assert_eq!(b.try_send(vec![1]), Err(Refused::OverBudget(vec![1])));
+        assert_eq!(
+            (a.queued_bytes(), b.queued_bytes()),
+            (6, 4),
+            "a refusal takes nothing"
+        );
+        // Taken out by the socket.
+        a_rx.try_recv();
+        assert_eq!(budget.used(), 4);
+        a.try_send(vec![0; 3]).unwrap();
+        a.try_send(vec![0; 3]).unwrap();
+        // Cleared by the hub closing the connection.
+        a.clear();
+        assert_eq!((budget.used(), a.queued_bytes()), (4, 0));
+        assert_eq!(a_rx.try_recv(), None);
+        // Dropped with the socket's task.
+        drop(b_rx);
+        assert_eq!(budget.used(), 0);
+        // The per-queue bound still applies within the budget.
+        let (c, _c_rx) = bounded_within::<Vec<u8>>(1, 100, budget.clone());
+        c.try_send(vec![0]).unwrap();
+        assert_eq!(c.try_send(vec![0]), Err(Refused::Full(vec![0])));
+        assert_eq!(budget.used(), 1);
     }
 }
