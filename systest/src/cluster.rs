@@ -97,6 +97,12 @@ impl RedisCluster {
         Ok(parse_nodes(&text))
     }
 
+    /// `CONFIG SET <name> <value>` on the node at `port` alone.
+    pub async fn config_set(&self, port: u16, name: &str, value: &str) -> anyhow::Result<()> {
+        command(port, &["CONFIG", "SET", name, value]).await?;
+        Ok(())
+    }
+
     /// The client port of the primary serving `key`'s slot.
     pub async fn primary_of(&self, key: &str) -> anyhow::Result<u16> {
         let slot = slot_of(key);

@@ -1,5 +1,6 @@
 //! A real HAProxy in front of edges, configured as `dev/haproxy.cfg` forwards: HTTP mode, `option forwardfor`
-//! (which adds the client's address to `X-Forwarded-For` as a header line of its own), round-robin.
+//! (which adds the client's address to `X-Forwarded-For` as a header line of its own), round-robin; or in TCP mode
+//! with the PROXY protocol, as a load balancer that forwards connections rather than requests.
 
 use std::process::Stdio;
 
@@ -20,6 +21,28 @@ pub struct Haproxy {
 impl Haproxy {
     /// Starts HAProxy balancing over `backends` (`host:port` each) and waits until it accepts connections.
     pub async fn start(backends: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(backends, "mode http\n    option forwardfor", "").await
+    }
+
+    /// Starts HAProxy in TCP mode, sending each backend connection's client with the PROXY protocol: `version` 1
+    /// (`send-proxy`) or 2 (`send-proxy-v2`).
+    pub async fn start_tcp_with_proxy_protocol(
+        backends: &[&str],
+        version: u8,
+    ) -> anyhow::Result<Self> {
+        let send = if version == 1 {
+            " send-proxy"
+        } else {
+            " send-proxy-v2"
+        };
+        Self::start_with(backends, "mode tcp", send).await
+    }
+
+    async fn start_with(
+        backends: &[&str],
+        mode: &str,
+        server_options: &str,
+    ) -> anyhow::Result<Self> {
         let bin = find_binary("haproxy", "CES_HAPROXY_BIN").or_else(|_| {
             let sbin = std::path::PathBuf::from("/usr/sbin/haproxy");
             if sbin.is_file() {
@@ -33,12 +56,12 @@ impl Haproxy {
         let servers: String = backends
             .iter()
             .enumerate()
-            .map(|(i, b)| format!("    server edge-{i} {b}\n"))
+            .map(|(i, b)| format!("    server edge-{i} {b}{server_options}\n"))
             .collect();
         let config = format!(
             "global\n    maxconn 8000\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    \
-             timeout tunnel 1h\n    option forwardfor\n\
+             defaults\n    {mode}\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    \
+             timeout tunnel 1h\n\
              frontend ces\n    bind 127.0.0.1:{port}\n    default_backend edges\n\
              backend edges\n    balance roundrobin\n{servers}"
         );

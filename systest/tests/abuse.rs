@@ -219,3 +219,70 @@ async fn slow_bodies_and_idle_keep_alives_from_one_host_lock_nobody_out() -> any
     ws.close().await;
     edge.stop().await
 }
+
+/// HAProxy in TCP mode (a load balancer that forwards connections, not requests) names each client with the PROXY
+/// protocol, v2 and v1: the per-address budget follows the real hosts, a WebSocket works through it, and a
+/// connection from the proxy's address without a header is closed unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_names_each_client_behind_a_tcp_load_balancer() -> anyhow::Result<()> {
+    use ces_systest::client::{WsClient, ws_url};
+    use tokio::io::AsyncWriteExt as _;
+    let redis = Redis::start().await?;
+    let budget = 5;
+    let edge = common::start_edge(
+        &redis.url(),
+        "edge-a",
+        &[
+            ("CES_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
+            ("CES_PROXY_PROTOCOL", "true".to_owned()),
+            ("CES_LIMIT_REGISTRATIONS_PER_MIN", budget.to_string()),
+        ],
+    )
+    .await?;
+    let backend = edge.base.trim_start_matches("http://");
+    for (version, (first, second)) in [
+        (2, ([127, 0, 0, 2], [127, 0, 0, 3])),
+        (1, ([127, 0, 0, 4], [127, 0, 0, 5])),
+    ] {
+        let proxy = Haproxy::start_tcp_with_proxy_protocol(&[backend], version).await?;
+        let register_from = |ip: [u8; 4]| {
+            let url = format!("{}/v1/sessions", proxy.base);
+            async move { anyhow::Ok(host(ip).post(url).send().await?) }
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..budget + 3 {
+            statuses.push(register_from(first).await?.status().as_u16());
+        }
+        assert_eq!(
+            statuses,
+            [vec![201; budget], vec![429; 3]].concat(),
+            "v{version}: one host, one budget, although every connection comes from the proxy"
+        );
+        let response = register_from(second).await?;
+        assert_eq!(
+            response.status().as_u16(),
+            201,
+            "v{version}: another host has its own"
+        );
+        let reg: ces_systest::client::Registered = response.json().await?;
+        let mut ws = WsClient::connect(&ws_url(&proxy.base, &reg.token)).await?;
+        let welcome = ws
+            .next_json(Duration::from_secs(10))
+            .await?
+            .expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "v{version}");
+        ws.close().await;
+    }
+    // Straight from the proxy's address, without a header: closed, nothing answered.
+    let mut bare = raw_connection([127, 0, 0, 1], &edge.base).await?;
+    bare.write_all(b"POST /v1/sessions HTTP/1.1\r\nHost: edge\r\nContent-Length: 0\r\n\r\n")
+        .await?;
+    let (answer, closed) = until_closed(&mut bare, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "closed");
+    assert!(
+        answer.is_empty(),
+        "unanswered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    edge.stop().await
+}

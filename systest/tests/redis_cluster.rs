@@ -180,6 +180,30 @@ async fn every_shard_streams_exactly_and_a_sessions_messages_stay_on_its_shard()
     for (_, ws) in clients {
         ws.close().await;
     }
+
+    // The start-up eviction check reads every primary: the one that may evict keys is named, the others pass.
+    let evicting = primaries[1].port;
+    stack
+        .cluster
+        .config_set(evicting, "maxmemory-policy", "allkeys-lru")
+        .await?;
+    let client = ces_runtime::redis::builder(&stack.cluster.url())?.build()?;
+    fred::interfaces::ClientLike::init(&client).await?;
+    let refused = ces_runtime::redis::check_eviction(&client, true)
+        .await
+        .expect_err("a primary that evicts is refused")
+        .to_string();
+    assert!(
+        refused.contains(&format!(":{evicting}: allkeys-lru")),
+        "{refused}"
+    );
+    for p in primaries.iter().filter(|p| p.port != evicting) {
+        assert!(
+            !refused.contains(&format!(":{}: ", p.port)),
+            "only primary {evicting} is named: {refused}"
+        );
+    }
+    let _ = fred::interfaces::ClientLike::quit(&client).await;
     stack.stop().await
 }
 

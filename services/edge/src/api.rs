@@ -97,15 +97,20 @@ pub async fn register(
     if let Some(subject) = &subject {
         let set = keys::subject_sessions_key(subject);
         let cap = state.config.max_sessions_per_subject;
-        if !session::admit(&state.redis, set, &session, expires_at_ms, cap).await? {
+        if !ces_runtime::session::admit(&state.redis, set, &session, expires_at_ms, cap).await? {
             return Err(Error::AtCapacity);
         }
     }
     let everyone = keys::SESSIONS_KEY.to_owned();
     let cap = state.config.max_sessions;
-    if !session::admit(&state.redis, everyone, &session, expires_at_ms, cap).await? {
+    if !ces_runtime::session::admit(&state.redis, everyone, &session, expires_at_ms, cap).await? {
         if let Some(subject) = &subject {
-            session::forget(&state.redis, keys::subject_sessions_key(subject), &session).await?;
+            ces_runtime::session::forget(
+                &state.redis,
+                keys::subject_sessions_key(subject),
+                &session,
+            )
+            .await?;
         }
         return Err(Error::AtCapacity);
     }
@@ -330,28 +335,17 @@ pub async fn refresh(
         .token_keys
         .sign(&verified.session_id, expires_at);
     let expires_at_ms = i64::try_from(expires_at.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let session = &verified.session_id;
-    // The session's record lives at least as long as the token just issued.
-    let ttl = i64::try_from(expires_at.saturating_sub(now.as_secs())).unwrap_or(i64::MAX);
-    let _: i64 = state
-        .redis
-        .expire(
-            session.session_key(),
-            ttl,
-            Some(fred::types::ExpireOptions::GT),
-        )
-        .await?;
-    session::extend(
+    // The session's record lives at least as long as the token just issued, and its places under the caps
+    // until that token expires.
+    let ttl = Duration::from_secs(expires_at.saturating_sub(now.as_secs()));
+    ces_runtime::session::extend_life(
         &state.redis,
-        keys::SESSIONS_KEY.to_owned(),
-        session,
+        &verified.session_id,
+        subject.as_deref(),
+        ttl,
         expires_at_ms,
     )
     .await?;
-    if let Some(subject) = &subject {
-        let set = keys::subject_sessions_key(subject);
-        session::extend(&state.redis, set, session, expires_at_ms).await?;
-    }
     let expires_at = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(expires_at);
     Ok(Json(Refreshed {
         token,
@@ -382,7 +376,7 @@ fn client_ip(
     Some(crate::client_addr::client_ip(
         peer.ip(),
         forwarded,
-        &state.config.trusted_proxies,
+        &state.config.serving.trusted,
     ))
 }
 

@@ -64,8 +64,6 @@ pub struct Config {
     /// Browser origins allowed to open sockets (`Origin` header, exact match); empty: any. Requests without an
     /// `Origin` (native apps, servers) are not browsers and are always allowed.
     pub allowed_origins: Vec<String>,
-    /// Proxies whose `X-Forwarded-For` names the client (the load balancers' addresses).
-    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
     /// closing and the listener stops accepting.
     pub drain_delay: Duration,
@@ -186,6 +184,12 @@ impl Config {
                 v.check(false, || format!("CES_TRUSTED_PROXIES: {e}"));
                 Default::default()
             });
+        let proxy_protocol = v.parse("CES_PROXY_PROTOCOL", false);
+        v.check(!proxy_protocol || !trusted_proxies.is_empty(), || {
+            "CES_PROXY_PROTOCOL=true needs CES_TRUSTED_PROXIES: only the load balancers listed there may send a \
+             PROXY protocol header"
+                .into()
+        });
         v.check(admission_wait < request_timeout, || {
             "CES_WS_ADMISSION_WAIT_MS must be shorter than CES_HTTP_REQUEST_TIMEOUT_MS (a handshake that waits for \
              a slot is a request in progress)"
@@ -253,15 +257,15 @@ impl Config {
                 write_timeout,
                 max_header_bytes,
                 max_headers,
-                trusted: trusted_proxies.clone(),
+                trusted: trusted_proxies,
                 ipv6_prefix: rates.ipv6_prefix,
+                proxy_protocol,
             },
             max_message_bytes,
             max_body_bytes,
             shutdown_grace,
             rates,
             allowed_origins,
-            trusted_proxies,
             drain_delay,
             drain_window,
             state_ttl,
@@ -389,6 +393,22 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_only_taken_from_trusted_proxies() {
+        let base = [("CES_TOKEN_SECRET", SECRET), ("CES_PROXY_PROTOCOL", "true")];
+        let err = Config::from_source(&src(&base)).unwrap_err().to_string();
+        assert!(
+            err.contains("CES_PROXY_PROTOCOL=true needs CES_TRUSTED_PROXIES"),
+            "{err}"
+        );
+        let mut with_proxies = base.to_vec();
+        with_proxies.push(("CES_TRUSTED_PROXIES", "10.0.0.0/8"));
+        let c = Config::from_source(&src(&with_proxies)).unwrap();
+        assert!(c.serving.proxy_protocol);
+        let off = Config::from_source(&src(&[("CES_TOKEN_SECRET", SECRET)])).unwrap();
+        assert!(!off.serving.proxy_protocol, "off by default");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`queue`]: a connection's bounded queue of live events, which costs nothing while idle.
 //! - [`register_auth`]: who may register (API keys, upstream JWT).
 //! - [`resume`]: reading the reconnection buffer and deciding what a (re)connecting client is sent.
-//! - [`serve`]: the accept loop (TLS, header timeout, connection cap, graceful stop).
+//! - [`serve`]: the accept loop (TLS, PROXY protocol, header timeout, connection caps, graceful stop).
+//! - [`proxy_protocol`]: the client address a TCP load balancer puts before a connection.
 //! - [`session`]: session state in Redis (claim, release, close, admission); sending node control messages.
 //! - [`ws`]: one WebSocket connection: a thin loop over the pure state machine [`ws::machine`], with the session's
 //!   Redis state behind [`ws::SessionStore`].
@@ -23,6 +24,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod pubsub;
 pub mod queue;
 pub mod register_auth;

@@ -58,3 +58,6 @@ pub const QUEUED_BYTES: &str = "ces_edge_queued_bytes";
 /// Counter: sockets closed with 4008 because the node's queues together passed their budget (the largest queue
 /// goes first); each is also counted in [`SLOW_CONSUMERS`].
 pub const BUDGET_CLOSES: &str = "ces_edge_queue_budget_closes_total";
+/// Counter: connections from a trusted proxy closed because their PROXY protocol header was missing, invalid or
+/// late (`CES_PROXY_PROTOCOL`).
+pub const PROXY_HEADERS_REFUSED: &str = "ces_edge_proxy_headers_refused_total";

@@ -15,6 +15,9 @@
 //! - Each request (its body included) must be answered within `request_timeout`, else 408 and the connection
 //!   closes; a write to the socket that makes no progress for `write_timeout` ends the connection (a client that
 //!   never reads its response).
+//! - With `proxy_protocol`, a connection from a trusted proxy starts with a PROXY protocol header (v1 or v2) naming
+//!   the client, read within `header_timeout`; that client is the connection's peer from then on (its per-address
+//!   share, the handlers' `ConnectInfo`). A connection from a trusted proxy without a valid header is closed.
 //! - The accept loop never waits on a client: handshakes run on the connection's own task.
 //! - On shutdown the listener closes and each connection finishes its in-flight request and closes; the caller
 //!   waits for them with the returned tracker.
@@ -37,6 +40,7 @@ use tracing::{debug, warn};
 use crate::client_addr::{TrustedProxies, limit_key};
 use crate::limits::ConnectionShares;
 use crate::metrics as m;
+use crate::proxy_protocol;
 
 /// How the listener serves connections.
 #[derive(Debug, Clone)]
@@ -61,6 +65,8 @@ pub struct Serving {
     pub trusted: TrustedProxies,
     /// Prefix length an IPv6 client is counted by.
     pub ipv6_prefix: u8,
+    /// Connections from trusted proxies start with a PROXY protocol header (`CES_PROXY_PROTOCOL`).
+    pub proxy_protocol: bool,
 }
 
 /// Serves `router` on `listener` until `stop` fires. Returns the (closed) tracker of the connections still
@@ -96,11 +102,11 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
-        let share = if serving.trusted.contains(peer.ip()) {
+        let from_proxy = serving.trusted.contains(peer.ip());
+        let share = if from_proxy {
             None
         } else {
-            let Some(share) = shares.take(limit_key(peer.ip(), serving.ipv6_prefix)) else {
-                metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => "address").increment(1);
+            let Some(share) = take_share(&shares, peer, &serving) else {
                 drop(tcp);
                 continue;
             };
@@ -109,15 +115,40 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let mut tcp = tokio_io_timeout::TimeoutStream::new(tcp);
         tcp.set_write_timeout(Some(serving.write_timeout));
-        let tcp = Box::pin(tcp);
+        let mut tcp = Box::pin(tcp);
         let router = router.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         let serving = serving.clone();
+        let shares = shares.clone();
         connections.spawn(async move {
-            let _held = (slot, share);
-            metrics::gauge!(m::HTTP_CONNECTIONS).increment(1.0);
+            let _slot = slot;
             let timeout = serving.header_timeout;
+            // The client behind a proxy that forwards TCP: its address comes first, before TLS or HTTP.
+            let (peer, _share) = if serving.proxy_protocol && from_proxy {
+                match tokio::time::timeout(timeout, proxy_protocol::read_header(&mut tcp)).await {
+                    Ok(Ok(Some(client))) if !serving.trusted.contains(client.ip()) => {
+                        match take_share(&shares, client, &serving) {
+                            Some(share) => (client, Some(share)),
+                            None => return,
+                        }
+                    }
+                    Ok(Ok(client)) => (client.unwrap_or(peer), None),
+                    Ok(Err(e)) => {
+                        metrics::counter!(m::PROXY_HEADERS_REFUSED).increment(1);
+                        debug!(%peer, error = %e, "PROXY protocol header refused");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!(m::PROXY_HEADERS_REFUSED).increment(1);
+                        debug!(%peer, "PROXY protocol header not received in time");
+                        return;
+                    }
+                }
+            } else {
+                (peer, share)
+            };
+            metrics::gauge!(m::HTTP_CONNECTIONS).increment(1.0);
             match tls {
                 None => serve_connection(tcp, peer, router, &serving, stop).await,
                 Some(tls) => match tokio::time::timeout(timeout, tls.accept(tcp)).await {
@@ -138,6 +169,19 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections
+}
+
+/// The client address's share of the connection slots, or `None` (counted as shed) when it holds all of them.
+fn take_share(
+    shares: &Arc<ConnectionShares>,
+    client: SocketAddr,
+    serving: &Serving,
+) -> Option<crate::limits::Share> {
+    let share = shares.take(limit_key(client.ip(), serving.ipv6_prefix));
+    if share.is_none() {
+        metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => "address").increment(1);
+    }
+    share
 }
 
 /// One HTTP/1.1 connection, with WebSocket upgrades, until the client closes it, a request head is late, or

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use ces_protocol::close::CloseCode;
 use ces_protocol::keys::{SessionId, SessionKeys};
-use ces_runtime::redis::{
-    ADMIT_FUNCTION, CLAIM_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION, millis as ms,
-};
+use ces_runtime::redis::{CLAIM_FUNCTION, RELEASE_FUNCTION, TOUCH_FUNCTION, millis as ms};
 use fred::clients::Client;
 use fred::interfaces::HashesInterface;
 use fred::types::{FromValue, Value};
@@ -115,54 +113,6 @@ pub async fn close(
 pub async fn is_closed(redis: &Client, session: &SessionId) -> Result<bool, Error> {
     let status: Option<String> = redis.hget(session.session_key(), "status").await?;
     Ok(status.as_deref() == Some("closed"))
-}
-
-/// Admits a new session into `set` (live sessions scored by their token's expiry, [`keys::SESSIONS_KEY`] or a
-/// subject's) under the cap `max`; `false` when the cap is reached.
-pub async fn admit(
-    redis: &Client,
-    set: String,
-    session: &SessionId,
-    expires_at_ms: i64,
-    max: u64,
-) -> Result<bool, Error> {
-    let args = vec![
-        session.as_str().into(),
-        Value::Integer(ces_runtime::now_ms()),
-        Value::Integer(expires_at_ms),
-        Value::Integer(max as i64),
-    ];
-    let admitted: i64 = fcall(redis, ADMIT_FUNCTION, set, args).await?;
-    Ok(admitted == 1)
-}
-
-/// A session counts as live until its newest token expires: a refresh moves its place in `set` forward (never
-/// back), and only while it is there (a closed session does not come back).
-pub async fn extend(
-    redis: &Client,
-    set: String,
-    session: &SessionId,
-    expires_at_ms: i64,
-) -> Result<(), Error> {
-    use fred::interfaces::SortedSetsInterface as _;
-    let _: Value = redis
-        .zadd(
-            set,
-            Some(fred::types::SetOptions::XX),
-            Some(fred::types::sorted_sets::Ordering::GreaterThan),
-            false,
-            false,
-            (expires_at_ms as f64, session.as_str()),
-        )
-        .await?;
-    Ok(())
-}
-
-/// A closed session frees its place in `set` at once.
-pub async fn forget(redis: &Client, set: String, session: &SessionId) -> Result<(), Error> {
-    use fred::interfaces::SortedSetsInterface as _;
-    let _: Value = redis.zrem(set, session.as_str()).await?;
-    Ok(())
 }
 
 /// Tells the node holding `holder` (`<node>/<conn id>`) to close it with `code`

@@ -87,9 +87,39 @@ async fn the_live_session_cap_frees_a_place_on_delete() -> anyhow::Result<()> {
     let body: serde_json::Value = refused.json().await?;
     assert_eq!(body["error"], "at_capacity");
 
-    // A refresh keeps its place (and takes no new one).
+    // A refresh keeps its place (and takes no new one), moved to its new token's expiry, and keeps the session's
+    // record at least as long: shown from a place and a record about to lapse.
+    let redis = ces_runtime::redis::builder(&edge.redis.url())?.build()?;
+    fred::interfaces::ClientLike::init(&redis).await?;
+    let record = ces_protocol::keys::SessionId::parse(&first.session_id)?.session_key();
+    let _: i64 = fred::interfaces::KeysInterface::expire(&redis, &record, 5, None).await?;
+    let _: i64 = fred::interfaces::SortedSetsInterface::zadd(
+        &redis,
+        "ces:sessions",
+        None,
+        None,
+        false,
+        false,
+        (1.0, first.session_id.as_str()),
+    )
+    .await?;
     let refreshed = refresh(&edge.base, &first.session_id, &first.token).await?;
     assert_eq!(refreshed.status().as_u16(), 200);
+    let body: serde_json::Value = refreshed.json().await?;
+    let expires_at = time::OffsetDateTime::parse(
+        body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )?;
+    let score: Option<f64> =
+        fred::interfaces::SortedSetsInterface::zscore(&redis, "ces:sessions", &first.session_id)
+            .await?;
+    assert_eq!(
+        score,
+        Some((expires_at.unix_timestamp() * 1000) as f64),
+        "the place lasts until the new token expires"
+    );
+    let ttl: i64 = fred::interfaces::KeysInterface::ttl(&redis, &record).await?;
+    assert!(ttl > 800, "the record outlives the new token: TTL {ttl} s");
     let still_full = http
         .post(format!("{}/v1/sessions", edge.base))
         .send()
