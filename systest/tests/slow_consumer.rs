@@ -72,7 +72,7 @@ async fn stops_reading_then_resumes(edge_env: &[(&'static str, String)]) -> anyh
     common::assert_numbered(&neighbour.session_id, &events, NEIGHBOUR_EVENTS);
     let mut slow_closed = false;
     for _ in 0..100 {
-        if Metrics::scrape(&edge.base)
+        if Metrics::scrape(&edge.internal)
             .await?
             .get("ces_edge_slow_consumer_total", &[])
             >= 1.0
