@@ -6,7 +6,7 @@
 # storm-wide"), BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
 # BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000), BENCH_WARMUP (30: seconds of load that warm the
 # broker's JVM up before anything is measured), BENCH_WIDE_EDGES (6: the edges `hold` and `storm-wide` start, on
-# 18081 and up, at most 9), BENCH_HOLD_CONNECTIONS (100000: `hold` spreads them over those edges),
+# 18081 and up with their internal listeners on 18181 and up, at most 9), BENCH_HOLD_CONNECTIONS (100000: `hold` spreads them over those edges),
 # BENCH_STORM_WIDE_SESSIONS (40000) and BENCH_STORM_WIDE_STOP (3: `storm-wide` kills that many edges at once, so
 # their 20,000 sessions move; one edge holds at most its open-files limit of sockets). Every other scenario
 # starts two edges. BENCH_HOLD=1 keeps a stack running after the scenarios until Ctrl-C, for profiling by hand
@@ -34,7 +34,7 @@ wide_edges=${BENCH_WIDE_EDGES:-6}
 hold_connections=${BENCH_HOLD_CONNECTIONS:-100000}
 storm_wide_sessions=${BENCH_STORM_WIDE_SESSIONS:-40000}
 storm_wide_stop=${BENCH_STORM_WIDE_STOP:-3}
-# Edge ports are 18081 and up, below ingest's 18090.
+# Edge ports are 18081 and up, below ingest's 18090; their internal listeners (probes and metrics) 18181 and up.
 [[ $wide_edges =~ ^[2-9]$ ]] || { echo "BENCH_WIDE_EDGES=$wide_edges: 2 to 9 edges" >&2; exit 64; }
 edge_names=(a b c d e f g h i)
 edges=() edge_addrs="" edge_urls=""
@@ -42,7 +42,9 @@ edges=() edge_addrs="" edge_urls=""
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 edge_ports=()
-for ((i = 0; i < wide_edges; i++)); do edge_ports+=("edge-${edge_names[i]}=$((18081 + i))"); done
+for ((i = 0; i < wide_edges; i++)); do
+  edge_ports+=("edge-${edge_names[i]}=$((18081 + i))" "edge-${edge_names[i]}-internal=$((18181 + i))")
+done
 check_ports broker=19092 controller=19093 redis=16379 ingest=18090 bench-ingest=18091 "${edge_ports[@]}" || exit 1
 
 say "building release binaries (cargo build --release)"
@@ -94,17 +96,19 @@ kafka_up() {
 
 # Every scenario gets the rest of the stack fresh: an empty Redis, ingest and edges with no history, and an input
 # topic of its own (a backlog one scenario leaves in Kafka is never read by the next), so a scenario never
-# measures the one before it. Sets `edges` (their names), `edge_addrs` (host:port,...) and `edge_urls`.
+# measures the one before it. Sets `edges` (their names), `edge_addrs` (host:port,... of their internal listeners,
+# where the load generator reads their metrics and finds their processes) and `edge_urls` (where clients go).
 stack_up() { # scenario [number of edges, 2 by default]
   input="ces.bench.in.$1"
   local n=${2:-2} i name port
   edges=() edge_addrs="" edge_urls=""
   for ((i = 0; i < n; i++)); do
     edges+=("edge-${edge_names[i]}")
-    edge_addrs+="${edge_addrs:+,}127.0.0.1:$((18081 + i))"
+    edge_addrs+="${edge_addrs:+,}127.0.0.1:$((18181 + i))"
     edge_urls+="${edge_urls:+,}http://127.0.0.1:$((18081 + i))"
   done
-  say "starting a fresh stack: redis :16379, ingest :18090 on topic $input, $n edges :18081-:$((18080 + n))"
+  say "starting a fresh stack: redis :16379, ingest :18090 on topic $input, $n edges :18081-:$((18080 + n))" \
+    "(internal :18181-:$((18180 + n)))"
   rm -rf "$data/redis" && mkdir -p "$data/redis"
   start redis redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --dir "$data/redis"
   wait_port redis 16379
@@ -112,13 +116,16 @@ stack_up() { # scenario [number of edges, 2 by default]
   CES_KAFKA_TOPICS="$input" CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
   for ((i = 0; i < n; i++)); do
     name=${edges[i]} port=$((18081 + i))
-    CES_NODE_ID=$name CES_EDGE_LISTEN=127.0.0.1:$port start "$name" "$bin/ces-edge"
+    CES_NODE_ID=$name CES_EDGE_LISTEN=127.0.0.1:$port CES_EDGE_INTERNAL_LISTEN=127.0.0.1:$((port + 100)) \
+      start "$name" "$bin/ces-edge"
   done
   wait_port ingest 18090
   for ((i = 0; i < n; i++)); do wait_port "${edges[i]}" $((18081 + i)); done
-  for _ in $(seq 1 100); do
-    http_ok 18090 /readyz && break
-    sleep 0.2
+  for port in 18090 $(seq 18181 $((18180 + n))); do
+    for _ in $(seq 1 100); do
+      http_ok "$port" /readyz && break
+      sleep 0.2
+    done
   done
 }
 
@@ -212,7 +219,8 @@ if ((${#failed[@]})); then
 fi
 if [[ -n "${BENCH_HOLD:-}" ]]; then
   stack_up manual
-  say "stack left running (BENCH_HOLD): broker 127.0.0.1:19092, redis 127.0.0.1:16379, ingest :18090, edges :18081 :18082; Ctrl-C stops it"
+  say "stack left running (BENCH_HOLD): broker 127.0.0.1:19092, redis 127.0.0.1:16379, ingest :18090, edges :18081 :18082" \
+    "(metrics on :18181 :18182); Ctrl-C stops it"
   wait
 fi
 exit "${status:-0}"

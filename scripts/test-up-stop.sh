@@ -16,7 +16,7 @@ tag=test-up-stop
 source scripts/lib.sh
 
 STOP_LIMIT=${STOP_LIMIT:-10}
-ports=(9092 9093 6379 8090 8081 8082 8080 9090)
+ports=(9092 9093 6379 8090 8081 8082 9181 9182 8080 9090)
 
 if [[ -z "${CES_UP_STOP_NETNS:-}" ]] && (($(id -u) == 0)) && unshare --net true 2>/dev/null; then
   say "running in a network namespace of its own (unshare --net)"

@@ -35,8 +35,8 @@ if [[ "$redis_mode" == cluster ]]; then
 else
   redis_ports=(redis=6379)
 fi
-check_ports broker=9092 controller=9093 "${redis_ports[@]}" edge-a=8081 edge-b=8082 haproxy=8080 ingest=8090 \
-  prometheus=9090 || exit 1
+check_ports broker=9092 controller=9093 "${redis_ports[@]}" edge-a=8081 edge-b=8082 edge-a-internal=9181 \
+  edge-b-internal=9182 haproxy=8080 ingest=8090 prometheus=9090 || exit 1
 
 say "building $profile binaries (cargo build --profile $profile)"
 cargo build --profile "$profile" --locked -q -p ces-ingest -p ces-edge -p ces-ctl
@@ -110,15 +110,17 @@ say "starting ingest (health and metrics on 127.0.0.1:8090, schemas from schemas
 CES_INGEST_HTTP_ADDR=127.0.0.1:8090 CES_SCHEMA_DIR="$PWD/schemas" start ingest "$bin/ces-ingest"
 wait_port ingest 8090
 
-say "starting edge-a on 127.0.0.1:8081 and edge-b on 127.0.0.1:8082"
+say "starting edge-a on 127.0.0.1:8081 and edge-b on 127.0.0.1:8082 (health and metrics on 127.0.0.1:9181 and :9182)"
 # HAProxy (127.0.0.1) adds X-Forwarded-For; the edges believe it from there only.
 export CES_TRUSTED_PROXIES=127.0.0.1
 # A local stack: anyone on this machine may register sessions. A deployment sets API keys or a JWT key instead
 # (docs/security.md); the edges log a warning at start while registration is open.
 say "registration is open (CES_REGISTER_OPEN=true): for local use only"
 export CES_REGISTER_OPEN=true
-CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:8081 start edge-a "$bin/ces-edge"
-CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:8082 start edge-b "$bin/ces-edge"
+# Each edge serves clients on its public port and probes and metrics on an internal one (dev/haproxy.cfg checks
+# /readyz there, dev/prometheus.yml scrapes it).
+CES_NODE_ID=edge-a CES_EDGE_LISTEN=127.0.0.1:8081 CES_EDGE_INTERNAL_LISTEN=127.0.0.1:9181 start edge-a "$bin/ces-edge"
+CES_NODE_ID=edge-b CES_EDGE_LISTEN=127.0.0.1:8082 CES_EDGE_INTERNAL_LISTEN=127.0.0.1:9182 start edge-b "$bin/ces-edge"
 wait_port edge-a 8081
 wait_port edge-b 8082
 
@@ -138,8 +140,8 @@ CES is running (Ctrl-C stops everything):
   Apache Kafka        127.0.0.1:9092   topics ces.events, ces.events.dlq (controller on :9093)
   Redis               $redis_where
   ingest              http://127.0.0.1:8090/metrics
-  edge-a              http://127.0.0.1:8081
-  edge-b              http://127.0.0.1:8082
+  edge-a              http://127.0.0.1:8081   (metrics: http://127.0.0.1:9181/metrics)
+  edge-b              http://127.0.0.1:8082   (metrics: http://127.0.0.1:9182/metrics)
   load balancer       http://127.0.0.1:8080   (clients connect here)
   Prometheus          http://127.0.0.1:9090   (try ces_e2e_latency_seconds_count; alerts at /alerts)
   logs                $logs/

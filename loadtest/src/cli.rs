@@ -79,11 +79,12 @@ pub struct Common {
     /// Where sessions register and connect: the load balancer, or several edges (comma-separated), used in turn.
     #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
     pub target: Vec<String>,
-    /// The edge nodes (host:port) whose memory and CPU are reported (and, in `storm`, the first --stop-edges are
-    /// stopped).
+    /// The edge nodes by their internal listeners (host:port of `CES_EDGE_INTERNAL_LISTEN`, where their
+    /// `/metrics` is): their memory and CPU are reported, from the process listening there (and, in `storm`, the
+    /// first --stop-edges are stopped). Not the --target addresses: edges serve no metrics on those.
     #[arg(
         long,
-        default_value = "127.0.0.1:8081,127.0.0.1:8082",
+        default_value = "127.0.0.1:9181,127.0.0.1:9182",
         value_delimiter = ','
     )]
     pub edges: Vec<String>,
@@ -169,7 +170,7 @@ pub struct StormArgs {
 #[derive(Debug, Clone, Args)]
 pub struct HoldArgs {
     /// Shared options (--connections over --target in turn; --edges are the edges whose memory is measured:
-    /// the same ones, as host:port).
+    /// the same ones, by their internal listeners).
     #[command(flatten)]
     pub common: Common,
     /// Target: no edge's RSS grows by more than this many bytes per connection it holds.
@@ -250,6 +251,15 @@ mod tests {
             (8192, 100_000)
         );
         assert_eq!(h.common.per_process, None);
+    }
+
+    #[test]
+    fn the_edges_are_named_by_their_internal_listeners_apart_from_the_targets() {
+        let Scenario::Storm(s) = parse(&["storm"]) else {
+            panic!("not the storm scenario")
+        };
+        assert_eq!(s.common.edges, ["127.0.0.1:9181", "127.0.0.1:9182"]);
+        assert_eq!(s.common.target, ["http://127.0.0.1:8080"]);
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub struct Report {
 /// One edge's connections and resident memory over a `hold` run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EdgeFigures {
-    /// `host:port` it listens on.
+    /// `host:port` of its internal listener (as given in `--edges`).
     pub edge: String,
     /// Its process id.
     pub pid: u32,

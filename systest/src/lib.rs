@@ -22,9 +22,11 @@ pub mod kafka;
 pub mod kafka_secure;
 pub mod kafka_wire;
 mod metrics;
+mod process;
 pub mod tls;
 
 pub use metrics::Metrics;
+pub use process::Process;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -521,68 +523,4 @@ pub fn workspace_binary(name: &str, env_override: &str) -> anyhow::Result<PathBu
         );
     }
     Ok(path)
-}
-
-/// A CES service binary running as a child process, killed when dropped.
-#[derive(Debug)]
-pub struct Process {
-    child: Child,
-    /// `http://127.0.0.1:<port>` of its HTTP port.
-    pub base: String,
-}
-
-impl Process {
-    /// Starts `bin` with `env` (plus `http_var` set to a free port) and waits until `/readyz` answers 200.
-    pub async fn start(
-        bin: &std::path::Path,
-        http_var: &str,
-        env: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let port = free_port();
-        let child = Command::new(bin)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env(http_var, format!("127.0.0.1:{port}"))
-            .env("CES_LOG_FORMAT", "text")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(&base).await?;
-        Ok(Self { child, base })
-    }
-
-    fn pid(&self) -> anyhow::Result<u32> {
-        self.child.id().context("process already exited")
-    }
-
-    /// Resident set size in bytes (Linux `/proc`).
-    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse()?;
-        Ok(kb * 1024)
-    }
-
-    /// Sends a signal by name (`HUP`, `TERM`, ...).
-    pub async fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid()?.to_string())
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -{name} failed");
-        Ok(())
-    }
-
-    /// SIGTERM, then waits up to `grace` for the exit status.
-    pub async fn stop(mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        self.signal("TERM").await?;
-        Ok(tokio::time::timeout(grace, self.child.wait()).await??)
-    }
 }

@@ -121,25 +121,6 @@ impl TestCert {
         Ok(serde_json::from_str(&body)?)
     }
 
-    /// Polls `<base>/readyz` over HTTPS until it answers 200, for up to 10 s.
-    pub async fn wait_ready(&self, base: &str) -> anyhow::Result<()> {
-        for _ in 0..400 {
-            if let Ok((200, _)) = self.request("GET", &format!("{base}/readyz"), None).await {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        anyhow::bail!("{base} not ready after 10 s")
-    }
-
-    /// The node's `/metrics` page over HTTPS.
-    pub async fn metrics(&self, base: &str) -> anyhow::Result<crate::Metrics> {
-        let (_, body) = self
-            .request("GET", &format!("{base}/metrics"), None)
-            .await?;
-        Ok(crate::Metrics::parse(&body))
-    }
-
     /// A `wss://` connector trusting only the test CA.
     pub fn ws_connector(&self) -> tokio_tungstenite::Connector {
         tokio_tungstenite::Connector::Rustls(self.client.clone())

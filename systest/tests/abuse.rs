@@ -154,12 +154,12 @@ async fn slow_bodies_and_idle_keep_alives_from_one_host_lock_nobody_out() -> any
             (got, started.elapsed())
         }));
     }
-    // Idle keep-alives: one request answered, then silence.
+    // Idle keep-alives: one request answered (401: a socket without a token), then silence.
     let mut idle = Vec::new();
     for _ in 0..share / 2 {
         let mut stream = raw_connection(attacker, &edge.base).await?;
         stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            .write_all(b"GET /v1/ws HTTP/1.1\r\nHost: edge\r\n\r\n")
             .await?;
         idle.push(tokio::spawn(async move {
             until_closed(&mut stream, Duration::from_secs(20)).await
@@ -169,7 +169,7 @@ async fn slow_bodies_and_idle_keep_alives_from_one_host_lock_nobody_out() -> any
     for _ in 0..100 {
         let mut extra = raw_connection(attacker, &edge.base).await?;
         let _ = extra
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            .write_all(b"GET /v1/ws HTTP/1.1\r\nHost: edge\r\n\r\n")
             .await;
         let (got, closed) = until_closed(&mut extra, Duration::from_secs(5)).await;
         assert!(
@@ -212,7 +212,7 @@ async fn slow_bodies_and_idle_keep_alives_from_one_host_lock_nobody_out() -> any
     }
     for idle in idle {
         let (answer, closed) = idle.await?;
-        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"));
         let closed = closed.expect("an idle keep-alive is closed by the head deadline");
         assert!(closed < head_deadline * 4, "closed after {closed:?}");
     }

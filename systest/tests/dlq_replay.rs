@@ -93,7 +93,7 @@ async fn fixed_schema_then_replay_delivers_once_and_loops_are_refused() -> anyho
     std::fs::write(&schema_file, FIXED)?;
     ingest.signal("HUP").await?;
     wait_metric(
-        &ingest.base,
+        &ingest.internal,
         "ces_ingest_schema_reloads_total",
         &[("result", "ok")],
         1.0,
@@ -129,7 +129,7 @@ async fn fixed_schema_then_replay_delivers_once_and_loops_are_refused() -> anyho
     let second =
         cesctl(&[&replay[..], &["--reason", "schema_violation", "--json"]].concat()).await?;
     assert_eq!(second["replayed"].as_u64(), Some(5));
-    wait_metric(&ingest.base, "ces_ingest_duplicates_total", &[], 5.0).await?;
+    wait_metric(&ingest.internal, "ces_ingest_duplicates_total", &[], 5.0).await?;
     assert!(
         ws.next_json(Duration::from_millis(500)).await?.is_none(),
         "nothing new delivered"
@@ -162,7 +162,7 @@ async fn fixed_schema_then_replay_delivers_once_and_loops_are_refused() -> anyho
         (Some(1), Some(1))
     );
 
-    let m = Metrics::scrape(&ingest.base).await?;
+    let m = Metrics::scrape(&ingest.internal).await?;
     assert_eq!(m.get("ces_ingest_published_total", &[]), 5.0);
     edge.stop().await?;
     ingest.stop(Duration::from_secs(10)).await?;

@@ -63,7 +63,7 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
             redis.start_again().await?;
             down = false;
         }
-        let m = Metrics::scrape(&ingest.base).await?;
+        let m = Metrics::scrape(&ingest.internal).await?;
         peak_pending = peak_pending.max(m.get("ces_ingest_pending_records", &[]));
         peak_paused = peak_paused.max(m.get("ces_ingest_paused_partitions", &[]));
         peak_open = peak_open.max(m.get("ces_ingest_breaker_open", &[("target", "redis")]));
@@ -85,8 +85,8 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
             let keys = ces_protocol::keys::SessionKeys::of(session);
             let seq: Option<u64> = check.hget(&keys.meta, "seq").await?;
             let buffered: u64 = check.xlen(&keys.buffer).await?;
-            let m = Metrics::scrape(&ingest.base).await?;
-            let page = reqwest::get(format!("{}/metrics", ingest.base))
+            let m = Metrics::scrape(&ingest.internal).await?;
+            let page = reqwest::get(format!("{}/metrics", ingest.internal))
                 .await?
                 .text()
                 .await?;
@@ -108,7 +108,7 @@ async fn a_redis_outage_pauses_ingest_and_loses_nothing() -> anyhow::Result<()> 
         assert!(extra.is_none(), "nothing more for {session}: {extra:?}");
     }
 
-    let m = Metrics::scrape(&ingest.base).await?;
+    let m = Metrics::scrape(&ingest.internal).await?;
     assert_eq!(m.get("ces_ingest_dead_lettered_total", &[]), 0.0);
     let dead = kafka::read_to_end(&broker.bootstrap(), &dlq, 0, Duration::from_secs(5)).await?;
     assert!(dead.is_empty(), "{} dead letters", dead.len());

@@ -45,7 +45,7 @@ async fn a_replica_killed_mid_stream_loses_and_duplicates_nothing() -> anyhow::R
     for replica in &replicas {
         let mut published = 0.0;
         for _ in 0..200 {
-            published = Metrics::scrape(&replica.base)
+            published = Metrics::scrape(&replica.internal)
                 .await?
                 .get("ces_ingest_published_total", &[]);
             if published > 0.0 {

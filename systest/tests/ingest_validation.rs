@@ -261,7 +261,7 @@ async fn ten_thousand_mixed_records_each_end_up_exactly_where_they_belong() -> a
         "every reason code occurs"
     );
 
-    let ingest = &stack.ingest.as_ref().unwrap().base;
+    let ingest = &stack.ingest.as_ref().unwrap().internal;
     let m = Metrics::scrape(ingest).await?;
     for (reason, count) in &expected_counts {
         assert_eq!(

@@ -112,7 +112,7 @@ async fn events_up_to_the_largest_record_limit_are_delivered_live_and_on_resume(
         Some("2")
     );
 
-    let m = Metrics::scrape(&stack.ingest.as_ref().unwrap().base).await?;
+    let m = Metrics::scrape(&stack.ingest.as_ref().unwrap().internal).await?;
     assert_eq!(m.get("ces_ingest_published_total", &[]), 3.0);
     assert_eq!(
         m.get("ces_ingest_retries_total", &[]),
@@ -120,7 +120,7 @@ async fn events_up_to_the_largest_record_limit_are_delivered_live_and_on_resume(
         "nothing retried"
     );
     for edge in &stack.edges {
-        let m = Metrics::scrape(&edge.base).await?;
+        let m = Metrics::scrape(&edge.internal).await?;
         assert_eq!(m.get("ces_edge_slow_consumer_total", &[]), 0.0);
     }
     stack.stop().await
@@ -153,7 +153,7 @@ async fn a_burst_of_300_kb_events_is_delivered_once_each_without_retries() -> an
     assert_eq!(ns, (1..=BURST).collect::<Vec<_>>());
     assert_eq!(seqs, (1..=BURST).collect::<Vec<_>>());
 
-    let m = Metrics::scrape(&stack.ingest.as_ref().unwrap().base).await?;
+    let m = Metrics::scrape(&stack.ingest.as_ref().unwrap().internal).await?;
     assert_eq!(m.get("ces_ingest_published_total", &[]), BURST as f64);
     assert_eq!(
         m.get("ces_ingest_retries_total", &[]),

@@ -88,7 +88,7 @@ async fn pausing_inside_record_batches_loses_and_duplicates_nothing() -> anyhow:
         kafka::produce(&producer, &topic, &records).await?;
         // Ingest has read the start of the new batches, failed to publish it, and paused both partitions.
         wait_until(
-            &ingest.base,
+            &ingest.internal,
             &["ces_ingest_paused_partitions"],
             PARTITIONS as f64,
         )
@@ -98,7 +98,7 @@ async fn pausing_inside_record_batches_loses_and_duplicates_nothing() -> anyhow:
         // Every record of the round settled: published, or found already published (a reply lost to the kill).
         let expected = ((outage + 1) * PER_SESSION) as f64 * sessions.len() as f64;
         wait_until(
-            &ingest.base,
+            &ingest.internal,
             &["ces_ingest_published_total", "ces_ingest_duplicates_total"],
             expected,
         )
@@ -122,7 +122,7 @@ async fn pausing_inside_record_batches_loses_and_duplicates_nothing() -> anyhow:
         let extra = ws.next_json(Duration::from_millis(50)).await?;
         assert!(extra.is_none(), "nothing more for {session}: {extra:?}");
     }
-    let m = Metrics::scrape(&ingest.base).await?;
+    let m = Metrics::scrape(&ingest.internal).await?;
     assert_eq!(m.get("ces_ingest_dead_lettered_total", &[]), 0.0);
     assert!(
         m.get(

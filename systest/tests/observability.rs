@@ -19,9 +19,8 @@ const MISSING_SESSION: u64 = 3;
 const PARTITIONS: i32 = 4;
 
 async fn edge_process(redis_url: &str, node: &str) -> anyhow::Result<Process> {
-    Process::start(
+    Process::start_edge(
         &workspace_binary("ces-edge", "CES_EDGE_BIN")?,
-        "CES_EDGE_LISTEN",
         &[
             ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
             ("CES_REGISTER_OPEN", "true".to_owned()),
@@ -109,7 +108,7 @@ async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Res
     let valid = clients.len() as u64 * EVENTS_PER_SESSION;
     let total = valid + DUPLICATES + INVALID_JSON + MISSING_SESSION;
     // Ingest counts each record once it has settled its batch; wait for the last one.
-    let mut m = Metrics::scrape(&ingest.base).await?;
+    let mut m = Metrics::scrape(&ingest.internal).await?;
     for _ in 0..200 {
         let settled = m.get("ces_ingest_published_total", &[])
             + m.get("ces_ingest_duplicates_total", &[])
@@ -118,7 +117,7 @@ async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Res
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        m = Metrics::scrape(&ingest.base).await?;
+        m = Metrics::scrape(&ingest.internal).await?;
     }
     let get = |m: &Metrics, name: &str, labels: &[(&str, &str)]| m.get(name, labels) as u64;
     assert_eq!(
@@ -159,7 +158,7 @@ async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Res
     // Each edge delivered exactly its own sessions' events, and timed each of them on its hops.
     let per_edge = SESSIONS_PER_EDGE as u64 * EVENTS_PER_SESSION;
     for edge in &edges {
-        let m = Metrics::scrape(&edge.base).await?;
+        let m = Metrics::scrape(&edge.internal).await?;
         assert_eq!(get(&m, "ces_edge_delivered_total", &[]), per_edge);
         assert_eq!(
             get(&m, "ces_edge_sessions_registered_total", &[]),
@@ -184,7 +183,7 @@ async fn metrics_of_every_process_move_by_exactly_what_happened() -> anyhow::Res
     // Consumer lag from librdkafka's statistics: reported for every partition, and 0 once all is committed.
     let mut lags = Vec::new();
     for _ in 0..100 {
-        let m = Metrics::scrape(&ingest.base).await?;
+        let m = Metrics::scrape(&ingest.internal).await?;
         lags = (0..PARTITIONS)
             .map(|p| {
                 let p = p.to_string();

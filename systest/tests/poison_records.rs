@@ -70,7 +70,7 @@ async fn valid_records_behind_flow(
     kafka::produce(&producer, &stack.topic, &events).await?;
     let got = ws.events(EVENTS as usize, Duration::from_secs(10)).await?;
     common::assert_numbered(session, &got, EVENTS);
-    let ingest = &stack.ingest.as_ref().unwrap().base;
+    let ingest = &stack.ingest.as_ref().unwrap().internal;
     let m = Metrics::scrape(ingest).await?;
     assert_eq!(
         m.get(
@@ -129,7 +129,7 @@ async fn records_too_large_to_dead_letter_whole_go_without_parts_and_the_partiti
         std::slice::from_ref(&key_heavy),
     )
     .await?;
-    let ingest = stack.ingest.as_ref().unwrap().base.clone();
+    let ingest = stack.ingest.as_ref().unwrap().internal.clone();
     wait_consumed(&ingest, &stack.topic, 2.0).await?;
 
     valid_records_behind_flow(&stack, &session, &mut ws).await?;
@@ -215,7 +215,7 @@ async fn dead_letters_kafka_keeps_refusing_are_skipped_and_the_partition_flows_o
         &poison,
     )
     .await?;
-    let ingest = stack.ingest.as_ref().unwrap().base.clone();
+    let ingest = stack.ingest.as_ref().unwrap().internal.clone();
     wait_consumed(&ingest, &stack.topic, 3.0).await?;
 
     valid_records_behind_flow(&stack, &session, &mut ws).await?;

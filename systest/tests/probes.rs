@@ -1,5 +1,7 @@
 //! Readiness follows the dependencies: `/readyz` of ingest and of the edge turns 503 when Redis stops and 200 when
-//! it returns; ingest's turns 503 when no Kafka broker is reachable. (Waiting for topics: `topics.rs`.)
+//! it returns; ingest's turns 503 when no Kafka broker is reachable. (Waiting for topics: `topics.rs`.) The edge
+//! binary serves its probes and metrics on its internal listener (`CES_EDGE_INTERNAL_LISTEN`) and not on its public
+//! one.
 
 mod common;
 
@@ -37,12 +39,12 @@ async fn readiness_fails_while_redis_is_down_and_recovers_with_it() -> anyhow::R
     kafka::create_topics(&broker.bootstrap(), &[(&topic, 1), (&dlq, 1)]).await?;
     let ingest = start_ingest(&redis.url(), &broker.bootstrap(), &topic, &dlq, &[]).await?;
     let edge = start_edge(&redis.url(), "edge-a", &[]).await?;
-    for base in [&ingest.base, &edge.base] {
+    for base in [&ingest.internal, &edge.internal] {
         assert_eq!(wait_for(base, 200).await?, "ready");
     }
 
     redis.stop().await?;
-    for base in [&ingest.base, &edge.base] {
+    for base in [&ingest.internal, &edge.internal] {
         assert_eq!(wait_for(base, 503).await?, "redis unreachable");
         // Liveness is not readiness: the process is fine.
         let alive = reqwest::get(format!("{base}/healthz")).await?;
@@ -50,7 +52,7 @@ async fn readiness_fails_while_redis_is_down_and_recovers_with_it() -> anyhow::R
     }
 
     redis.start_again().await?;
-    for base in [&ingest.base, &edge.base] {
+    for base in [&ingest.internal, &edge.internal] {
         assert_eq!(wait_for(base, 200).await?, "ready");
     }
     edge.stop().await?;
@@ -87,9 +89,8 @@ async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanl
     ces_systest::init_logs();
     let redis = Redis::start().await?;
     let collector = format!("http://127.0.0.1:{}", ces_systest::free_port());
-    let edge = ces_systest::Process::start(
+    let edge = ces_systest::Process::start_edge(
         &ces_systest::workspace_binary("ces-edge", "CES_EDGE_BIN")?,
-        "CES_EDGE_LISTEN",
         &[
             ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
             ("CES_REGISTER_OPEN", "true".to_owned()),
@@ -102,6 +103,43 @@ async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanl
     .await?;
     let reg = ces_systest::client::register(&reqwest::Client::new(), &edge.base).await?;
     assert!(!reg.token.is_empty());
+    let status = edge.stop(Duration::from_secs(15)).await?;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_binary_answers_probes_and_metrics_on_its_internal_listener_only()
+-> anyhow::Result<()> {
+    ces_systest::init_logs();
+    let redis = Redis::start().await?;
+    let edge = ces_systest::Process::start_edge(
+        &ces_systest::workspace_binary("ces-edge", "CES_EDGE_BIN")?,
+        &[
+            ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
+            ("CES_REGISTER_OPEN", "true".to_owned()),
+            ("CES_REDIS_URL", redis.url()),
+            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
+            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
+        ],
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let public = http.get(format!("{}{path}", edge.base)).send().await?;
+        assert_eq!(public.status(), 404, "public {path}");
+        let internal = http.get(format!("{}{path}", edge.internal)).send().await?;
+        assert_eq!(internal.status(), 200, "internal {path}");
+    }
+    let reg = ces_systest::client::register(&http, &edge.base).await?;
+    assert!(!reg.token.is_empty());
+    let internal_register = http
+        .post(format!("{}/v1/sessions", edge.internal))
+        .send()
+        .await?;
+    assert_eq!(internal_register.status(), 404);
+    let metrics = ces_systest::Metrics::scrape(&edge.internal).await?;
+    assert_eq!(metrics.get("ces_edge_sessions_registered_total", &[]), 1.0);
     let status = edge.stop(Duration::from_secs(15)).await?;
     assert!(status.success(), "exit status {status}");
     Ok(())

@@ -77,7 +77,7 @@ async fn an_edge_refused_its_subscriptions_is_not_ready_and_subscribes_again_by_
         .url()
         .replace("redis://", &format!("redis://ces:{PASSWORD}@"));
     let edge = start_edge(&url, "edge-acl", &[]).await?;
-    readyz_becomes(&edge.base, 200, Duration::from_secs(5)).await?;
+    readyz_becomes(&edge.internal, 200, Duration::from_secs(5)).await?;
     let http = reqwest::Client::new();
     let reg = register(&http, &edge.base).await?;
     let mut ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
@@ -89,13 +89,13 @@ async fn an_edge_refused_its_subscriptions_is_not_ready_and_subscribes_again_by_
     // Redis drops the node's subscriptions and refuses new ones.
     set_user(&admin, &["resetchannels"]).await?;
     let revoked = tokio::time::Instant::now();
-    let body = readyz_becomes(&edge.base, 503, Duration::from_secs(5)).await?;
+    let body = readyz_becomes(&edge.internal, 503, Duration::from_secs(5)).await?;
     assert_eq!(body, "not receiving");
     assert_eq!(publish(&admin, &reg.session_id, 1).await?, 1);
     // Longer than a bounded retry (10 tries, backoff up to 2 s) would have kept trying.
     tokio::time::sleep(Duration::from_secs(13).saturating_sub(revoked.elapsed())).await;
     assert_eq!(
-        readyz_becomes(&edge.base, 503, Duration::ZERO).await?,
+        readyz_becomes(&edge.internal, 503, Duration::ZERO).await?,
         "not receiving"
     );
     assert!(
@@ -105,7 +105,7 @@ async fn an_edge_refused_its_subscriptions_is_not_ready_and_subscribes_again_by_
 
     // The permission is back: the node subscribes again by itself and catches the socket up.
     set_user(&admin, &["&ces:*"]).await?;
-    readyz_becomes(&edge.base, 200, Duration::from_secs(5)).await?;
+    readyz_becomes(&edge.internal, 200, Duration::from_secs(5)).await?;
     let caught_up = ws.events(1, Duration::from_secs(5)).await?;
     assert_eq!(caught_up[0]["seq"], 1);
     assert_eq!(caught_up[0]["data"]["n"], 1);

@@ -63,19 +63,19 @@ async fn rolling_restart_of_both_edges_loses_and_duplicates_nothing() -> anyhow:
     for (i, name) in [(0usize, "edge-a2"), (1, "edge-b2")] {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let old = edges.remove(i);
-        let old_base = old.base.clone();
+        let (old_base, old_internal) = (old.base.clone(), old.internal.clone());
         let stopping = tokio::spawn(old.stop());
         // Readiness fails first, so the balancer stops sending clients there.
         let mut saw_draining = false;
         for _ in 0..20 {
-            let r = reqwest::get(format!("{old_base}/readyz")).await;
+            let r = reqwest::get(format!("{old_internal}/readyz")).await;
             if r.as_ref().is_ok_and(|r| r.status() == 503) {
                 saw_draining = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(saw_draining, "{old_base} failed /readyz while draining");
+        assert!(saw_draining, "{old_internal} failed /readyz while draining");
         live.lock().unwrap().retain(|b| *b != old_base);
         stopping.await??;
         let replacement = start_edge(&redis_url, name, &drain_env()).await?;

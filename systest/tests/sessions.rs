@@ -205,7 +205,7 @@ async fn ingest_killed_before_its_commit_redelivers_without_duplicates() -> anyh
     assert!(ws.next_json(Duration::from_millis(300)).await?.is_none());
     // And they really were redelivered: the restarted replica dropped all 20 as duplicates (nextest runs each
     // test in its own process, so the counter is this test's alone).
-    let base = &stack.ingest.as_ref().expect("ingest").base;
+    let base = &stack.ingest.as_ref().expect("ingest").internal;
     let metrics = ces_systest::Metrics::scrape(base).await?;
     assert_eq!(metrics.get("ces_ingest_duplicates_total", &[]), 20.0);
     stack.stop().await
@@ -225,7 +225,7 @@ async fn redis_restarted_without_persistence_is_an_epoch_change() -> anyhow::Res
     ws.close().await;
 
     stack.redis.restart().await?;
-    ces_systest::wait_ready(&stack.edges[1].base).await?;
+    ces_systest::wait_ready(&stack.edges[1].internal).await?;
 
     let (mut ws, welcome) =
         connect(&resume_url(&stack.edges[1].base, &reg.token, 3, &old_epoch)).await?;

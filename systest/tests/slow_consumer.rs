@@ -99,7 +99,7 @@ async fn stops_reading_then_resumes(
     common::assert_numbered(&neighbour.session_id, &events, NEIGHBOUR_EVENTS);
     let mut slow_closed = false;
     for _ in 0..100 {
-        if Metrics::scrape(&edge.base).await?.get(counter, &[]) >= 1.0 {
+        if Metrics::scrape(&edge.internal).await?.get(counter, &[]) >= 1.0 {
             slow_closed = true;
             break;
         }

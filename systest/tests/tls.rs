@@ -57,13 +57,18 @@ async fn events_reach_a_wss_client_through_redis_over_tls_with_an_acl_user() -> 
     .chain(redis_env)
     .collect();
     let config = ces_edge::Config::from_source(&env)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("https://{}", listener.local_addr()?);
+    let listeners = ces_edge::Listeners {
+        public: TcpListener::bind("127.0.0.1:0").await?,
+        internal: TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let base = format!("https://{}", listeners.public.local_addr()?);
+    // Probes stay plain HTTP on the internal listener, whatever the public one serves.
+    let internal = format!("http://{}", listeners.internal.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let edge = tokio::spawn(ces_edge::run(config, listener, async move {
+    let edge = tokio::spawn(ces_edge::run(config, listeners, async move {
         let _ = stopped.await;
     }));
-    cert.wait_ready(&base).await?;
+    ces_systest::wait_ready(&internal).await?;
 
     let reg = cert.register(&base).await?;
     let mut ws = WsClient::connect_tls(&ws_url(&base, &reg.token), cert.ws_connector()).await?;

@@ -10,7 +10,8 @@
 //! - [`spread`], [`worker`] and [`wire`]: the sockets of a run with more than one process may hold, spread over
 //!   worker processes (`ces-loadtest worker`), and the lines they report on.
 //! - [`producing`]: the producer thread and the progress loop that drives a run.
-//! - [`prometheus`]: scraping ingest's and the edges' `/metrics`, and parsing the text exposition.
+//! - [`prometheus`]: scraping ingest's and the edges' `/metrics` (theirs on their internal listeners), and parsing
+//!   the text exposition.
 //! - [`stack`]: the stack's processes on this machine, found by the ports they listen on.
 //! - [`shell`]: `redis-cli`, `redis-benchmark` and `kill`, and parsing what they print.
 

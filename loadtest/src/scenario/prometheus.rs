@@ -1,6 +1,6 @@
-//! ingest's and the edges' Prometheus `/metrics`: scraping them over HTTP, and the pure parsing of the text
-//! exposition (a counter summed over its labels, per-hop latency sums and counts, and their means between two
-//! scrapes).
+//! ingest's and the edges' Prometheus `/metrics` (an edge's on its internal listener, as given in `--edges`):
+//! scraping them over HTTP, and the pure parsing of the text exposition (a counter summed over its labels, per-hop
+//! latency sums and counts, and their means between two scrapes).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +12,8 @@ use crate::cli::Common;
 /// The edge's gauge of WebSockets it holds.
 const EDGE_CONNECTIONS: &str = "ces_edge_connections";
 
-/// The WebSockets the edge at `edge` (host:port) holds, from its `/metrics`; `None` when it does not answer.
+/// The WebSockets the edge whose internal listener is `edge` (host:port) holds, from its `/metrics`; `None` when it
+/// does not answer.
 pub(super) async fn edge_connections(edge: &str) -> Option<u64> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

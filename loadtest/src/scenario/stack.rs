@@ -4,7 +4,8 @@
 use crate::cli::Common;
 use crate::procfs;
 
-/// The PIDs of the edges in `--edges` that are running on this machine.
+/// The PIDs of the edges in `--edges` that are running on this machine: the processes listening on those internal
+/// addresses.
 pub(super) fn edge_pids(c: &Common) -> Vec<u32> {
     let pids: Vec<u32> = c
         .edges

@@ -9,10 +9,14 @@ use ces_runtime::config::{Common, Source, Vars};
 /// Everything an edge node needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address the HTTP/WebSocket listener binds.
+    /// Address the public listener binds: registrations and WebSockets (`/v1/...`), with TLS when configured.
     pub listen: SocketAddr,
-    /// Accept queue of the listener: room for the connects of a reconnect storm while the node accepts.
+    /// Accept queue of the public listener: room for the connects of a reconnect storm while the node accepts.
     pub listen_backlog: u32,
+    /// Address the internal listener binds: `/healthz`, `/readyz` and `/metrics`, plain HTTP, for the load
+    /// balancer's and kubelet's probes and for Prometheus. Never the public address: an internet-facing node does
+    /// not show its metrics to the internet.
+    pub internal_listen: SocketAddr,
     /// This node's id, sent in the welcome frame and stored with sessions.
     pub node_id: String,
     /// Session token signing key.
@@ -65,7 +69,7 @@ pub struct Config {
     /// `Origin` (native apps, servers) are not browsers and are always allowed.
     pub allowed_origins: Vec<String>,
     /// Draining: how long `/readyz` fails (so the load balancer stops sending clients) before sockets start
-    /// closing and the listener stops accepting.
+    /// closing and the public listener stops accepting.
     pub drain_delay: Duration,
     /// Draining: sockets close with 1012 at random moments over this window, so their clients do not all
     /// reconnect to the other nodes at once.
@@ -85,6 +89,15 @@ impl Config {
         let mut v = Vars::new(source);
         let listen = v.socket_addr("CES_EDGE_LISTEN", "127.0.0.1:8081");
         let listen_backlog = v.bounded("CES_EDGE_LISTEN_BACKLOG", 4096, 1, 65_535) as u32;
+        // Loopback by default, as the public listener: a Kubernetes pod sets `0.0.0.0:<port>` so that kubelet and
+        // Prometheus reach it, and exposes only the public port through its Service and load balancer.
+        let internal_listen = v.socket_addr("CES_EDGE_INTERNAL_LISTEN", "127.0.0.1:9081");
+        v.check(!overlap(listen, internal_listen), || {
+            format!(
+                "CES_EDGE_INTERNAL_LISTEN={internal_listen} is the address of CES_EDGE_LISTEN={listen}: probes and \
+                 metrics need a listener of their own, on another port"
+            )
+        });
         // Unique by default: every replica of a container image has the same pid, and nodes sharing an id share a
         // control channel (missed takeovers, a newer socket closed instead of the older).
         let node_id = match v.optional("CES_NODE_ID") {
@@ -235,6 +248,7 @@ impl Config {
         Ok(Self {
             listen,
             listen_backlog,
+            internal_listen,
             node_id,
             token_keys: token_keys.expect("a key error fails `finish` above"),
             token_ttl,
@@ -276,6 +290,15 @@ impl Config {
             common,
         })
     }
+}
+
+/// Whether listeners on `a` and `b` would take the same port: the same port (other than 0, any free one) on the
+/// same address, or on any address when either is the unspecified one (`0.0.0.0`, `[::]`), which takes the port
+/// on every address.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// The node id when `CES_NODE_ID` is not set: the host name (a Kubernetes pod's name) made safe for a node id,
@@ -429,6 +452,56 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    }
+
+    #[test]
+    fn the_internal_listener_needs_an_address_of_its_own() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut all = vec![("CES_TOKEN_SECRET", SECRET)];
+            all.extend_from_slice(pairs);
+            Config::from_source(&src(&all))
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.internal_listen, "127.0.0.1:9081".parse().unwrap());
+        assert_ne!(c.listen, c.internal_listen);
+        let c = with(&[("CES_EDGE_INTERNAL_LISTEN", "0.0.0.0:9090")]).unwrap();
+        assert_eq!(c.internal_listen, "0.0.0.0:9090".parse().unwrap());
+
+        for (public, internal) in [
+            ("127.0.0.1:8081", "127.0.0.1:8081"),
+            ("0.0.0.0:8081", "127.0.0.1:8081"),
+            ("10.0.0.5:8081", "0.0.0.0:8081"),
+            ("[::]:8081", "127.0.0.1:8081"),
+        ] {
+            let err = with(&[
+                ("CES_EDGE_LISTEN", public),
+                ("CES_EDGE_INTERNAL_LISTEN", internal),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("CES_EDGE_INTERNAL_LISTEN") && err.contains("listener of their own"),
+                "{public} and {internal}: {err}"
+            );
+        }
+        // The same port on two specific addresses, and two ports picked by the kernel, do not collide.
+        for (public, internal) in [
+            ("10.0.0.5:8081", "127.0.0.1:8081"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(
+                with(&[
+                    ("CES_EDGE_LISTEN", public),
+                    ("CES_EDGE_INTERNAL_LISTEN", internal),
+                ])
+                .is_ok(),
+                "{public} and {internal}"
+            );
+        }
+        let err = with(&[("CES_EDGE_INTERNAL_LISTEN", "9081")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CES_EDGE_INTERNAL_LISTEN"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! session's channel (confirmed before the welcome frame), and the [`hub`] routes every published envelope to
 //! the socket's bounded queue. See docs/architecture.md for the data path and docs/protocol.md for the contract.
 //!
+//! The node listens twice: the public listener ([`app`]) serves clients (`/v1/sessions*`, `/v1/ws`, with TLS when
+//! configured), and the internal one ([`internal_app`]) serves `/healthz`, `/readyz` and `/metrics` in plain HTTP
+//! to the load balancer's and kubelet's probes and to Prometheus, so an internet-facing node shows neither its
+//! metrics nor its state to clients.
+//!
 //! # Layout
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
@@ -36,7 +41,7 @@ pub mod ws;
 
 mod error;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::sync::Arc;
 
 use axum::Router;
@@ -65,6 +70,12 @@ const FIRST_SUBSCRIBE_WITHIN: std::time::Duration = std::time::Duration::from_se
 /// Longest the edge waits for Redis to answer QUIT at the end of a shutdown.
 const QUIT_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Longest the internal listener takes to finish its last requests once the node has stopped.
+const INTERNAL_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Accept queue of the internal listener: a few probes and a scraper connect to it, never a storm of clients.
+pub const INTERNAL_LISTEN_BACKLOG: u32 = 128;
+
 /// How often the node reads Redis's memory for `ces_redis_used_memory_bytes`.
 const REDIS_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -89,7 +100,17 @@ pub struct AppState {
     pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
-/// The router.
+/// The node's listening sockets, bound by the caller (`main.rs` from the configuration, a test on port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Clients: registration and WebSockets ([`app`]), with TLS when configured. The one a load balancer
+    /// exposes.
+    pub public: TcpListener,
+    /// Probes and metrics ([`internal_app`]), plain HTTP; reachable from the cluster's network only.
+    pub internal: TcpListener,
+}
+
+/// The public router: everything clients call, and nothing else (probes and metrics answer 404 here).
 pub fn app(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
@@ -97,20 +118,32 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/sessions/{id}", delete(api::delete_session))
         .route("/v1/sessions/{id}/refresh", post(api::refresh))
         .route("/v1/ws", get(api::websocket))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Runs an edge node on `listener` until `shutdown` completes, then closes every socket with 1012 and waits up to
-/// the configured grace period for them.
+/// The internal router: `/healthz`, `/readyz` and `/metrics`.
+pub fn internal_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .with_state(state)
+}
+
+/// Runs an edge node on `listeners` until `shutdown` completes, then closes every socket with 1012 and waits up to
+/// the configured grace period for them. The internal listener answers until the end: `/readyz` fails (503
+/// `draining`) from the moment shutdown starts while the public listener still serves, so the load balancer sees
+/// it before anything closes.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let Listeners {
+        public: listener,
+        internal,
+    } = listeners;
     let cancel = ces_runtime::shutdown::cancel_on(shutdown);
 
     let common = config.common.clone();
@@ -218,9 +251,18 @@ pub async fn run(
     let serving = state.config.serving.clone();
     info!(
         addr = %listener.local_addr()?,
+        internal = %internal.local_addr()?,
         node = %state.config.node_id,
         tls = serving.tls.is_some(),
         "edge listening"
+    );
+    // Probes and metrics: not internet-facing, so axum's own server (no TLS, no connection limits) is enough.
+    // It stops last, once the sockets are gone, so `/readyz` answers 503 and `/metrics` shows the drain until then.
+    let internal_stop = CancellationToken::new();
+    let mut internal_server = tokio::spawn(
+        axum::serve(internal, internal_app(state.clone()))
+            .with_graceful_shutdown(internal_stop.clone().cancelled_owned())
+            .into_future(),
     );
     // Keep accepting (and answering new sockets and registrations with 503 `draining`) until the load balancer has
     // seen `/readyz` fail, then stop.
@@ -247,6 +289,16 @@ pub async fn run(
             http_connections = connections.len(),
             "grace period over; dropping what is still open"
         );
+    }
+    internal_stop.cancel();
+    match tokio::time::timeout(INTERNAL_STOP_WITHIN, &mut internal_server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "internal listener failed"),
+        Ok(Err(e)) => warn!(error = %e, "internal listener task failed"),
+        Err(_) => {
+            // A scraper or probe still holding its connection open: the node does not wait for it.
+            internal_server.abort();
+        }
     }
     // Bounded: with Redis gone (a whole stack stopping at once) QUIT would wait out fred's reconnect attempts.
     tokio::join!(

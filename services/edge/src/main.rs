@@ -1,4 +1,5 @@
-//! `ces-edge`: reads `CES_*` configuration, starts telemetry, binds the listener and runs the edge node.
+//! `ces-edge`: reads `CES_*` configuration, starts telemetry, binds the public and internal listeners and runs the
+//! edge node.
 
 use std::process::ExitCode;
 
@@ -26,14 +27,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let listener = match ces_runtime::net::bind(config.listen, config.listen_backlog) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %config.listen, error = %e, "cannot bind");
-            return ExitCode::FAILURE;
-        }
+    let bind = |addr, backlog| {
+        ces_runtime::net::bind(addr, backlog)
+            .inspect_err(|e| tracing::error!(%addr, error = %e, "cannot bind"))
     };
-    match ces_edge::run(config, listener, ces_runtime::shutdown::shutdown_signal()).await {
+    let (Ok(public), Ok(internal)) = (
+        bind(config.listen, config.listen_backlog),
+        bind(config.internal_listen, ces_edge::INTERNAL_LISTEN_BACKLOG),
+    ) else {
+        return ExitCode::FAILURE;
+    };
+    let listeners = ces_edge::Listeners { public, internal };
+    match ces_edge::run(config, listeners, ces_runtime::shutdown::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "ces-edge failed");

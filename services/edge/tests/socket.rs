@@ -111,7 +111,7 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
         "pong"
     );
     // The counts the end of this test expects back at zero do count a live socket.
-    let m = ces_systest::Metrics::scrape(&edge.base).await?;
+    let m = ces_systest::Metrics::scrape(&edge.internal).await?;
     assert_eq!(
         (
             m.get("ces_edge_connections", &[]),
@@ -178,7 +178,7 @@ async fn client_frames_get_answers_and_violations_get_close_codes() -> anyhow::R
     // Every socket above is gone: no connection or subscription outlives its socket.
     let mut settled = None;
     for _ in 0..100 {
-        let m = ces_systest::Metrics::scrape(&edge.base).await?;
+        let m = ces_systest::Metrics::scrape(&edge.internal).await?;
         let counts = (
             m.get("ces_edge_connections", &[]),
             m.get("ces_edge_subscribed_channels", &[]),
@@ -314,7 +314,7 @@ async fn protected_registration_needs_an_api_key_or_an_upstream_jwt() -> anyhow:
     )
     .await?;
     assert_eq!(subject.as_deref(), Some("user-42"));
-    let m = ces_systest::Metrics::scrape(&edge.base).await?;
+    let m = ces_systest::Metrics::scrape(&edge.internal).await?;
     assert_eq!(
         m.get(
             "ces_edge_registrations_refused_total",

@@ -27,6 +27,26 @@ fn bad_configuration_exits_64_listing_every_error() {
     }
 }
 
+/// Probes and metrics on the public port would show them to the internet: refused before anything is bound.
+#[test]
+fn an_internal_listener_on_the_public_port_exits_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ces-edge"))
+        .env_clear()
+        .env("CES_TOKEN_SECRET", "startup-test-secret-0123456789abcdef")
+        .env("CES_REGISTER_OPEN", "true")
+        .env("CES_EDGE_LISTEN", "0.0.0.0:18443")
+        .env("CES_EDGE_INTERNAL_LISTEN", "127.0.0.1:18443")
+        .output()
+        .expect("run ces-edge");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CES_EDGE_INTERNAL_LISTEN=127.0.0.1:18443")
+            && stderr.contains("of their own"),
+        "{stderr}"
+    );
+}
+
 /// A Redis that may evict keys would silently undo revocations and dedup: the edge refuses it unless told to warn.
 #[tokio::test]
 async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> anyhow::Result<()> {
@@ -48,6 +68,10 @@ async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> 
             .env("CES_REDIS_URL", redis.url())
             .env(
                 "CES_EDGE_LISTEN",
+                format!("127.0.0.1:{}", ces_systest::free_port()),
+            )
+            .env(
+                "CES_EDGE_INTERNAL_LISTEN",
                 format!("127.0.0.1:{}", ces_systest::free_port()),
             )
             .env("CES_LOG_FORMAT", "text")

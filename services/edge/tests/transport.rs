@@ -1,12 +1,13 @@
 //! The edge's transport under hostile or overwhelming clients: TLS with a self-signed certificate, connections that
 //! never finish their TLS handshake or request head, a flood past the connection cap, and a reconnect storm that
-//! queues for handshake slots and is shed with 503 `overloaded` and a `Retry-After`.
+//! queues for handshake slots and is shed with 503 `overloaded` and a `Retry-After`. And its two listeners: probes
+//! and metrics only on the internal one, which keeps answering `/readyz` (503) while the node drains.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use ces_systest::client::{WsClient, register, ws_url};
+use ces_systest::client::{Ending, WsClient, register, ws_url};
 use ces_systest::tls::TestCert;
 use ces_systest::{Metrics, Redis};
 use common::{start, start_with};
@@ -32,6 +33,108 @@ fn addr(base: &str) -> String {
 }
 
 #[tokio::test]
+async fn probes_and_metrics_are_served_on_the_internal_listener_only() -> anyhow::Result<()> {
+    let edge = start(&[]).await?;
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(&url).send().await?;
+            anyhow::Ok((r.status().as_u16(), r.text().await?))
+        }
+    };
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, body) = get(format!("{}{path}", edge.base)).await?;
+        assert_eq!(status, 404, "public {path} answered {status}: {body}");
+        assert!(!body.contains("ces_edge_"), "public {path} shows metrics");
+    }
+    assert_eq!(
+        get(format!("{}/healthz", edge.internal)).await?,
+        (200, "ok".to_owned())
+    );
+    assert_eq!(
+        get(format!("{}/readyz", edge.internal)).await?,
+        (200, "ready".to_owned())
+    );
+    let (status, metrics) = get(format!("{}/metrics", edge.internal)).await?;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ces_edge_"), "{metrics}");
+    // And the other way round: clients are not served on the internal listener.
+    assert_eq!(
+        http.post(format!("{}/v1/sessions", edge.internal))
+            .send()
+            .await?
+            .status(),
+        404
+    );
+    assert_eq!(get(format!("{}/v1/ws", edge.internal)).await?.0, 404);
+    register(&http, &edge.base).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_fails_on_the_internal_listener_while_the_draining_node_still_serves()
+-> anyhow::Result<()> {
+    let mut edge = start(&[("CES_DRAIN_DELAY_MS", "1500"), ("CES_DRAIN_WINDOW_MS", "0")]).await?;
+    let http = reqwest::Client::new();
+    let reg = register(&http, &edge.base).await?;
+    let mut ws = WsClient::connect(&ws_url(&edge.base, &reg.token)).await?;
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "welcome"
+    );
+    let late = register(&http, &edge.base).await?;
+    let (base, internal) = (edge.base.clone(), edge.internal.clone());
+    let stopped = edge.shut_down();
+    // Within the drain delay: readiness fails, the public listener still answers (a new socket gets 503
+    // `draining`), and the open socket still works.
+    let mut readyz = (0, String::new());
+    for _ in 0..50 {
+        let r = http.get(format!("{internal}/readyz")).send().await?;
+        readyz = (r.status().as_u16(), r.text().await?);
+        if readyz.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(readyz, (503, "draining".to_owned()));
+    let refused = http
+        .get(ws_url(&base, &late.token).replacen("ws", "http", 1))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.json::<serde_json::Value>().await?["error"],
+        "draining"
+    );
+    ws.send_text(r#"{"type":"ping"}"#).await?;
+    assert_eq!(
+        ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
+        "pong"
+    );
+    assert_eq!(
+        http.get(format!("{internal}/metrics"))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    // Then the socket closes with 1012, and once the node has stopped neither listener is there.
+    assert_eq!(
+        ws.ending(Duration::from_secs(5)).await,
+        Some(Ending::Closed(1012))
+    );
+    stopped.await??;
+    assert!(http.get(format!("{internal}/readyz")).send().await.is_err());
+    assert!(http.get(format!("{base}/v1/ws")).send().await.is_err());
+    Ok(())
+}
+
+#[tokio::test]
 async fn wss_end_to_end_with_a_self_signed_certificate() -> anyhow::Result<()> {
     let cert = TestCert::new()?;
     let edge = start_with(&[], Some(&cert)).await?;
@@ -54,13 +157,21 @@ async fn wss_end_to_end_with_a_self_signed_certificate() -> anyhow::Result<()> {
 
     // Plain HTTP to the TLS port, and a client that does not trust the certificate: no answer, no upgrade.
     let plain = format!("http://{}", addr(&edge.base));
-    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+    assert!(reqwest::get(format!("{plain}/v1/ws")).await.is_err());
     let untrusting = tokio_tungstenite::connect_async(url.as_str()).await;
     assert!(
         untrusting.is_err(),
         "a self-signed certificate is not trusted by default"
     );
-    let m = cert.metrics(&edge.base).await?;
+    // Probes and metrics stay plain HTTP on the internal listener: kubelet and Prometheus need no certificate.
+    assert!(edge.internal.starts_with("http://"));
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", edge.internal))
+            .await?
+            .status(),
+        200
+    );
+    let m = Metrics::scrape(&edge.internal).await?;
     assert!(m.get("ces_edge_tls_handshake_failures_total", &[]) >= 2.0);
 
     ws.close().await;
@@ -84,7 +195,7 @@ async fn silent_and_slow_connections_are_cut_at_the_header_timeout() -> anyhow::
     for _ in 0..40 {
         silent.push(TcpStream::connect(&target).await?);
         let mut s = TcpStream::connect(&target).await?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await?;
+        s.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n").await?;
         slow.push(s);
     }
     for s in &mut slow {
@@ -106,7 +217,8 @@ async fn silent_and_slow_connections_are_cut_at_the_header_timeout() -> anyhow::
         );
     }
     assert!(started.elapsed() < Duration::from_secs(5));
-    // The open socket still works, and no HTTP connection is left but the scrape's own.
+    // The open socket still works, and no HTTP connection is left (the scrapes go to the internal listener, which
+    // this gauge does not count).
     ws.send_text(r#"{"type":"ping"}"#).await?;
     assert_eq!(
         ws.next_json(Duration::from_secs(5)).await?.unwrap()["type"],
@@ -114,15 +226,15 @@ async fn silent_and_slow_connections_are_cut_at_the_header_timeout() -> anyhow::
     );
     let mut open = f64::NAN;
     for _ in 0..50 {
-        open = Metrics::scrape(&edge.base)
+        open = Metrics::scrape(&edge.internal)
             .await?
             .get("ces_edge_http_connections", &[]);
-        if open == 1.0 {
+        if open == 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(open, 1.0, "only the scrape's own connection is open");
+    assert_eq!(open, 0.0, "no HTTP connection is left open");
     Ok(())
 }
 
@@ -145,7 +257,7 @@ async fn tls_handshakes_that_never_finish_are_cut_at_the_header_timeout() -> any
     for s in &mut flood {
         assert!(closed_by_server(s, Duration::from_secs(5)).await);
     }
-    let m = cert.metrics(&edge.base).await?;
+    let m = Metrics::scrape(&edge.internal).await?;
     assert!(m.get("ces_edge_tls_handshake_failures_total", &[]) >= 40.0);
     Ok(())
 }
@@ -170,11 +282,20 @@ async fn connections_past_the_cap_are_closed_at_accept_and_the_node_recovers() -
         closed_by_server(&mut extra, Duration::from_secs(2)).await,
         "the 21st connection is closed at once"
     );
+    // A flood of clients does not reach the probes: the internal listener answers while the public one is full.
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", edge.internal))
+            .await?
+            .status(),
+        200
+    );
+    let m = Metrics::scrape(&edge.internal).await?;
+    assert!(m.get("ces_edge_http_connections_shed_total", &[]) >= 1.0);
     drop(held);
     let mut served = false;
     for _ in 0..50 {
-        if let Ok(m) = Metrics::scrape(&edge.base).await {
-            assert!(m.get("ces_edge_http_connections_shed_total", &[]) >= 1.0);
+        // Any answer from the public listener (401: no token) means it serves again.
+        if reqwest::get(format!("{}/v1/ws", edge.base)).await.is_ok() {
             served = true;
             break;
         }
@@ -245,7 +366,7 @@ async fn a_reconnect_storm_waits_for_handshake_slots_and_the_excess_gets_503_wit
             "welcome"
         );
     }
-    let m = Metrics::scrape(&edge.base).await?;
+    let m = Metrics::scrape(&edge.internal).await?;
     assert_eq!(m.get("ces_edge_handshakes_shed_total", &[]), 6.0);
     assert_eq!(m.get("ces_edge_pending_handshakes", &[]), 0.0);
     drop(admin);

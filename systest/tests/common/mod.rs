@@ -18,8 +18,11 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 /// A service running in this process.
 pub struct Service {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`: ingest's HTTP listener, the edge's public one.
     pub base: String,
+    /// `http://127.0.0.1:<port>` where its probes and metrics are: ingest's HTTP listener (the same as `base`),
+    /// the edge's internal one.
+    pub internal: String,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -43,21 +46,31 @@ fn vars(pairs: &[(&'static str, String)]) -> HashMap<&'static str, String> {
     pairs.iter().cloned().collect()
 }
 
-/// Binds port 0, runs `service(listener, shutdown)` in a task and waits until `/readyz` answers 200.
-async fn spawn_service<F, Fut, E>(service: F) -> anyhow::Result<Service>
+/// A listener on a free loopback port, and its `http://` URL.
+async fn bind_free() -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+/// Runs `service(shutdown)` in a task and waits until `<internal>/readyz` answers 200.
+async fn spawn_service<F, Fut, E>(
+    base: String,
+    internal: String,
+    service: F,
+) -> anyhow::Result<Service>
 where
-    F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut,
+    F: FnOnce(oneshot::Receiver<()>) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
     E: Into<anyhow::Error>,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();
-    let run = service(listener, stopped);
+    let run = service(stopped);
     let task = tokio::spawn(async move { run.await.map_err(Into::into) });
-    ces_systest::wait_ready(&base).await?;
+    ces_systest::wait_ready(&internal).await?;
     Ok(Service {
         base,
+        internal,
         stop: Some(stop),
         task,
     })
@@ -108,8 +121,10 @@ pub async fn start_edge_unnamed(redis_url: &str) -> anyhow::Result<Service> {
 
 async fn start_edge_with(env: &HashMap<&'static str, String>) -> anyhow::Result<Service> {
     let config = ces_edge::Config::from_source(env)?;
-    spawn_service(|listener, stopped| {
-        ces_edge::run(config, listener, async move {
+    let ((public, base), (internal, internal_base)) = (bind_free().await?, bind_free().await?);
+    spawn_service(base, internal_base, |stopped| {
+        let listeners = ces_edge::Listeners { public, internal };
+        ces_edge::run(config, listeners, async move {
             let _ = stopped.await;
         })
     })
@@ -133,7 +148,9 @@ pub async fn start_ingest(
     ]);
     env.extend(extra.iter().cloned());
     let config = ces_ingest::Config::from_source(&env)?;
-    spawn_service(|listener, stopped| {
+    // Ingest serves its probes and metrics on its one HTTP listener.
+    let (listener, base) = bind_free().await?;
+    spawn_service(base.clone(), base, |stopped| {
         ces_ingest::run(config, listener, async move {
             let _ = stopped.await;
         })
@@ -291,8 +308,10 @@ pub fn paced_stream(
 /// An edge node on a runtime of its own, so it can be killed like a process: every task (listener, sockets,
 /// Redis clients) is dropped at once and clients see their connections end without a close frame.
 pub struct IsolatedEdge {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`: the public listener.
     pub base: String,
+    /// `http://127.0.0.1:<port>`: the internal listener (probes and metrics).
+    pub internal: String,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -301,20 +320,28 @@ impl IsolatedEdge {
     pub async fn start(redis_url: &str, node: &str) -> anyhow::Result<Self> {
         let env = edge_env(redis_url, node);
         let config = ces_edge::Config::from_source(&env)?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let base = format!("http://{}", listener.local_addr()?);
+        let bind = || -> anyhow::Result<(std::net::TcpListener, String)> {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.set_nonblocking(true)?;
+            let url = format!("http://{}", listener.local_addr()?);
+            Ok((listener, url))
+        };
+        let ((public, base), (internal, internal_base)) = (bind()?, bind()?);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
         runtime.spawn(async move {
-            let listener = TcpListener::from_std(listener)?;
-            ces_edge::run(config, listener, std::future::pending()).await
+            let listeners = ces_edge::Listeners {
+                public: TcpListener::from_std(public)?,
+                internal: TcpListener::from_std(internal)?,
+            };
+            ces_edge::run(config, listeners, std::future::pending()).await
         });
-        ces_systest::wait_ready(&base).await?;
+        ces_systest::wait_ready(&internal_base).await?;
         Ok(Self {
             base,
+            internal: internal_base,
             runtime: Some(runtime),
         })
     }

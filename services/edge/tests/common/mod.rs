@@ -7,14 +7,29 @@ use std::collections::HashMap;
 use ces_systest::Redis;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 pub const SECRET: &str = "edge-test-secret-edge-test-secret-0123";
 
 pub struct Edge {
-    /// `http://127.0.0.1:port`, or `https://` when the node serves TLS.
+    /// The public listener: `http://127.0.0.1:port`, or `https://` when the node serves TLS.
     pub base: String,
+    /// The internal listener (probes and metrics): `http://127.0.0.1:port`, plain HTTP even with TLS.
+    pub internal: String,
     pub redis: Redis,
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ces_edge::Error>>>,
+}
+
+impl Edge {
+    /// Starts the node's shutdown (as SIGTERM does) and returns its task, which ends when the node has stopped
+    /// (its Redis keeps running until the `Edge` is dropped). Only once.
+    pub fn shut_down(&mut self) -> JoinHandle<Result<(), ces_edge::Error>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("the node is shut down once")
+    }
 }
 
 /// Starts a node with `extra` configuration over the defaults (one token secret, no drain delay).
@@ -56,20 +71,23 @@ pub async fn start_with(
     }
     let scheme = if cert.is_some() { "https" } else { "http" };
     let config = ces_edge::Config::from_source(&env)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("{scheme}://{}", listener.local_addr()?);
+    let listeners = ces_edge::Listeners {
+        public: TcpListener::bind("127.0.0.1:0").await?,
+        internal: TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let base = format!("{scheme}://{}", listeners.public.local_addr()?);
+    let internal = format!("http://{}", listeners.internal.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(ces_edge::run(config, listener, async move {
+    let task = tokio::spawn(ces_edge::run(config, listeners, async move {
         let _ = stopped.await;
     }));
-    match cert {
-        Some(cert) => cert.wait_ready(&base).await?,
-        None => ces_systest::wait_ready(&base).await?,
-    }
+    ces_systest::wait_ready(&internal).await?;
     Ok(Edge {
         base,
+        internal,
         redis,
-        _stop: stop,
+        stop: Some(stop),
+        task: Some(task),
     })
 }
 
