@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 
 use ces_protocol::close::{ABNORMAL, CloseCode, NO_STATUS_RECEIVED};
 
+/// This package's directory, read when the test runs (not when it was built), so a test binary that a shared
+/// target directory reuses from another checkout still reads this checkout's files.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo or nextest"))
+}
+
 /// The non-test Rust code of `file`: comment lines dropped, and everything from `#[cfg(test)]` on (the unit
 /// tests sit at the bottom of each file).
 fn production_code(file: &Path) -> String {
@@ -40,7 +46,7 @@ fn mentions(code: &str, number: u16) -> bool {
 
 #[test]
 fn no_close_code_literal_outside_the_close_module() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = manifest_dir().join("..");
     let mut files = Vec::new();
     for dir in [
         "protocol/src",
@@ -87,15 +93,13 @@ fn the_scan_sees_a_literal_when_there_is_one() {
     assert!(mentions("x => 1012,", 1012));
     assert!(!mentions("let t = 40090;", 4009));
     assert!(!mentions("timeout_ms_4009x", 4009));
-    let close_rs = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/close.rs");
+    let close_rs = manifest_dir().join("src/close.rs");
     assert!(mentions(&production_code(&close_rs), 4009));
 }
 
 #[test]
 fn the_protocol_document_lists_exactly_the_codes_the_edge_sends() {
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"))
-            .unwrap();
+    let doc = std::fs::read_to_string(manifest_dir().join("../docs/protocol.md")).unwrap();
     let section = doc
         .split("### Close codes")
         .nth(1)

@@ -382,6 +382,18 @@ struct OwnBroker {
     dir: tempfile::TempDir,
 }
 
+/// The workspace's root directory, found when the test runs from the running package's directory (cargo and
+/// nextest set `CARGO_MANIFEST_DIR` for each test), not when it was built: a test binary that a shared target
+/// directory reuses from another checkout still uses this checkout's files.
+pub fn workspace_root() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or(start.clone(), std::path::Path::to_path_buf)
+}
+
 impl Broker {
     /// The run's shared broker, or, when the tests were not started by `make test`, a broker of this test's own.
     pub async fn shared() -> anyhow::Result<Self> {
@@ -410,7 +422,7 @@ impl Broker {
     /// [`Broker::own`] with `extra(port, controller_port)` appended to its `server.properties` (a later line wins),
     /// e.g. another listener. Its plain listener on `port` stays: readiness is checked there.
     pub async fn own_with(extra: impl Fn(u16, u16) -> String) -> anyhow::Result<Self> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+        let script = workspace_root().join("scripts/kafka.sh");
         let mut last_error = None;
         for _ in 0..3 {
             let dir = tempfile::tempdir()?;

@@ -6,10 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
+    ces_systest::workspace_root()
 }
 
 /// Every `ces_...` identifier in `text`.

@@ -264,8 +264,8 @@ pub async fn run(
             .with_graceful_shutdown(internal_stop.clone().cancelled_owned())
             .into_future(),
     );
-    // Keep accepting (and answering new sockets and registrations with 503 `draining`) until the load balancer has
-    // seen `/readyz` fail, then stop.
+    // Keep accepting (answering new sockets with 503 `draining`; registrations only touch Redis and are still
+    // served) until the load balancer has seen `/readyz` fail, then stop.
     let stop_accepting = CancellationToken::new();
     tokio::spawn({
         let cancel = cancel.clone();

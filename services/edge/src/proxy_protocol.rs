@@ -194,6 +194,14 @@ mod tests {
             found,
             Err("invalid PROXY protocol header: no CRLF within 107 bytes".into())
         );
+        // The largest payload accepted, and one byte more.
+        let mut largest = vec![0u8; V2_MAX_PAYLOAD];
+        largest[..4].copy_from_slice(&[203, 0, 113, 1]);
+        largest[8..10].copy_from_slice(&7u16.to_be_bytes());
+        let (found, _) = read(&[&v2(1, 0x11, &largest)]).await;
+        assert_eq!(found, Ok(Some("203.0.113.1:7".parse().unwrap())));
+        let (found, _) = read(&[&v2(1, 0x11, &vec![0u8; V2_MAX_PAYLOAD + 1])]).await;
+        assert!(found.unwrap_err().contains("2049 bytes"));
         let mut huge = V2_SIGNATURE.to_vec();
         huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         let (found, _) = read(&[&huge]).await;

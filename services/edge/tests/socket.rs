@@ -249,14 +249,10 @@ async fn silent_clients_are_closed_after_missed_pings() -> anyhow::Result<()> {
 #[tokio::test]
 async fn protected_registration_needs_an_api_key_or_an_upstream_jwt() -> anyhow::Result<()> {
     let api_key = "backend-api-key-0123456789abcdef-0123";
-    let public = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/jwt_rs256_public.pem"
-    );
-    let private = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/jwt_rs256_private.pem"
-    ))?;
+    let dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let public = format!("{dir}/tests/data/jwt_rs256_public.pem");
+    let public = public.as_str();
+    let private = std::fs::read(format!("{dir}/tests/data/jwt_rs256_private.pem"))?;
     let edge = start(&[
         ("CES_REGISTER_API_KEYS", api_key),
         ("CES_REGISTER_JWT_RS256_PUBLIC_KEY_FILE", public),
