@@ -577,4 +577,62 @@ mod tests {
         assert_eq!(frames[2]["seq"], 6);
         assert_eq!(d.last_sent, 7);
     }
+
+    #[test]
+    fn a_client_resuming_from_zero_in_its_epoch_is_not_an_epoch_change() {
+        let d = decide(Some(&pos(0, Some("e1"))), &snap(0, 1..=2, 2, 0, ""));
+        assert_eq!(resumed(&d), (true, 2, None, None));
+        // An eviction mark without its reason is reported as an expiry, never as an empty reason.
+        let d = decide(Some(&pos(2, Some("e1"))), &snap(2, 8..=9, 9, 7, ""));
+        assert_eq!(resumed(&d).2.as_deref(), Some("expired"));
+    }
+
+    #[test]
+    fn a_replay_page_holds_at_least_the_largest_frame_and_stays_near_the_write_buffer() {
+        // A page budget of 0 would be no budget at all in the library (`page_bytes > 0` is what limits).
+        let page = Page::REPLAY;
+        assert!(page.bytes >= MAX_EVENT_FRAME_BYTES, "{page:?}");
+        assert!(
+            page.bytes <= 2 * ces_protocol::frame::EDGE_MAX_WRITE_BUFFER_BYTES,
+            "{page:?}"
+        );
+        assert!((1..=1000).contains(&page.events), "{page:?}");
+    }
+
+    #[test]
+    fn a_reply_is_read_as_one_page_and_cut_short_when_it_ends_before_the_newest_seq() {
+        let reply = |seqs: &[u64], last_seq: i64| {
+            let mut v = vec![
+                Value::from("e1"),
+                Value::Integer(last_seq),
+                Value::Integer(3),
+                Value::from("buffer_overflow"),
+            ];
+            v.extend(
+                seqs.iter()
+                    .map(|&n| Value::Bytes(envelope::encode(&env(n)).into())),
+            );
+            v
+        };
+        let page = parse_snapshot(reply(&[4, 5], 9), 3).unwrap();
+        assert_eq!(
+            (
+                page.epoch.as_str(),
+                page.last_seq,
+                page.evicted,
+                page.evicted_reason.as_str(),
+                page.after,
+                page.more
+            ),
+            ("e1", 9, 3, "buffer_overflow", 3, true)
+        );
+        assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+        assert!(!parse_snapshot(reply(&[4, 5], 5), 3).unwrap().more, "ends at the newest");
+        assert!(!parse_snapshot(reply(&[], 5), 5).unwrap().more, "nothing after");
+        // A malformed envelope is skipped, not fatal; a reply without its numbers is.
+        let mut with_junk = reply(&[4], 4);
+        with_junk.insert(4, Value::Bytes(vec![0xff, 0xff].into()));
+        assert_eq!(parse_snapshot(with_junk, 3).unwrap().events.len(), 1);
+        assert!(parse_snapshot(vec![Value::from("e1")], 0).is_err());
+    }
 }
