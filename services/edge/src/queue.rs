@@ -330,11 +330,25 @@ mod tests {
     #[test]
     fn sending_to_a_dropped_receiver_is_closed_and_a_drained_queue_gives_back_its_memory() {
         let (tx, mut rx) = bounded::<Vec<u8>>(1000, 1 << 20);
-        for _ in 0..200 {
+        for i in 0..200u8 {
+            tx.try_send(vec![i]).unwrap();
+        }
+        let mut drained = Vec::new();
+        while let Some(v) = rx.try_recv() {
+            drained.push(v[0]);
+            // A grown buffer is kept while anything is left in it; the queue ends with the default capacity.
+            if drained.len() == 100 {
+                assert!(rx.shared.state.lock().unwrap().items.capacity() >= 100);
+            }
+        }
+        assert_eq!(drained, (0..200u8).collect::<Vec<_>>(), "nothing dropped on the way");
+        assert_eq!(rx.shared.state.lock().unwrap().items.capacity(), 0);
+        // At the kept capacity exactly, the buffer stays.
+        for _ in 0..KEEP_CAPACITY {
             tx.try_send(vec![0]).unwrap();
         }
         while rx.try_recv().is_some() {}
-        assert_eq!(rx.shared.state.lock().unwrap().items.capacity(), 0);
+        assert!(rx.shared.state.lock().unwrap().items.capacity() > 0);
         drop(rx);
         assert_eq!(tx.try_send(vec![1]), Err(Refused::Closed(vec![1])));
     }
