@@ -89,18 +89,7 @@ async fn with_tracing_on_and_no_collector_the_edge_still_serves_and_exits_cleanl
     ces_systest::init_logs();
     let redis = Redis::start().await?;
     let collector = format!("http://127.0.0.1:{}", ces_systest::free_port());
-    let edge = ces_systest::Process::start_edge(
-        &ces_systest::workspace_binary("ces-edge", "CES_EDGE_BIN")?,
-        &[
-            ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
-            ("CES_REGISTER_OPEN", "true".to_owned()),
-            ("CES_REDIS_URL", redis.url()),
-            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
-            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
-        ],
-    )
-    .await?;
+    let edge = edge_binary(&redis, &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector)]).await?;
     let reg = ces_systest::client::register(&reqwest::Client::new(), &edge.base).await?;
     assert!(!reg.token.is_empty());
     let status = edge.stop(Duration::from_secs(15)).await?;
@@ -113,17 +102,7 @@ async fn the_edge_binary_answers_probes_and_metrics_on_its_internal_listener_onl
 -> anyhow::Result<()> {
     ces_systest::init_logs();
     let redis = Redis::start().await?;
-    let edge = ces_systest::Process::start_edge(
-        &ces_systest::workspace_binary("ces-edge", "CES_EDGE_BIN")?,
-        &[
-            ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
-            ("CES_REGISTER_OPEN", "true".to_owned()),
-            ("CES_REDIS_URL", redis.url()),
-            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
-            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
-        ],
-    )
-    .await?;
+    let edge = edge_binary(&redis, &[]).await?;
     let http = reqwest::Client::new();
     for path in ["/healthz", "/readyz", "/metrics"] {
         let public = http.get(format!("{}{path}", edge.base)).send().await?;
@@ -143,4 +122,24 @@ async fn the_edge_binary_answers_probes_and_metrics_on_its_internal_listener_onl
     let status = edge.stop(Duration::from_secs(15)).await?;
     assert!(status.success(), "exit status {status}");
     Ok(())
+}
+
+/// The `ces-edge` binary against `redis`, open registration, no drain delay, plus `extra`.
+async fn edge_binary(
+    redis: &Redis,
+    extra: &[(&str, String)],
+) -> anyhow::Result<ces_systest::Process> {
+    let mut env = vec![
+        ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
+        ("CES_REGISTER_OPEN", "true".to_owned()),
+        ("CES_REDIS_URL", redis.url()),
+        ("CES_DRAIN_DELAY_MS", "0".to_owned()),
+        ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    ces_systest::Process::start_edge(
+        &ces_systest::workspace_binary("ces-edge", "CES_EDGE_BIN")?,
+        &env,
+    )
+    .await
 }

@@ -341,7 +341,11 @@ mod tests {
                 assert!(rx.shared.state.lock().unwrap().items.capacity() >= 100);
             }
         }
-        assert_eq!(drained, (0..200u8).collect::<Vec<_>>(), "nothing dropped on the way");
+        assert_eq!(
+            drained,
+            (0..200u8).collect::<Vec<_>>(),
+            "nothing dropped on the way"
+        );
         assert_eq!(rx.shared.state.lock().unwrap().items.capacity(), 0);
         // At the kept capacity exactly, the buffer stays.
         for _ in 0..KEEP_CAPACITY {

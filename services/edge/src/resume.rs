@@ -626,9 +626,18 @@ mod tests {
             ),
             ("e1", 9, 3, "buffer_overflow", 3, true)
         );
-        assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
-        assert!(!parse_snapshot(reply(&[4, 5], 5), 3).unwrap().more, "ends at the newest");
-        assert!(!parse_snapshot(reply(&[], 5), 5).unwrap().more, "nothing after");
+        assert_eq!(
+            page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [4, 5]
+        );
+        assert!(
+            !parse_snapshot(reply(&[4, 5], 5), 3).unwrap().more,
+            "ends at the newest"
+        );
+        assert!(
+            !parse_snapshot(reply(&[], 5), 5).unwrap().more,
+            "nothing after"
+        );
         // A malformed envelope is skipped, not fatal; a reply without its numbers is.
         let mut with_junk = reply(&[4], 4);
         with_junk.insert(4, Value::Bytes(vec![0xff, 0xff].into()));

@@ -165,14 +165,7 @@ async fn wss_end_to_end_with_a_self_signed_certificate() -> anyhow::Result<()> {
     );
     // Probes and metrics stay plain HTTP on the internal listener: kubelet and Prometheus need no certificate.
     assert!(edge.internal.starts_with("http://"));
-    assert_eq!(
-        reqwest::get(format!("{}/readyz", edge.internal))
-            .await?
-            .status(),
-        200
-    );
-    let m = Metrics::scrape(&edge.internal).await?;
-    assert!(m.get("ces_edge_tls_handshake_failures_total", &[]) >= 2.0);
+    ready_and_counted(&edge.internal, "ces_edge_tls_handshake_failures_total", 2.0).await?;
 
     ws.close().await;
     Ok(())
@@ -283,14 +276,7 @@ async fn connections_past_the_cap_are_closed_at_accept_and_the_node_recovers() -
         "the 21st connection is closed at once"
     );
     // A flood of clients does not reach the probes: the internal listener answers while the public one is full.
-    assert_eq!(
-        reqwest::get(format!("{}/readyz", edge.internal))
-            .await?
-            .status(),
-        200
-    );
-    let m = Metrics::scrape(&edge.internal).await?;
-    assert!(m.get("ces_edge_http_connections_shed_total", &[]) >= 1.0);
+    ready_and_counted(&edge.internal, "ces_edge_http_connections_shed_total", 1.0).await?;
     drop(held);
     let mut served = false;
     for _ in 0..50 {
@@ -388,4 +374,13 @@ async fn pause_redis(redis: &Redis, how_long: Duration) -> anyhow::Result<fred::
         )
         .await?;
     Ok(admin)
+}
+
+/// The internal listener at `internal` answers `/readyz` with 200 and counts at least `least` in `counter`.
+async fn ready_and_counted(internal: &str, counter: &str, least: f64) -> anyhow::Result<()> {
+    let status = reqwest::get(format!("{internal}/readyz")).await?.status();
+    assert_eq!(status, 200);
+    let counted = Metrics::scrape(internal).await?.get(counter, &[]);
+    assert!(counted >= least, "{counter} = {counted}");
+    Ok(())
 }

@@ -107,7 +107,7 @@ where
         let mut verdict = machine.on_live(Event::from(&live));
         if verdict == Verdict::FillGap {
             // Rare path, boxed so its Redis reads do not weigh on every connection's resident task.
-            Box::pin(fill_gap(socket, machine, params)).await?;
+            Box::pin(feed_page(socket, machine, params, m::GAPS_FILLED)).await?;
             verdict = machine.after_fill(Event::from(&live));
         }
         match verdict {
@@ -137,22 +137,6 @@ where
     Ok(())
 }
 
-/// Reads the buffer after the machine's position and writes what the socket misses (a gap, a resync request,
-/// or an epoch change, which the client is told about first): one page, counted as gap fill.
-async fn fill_gap<S, St>(
-    socket: &mut S,
-    machine: &mut Socket<'_>,
-    params: &SocketParams<St>,
-) -> Result<(), axum::Error>
-where
-    S: Sink<Message, Error = axum::Error> + Unpin,
-    St: SessionStore,
-{
-    let written = feed_page(socket, machine, params).await?;
-    metrics::counter!(m::GAPS_FILLED).increment(written);
-    Ok(())
-}
-
 /// Writes the next page of a replay or gap fill that [`Socket::replaying`] says is under way, with one flush.
 pub(super) async fn next_page<S, St>(
     socket: &mut S,
@@ -163,18 +147,19 @@ where
     S: Sink<Message, Error = axum::Error> + Unpin,
     St: SessionStore,
 {
-    let written = feed_page(socket, machine, params).await?;
-    metrics::counter!(m::REPLAYED).increment(written);
+    feed_page(socket, machine, params, m::REPLAYED).await?;
     socket.flush().await
 }
 
-/// Reads one page after the machine's position, feeds the notice (if any) and the events, and returns how many
-/// events it fed.
+/// Reads one page after the machine's position and feeds what the socket misses: a notice first if events are lost
+/// or the epoch changed (a gap, a resync request, an epoch change under a live socket, the next page of a replay),
+/// then the events, counted in `counter`.
 async fn feed_page<S, St>(
     socket: &mut S,
     machine: &mut Socket<'_>,
     params: &SocketParams<St>,
-) -> Result<u64, axum::Error>
+    counter: &'static str,
+) -> Result<(), axum::Error>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
     St: SessionStore,
@@ -187,7 +172,7 @@ where
     if let Some(ServerFrame::Resumed { reason, .. }) = &notice {
         metrics::counter!(m::RESUMES, "result" => reason.clone().unwrap_or_default()).increment(1);
     }
-    let written = replay.len() as u64;
+    metrics::counter!(counter).increment(replay.len() as u64);
     for frame in notice
         .map(|f| Utf8Bytes::from(f.to_json()))
         .into_iter()
@@ -195,7 +180,7 @@ where
     {
         socket.feed(Message::Text(frame)).await?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Sends a close frame and waits briefly for the client's close reply, so the close frame is not lost to a TCP
