@@ -48,6 +48,7 @@ fn an_internal_listener_on_the_public_port_exits_64() {
 }
 
 /// A Redis that may evict keys would silently undo revocations and dedup: the edge refuses it unless told to warn.
+/// One that will not say (`INFO` denied to the edge's user) is not checked: the edge starts and says so.
 #[tokio::test]
 async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> anyhow::Result<()> {
     let redis = ces_systest::Redis::start().await?;
@@ -59,13 +60,13 @@ async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> 
         vec!["SET", "maxmemory-policy", "allkeys-lru"],
     )
     .await?;
-    let run = |eviction: &'static str| {
+    let run_as = |url: String, eviction: &'static str| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ces-edge"));
         command
             .env_clear()
             .env("CES_TOKEN_SECRET", "startup-test-secret-0123456789abcdef")
             .env("CES_REGISTER_OPEN", "true")
-            .env("CES_REDIS_URL", redis.url())
+            .env("CES_REDIS_URL", url)
             .env(
                 "CES_EDGE_LISTEN",
                 format!("127.0.0.1:{}", ces_systest::free_port()),
@@ -79,6 +80,7 @@ async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> 
             .kill_on_drop(true);
         command
     };
+    let run = |eviction: &'static str| run_as(redis.url(), eviction);
     let out =
         tokio::time::timeout(std::time::Duration::from_secs(20), run("refuse").output()).await??;
     assert!(!out.status.success());
@@ -98,5 +100,38 @@ async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> 
         "the edge runs with CES_REDIS_EVICTION=warn"
     );
     child.kill().await?;
+
+    // A user that may not run INFO: nothing to check with, so the edge starts and warns.
+    let _: fred::types::Value = fred::interfaces::ClientLike::custom(
+        &admin,
+        fred::types::CustomCommand::new_static("ACL", fred::types::ClusterHash::Random, false),
+        vec![
+            "SETUSER",
+            "noinfo",
+            "on",
+            ">noinfo-password",
+            "~*",
+            "&*",
+            "+@all",
+            "-info",
+        ],
+    )
+    .await?;
+    let url = redis
+        .url()
+        .replace("redis://", "redis://noinfo:noinfo-password@");
+    let mut child = run_as(url, "refuse")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait()?.is_none(),
+        "the edge runs when Redis will not tell its eviction policy"
+    );
+    child.kill().await?;
+    let out = child.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("eviction not checked"), "{stderr}");
     Ok(())
 }
