@@ -328,12 +328,11 @@ impl Hub {
             Err(queue::Refused::OverBudget(frame)) => {
                 // The node's queues together are full: the largest goes, which is the slowest socket's (maybe
                 // this one), and its client resumes from the buffer. One more try, then this socket goes too.
-                let largest = close_largest(&mut slots);
+                close_largest(&mut slots);
                 match slots.get(session) {
-                    Some(slot) if largest.as_deref() != Some(session) => {
-                        slot.tx.try_send(frame).err()
-                    }
-                    _ => return,
+                    Some(slot) => slot.tx.try_send(frame).err(),
+                    // It was the largest.
+                    None => return,
                 }
             }
             Err(refused) => Some(refused),
@@ -359,15 +358,20 @@ impl Hub {
 }
 
 /// Closes the connection whose queue holds the most bytes with 4008, dropping what it queued at once so the
-/// node's budget has room again; returns its session. A scan of every local connection, done only when the
-/// node's queues together reach their budget.
-fn close_largest(slots: &mut HashMap<String, Slot>) -> Option<String> {
-    let (session, bytes) = slots
+/// node's budget has room again. A scan of every local connection, done only when the node's queues together
+/// reach their budget.
+fn close_largest(slots: &mut HashMap<String, Slot>) {
+    let Some((session, bytes)) = slots
         .iter()
         .map(|(session, slot)| (session, slot.tx.queued_bytes()))
-        .max_by_key(|(_, bytes)| *bytes)?;
+        .max_by_key(|(_, bytes)| *bytes)
+    else {
+        return;
+    };
     let session = session.clone();
-    let slot = slots.remove(&session)?;
+    let Some(slot) = slots.remove(&session) else {
+        return;
+    };
     slot.tx.clear();
     metrics::counter!(m::BUDGET_CLOSES).increment(1);
     warn!(
@@ -378,7 +382,6 @@ fn close_largest(slots: &mut HashMap<String, Slot>) -> Option<String> {
     );
     metrics::counter!(m::SLOW_CONSUMERS).increment(1);
     let _ = slot.close.send(CloseCode::SlowConsumer);
-    Some(session)
 }
 
 /// The two Pub/Sub commands the subscription task sends: the seam between its loop and fred, so tests can run the
