@@ -570,6 +570,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_published_envelope_becomes_its_event_frame_and_garbage_nothing() {
+        let env = ces_protocol::envelope::Envelope {
+            seq: 7,
+            epoch: "e9".into(),
+            event_id: "id7".into(),
+            event_type: "t".into(),
+            data: br#"{"n":7}"#.to_vec().into(),
+            produced_at_ms: 1234,
+            ..Default::default()
+        };
+        let live = frame_of(Bytes::from(ces_protocol::envelope::encode(&env))).expect("decoded");
+        assert_eq!(
+            (live.seq, &*live.epoch, live.resync, live.produced_at_ms),
+            (7, "e9", false, 1234)
+        );
+        assert_eq!(
+            live.frame.as_str(),
+            ces_protocol::frame::event_frame(&env).unwrap()
+        );
+        assert!(frame_of(Bytes::from_static(b"\xff\xff not an envelope")).is_none());
+    }
+
     /// Sequence numbers of what is queued now.
     fn drain(frames: &mut Frames) -> Vec<u64> {
         std::iter::from_fn(|| frames.try_recv().map(|l| l.seq)).collect()
