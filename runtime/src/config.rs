@@ -80,6 +80,80 @@ impl<S: std::hash::BuildHasher> Source for HashMap<&'static str, String, S> {
     }
 }
 
+/// A [`Source`] that remembers what was asked of it, to tell which `CES_*` variables are set but never read: a
+/// misspelt name, or one meant for another service, would otherwise be ignored without a word.
+pub struct Recording<'a> {
+    inner: &'a dyn Source,
+    asked: std::cell::RefCell<Vec<String>>,
+    prefixes: std::cell::RefCell<Vec<String>>,
+}
+
+impl std::fmt::Debug for Recording<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("asked", &self.asked)
+            .field("prefixes", &self.prefixes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Recording<'a> {
+    /// Records what is read from `inner`.
+    pub fn new(inner: &'a dyn Source) -> Self {
+        Self {
+            inner,
+            asked: Default::default(),
+            prefixes: Default::default(),
+        }
+    }
+
+    /// The variables starting with `prefix` that are set but were neither read by name nor under a prefix that
+    /// was read (`CES_KAFKA_PROP_*`), sorted.
+    pub fn unread(&self, prefix: &str) -> Vec<String> {
+        let asked = self.asked.borrow();
+        let prefixes = self.prefixes.borrow();
+        self.inner
+            .keys_with_prefix(prefix)
+            .into_iter()
+            .filter(|k| !asked.contains(k) && !prefixes.iter().any(|p| k.starts_with(p.as_str())))
+            .collect()
+    }
+}
+
+impl Source for Recording<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.asked.borrow_mut().push(key.to_owned());
+        self.inner.get(key)
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.prefixes.borrow_mut().push(prefix.to_owned());
+        self.inner.keys_with_prefix(prefix)
+    }
+}
+
+/// What a service's `--check-config` does: reads its configuration with `read` from the environment, prints every
+/// `CES_*` variable set but not read (`unread CES_...`, one per line, on stdout) and returns the exit code: 0 when
+/// the configuration is valid, [`EXIT_CONFIG`] (with the errors on stderr) when not. Nothing is bound or
+/// connected. A deployment check runs it with a container's environment.
+pub fn check<T>(service: &str, read: impl FnOnce(&dyn Source) -> Result<T, Error>) -> i32 {
+    let recording = Recording::new(&Env);
+    let result = read(&recording);
+    for name in recording.unread("CES_") {
+        println!("unread {name}");
+    }
+    match result {
+        Ok(_) => {
+            eprintln!("{service}: the configuration is valid");
+            0
+        }
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
 /// Reads variables from a [`Source`], collecting every error instead of stopping at the first.
 pub struct Vars<'a> {
     source: &'a dyn Source,
@@ -459,5 +533,32 @@ mod tests {
         assert_eq!(vars.list("CES_L", &[]), vec!["a", "b"]);
         assert_eq!(vars.millis("CES_D", 1, 1, 1000), Duration::from_millis(250));
         vars.finish().unwrap();
+    }
+
+    #[test]
+    fn a_recording_source_names_what_is_set_but_never_read() {
+        let env: HashMap<&'static str, String> = [
+            ("CES_READ", "1"),
+            ("CES_TYPO", "1"),
+            ("CES_KAFKA_PROP_SASL_USERNAME", "u"),
+            ("OTHER", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        let recording = Recording::new(&env);
+        assert_eq!(
+            recording.unread("CES_"),
+            ["CES_KAFKA_PROP_SASL_USERNAME", "CES_READ", "CES_TYPO"]
+        );
+        let mut v = Vars::new(&recording);
+        assert_eq!(v.string("CES_READ", "0"), "1");
+        assert_eq!(v.string("CES_UNSET", "d"), "d");
+        assert_eq!(recording.keys_with_prefix("CES_KAFKA_PROP_").len(), 1);
+        assert_eq!(
+            recording.unread("CES_"),
+            ["CES_TYPO"],
+            "read by name or under a read prefix"
+        );
     }
 }

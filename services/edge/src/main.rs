@@ -4,11 +4,17 @@
 use std::process::ExitCode;
 
 use ces_edge::Config;
-use ces_runtime::config::EXIT_CONFIG;
+use ces_runtime::config::{EXIT_CONFIG, Env, Recording};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
+    // `--check-config`: validate the environment's configuration and name what it does not read, then exit.
+    if std::env::args().nth(1).as_deref() == Some("--check-config") {
+        let code = ces_runtime::config::check("ces-edge", Config::from_source);
+        return ExitCode::from(code as u8);
+    }
+    let env = Recording::new(&Env);
+    let config = match Config::from_source(&env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ces-edge: {e}");
@@ -27,6 +33,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    let unread = env.unread("CES_");
+    if !unread.is_empty() {
+        tracing::warn!(
+            variables = unread.join(","),
+            "set but not read by ces-edge: a misspelt name, or one meant for another CES service"
+        );
+    }
     let bind = |addr, backlog| {
         ces_runtime::net::bind(addr, backlog)
             .inspect_err(|e| tracing::error!(%addr, error = %e, "cannot bind"))

@@ -135,3 +135,37 @@ async fn a_redis_that_evicts_keys_is_refused_unless_the_operator_says_warn() -> 
     assert!(stderr.contains("eviction not checked"), "{stderr}");
     Ok(())
 }
+
+/// `--check-config` validates the environment without binding or connecting, and names every `CES_*` variable it
+/// does not read.
+#[test]
+fn check_config_validates_and_names_unread_variables_without_binding() {
+    let run = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_ces-edge"))
+            .arg("--check-config")
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("run ces-edge --check-config")
+    };
+    let ok = run(&[
+        ("CES_TOKEN_SECRET", "startup-test-secret-0123456789abcdef"),
+        ("CES_REGISTER_OPEN", "true"),
+        ("CES_REDIS_URL", "redis://127.0.0.1:1"),
+        ("CES_KAFKA_TOPICS", "ces.events"),
+        ("CES_WS_PING_INTERVAL", "30000"),
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "unread CES_KAFKA_TOPICS\nunread CES_WS_PING_INTERVAL\n"
+    );
+    let bad = run(&[("CES_TOKEN_SECRET", "short"), ("CES_REGISTER_OPEN", "true")]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("CES_TOKEN_SECRET"));
+}

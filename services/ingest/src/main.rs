@@ -3,11 +3,17 @@
 use std::process::ExitCode;
 
 use ces_ingest::Config;
-use ces_runtime::config::EXIT_CONFIG;
+use ces_runtime::config::{EXIT_CONFIG, Env, Recording};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env() {
+    // `--check-config`: validate the environment's configuration and name what it does not read, then exit.
+    if std::env::args().nth(1).as_deref() == Some("--check-config") {
+        let code = ces_runtime::config::check("ces-ingest", Config::from_source);
+        return ExitCode::from(code as u8);
+    }
+    let env = Recording::new(&Env);
+    let config = match Config::from_source(&env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ces-ingest: {e}");
@@ -26,6 +32,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    let unread = env.unread("CES_");
+    if !unread.is_empty() {
+        tracing::warn!(
+            variables = unread.join(","),
+            "set but not read by ces-ingest: a misspelt name, or one meant for another CES service"
+        );
+    }
     let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
         Ok(l) => l,
         Err(e) => {

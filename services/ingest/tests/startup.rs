@@ -50,3 +50,39 @@ fn a_bad_schema_directory_exits_64_naming_every_bad_file() {
     }
     assert!(!stderr.contains("ok.json"), "{stderr}");
 }
+
+/// `--check-config` validates the environment without connecting to anything, and names every `CES_*` variable
+/// it does not read: what a deployment check runs on each container's environment.
+#[test]
+fn check_config_validates_and_names_unread_variables_without_connecting() {
+    let run = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_ces-ingest"))
+            .arg("--check-config")
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("run ces-ingest --check-config")
+    };
+    // Nothing listens on port 1: a check that connected would fail or hang.
+    let ok = run(&[
+        ("CES_KAFKA_BROKERS", "127.0.0.1:1"),
+        ("CES_REDIS_URL", "redis://127.0.0.1:1"),
+        ("CES_KAFKA_PROP_SASL_USERNAME", "u"),
+        ("CES_EDGE_LISTEN", "0.0.0.0:8080"),
+        ("CES_BATCH_MAXX", "10"),
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "unread CES_BATCH_MAXX\nunread CES_EDGE_LISTEN\n",
+        "a typo and an edge setting; the Kafka passthrough is read"
+    );
+    let bad = run(&[("CES_BATCH_MAX", "0")]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("CES_BATCH_MAX"));
+}
