@@ -72,13 +72,13 @@ app.kubernetes.io/component: {{ . }}
 
 {{/* A volume source for a CA certificate given as a Secret or a ConfigMap key ({caSecret, caConfigMap, caKey}). */}}
 {{- define "ces.caVolumeSource" -}}
-{{- if .caSecret }}
+{{- if .caSecret -}}
 secret:
   secretName: {{ .caSecret }}
   items:
     - key: {{ .caKey }}
       path: ca.crt
-{{- else }}
+{{- else -}}
 configMap:
   name: {{ .caConfigMap }}
   items:
