@@ -8,7 +8,8 @@ same files or given with --secrets, valid stand-ins for secrets it cannot see, l
 - runs `<binary> --check-config` with exactly that environment: the configuration must be valid;
 - fails on any `CES_*` variable that neither service reads (each binary prints what it did not read);
 - checks that the probes ask the paths and ports the service serves them on (the edge's internal listener, ingest's
-  HTTP address) and that a Kubernetes pod's grace period covers its preStop pause plus the service's shutdown grace.
+  HTTP address) and that a Kubernetes pod's grace period covers its preStop pause plus the service's longest
+  shutdown (the edge: drain delay + shutdown grace + 2 s).
 
 Usage: check_deploy_env.py --bin-dir DIR [--secrets FILE]... FILE...
 Exit status 1 with every problem listed, 0 when all is well.
@@ -213,11 +214,15 @@ def check_kubernetes(docs, cluster, bin_dir, files, problems):
             env = check_environment(bin_dir, binary, container_env(c, cluster, problems, where), files, problems,
                                     where)
             checked += 1
+            # How long after SIGTERM the process may still run (docs/configuration.md, CES_SHUTDOWN_GRACE_MS): the
+            # edge counts its grace from the end of the drain delay and then takes up to 2 s to close its internal
+            # listener and Redis connections.
             if binary == "ces-edge":
                 internal = port_of(env.get("CES_EDGE_INTERNAL_LISTEN", "127.0.0.1:9081"))
                 if env.get("CES_EDGE_INTERNAL_LISTEN", "127.0.0.1").startswith("127."):
                     problems.append(f"{where}: CES_EDGE_INTERNAL_LISTEN is loopback: kubelet cannot probe it")
-                grace_ms = int(env.get("CES_SHUTDOWN_GRACE_MS", "10000"))
+                grace_ms = int(env.get("CES_DRAIN_DELAY_MS", "1000")) + int(env.get("CES_SHUTDOWN_GRACE_MS", "10000"))
+                grace_ms += 2000
             else:
                 internal = port_of(env.get("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090"))
                 grace_ms = int(env.get("CES_SHUTDOWN_GRACE_MS", "10000"))
@@ -226,8 +231,8 @@ def check_kubernetes(docs, cluster, bin_dir, files, problems):
             pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
             period = spec.get("terminationGracePeriodSeconds", 30)
             if pre_stop + grace_ms / 1000 > period:
-                problems.append(f"{where}: preStop {pre_stop} s + shutdown grace {grace_ms / 1000:g} s exceed "
-                                f"terminationGracePeriodSeconds {period}")
+                problems.append(f"{where}: preStop {pre_stop} s + the longest shutdown {grace_ms / 1000:g} s "
+                                f"exceed terminationGracePeriodSeconds {period}")
     return checked
 
 
