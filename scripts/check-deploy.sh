@@ -156,6 +156,14 @@ yaml_paths=(.yamllint docker-compose.yml deploy)
 step "yamllint -s ${yaml_paths[*]}" yamllint -s "${yaml_paths[@]}"
 
 # --- helm/ces ---------------------------------------------------------------------------------------------------
+# Helm 4 logs every symbolic link a chart follows, on each command: the chart links the one copy of the alert
+# rules, dashboard and schemas into its files/ on purpose, so those lines are dropped and everything else is shown.
+helm() {
+  local status=0
+  command helm "$@" 2>"$work/helm.err" || status=$?
+  grep -v 'msg="found symbolic link in path' "$work/helm.err" >&2 || true
+  return "$status"
+}
 rendered=()
 if [[ -d helm ]]; then
   chart=helm/ces
@@ -206,7 +214,15 @@ fi
 
 # --- k8s/ -------------------------------------------------------------------------------------------------------
 if [[ -d k8s ]]; then
-  render_kustomization() { kubectl kustomize "$1" >"$2"; } # directory, output file
+  # As k8s/'s kustomizations say to build them: the schemas, alert rules and dashboard they package have one copy
+  # each outside k8s/ (schemas/, deploy/), which kustomize reads only without its load restrictor; the alert rules
+  # become a PrometheusRule through an exec plugin of k8s/plugins.
+  kustomize_flags=(--load-restrictor LoadRestrictionsNone)
+  if [[ -d k8s/plugins ]]; then
+    export KUSTOMIZE_PLUGIN_HOME="$PWD/k8s/plugins"
+    kustomize_flags+=(--enable-alpha-plugins)
+  fi
+  render_kustomization() { kubectl kustomize "${kustomize_flags[@]}" "$1" >"$2"; } # directory, output file
   kustomizations=()
   for dir in k8s/base k8s/overlays/*/; do
     dir=${dir%/}
@@ -221,7 +237,7 @@ if [[ -d k8s ]]; then
     name=${dir#k8s/}
     name=${name//\//-}
     out="$work/kustomize-$name.yaml"
-    if run_step "kubectl kustomize $dir" render_kustomization "$dir" "$out"; then
+    if run_step "kubectl kustomize ${kustomize_flags[*]} $dir" render_kustomization "$dir" "$out"; then
       step "kubernetes-validate $k8s_version: kubectl kustomize $dir" validate "$out"
       rendered+=("$out")
     fi
