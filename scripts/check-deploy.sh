@@ -249,10 +249,42 @@ fi
 # --- CES_* variables --------------------------------------------------------------------------------------------
 if [[ -f scripts/check_deploy_env.py ]]; then
   bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
-  step "cargo build (debug) of ces-ingest, ces-edge and cesctl, for their configuration check" \
-    cargo build --locked -q -p ces-ingest -p ces-edge -p ces-ctl
-  step "scripts/check_deploy_env.py: the services accept every CES_* variable of the manifests and the compose file" \
-    "$python" scripts/check_deploy_env.py --bin-dir "$bin_dir" "${rendered[@]}" docker-compose.yml
+  step "cargo build (debug) of ces-ingest and ces-edge, for their --check-config" \
+    cargo build --locked -q -p ces-ingest -p ces-edge
+  # The Secrets the manifests expect are created by hand, so k8s/ keeps examples with values of the right shape
+  # (a Redis URL where one is expected): the check uses them rather than its generic stand-ins.
+  secrets=()
+  if [[ -d k8s ]]; then
+    while IFS= read -r f; do secrets+=(--secrets "$f"); done < <(find k8s -iname '*secret*.example.yaml' | sort)
+  fi
+  # Run by the venv's Python, which has pyyaml.
+  step "scripts/check_deploy_env.py${secrets[*]:+ ${secrets[*]}}: the services accept every CES_* variable of the manifests and the compose file" \
+    "$python" scripts/check_deploy_env.py --bin-dir "$bin_dir" "${secrets[@]}" "${rendered[@]}" docker-compose.yml
+  # Its fixture holds three mistakes (a misspelt variable, a probe on the wrong port, a grace period too short for
+  # preStop plus the shutdown grace): the check must fail and name each.
+  broken=scripts/testdata/deploy-env-broken.yaml
+  env_check_catches_mistakes() {
+    local out status=0 mistake missed=0
+    out=$("$python" scripts/check_deploy_env.py --bin-dir "$bin_dir" "$broken" 2>&1) || status=$?
+    if ((status == 0)); then
+      echo "check_deploy_env.py passed $broken, which holds three mistakes" >&2
+      return 1
+    fi
+    for mistake in CES_WS_PING_INTERVALL "livenessProbe asks /healthz on port 9091" terminationGracePeriodSeconds; do
+      if grep -qF "$mistake" <<<"$out"; then
+        echo "  caught: $(grep -m1 -F "$mistake" <<<"$out" | sed 's/^\[check-deploy-env\] //')"
+      else
+        echo "check_deploy_env.py did not report '$mistake' in $broken; it said:" >&2
+        missed=1
+      fi
+    done
+    ((missed == 0)) || { echo "$out" >&2; return 1; }
+  }
+  if [[ -f "$broken" ]]; then
+    step "scripts/check_deploy_env.py refuses $broken" env_check_catches_mistakes
+  else
+    skip "the CES_* variables' check against a broken fixture: $broken does not exist"
+  fi
 else
   skip "the CES_* variables' check: scripts/check_deploy_env.py does not exist yet"
 fi
