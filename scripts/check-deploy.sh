@@ -11,7 +11,8 @@
 #                       broken value (edge.replicas=two) must be refused
 #   k8s/                kubectl kustomize of the base and each overlay, validated the same way
 #   CES_* variables     scripts/check_deploy_env.py, when present, gives every rendered manifest and the compose
-#                       file to the services' own configuration check
+#                       file to the services' own configuration check (--check-config), and must refuse its
+#                       fixture of mistakes, scripts/testdata/deploy-env-broken.yaml
 #
 # Steps whose files do not exist yet (helm/, k8s/, scripts/check_deploy_env.py) are skipped and say so; once the
 # files exist, their steps run. The tools come from `scripts/deps.sh deploy-tools` (~/.cache/ces/tools), haproxy
