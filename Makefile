@@ -34,6 +34,8 @@ test: deps
 		echo "[test] scripts/check-protocol-deps.sh no longer detects tokio in ces-runtime; the check is broken" >&2; exit 1; fi
 	@echo "[test] scripts/check-file-size.sh: no source file over 500 lines of non-test code without a reason"
 	@scripts/check-file-size.sh >/dev/null
+	@echo "[test] scripts/check-deploy.sh: Dockerfile, docker-compose.yml, helm/ and k8s/ lint and validate offline"
+	@scripts/check-deploy.sh
 	@scripts/test.sh
 	@echo "[test] scripts/test-up-stop.sh: SIGINT to make up's process group stops everything"
 	@scripts/test-up-stop.sh

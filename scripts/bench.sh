@@ -47,8 +47,8 @@ for ((i = 0; i < wide_edges; i++)); do
 done
 check_ports broker=19092 controller=19093 redis=16379 ingest=18090 bench-ingest=18091 "${edge_ports[@]}" || exit 1
 
-say "building release binaries (cargo build --release)"
-cargo build --release --locked -q -p ces-ingest -p ces-edge -p ces-ctl -p ces-loadtest
+say "building release binaries (scripts/build-release.sh: cargo build --release, as the container image does)"
+scripts/build-release.sh -q -p ces-loadtest
 built="${CARGO_TARGET_DIR:-$root/target}/release"
 
 rm -rf "$data"
