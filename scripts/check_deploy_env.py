@@ -9,7 +9,9 @@ same files or given with --secrets, valid stand-ins for secrets it cannot see, l
 - fails on any `CES_*` variable that neither service reads (each binary prints what it did not read);
 - checks that the probes ask the paths and ports the service serves them on (the edge's internal listener, ingest's
   HTTP address) and that a Kubernetes pod's grace period covers its preStop pause plus the service's longest
-  shutdown (the edge: drain delay + shutdown grace + 2 s).
+  shutdown (the edge: drain delay + shutdown grace + 2 s);
+- checks that every edge Deployment runs at least 2 pods (its `replicas`, or the `minReplicas` of the HPA that
+  scales it) under a PodDisruptionBudget, so neither a rollout nor a node drain takes every edge at once.
 
 Usage: check_deploy_env.py --bin-dir DIR [--secrets FILE]... FILE...
 Exit status 1 with every problem listed, 0 when all is well.
@@ -103,10 +105,10 @@ def binary_of(command, image=None):
 
 
 def image_entrypoint():
-    """The binary the Dockerfile's ENTRYPOINT runs, if the image has one."""
+    """The binary the image runs by default (the Dockerfile's last ENTRYPOINT or CMD), if it is a CES one."""
     try:
         with open(os.path.join(ROOT, "Dockerfile")) as f:
-            lines = [line for line in f if line.startswith("ENTRYPOINT")]
+            lines = [line for line in f if line.startswith(("ENTRYPOINT", "CMD"))]
     except FileNotFoundError:
         return None
     for line in lines[-1:]:
@@ -226,6 +228,8 @@ def check_kubernetes(docs, cluster, bin_dir, files, problems):
             else:
                 internal = port_of(env.get("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090"))
                 grace_ms = int(env.get("CES_SHUTDOWN_GRACE_MS", "10000"))
+            if binary == "ces-edge":
+                check_availability(docs, d, problems, where)
             check_probe(c, "readinessProbe", "/readyz", internal, problems, where)
             check_probe(c, "livenessProbe", "/healthz", internal, problems, where)
             pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
@@ -234,6 +238,27 @@ def check_kubernetes(docs, cluster, bin_dir, files, problems):
                 problems.append(f"{where}: preStop {pre_stop} s + the longest shutdown {grace_ms / 1000:g} s "
                                 f"exceed terminationGracePeriodSeconds {period}")
     return checked
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def check_availability(docs, deployment, problems, where):
+    """An edge Deployment keeps at least two pods, and a PodDisruptionBudget covers them."""
+    name = deployment["metadata"]["name"]
+    labels = deployment["spec"]["template"].get("metadata", {}).get("labels") or {}
+    least = deployment["spec"].get("replicas")
+    for _, d in docs:
+        target = (d.get("spec") or {}).get("scaleTargetRef") or {}
+        if d.get("kind") == "HorizontalPodAutoscaler" and target.get("kind") == "Deployment" \
+                and target.get("name") == name:
+            least = d["spec"].get("minReplicas", 1)
+    if least is None or least < 2:
+        problems.append(f"{where}: runs {least if least is not None else 1} pod(s) at least; an edge needs 2")
+    if not any(d.get("kind") == "PodDisruptionBudget" and selects((d.get("spec") or {}).get("selector"), labels)
+               for _, d in docs):
+        problems.append(f"{where}: no PodDisruptionBudget selects its pods")
 
 
 def compose_env(service):
