@@ -261,18 +261,19 @@ if [[ -f scripts/check_deploy_env.py ]]; then
   # Run by the venv's Python, which has pyyaml.
   step "scripts/check_deploy_env.py${secrets[*]:+ ${secrets[*]}}: the services accept every CES_* variable of the manifests and the compose file" \
     "$python" scripts/check_deploy_env.py --bin-dir "$bin_dir" "${secrets[@]}" "${rendered[@]}" docker-compose.yml
-  # Its fixture holds five mistakes (a misspelt variable, a probe on the wrong port, a grace period too short for
-  # preStop plus the shutdown, one edge pod, no disruption budget): the check must fail and name each.
+  # Its fixture holds six mistakes (a misspelt variable, a probe on the wrong port, a grace period too short for
+  # preStop plus the shutdown, one edge pod, no disruption budget, metrics scraped on the public port): the check
+  # must fail and name each.
   broken=scripts/testdata/deploy-env-broken.yaml
   env_check_catches_mistakes() {
     local out status=0 mistake missed=0
     out=$("$python" scripts/check_deploy_env.py --bin-dir "$bin_dir" "$broken" 2>&1) || status=$?
     if ((status == 0)); then
-      echo "check_deploy_env.py passed $broken, which holds five mistakes" >&2
+      echo "check_deploy_env.py passed $broken, which holds six mistakes" >&2
       return 1
     fi
     for mistake in CES_WS_PING_INTERVALL "livenessProbe asks /healthz on port 9091" terminationGracePeriodSeconds \
-      "an edge needs 2" "no PodDisruptionBudget"; do
+      "an edge needs 2" "no PodDisruptionBudget" "reaches container port 8080; /metrics is on 9090"; do
       if grep -qF "$mistake" <<<"$out"; then
         echo "  caught: $(grep -m1 -F "$mistake" <<<"$out" | sed 's/^\[check-deploy-env\] //')"
       else

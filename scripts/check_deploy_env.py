@@ -10,6 +10,8 @@ same files or given with --secrets, valid stand-ins for secrets it cannot see, l
 - checks that the probes ask the paths and ports the service serves them on (the edge's internal listener, ingest's
   HTTP address) and that a Kubernetes pod's grace period covers its preStop pause plus the service's longest
   shutdown (the edge: drain delay + shutdown grace + 2 s);
+- checks that every ServiceMonitor endpoint reaches, through its Service, the container port where the service
+  serves `/metrics`, and that no Service exposes an edge's internal port together with its public one;
 - checks that every edge Deployment runs at least 2 pods (its `replicas`, or the `minReplicas` of the HPA that
   scales it) under a PodDisruptionBudget, so neither a rollout nor a node drain takes every edge at once.
 
@@ -200,8 +202,9 @@ def check_probe(container, probe_name, path, port, problems, where):
                         f"the service serves {path} on {port}")
 
 
-def check_kubernetes(docs, cluster, bin_dir, files, problems):
+def check_kubernetes(docs, cluster, bin_dir, files, problems, path_name):
     checked = 0
+    served = {}
     for path, d in docs:
         if d.get("kind") not in ("Deployment", "StatefulSet", "DaemonSet"):
             continue
@@ -228,6 +231,10 @@ def check_kubernetes(docs, cluster, bin_dir, files, problems):
             else:
                 internal = port_of(env.get("CES_INGEST_HTTP_ADDR", "127.0.0.1:8090"))
                 grace_ms = int(env.get("CES_SHUTDOWN_GRACE_MS", "10000"))
+            named = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+            labels = d["spec"]["template"].get("metadata", {}).get("labels") or {}
+            public = port_of(env.get("CES_EDGE_LISTEN", "127.0.0.1:8081")) if binary == "ces-edge" else None
+            served[(d["metadata"]["name"], c["name"])] = (labels, named, internal, public)
             if binary == "ces-edge":
                 check_availability(docs, d, problems, where)
             check_probe(c, "readinessProbe", "/readyz", internal, problems, where)
@@ -237,6 +244,7 @@ def check_kubernetes(docs, cluster, bin_dir, files, problems):
             if pre_stop + grace_ms / 1000 > period:
                 problems.append(f"{where}: preStop {pre_stop} s + the longest shutdown {grace_ms / 1000:g} s "
                                 f"exceed terminationGracePeriodSeconds {period}")
+    check_metrics(docs, served, problems, path_name)
     return checked
 
 
@@ -259,6 +267,47 @@ def check_availability(docs, deployment, problems, where):
     if not any(d.get("kind") == "PodDisruptionBudget" and selects((d.get("spec") or {}).get("selector"), labels)
                for _, d in docs):
         problems.append(f"{where}: no PodDisruptionBudget selects its pods")
+
+
+def check_metrics(docs, served, problems, path):
+    """ServiceMonitor endpoints land on the port each service serves /metrics on; the public Service of an edge
+    does not carry its internal port. `served` maps a Deployment to (pod labels, container ports by name,
+    metrics port, public port)."""
+    services = [d for _, d in docs if d.get("kind") == "Service"]
+    for svc in services:
+        selector = {"matchLabels": (svc.get("spec") or {}).get("selector") or {}}
+        for labels, named, metrics, public in served.values():
+            if public is None or not selects(selector, labels):
+                continue
+            targets = {named.get(p.get("targetPort"), p.get("targetPort")) for p in svc["spec"].get("ports") or []}
+            if metrics in targets and public in targets:
+                problems.append(f"{path}: Service {svc['metadata']['name']} exposes the edge's internal port "
+                                f"{metrics} beside its public port {public}")
+    for _, monitor in docs:
+        if monitor.get("kind") != "ServiceMonitor":
+            continue
+        where = f"{path}: ServiceMonitor {monitor['metadata']['name']}"
+        selector = (monitor.get("spec") or {}).get("selector")
+        reached = False
+        for endpoint in (monitor.get("spec") or {}).get("endpoints") or []:
+            if endpoint.get("path", "/metrics") != "/metrics":
+                problems.append(f"{where}: scrapes {endpoint.get('path')}, the services serve /metrics")
+            for svc in services:
+                if not selects(selector, (svc.get("metadata") or {}).get("labels") or {}):
+                    continue
+                for port in svc["spec"].get("ports") or []:
+                    if port.get("name") != endpoint.get("port"):
+                        continue
+                    for labels, named, metrics, _ in served.values():
+                        if selects({"matchLabels": svc["spec"].get("selector") or {}}, labels):
+                            target = named.get(port.get("targetPort"), port.get("targetPort"))
+                            reached = True
+                            if target != metrics:
+                                problems.append(f"{where}: port {endpoint.get('port')} of Service "
+                                                f"{svc['metadata']['name']} reaches container port {target}; "
+                                                f"/metrics is on {metrics}")
+        if not reached:
+            problems.append(f"{where}: reaches no CES container")
 
 
 def compose_env(service):
@@ -302,7 +351,7 @@ def main():
                 n = check_compose(path, args.bin_dir, files, problems)
             else:
                 docs = load_documents([path] + args.secrets)
-                n = check_kubernetes(load_documents([path]), Cluster(docs), args.bin_dir, files, problems)
+                n = check_kubernetes(load_documents([path]), Cluster(docs), args.bin_dir, files, problems, path)
             if n == 0:
                 problems.append(f"{path}: no CES container found")
             print(f"[check-deploy-env] {path}: {n} CES containers checked")
