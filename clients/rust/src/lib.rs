@@ -1,0 +1,14 @@
+//! The CES WebSocket client's decisions, apart from its I/O (docs/clients.md).
+//!
+//! - [`stream::Tracker`]: the session position `(epoch, last_seq)` and what each server frame means for the app:
+//!   an event delivered once, dropped as a repeat, or a gap named exactly.
+//! - [`policy`]: what a connection's end (close code, HTTP answer) leads to: reconnect soon, back off, refresh the
+//!   token first, wait `Retry-After`, or stop.
+//! - [`backoff::Backoff`]: full-jitter exponential backoff that resets only after a stable connection.
+//!
+//! Everything here is pure (time and randomness come in as arguments), so the rules are unit-tested exhaustively;
+//! the connection loop that performs them is built on top.
+
+pub mod backoff;
+pub mod policy;
+pub mod stream;
