@@ -6,9 +6,14 @@
 //!   token first, wait `Retry-After`, or stop.
 //! - [`backoff::Backoff`]: full-jitter exponential backoff that resets only after a stable connection.
 //!
-//! Everything here is pure (time and randomness come in as arguments), so the rules are unit-tested exhaustively;
-//! the connection loop that performs them is built on top.
+//! - [`connection::run`]: the connection loop that performs them over tokio-tungstenite.
+//!
+//! The rules are pure (time and randomness come in as arguments), so they are unit-tested exhaustively; the
+//! connection loop is tested against real edges (`systest/tests/client.rs`).
 
 pub mod backoff;
+pub mod connection;
 pub mod policy;
 pub mod stream;
+
+pub use connection::{Event, Options, Update, run};

@@ -312,6 +312,8 @@ pub struct IsolatedEdge {
     pub base: String,
     /// `http://127.0.0.1:<port>`: the internal listener (probes and metrics).
     pub internal: String,
+    /// Its node id (what `welcome` frames name).
+    pub node: String,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -342,6 +344,7 @@ impl IsolatedEdge {
         Ok(Self {
             base,
             internal: internal_base,
+            node: node.to_owned(),
             runtime: Some(runtime),
         })
     }
