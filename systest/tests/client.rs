@@ -20,7 +20,7 @@ const EVENTS: u64 = 100;
 async fn the_client_resumes_through_the_load_balancer_after_its_edge_is_killed()
 -> anyhow::Result<()> {
     let redis = Redis::start().await?;
-    let mut edges = vec![
+    let mut edges = [
         IsolatedEdge::start(&redis.url(), "edge-a").await?,
         IsolatedEdge::start(&redis.url(), "edge-b").await?,
     ];
