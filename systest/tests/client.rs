@@ -99,3 +99,71 @@ async fn the_client_resumes_through_the_load_balancer_after_its_edge_is_killed()
     let _ = admin.quit().await;
     Ok(())
 }
+
+/// The client acknowledges what the app got, coalesced: after 10 events and a pause, the session's `last_ack` in
+/// Redis (stored by the edge when the socket ends) is 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_acknowledges_the_highest_event_delivered() -> anyhow::Result<()> {
+    use fred::interfaces::HashesInterface as _;
+    let redis = Redis::start().await?;
+    let edge = common::start_edge(&redis.url(), "edge-a", &[]).await?;
+    let reg = register(&reqwest::Client::new(), &edge.base).await?;
+    let token = reg.token.clone();
+    let options = Options {
+        url: edge.base.clone(),
+        get_token: Arc::new(move || {
+            let token = token.clone();
+            Box::pin(async move { Ok(token) })
+        }),
+        resume_from: None,
+        silence_limit: Duration::from_secs(10),
+    };
+    let (tx, mut updates) = tokio::sync::mpsc::channel(64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client = tokio::spawn(ces_client::run(options, tx, stop.clone()));
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), updates.recv()).await?,
+        Some(Update::Connected { .. })
+    ));
+    let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
+    admin.init().await?;
+    let channel = ces_protocol::keys::channel(&reg.session_id);
+    for n in 1..=10 {
+        publish_direct(
+            &admin,
+            &reg.session_id,
+            &format!("ack-{n}"),
+            n,
+            channel.clone(),
+        )
+        .await?;
+    }
+    let mut last = 0;
+    while last < 10 {
+        if let Some(Update::Event(e)) =
+            tokio::time::timeout(Duration::from_secs(10), updates.recv()).await?
+        {
+            last = e.seq;
+        }
+    }
+    // One ack interval for the coalesced ack to go out, then the client stops and the edge stores it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    stop.cancel();
+    client.await?;
+    let key = ces_protocol::keys::SessionId::parse(&reg.session_id)?.session_key();
+    let mut stored: Option<u64> = None;
+    for _ in 0..50 {
+        stored = admin.hget(&key, "last_ack").await?;
+        if stored == Some(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored,
+        Some(10),
+        "the highest delivered seq was acknowledged"
+    );
+    let _ = admin.quit().await;
+    edge.stop().await
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::policy::{self, Ending, Next};
 use crate::stream::{Gap, Position, Tracker, Verdict};
+
+/// How often the highest delivered `seq` is acknowledged, at most (and only when it moved).
+const ACK_EVERY: Duration = Duration::from_millis(500);
 
 /// Gives the current session token (the app's backend registers sessions and hands out tokens).
 pub type GetToken =
@@ -194,11 +197,32 @@ async fn session(
         Err(_) => return Ending::Silent,
     };
     let mut epoch = String::new();
+    // Acks are coalesced: one frame per ACK_EVERY at most, carrying the highest seq delivered so far.
+    let mut acked = tracker.resume_from().map_or(0, |p| p.last_seq);
+    let mut ack_tick = tokio::time::interval(ACK_EVERY);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silent_since = tokio::time::Instant::now();
     loop {
-        let message = match tokio::time::timeout(silence_limit, socket.next()).await {
-            Err(_) => return Ending::Silent,
-            Ok(None | Some(Err(_))) => return Ending::Closed(ces_protocol::close::ABNORMAL),
-            Ok(Some(Ok(message))) => message,
+        let received = tokio::select! {
+            received = socket.next() => received,
+            _ = ack_tick.tick() => {
+                if let Some(p) = tracker.resume_from().filter(|p| p.last_seq > acked) {
+                    let ack = format!(r#"{{"type":"ack","seq":{}}}"#, p.last_seq);
+                    if socket.send(Message::text(ack)).await.is_err() {
+                        return Ending::Closed(ces_protocol::close::ABNORMAL);
+                    }
+                    acked = p.last_seq;
+                }
+                if silent_since.elapsed() >= silence_limit {
+                    return Ending::Silent;
+                }
+                continue;
+            }
+        };
+        silent_since = tokio::time::Instant::now();
+        let message = match received {
+            None | Some(Err(_)) => return Ending::Closed(ces_protocol::close::ABNORMAL),
+            Some(Ok(message)) => message,
         };
         let text = match message {
             Message::Text(text) => text,
