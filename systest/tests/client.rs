@@ -16,6 +16,20 @@ use fred::interfaces::ClientLike as _;
 
 const EVENTS: u64 = 100;
 
+/// A fresh client of `url` whose token source always gives `token`.
+fn options(url: &str, token: &str) -> Options {
+    let token = token.to_owned();
+    Options {
+        url: url.to_owned(),
+        get_token: Arc::new(move || {
+            let token = token.clone();
+            Box::pin(async move { Ok(token) })
+        }),
+        resume_from: None,
+        silence_limit: Duration::from_secs(10),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_resumes_through_the_load_balancer_after_its_edge_is_killed()
 -> anyhow::Result<()> {
@@ -30,16 +44,7 @@ async fn the_client_resumes_through_the_load_balancer_after_its_edge_is_killed()
         .collect();
     let proxy = Haproxy::start(&backends).await?;
     let reg = register(&reqwest::Client::new(), &proxy.base).await?;
-    let token = reg.token.clone();
-    let options = Options {
-        url: proxy.base.clone(),
-        get_token: Arc::new(move || {
-            let token = token.clone();
-            Box::pin(async move { Ok(token) })
-        }),
-        resume_from: None,
-        silence_limit: Duration::from_secs(10),
-    };
+    let options = options(&proxy.base, &reg.token);
     let (tx, mut updates) = tokio::sync::mpsc::channel(1024);
     let stop = tokio_util::sync::CancellationToken::new();
     let client = tokio::spawn(ces_client::run(options, tx, stop.clone()));
@@ -108,16 +113,7 @@ async fn the_client_acknowledges_the_highest_event_delivered() -> anyhow::Result
     let redis = Redis::start().await?;
     let edge = common::start_edge(&redis.url(), "edge-a", &[]).await?;
     let reg = register(&reqwest::Client::new(), &edge.base).await?;
-    let token = reg.token.clone();
-    let options = Options {
-        url: edge.base.clone(),
-        get_token: Arc::new(move || {
-            let token = token.clone();
-            Box::pin(async move { Ok(token) })
-        }),
-        resume_from: None,
-        silence_limit: Duration::from_secs(10),
-    };
+    let options = options(&edge.base, &reg.token);
     let (tx, mut updates) = tokio::sync::mpsc::channel(64);
     let stop = tokio_util::sync::CancellationToken::new();
     let client = tokio::spawn(ces_client::run(options, tx, stop.clone()));
