@@ -194,20 +194,24 @@ if [[ -d helm ]]; then
         rendered+=("$out")
       fi
     done
-    # A value of the wrong type must fail: the chart's values.schema.json refuses it, or the rendered Deployment
-    # does not validate. Either error names the value; a failure for any other reason does not count.
-    broken_value_refused() {
+    # A broken value must fail: the chart's values.schema.json refuses it, its templates refuse it (a registration
+    # mode it does not know, a grace period the drain does not fit), or the rendered Deployment does not validate.
+    # The error must name the value; a failure for any other reason does not count.
+    broken_value_refused() { # value=setting, a word the error must contain
       local out status=0
-      out=$( { helm template ces --kube-version "$k8s_version" --set edge.replicas=two "$chart" >"$work/broken.yaml" \
+      out=$( { helm template ces --kube-version "$k8s_version" --set "$1" "$chart" >"$work/broken.yaml" \
         && validate "$work/broken.yaml"; } 2>&1) || status=$?
       if ((status == 0)); then
-        echo "helm template --set edge.replicas=two rendered and validated: a broken value goes unnoticed" >&2
+        echo "helm template --set $1 rendered and validated: a broken value goes unnoticed" >&2
         return 1
       fi
-      grep -q replicas <<<"$out" || { echo "refused, but not for edge.replicas:" >&2; echo "$out" >&2; return 1; }
-      echo "  refused as expected: $(grep -m1 replicas <<<"$out")"
+      grep -q "$2" <<<"$out" || { echo "refused, but not for $1:" >&2; echo "$out" >&2; return 1; }
+      echo "  refused as expected: $(grep -m1 "$2" <<<"$out")"
     }
-    step "helm template --set edge.replicas=two is refused" broken_value_refused
+    step "helm template --set edge.replicas=two is refused" broken_value_refused edge.replicas=two replicas
+    step "helm template --set registration.mode=bogus is refused" broken_value_refused registration.mode=bogus mode
+    step "helm template --set edge.terminationGracePeriodSeconds=17 is refused" \
+      broken_value_refused edge.terminationGracePeriodSeconds=17 terminationGracePeriodSeconds
   fi
 else
   skip "helm lint, helm template and their validation: helm/ does not exist yet"

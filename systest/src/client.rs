@@ -41,12 +41,16 @@ pub async fn register(http: &reqwest::Client, base: &str) -> anyhow::Result<Regi
 
 /// `ws://` URL of the socket endpoint for `token`.
 pub fn ws_url(base: &str, token: &str) -> String {
-    format!("{}/v1/ws?token={token}", base.replacen("http", "ws", 1))
+    ces_client::connection::url_for(base, token, None)
 }
 
 /// `ws://` URL that resumes after `last_seq` in `epoch`.
 pub fn resume_url(base: &str, token: &str, last_seq: u64, epoch: &str) -> String {
-    format!("{}&last_seq={last_seq}&epoch={epoch}", ws_url(base, token))
+    let position = ces_client::stream::Position {
+        epoch: epoch.to_owned(),
+        last_seq,
+    };
+    ces_client::connection::url_for(base, token, Some(&position))
 }
 
 /// The HTTP status a WebSocket handshake was refused with, or `None` if it was accepted.

@@ -239,7 +239,6 @@ async fn session(
         let sent = match frame {
             Incoming::Welcome { epoch: e, node } => {
                 epoch = e;
-                tracker.on_welcome();
                 updates.send(Update::Connected { node }).await
             }
             Incoming::Resumed {

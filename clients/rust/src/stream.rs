@@ -35,7 +35,8 @@ pub enum Verdict {
     Repeat,
 }
 
-/// A session's position, updated by the frames of every connection in turn.
+/// A session's position, updated by the frames of every connection in turn: by events and `resumed` frames alone
+/// (a `welcome`'s epoch matters only to the server's `resumed` answer that follows it).
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
     position: Option<Position>,
@@ -52,10 +53,6 @@ impl Tracker {
     pub fn resume_from(&self) -> Option<&Position> {
         self.position.as_ref()
     }
-
-    /// The `welcome` frame's epoch matters only to the server's `resumed` answer that follows; the position moves
-    /// with events and `resumed` frames alone.
-    pub fn on_welcome(&mut self) {}
 
     /// A `resumed` frame: with `ok:false`, the gap it names (its range exactly); after `epoch_changed` the
     /// position moves to the new epoch's start, where the replayed events begin.
@@ -135,9 +132,11 @@ mod tests {
     #[test]
     fn a_fresh_client_starts_at_its_first_event_and_resumes_from_it() {
         let mut t = Tracker::new(None);
-        assert_eq!(t.resume_from(), None);
-        t.on_welcome();
-        assert_eq!(t.resume_from(), None, "a welcome alone moves nothing");
+        assert_eq!(
+            t.resume_from(),
+            None,
+            "nothing moves before the first event"
+        );
         assert_eq!(
             t.on_event("e1", 5),
             Verdict::Deliver,
