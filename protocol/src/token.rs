@@ -188,6 +188,23 @@ impl TokenKeys {
     }
 }
 
+/// The expiry (unix seconds) written in `token`, read without any key: what a client learns from its own token to
+/// refresh it in time. Not a check of anything; `None` for a token not of the `v1` form.
+pub fn unverified_expiry(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (Some(VERSION), Some(_kid), Some(payload), Some(_sig), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Claims>(&payload).ok().map(|c| c.exp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +328,22 @@ mod tests {
             URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
         );
         assert_eq!(k.verify(&token, 0), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn a_client_reads_the_expiry_of_its_own_token_without_the_key() {
+        let token = keys(&[("k1", 1)]).sign(&SessionId::parse("s1").unwrap(), 1_700_000_123);
+        assert_eq!(unverified_expiry(&token), Some(1_700_000_123));
+        for other in [
+            "",
+            "v1.k1.e30.sig",
+            "v2.k1.eyJzaWQiOiJzIiwiZXhwIjoxfQ.sig",
+            "v1.k1.eyJzaWQiOiJzIiwiZXhwIjoxfQ",
+            "v1.k1.eyJzaWQiOiJzIiwiZXhwIjoxfQ.sig.more",
+            "v1.k1.!!!.sig",
+        ] {
+            assert_eq!(unverified_expiry(other), None, "{other}");
+        }
+        assert_eq!(unverified_expiry("v1.k1.eyJzaWQiOiJzIiwiZXhwIjoxfQ.sig"), Some(1));
     }
 }

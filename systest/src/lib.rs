@@ -13,10 +13,14 @@
 //! - [`kafka_wire`]: producing records byte for byte over the Kafka protocol (header names that are not UTF-8).
 //! - [`kafka_secure`]: a broker with a TLS + SASL listener.
 //! - [`client`]: session registration and a WebSocket client that collects frames.
+//! - [`apps`]: the Rust and TypeScript clients as apps under test, and their token endpoint.
+//! - [`fault`]: a TCP proxy that resets, black-holes, stalls or delays connections on demand.
 //! - [`tls`]: a throwaway CA and server certificate, and clients that trust it.
 
+pub mod apps;
 pub mod client;
 pub mod cluster;
+pub mod fault;
 pub mod haproxy;
 pub mod kafka;
 pub mod kafka_secure;

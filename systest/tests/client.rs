@@ -23,7 +23,7 @@ fn options(url: &str, token: &str) -> Options {
         url: url.to_owned(),
         get_token: Arc::new(move || {
             let token = token.clone();
-            Box::pin(async move { Ok(token) })
+            Box::pin(async move { Ok(ces_client::Token::new(token)) })
         }),
         resume_from: None,
         silence_limit: Duration::from_secs(10),

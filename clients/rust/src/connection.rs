@@ -14,20 +14,22 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::policy::{self, Ending, Next};
 use crate::stream::{Gap, Position, Tracker, Verdict};
+use crate::token::{self, Token};
 
 /// How often the highest delivered `seq` is acknowledged, at most (and only when it moved).
 const ACK_EVERY: Duration = Duration::from_millis(500);
 
-/// Gives the current session token (the app's backend registers sessions and hands out tokens).
+/// Gives the current session token (the app's backend registers sessions and hands out tokens). The client calls
+/// it at start, after a 4001 or a 401, and before the token expires to refresh it in band; never twice at once.
 pub type GetToken =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<String, String>> + Send + Sync>;
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Token, String>> + Send + Sync>;
 
 /// What the client needs.
 #[derive(Clone)]
 pub struct Options {
     /// The edge (or load balancer) base URL, `http://host:port` or `https://...`.
     pub url: String,
-    /// The token source; asked at start and again after a 4001 or a 401.
+    /// The token source.
     pub get_token: GetToken,
     /// A position saved by an earlier run, to resume from.
     pub resume_from: Option<Position>,
@@ -100,6 +102,9 @@ enum Incoming {
         lost: Option<ces_protocol::frame::Lost>,
         epoch: Option<String>,
     },
+    Refreshed {
+        expires_at: u64,
+    },
     #[serde(other)]
     Other,
 }
@@ -120,15 +125,13 @@ pub async fn run(options: Options, updates: mpsc::Sender<Update>, stop: Cancella
                 }
             }
         }
-        let url = url_for(
-            &options.url,
-            token.as_deref().unwrap_or_default(),
-            tracker.resume_from(),
-        );
+        let Some(current) = token.as_mut() else {
+            continue;
+        };
         let started = tokio::time::Instant::now();
         let ending = tokio::select! {
             () = stop.cancelled() => return,
-            ending = session(&url, &mut tracker, &updates, options.silence_limit) => ending,
+            ending = session(&options, current, &mut tracker, &updates) => ending,
         };
         backoff.connection_ended(started.elapsed());
         let next = policy::after(ending, refreshed_last);
@@ -174,14 +177,30 @@ pub fn url_for(base: &str, token: &str, position: Option<&Position>) -> String {
     }
 }
 
-/// One connection, until it ends.
+/// The next in-band refresh of `token`, if it has an expiry that has not passed.
+fn refresh_deadline(token: &Token) -> Option<tokio::time::Instant> {
+    let delay = token::refresh_in(now_ms(), token.expires_at?)?;
+    Some(tokio::time::Instant::now() + delay)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One connection, until it ends. `token` is the one it connects with, replaced in place by each in-band refresh
+/// so that the next connection uses the newest.
 async fn session(
-    url: &str,
+    options: &Options,
+    token: &mut Token,
     tracker: &mut Tracker,
     updates: &mpsc::Sender<Update>,
-    silence_limit: Duration,
 ) -> Ending {
-    let mut socket = match tokio_tungstenite::connect_async(url).await {
+    let url = url_for(&options.url, &token.value, tracker.resume_from());
+    // A handshake that gets no answer (a black-holed path) counts as silence, like a connection that goes quiet.
+    let handshake = tokio::time::timeout(options.silence_limit, tokio_tungstenite::connect_async(&url));
+    let mut socket = match handshake.await.unwrap_or(Err(tungstenite::Error::ConnectionClosed)) {
         Ok((socket, _)) => socket,
         Err(tungstenite::Error::Http(response)) => {
             let retry_after = response
@@ -202,9 +221,36 @@ async fn session(
     let mut ack_tick = tokio::time::interval(ACK_EVERY);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent_since = tokio::time::Instant::now();
+    // In-band refresh: one `get_token` in flight at most, started at the deadline, its token sent as a `refresh`
+    // frame; the server's `refreshed` answer sets the next deadline.
+    let mut refresh_at = refresh_deadline(token);
+    let mut fetching: Option<futures::future::BoxFuture<'static, Result<Token, String>>> = None;
     loop {
         let received = tokio::select! {
             received = socket.next() => received,
+            () = sleep_until(refresh_at), if fetching.is_none() => {
+                fetching = Some((options.get_token)());
+                refresh_at = None;
+                continue;
+            }
+            fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                fetching = None;
+                match fetched {
+                    Ok(fresh) => {
+                        let frame = serde_json::json!({"type": "refresh", "token": fresh.value});
+                        if socket.send(Message::text(frame.to_string())).await.is_err() {
+                            return Ending::Closed(ces_protocol::close::ABNORMAL);
+                        }
+                        // Until the answer comes, the fresh token's own expiry schedules the next refresh.
+                        refresh_at = refresh_deadline(&fresh);
+                        *token = fresh;
+                    }
+                    // Tried again after the minimum gap while the token lives; past its expiry the server closes
+                    // with 4001 and the policy gets a token before reconnecting.
+                    Err(_) => refresh_at = refresh_deadline(token),
+                }
+                continue;
+            }
             _ = ack_tick.tick() => {
                 if let Some(p) = tracker.resume_from().filter(|p| p.last_seq > acked) {
                     let ack = format!(r#"{{"type":"ack","seq":{}}}"#, p.last_seq);
@@ -213,7 +259,7 @@ async fn session(
                     }
                     acked = p.last_seq;
                 }
-                if silent_since.elapsed() >= silence_limit {
+                if silent_since.elapsed() >= options.silence_limit {
                     return Ending::Silent;
                 }
                 continue;
@@ -277,6 +323,11 @@ async fn session(
                     }
                 }
             }
+            Incoming::Refreshed { expires_at } => {
+                token.expires_at = Some(expires_at);
+                refresh_at = refresh_deadline(token);
+                Ok(())
+            }
             Incoming::Other => Ok(()),
         };
         if sent.is_err() {
@@ -284,6 +335,14 @@ async fn session(
             let _ = socket.close(None).await;
             return Ending::Closed(1000);
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`policy`]: what a connection's end (close code, HTTP answer) leads to: reconnect soon, back off, refresh the
 //!   token first, wait `Retry-After`, or stop.
 //! - [`backoff::Backoff`]: full-jitter exponential backoff that resets only after a stable connection.
+//! - [`token`]: when a session token is refreshed in band (at 80 % of its remaining life).
 //!
 //! - [`connection::run`]: the connection loop that performs them over tokio-tungstenite.
 //!
@@ -15,5 +16,7 @@ pub mod backoff;
 pub mod connection;
 pub mod policy;
 pub mod stream;
+pub mod token;
 
 pub use connection::{Event, Options, Update, run};
+pub use token::Token;

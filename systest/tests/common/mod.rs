@@ -315,12 +315,24 @@ pub struct IsolatedEdge {
     /// Its node id (what `welcome` frames name).
     pub node: String,
     runtime: Option<tokio::runtime::Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl IsolatedEdge {
     /// Starts an edge node against `redis_url` on its own two-thread runtime.
     pub async fn start(redis_url: &str, node: &str) -> anyhow::Result<Self> {
-        let env = edge_env(redis_url, node);
+        Self::start_with(redis_url, node, &[]).await
+    }
+
+    /// [`IsolatedEdge::start`] with `extra` settings.
+    pub async fn start_with(
+        redis_url: &str,
+        node: &str,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
+        let mut env = edge_env(redis_url, node);
+        env.extend(extra.iter().cloned());
         let config = ces_edge::Config::from_source(&env)?;
         let bind = || -> anyhow::Result<(std::net::TcpListener, String)> {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -333,12 +345,17 @@ impl IsolatedEdge {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        runtime.spawn(async move {
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
             let listeners = ces_edge::Listeners {
                 public: TcpListener::from_std(public)?,
                 internal: TcpListener::from_std(internal)?,
             };
-            ces_edge::run(config, listeners, std::future::pending()).await
+            ces_edge::run(config, listeners, async move {
+                let _ = stopped.await;
+            })
+            .await?;
+            Ok(())
         });
         ces_systest::wait_ready(&internal_base).await?;
         Ok(Self {
@@ -346,7 +363,21 @@ impl IsolatedEdge {
             internal: internal_base,
             node: node.to_owned(),
             runtime: Some(runtime),
+            shutdown: Some(shutdown),
+            task: Some(task),
         })
+    }
+
+    /// Shuts the node down as SIGTERM does: it drains (its sockets close with 1012) and exits.
+    pub async fn drain(&mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        self.kill();
+        Ok(())
     }
 
     /// Kills the node: no close frames, no graceful anything.
