@@ -168,6 +168,8 @@ export class CesClient {
         else resolve();
       };
     });
+    // The app hears of a final end through `state` too: a connect() nobody awaits must not fail the process.
+    this.#connected.catch(() => {});
     if (this.#stopped) {
       this.#settle?.(new Error("the client is closed"));
       return this.#connected;

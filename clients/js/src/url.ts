@@ -6,7 +6,7 @@ import type { Position } from "./tracker.js";
  * never one without the other.
  */
 export function wsUrl(base: string, token: string, position: Position | null): string {
-  const root = base.replace(/^http(s?):/i, "ws$1:").replace(/\/+$/, "");
+  const root = base.replace(/^http(s?):/i, (_, s: string) => `ws${s.toLowerCase()}:`).replace(/\/+$/, "");
   const url = `${root}/v1/ws?token=${encodeURIComponent(token)}`;
   return position ? `${url}&last_seq=${position.lastSeq}&epoch=${encodeURIComponent(position.epoch)}` : url;
 }
