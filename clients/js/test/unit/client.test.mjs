@@ -13,7 +13,7 @@ function client(options = {}) {
     url: "http://edge:8080",
     WebSocket: fake.WebSocket,
     getToken: async () => `t${++tokens}`,
-    random: () => 0.5,
+    random: () => 0.1,
     now: () => 1_000_000,
     ackIntervalMs: 5,
     ...options.client,
@@ -51,7 +51,7 @@ test("a skipped seq is one unexplained gap before the event; repeats are dropped
   sockets[0].serverClose(1006);
   await until(() => sockets.length === 2);
   assert.equal(sockets[1].url, "ws://edge:8080/v1/ws?token=t1&last_seq=6&epoch=e1");
-  assert.deepEqual(states(seen).at(-2), ["state", "reconnecting", 1006, "connection lost", true, 500]);
+  assert.deepEqual(states(seen).at(-2), ["state", "reconnecting", 1006, "connection lost", true, 100]);
 });
 
 test("a second 4001 in a row backs off instead of refreshing again", async (t) => {
@@ -71,7 +71,7 @@ test("a second 4001 in a row backs off instead of refreshing again", async (t) =
     ["state", "reconnecting", 4001, "token expired", true, 0],
     ["state", "connecting", null, null, false, null],
     ["state", "open", null, null, false, null],
-    ["state", "reconnecting", 4001, "token expired", true, 250],
+    ["state", "reconnecting", 4001, "token expired", true, 50],
   ]);
   await until(() => sockets.length === 3);
   assert.equal(tokens(), 2, "no second refresh");
@@ -91,7 +91,7 @@ test("4500-4999 is final; codes below 4500 retry with backoff", async () => {
   await connected;
   sockets[0].serverClose(4321);
   await until(() => sockets.length === 2);
-  assert.deepEqual(states(seen).at(-2), ["state", "reconnecting", 4321, null, true, 250]);
+  assert.deepEqual(states(seen).at(-2), ["state", "reconnecting", 4321, null, true, 50]);
   sockets[1].welcome();
   sockets[1].serverClose(4500, "later code");
   await until(() => c.state === "closed");
@@ -141,7 +141,7 @@ test("a close before the socket opened backs off (a browser's view of a refused 
   await until(() => sockets.length === 1);
   sockets[0].serverClose(1006);
   await until(() => states(seen).length === 2);
-  assert.deepEqual(states(seen)[1], ["state", "reconnecting", null, "connect failed", true, 250]);
+  assert.deepEqual(states(seen)[1], ["state", "reconnecting", null, "connect failed", true, 50]);
 });
 
 test("a stored position is resumed from and kept after every event", async (t) => {
@@ -160,7 +160,7 @@ test("a stored position is resumed from and kept after every event", async (t) =
   assert.deepEqual(JSON.parse(map.get("pos")), { epoch: "e8", lastSeq: 1 });
 });
 
-test("listeners can be removed, and a throwing one does not stop the others", async (t) => {
+test("a listener can be removed", async (t) => {
   const { c, sockets } = client();
   t.after(() => c.close());
   const got = [];
