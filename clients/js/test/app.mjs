@@ -29,6 +29,9 @@ export function parseConfig(text) {
   return config;
 }
 
+// The reader went away: nothing left to tell.
+process.stdout.on("error", () => process.exit(0));
+
 function print(line) {
   process.stdout.write(`${JSON.stringify(line)}\n`);
 }
@@ -52,7 +55,7 @@ function start(config) {
     });
     client.on("event", (e) => print({ client: name, kind: "event", seq: e.seq, id: e.id, event: e.event }));
     client.on("gap", (g) => print({ client: name, kind: "gap", from: g.from, to: g.to, reason: g.reason }));
-    client.on("state", (s) => print({ client: name, kind: "state", node: null, ...s }));
+    client.on("state", (s) => print({ client: name, kind: "state", ...s, node: s.node ?? null }));
     clients.set(name, client);
   }
   for (const [name, client] of clients) {
