@@ -1,165 +1,112 @@
-//! The Rust client (`ces-client`) against real edges behind a real HAProxy: the edge holding its session is killed
-//! mid-stream, the client reconnects through the load balancer to the other one and resumes, and the app sees
-//! exactly `seq` 1..n: nothing lost, nothing twice.
+//! The TypeScript client at scale through the load balancer: 20 apps in Node, two edges behind HAProxy, events
+//! through Kafka and ingest, and the edge holding half of the apps killed mid-stream. Every app sees exactly
+//! `seq` 1..100. (Each failure for one app, with the Rust client too, is in `client_faults.rs`.)
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ces_client::{Options, Update};
-use ces_systest::Redis;
+use ces_systest::apps::{Apps, Kind, Seen, Tokens};
 use ces_systest::client::register;
 use ces_systest::haproxy::Haproxy;
-use common::{IsolatedEdge, publish_direct};
-use fred::interfaces::ClientLike as _;
+use ces_systest::kafka;
+use common::{IsolatedEdge, Stack};
 
+const CLIENTS: usize = 20;
 const EVENTS: u64 = 100;
-
-/// A fresh client of `url` whose token source always gives `token`.
-fn options(url: &str, token: &str) -> Options {
-    let token = token.to_owned();
-    Options {
-        url: url.to_owned(),
-        get_token: Arc::new(move || {
-            let token = token.clone();
-            Box::pin(async move { Ok(ces_client::Token::new(token)) })
-        }),
-        resume_from: None,
-        silence_limit: Duration::from_secs(10),
-    }
-}
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_resumes_through_the_load_balancer_after_its_edge_is_killed()
+async fn twenty_js_clients_see_exactly_1_to_100_when_the_edge_holding_half_is_killed()
 -> anyhow::Result<()> {
-    let redis = Redis::start().await?;
+    let mut stack = Stack::start(4, &[]).await?;
+    for e in std::mem::take(&mut stack.edges) {
+        e.stop().await?;
+    }
     let mut edges = [
-        IsolatedEdge::start(&redis.url(), "edge-a").await?,
-        IsolatedEdge::start(&redis.url(), "edge-b").await?,
+        IsolatedEdge::start(&stack.redis.url(), "edge-a").await?,
+        IsolatedEdge::start(&stack.redis.url(), "edge-b").await?,
     ];
     let backends: Vec<&str> = edges
         .iter()
         .map(|e| e.base.trim_start_matches("http://"))
         .collect();
-    let proxy = Haproxy::start(&backends).await?;
-    let reg = register(&reqwest::Client::new(), &proxy.base).await?;
-    let options = options(&proxy.base, &reg.token);
-    let (tx, mut updates) = tokio::sync::mpsc::channel(1024);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let client = tokio::spawn(ces_client::run(options, tx, stop.clone()));
-    let node = match tokio::time::timeout(Duration::from_secs(10), updates.recv()).await? {
-        Some(Update::Connected { node }) => node,
-        other => panic!("expected a welcome first: {other:?}"),
+    let lb = Haproxy::start(&backends).await?;
+    let tokens = Tokens::start().await?;
+    let (mut names, mut sessions) = (Vec::new(), Vec::new());
+    for i in 0..CLIENTS {
+        let reg = register(&stack.http, &lb.base).await?;
+        let name = format!("app-{i}");
+        tokens.fixed(&name, &reg.token);
+        names.push(name);
+        sessions.push(reg.session_id);
+    }
+    let apps = Apps::start(Kind::Js, &lb.base, &names, &tokens, Duration::from_secs(30)).await?;
+    let node_of = |apps: &Apps, name: &str| {
+        apps.seen(name).into_iter().rev().find_map(|s| match s {
+            Seen::Open { node } => Some(node),
+            _ => None,
+        })
     };
+    apps.wait_until("every app connected", WAIT, |seen| {
+        names.iter().all(|n| {
+            seen.get(n)
+                .is_some_and(|s| s.iter().any(|x| matches!(x, Seen::Open { .. })))
+        })
+    })
+    .await?;
 
-    let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
-    admin.init().await?;
-    let channel = ces_protocol::keys::channel(&reg.session_id);
-    let mut seen = Vec::new();
-    let mut gaps = Vec::new();
-    let mut reconnected_to = None;
-    for n in 1..=EVENTS {
-        publish_direct(
-            &admin,
-            &reg.session_id,
-            &format!("client-{n}"),
-            n,
-            channel.clone(),
-        )
-        .await?;
-        if n == EVENTS / 2 {
-            // Published to the buffer; the edge holding the socket dies with events possibly in flight.
-            let holder = edges
-                .iter()
-                .position(|e| e.node == node)
-                .expect("the holder");
-            edges[holder].kill();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let producer = kafka::producer(&stack.broker.bootstrap())?;
+    for n in 1..=EVENTS / 2 {
+        kafka::produce(&producer, &stack.topic, &common::round(&sessions, n)).await?;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < EVENTS as usize {
-        match tokio::time::timeout_at(deadline, updates.recv()).await? {
-            Some(Update::Event(e)) => {
-                assert_eq!(e.data["n"], e.seq, "{e:?}");
-                seen.push(e.seq);
-            }
-            Some(Update::Gap(g)) => gaps.push(g),
-            Some(Update::Connected { node: n }) => reconnected_to = Some(n),
-            Some(Update::Disconnected { retry, .. }) => assert!(retry, "an edge kill is retried"),
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!(
-        seen,
-        (1..=EVENTS).collect::<Vec<_>>(),
-        "every event once, in order"
+    apps.wait_until("50 events each", WAIT, |seen| {
+        names.iter().all(|n| {
+            seen.get(n)
+                .is_some_and(|s| ces_systest::apps::events_of(s).len() >= 50)
+        })
+    })
+    .await?;
+    let on_a: Vec<&String> = names
+        .iter()
+        .filter(|n| node_of(&apps, n).as_deref() == Some("edge-a"))
+        .collect();
+    assert!(
+        (CLIENTS / 4..=CLIENTS * 3 / 4).contains(&on_a.len()),
+        "the load balancer spread the apps: {} on edge-a",
+        on_a.len()
     );
-    assert!(gaps.is_empty(), "nothing reported lost: {gaps:?}");
-    let other = reconnected_to.expect("reconnected");
-    assert_ne!(other, node, "resumed on the other edge");
-    stop.cancel();
-    client.await?;
-    let _ = admin.quit().await;
-    Ok(())
-}
-
-/// The client acknowledges what the app got, coalesced: after 10 events and a pause, the session's `last_ack` in
-/// Redis (stored by the edge when the socket ends) is 10.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_acknowledges_the_highest_event_delivered() -> anyhow::Result<()> {
-    use fred::interfaces::HashesInterface as _;
-    let redis = Redis::start().await?;
-    let edge = common::start_edge(&redis.url(), "edge-a", &[]).await?;
-    let reg = register(&reqwest::Client::new(), &edge.base).await?;
-    let options = options(&edge.base, &reg.token);
-    let (tx, mut updates) = tokio::sync::mpsc::channel(64);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let client = tokio::spawn(ces_client::run(options, tx, stop.clone()));
-    assert!(matches!(
-        tokio::time::timeout(Duration::from_secs(10), updates.recv()).await?,
-        Some(Update::Connected { .. })
-    ));
-    let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
-    admin.init().await?;
-    let channel = ces_protocol::keys::channel(&reg.session_id);
-    for n in 1..=10 {
-        publish_direct(
-            &admin,
-            &reg.session_id,
-            &format!("ack-{n}"),
-            n,
-            channel.clone(),
-        )
-        .await?;
+    edges[0].kill();
+    for n in EVENTS / 2 + 1..=EVENTS {
+        kafka::produce(&producer, &stack.topic, &common::round(&sessions, n)).await?;
     }
-    let mut last = 0;
-    while last < 10 {
-        if let Some(Update::Event(e)) =
-            tokio::time::timeout(Duration::from_secs(10), updates.recv()).await?
-        {
-            last = e.seq;
-        }
+    apps.wait_until("100 events each", WAIT, |seen| {
+        names.iter().all(|n| {
+            seen.get(n)
+                .is_some_and(|s| ces_systest::apps::events_of(s).len() >= EVENTS as usize)
+        })
+    })
+    .await?;
+    for name in &names {
+        assert_eq!(
+            apps.seqs(name),
+            (1..=EVENTS).collect::<Vec<_>>(),
+            "{name}: every event once, in order"
+        );
+        let gaps: Vec<Seen> = apps
+            .seen(name)
+            .into_iter()
+            .filter(|s| matches!(s, Seen::Gap { .. }))
+            .collect();
+        assert!(gaps.is_empty(), "{name}: nothing reported lost: {gaps:?}");
     }
-    // One ack interval for the coalesced ack to go out, then the client stops and the edge stores it.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    stop.cancel();
-    client.await?;
-    let key = ces_protocol::keys::SessionId::parse(&reg.session_id)?.session_key();
-    let mut stored: Option<u64> = None;
-    for _ in 0..50 {
-        stored = admin.hget(&key, "last_ack").await?;
-        if stored == Some(10) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for name in on_a {
+        assert_eq!(
+            node_of(&apps, name).as_deref(),
+            Some("edge-b"),
+            "{name} resumed on the other edge"
+        );
     }
-    assert_eq!(
-        stored,
-        Some(10),
-        "the highest delivered seq was acknowledged"
-    );
-    let _ = admin.quit().await;
-    edge.stop().await
+    apps.stop().await?;
+    stack.stop().await
 }

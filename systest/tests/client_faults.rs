@@ -396,6 +396,39 @@ async fn reset_and_delayed(kind: Kind) -> anyhow::Result<()> {
     rig.stop().await
 }
 
+/// The app's position is acknowledged, coalesced: after 10 events and a pause, the session's `last_ack` in Redis
+/// (stored by the edge when the socket ends) is 10.
+async fn acknowledged(kind: Kind) -> anyhow::Result<()> {
+    use fred::interfaces::HashesInterface as _;
+    let rig = Rig::start(kind, &[]).await?;
+    rig.publish(1..=10, Duration::ZERO).await?;
+    rig.wait_events(10).await?;
+    // One ack interval for the coalesced ack to go out, then the app stops and the edge stores it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Redis and the edges stay up: the edge stores the ack when the app's socket ends.
+    let Rig {
+        apps,
+        admin,
+        session,
+        redis: _redis,
+        edges: _edges,
+        lb: _lb,
+        ..
+    } = rig;
+    apps.stop().await?;
+    let key = ces_protocol::keys::SessionId::parse(&session)?.session_key();
+    let mut stored: Option<u64> = None;
+    for _ in 0..50 {
+        stored = admin.hget(&key, "last_ack").await?;
+        if stored == Some(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, Some(10), "the highest delivered seq was acknowledged");
+    Ok(())
+}
+
 /// Each scenario once per client: `rust::<scenario>` and `js::<scenario>`.
 macro_rules! for_both_clients {
     ($($scenario:ident),* $(,)?) => {
@@ -419,6 +452,7 @@ macro_rules! for_both_clients {
 }
 
 for_both_clients!(
+    acknowledged,
     edge_killed,
     edge_drained,
     token_expiry,

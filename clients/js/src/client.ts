@@ -205,9 +205,14 @@ export class CesClient {
         try {
           const info = await this.#getToken();
           this.#useToken(info);
-        } catch (error) {
-          this.#finish(null, "no token", error);
-          return;
+        } catch {
+          // The app's backend may be down for a moment: try again after the next backoff delay, for as long as
+          // the app keeps the client (it stops it with close()).
+          const wait = Math.round(this.#backoff.nextDelay(this.#random()));
+          this.#setState({ state: "reconnecting", code: null, reason: "no token", willReconnect: true, retryInMs: wait });
+          this.#waitingForServer = false;
+          await this.#sleep(wait);
+          continue;
         }
         if (this.#stopped) return;
       }
@@ -237,15 +242,20 @@ export class CesClient {
         ending.kind === "refused" ? `http ${ending.status}` : ending.reason || (code === 1006 ? "connection lost" : null);
       this.#setState({ state: "reconnecting", code, reason, willReconnect: true, retryInMs: wait });
       this.#waitingForServer = next.kind === "after";
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => this.#wake?.(), Math.min(wait, MAX_TIMER));
-        this.#wake = () => {
-          clearTimeout(timer);
-          this.#wake = null;
-          resolve();
-        };
-      });
+      await this.#sleep(wait);
     }
+  }
+
+  /** Waits `ms`, or less when `#wake` is called (the browser came back online). */
+  #sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.#wake?.(), Math.min(ms, MAX_TIMER));
+      this.#wake = () => {
+        clearTimeout(timer);
+        this.#wake = null;
+        resolve();
+      };
+    });
   }
 
   /** Opens one socket; `ended` settles when it ends, however it ends. */

@@ -119,9 +119,15 @@ pub async fn run(options: Options, updates: mpsc::Sender<Update>, stop: Cancella
         if token.is_none() {
             match (options.get_token)().await {
                 Ok(t) => token = Some(t),
+                // The app's backend may be down for a moment: asked again after the next backoff delay, for as
+                // long as the app keeps the client.
                 Err(_) => {
-                    let _ = updates.send(Update::Stopped("no token")).await;
-                    return;
+                    let wait = backoff.next_delay(rand::random::<f64>());
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
                 }
             }
         }
@@ -217,7 +223,8 @@ async fn session(
     };
     let mut epoch = String::new();
     // Acks are coalesced: one frame per ACK_EVERY at most, carrying the highest seq delivered so far.
-    let mut acked = tracker.resume_from().map_or(0, |p| p.last_seq);
+    // The position last acknowledged: an epoch change moves it back to a lower seq, which is acknowledged too.
+    let mut acked = tracker.resume_from().cloned();
     let mut ack_tick = tokio::time::interval(ACK_EVERY);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent_since = tokio::time::Instant::now();
@@ -252,12 +259,12 @@ async fn session(
                 continue;
             }
             _ = ack_tick.tick() => {
-                if let Some(p) = tracker.resume_from().filter(|p| p.last_seq > acked) {
+                if let Some(p) = tracker.resume_from().filter(|p| acked.as_ref() != Some(p)) {
                     let ack = format!(r#"{{"type":"ack","seq":{}}}"#, p.last_seq);
                     if socket.send(Message::text(ack)).await.is_err() {
                         return Ending::Closed(ces_protocol::close::ABNORMAL);
                     }
-                    acked = p.last_seq;
+                    acked = Some(p.clone());
                 }
                 if silent_since.elapsed() >= options.silence_limit {
                     return Ending::Silent;
