@@ -36,6 +36,8 @@ test: deps
 	@scripts/check-file-size.sh >/dev/null
 	@echo "[test] scripts/check-deploy.sh: Dockerfile, docker-compose.yml, helm/ and k8s/ lint and validate offline"
 	@scripts/check-deploy.sh
+	@echo "[test] clients/js: build, unit tests, browser bundle size, npm pack and a consumer's import (npm run ci)"
+	@cd clients/js && npm run --silent ci
 	@scripts/test.sh
 	@echo "[test] scripts/test-up-stop.sh: SIGINT to make up's process group stops everything"
 	@scripts/test-up-stop.sh

@@ -5,6 +5,9 @@
 #   java 17+ and maven     (Debian packages openjdk-17-jre-headless and maven, when missing)
 #   Apache Kafka's jars    (scripts/kafka.sh: Maven Central into ~/.cache/ces/kafka-<version>, once per machine)
 #   libssl-dev, pkg-config (Debian packages: librdkafka is built with OpenSSL, for Kafka over TLS and SCRAM)
+#   node, npm              (Debian packages nodejs and npm, when missing) and clients/js's packages (npm ci from its
+#                          lock file: TypeScript, esbuild, ws, playwright-core), only when the lock file changed
+#   chromium               (Debian package; only with --test: the demo page's browser test)
 #   cargo-nextest          (test runner; only with --test)
 #
 # `scripts/deps.sh deploy-tools` installs only the tools that check the deployment files (scripts/check-deploy.sh,
@@ -149,6 +152,11 @@ pkg-config --exists openssl 2>/dev/null || apt_missing+=(libssl-dev)
 # scripts/test-up-stop.sh watches processes and sockets with pgrep and ss.
 command -v pgrep >/dev/null 2>&1 || apt_missing+=(procps)
 command -v ss >/dev/null 2>&1 || apt_missing+=(iproute2)
+# Node and npm build the TypeScript client (clients/js) and the demo page's bundle; its tests run in Node.
+command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
+# The demo page's browser test drives Debian's Chromium (playwright-core downloads no browser).
+((want_nextest)) && { [[ -x /usr/bin/chromium ]] || apt_missing+=(chromium); }
 if ((${#apt_missing[@]})); then
   apt_install "${apt_missing[@]}"
   sudo=""
@@ -165,7 +173,16 @@ if ((${#apt_missing[@]})); then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 else
-  say "redis-server, redis-cli, haproxy, prometheus, java and maven already installed"
+  say "redis-server, redis-cli, haproxy, prometheus, java, maven, node and npm already installed$( ((want_nextest)) && echo ", and chromium")"
+fi
+
+# clients/js's Node packages, exactly as its lock file says; again only when the lock file changed since.
+js="$(cd "$(dirname "$0")/.." && pwd)/clients/js"
+if [[ -f "$js/node_modules/.package-lock.json" && ! "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]]; then
+  say "clients/js's Node packages already installed (npm ci from clients/js/package-lock.json)"
+else
+  say "installing clients/js's Node packages with npm ci from clients/js/package-lock.json"
+  (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 libs=$("$(dirname "$0")/kafka.sh" libs)

@@ -1,22 +1,19 @@
-//! The subcommands `topics`, `produce` and `watch`; `session` is [`crate::session`], `dlq` [`crate::dlq`].
+//! The subcommands `topics` and `produce`; `watch` is [`crate::watch`], `session` [`crate::session`], `dlq`
+//! [`crate::dlq`].
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use ces_runtime::config::{Env, Source as _};
+use ces_runtime::config::Env;
 use clap::{Args, Subcommand};
-use futures::StreamExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::kafka::Kafka;
-use crate::secrets::{self, REGISTER_CREDENTIAL, SESSION_TOKEN};
-use crate::session;
 
 /// Default Kafka bootstrap servers (`CES_KAFKA_BROKERS`).
 pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -176,101 +173,4 @@ fn event_values(args: &ProduceArgs) -> anyhow::Result<Vec<Vec<u8>>> {
             Ok(serde_json::to_vec(&event)?)
         })
         .collect()
-}
-
-/// `cesctl watch ...`
-#[derive(Debug, Args)]
-pub(crate) struct WatchArgs {
-    /// Edge (or load balancer) base URL [env: CES_EDGE_URL] [default: http://127.0.0.1:8080].
-    #[arg(long)]
-    edge: Option<String>,
-    /// Refused: the token goes in CES_SESSION_TOKEN or on stdin (--token-stdin).
-    #[arg(long, hide = true)]
-    token: Option<String>,
-    /// Read a session's token from stdin and watch that session instead of registering a new one (else
-    /// CES_SESSION_TOKEN, if set).
-    #[arg(long)]
-    token_stdin: bool,
-    /// Refused: the credential goes in CES_REGISTER_CREDENTIAL or on stdin (--credential-stdin).
-    #[arg(long, hide = true)]
-    credential: Option<String>,
-    /// Read the API key or JWT for a protected registration from stdin (else CES_REGISTER_CREDENTIAL).
-    #[arg(long, conflicts_with = "token_stdin")]
-    credential_stdin: bool,
-    /// Stop after this many event frames (default: run until Ctrl-C).
-    #[arg(long)]
-    events: Option<u64>,
-}
-
-pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let edge = session::edge_url(args.edge.as_deref())?;
-    let edge = edge.trim_end_matches('/');
-    let token = SESSION_TOKEN.resolve(
-        args.token.as_deref(),
-        args.token_stdin,
-        secrets::read_stdin,
-        Env.get(SESSION_TOKEN.env),
-    )?;
-    let credential = REGISTER_CREDENTIAL.resolve(
-        args.credential.as_deref(),
-        args.credential_stdin,
-        secrets::read_stdin,
-        Env.get(REGISTER_CREDENTIAL.env),
-    )?;
-    let token = match token {
-        Some(t) => t,
-        None => {
-            let reg = session::register(edge, credential.as_deref()).await?;
-            let session = reg["session_id"].as_str().unwrap_or_default();
-            eprintln!("session {session} registered; send it an event from another terminal with:");
-            let me = std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "cesctl".into());
-            eprintln!("  {me} produce --session {session} --data '{{\"hello\":\"world\"}}'");
-            reg["token"]
-                .as_str()
-                .context("registration answer has no token")?
-                .to_owned()
-        }
-    };
-    let url = format!("{}/v1/ws?token={token}", edge.replacen("http", "ws", 1));
-    let (mut socket, _) = match tokio_tungstenite::connect_async(&url).await {
-        Ok(s) => s,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            bail!("connection refused with {}: {body}", resp.status());
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot connect to {edge}")),
-    };
-    let mut seen = 0u64;
-    loop {
-        let msg = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            msg = socket.next() => msg,
-        };
-        match msg {
-            None => bail!("connection ended without a close frame"),
-            Some(Err(e)) => bail!("connection failed: {e}"),
-            Some(Ok(Message::Text(t))) => {
-                println!("{t}");
-                if t.contains(r#""type":"event""#) {
-                    seen += 1;
-                    if args.events.is_some_and(|n| seen >= n) {
-                        return Ok(());
-                    }
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((ces_protocol::close::NO_STATUS_RECEIVED, String::new()));
-                bail!("closed by the server: {code} {reason}");
-            }
-            Some(Ok(_)) => {}
-        }
-    }
 }

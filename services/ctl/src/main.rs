@@ -4,7 +4,8 @@
 //! - `cesctl produce`: send test events to the input topic.
 //! - `cesctl session create`: register a session at an edge and print its token.
 //! - `cesctl session revoke`: close a session without its token (its socket gets 4003, every edge refuses it).
-//! - `cesctl watch`: register (or reuse a token), connect and print every frame as it arrives.
+//! - `cesctl watch`: register (or reuse a token) and print the session's events as they arrive, resuming across
+//!   reconnects (the Rust client, `ces-client`).
 //! - `cesctl dlq list`: list dead letters (filter by reason, age; table or JSONL).
 //! - `cesctl dlq show P:O`: every header, the key and the full value of one dead letter.
 //! - `cesctl dlq stats`: dead letters by reason and by age.
@@ -22,6 +23,7 @@ mod secrets;
 mod session;
 mod table;
 mod usage;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -53,7 +55,7 @@ enum Command {
         command: session::SessionCommand,
     },
     /// Connect a WebSocket client and print every frame.
-    Watch(commands::WatchArgs),
+    Watch(watch::WatchArgs),
     /// Inspect and replay the dead-letter topic.
     Dlq(dlq::DlqArgs),
 }
@@ -65,7 +67,7 @@ async fn main() -> ExitCode {
         Command::Topics { command } => commands::topics(command).await,
         Command::Produce(args) => commands::produce(args).await,
         Command::Session { command } => session::run(command).await,
-        Command::Watch(args) => commands::watch(args).await,
+        Command::Watch(args) => watch::watch(args).await,
         Command::Dlq(args) => dlq::run(args).await,
     };
     match result {
