@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use ces_client::stream::{Position, Tracker as Stream, Verdict};
+
 use crate::stats::{Recorder, Seen, Tracker};
 
 /// Most latency samples a socket task keeps before handing them to the [`Recorder`].
@@ -207,11 +209,15 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 /// Opens a WebSocket from `source` to `target`, with a resume position if given.
+///
+/// Not `ces_client::run`: a load test of 100,000 sockets binds each to one of many source addresses (one
+/// address has too few ports), keeps its buffers as small as the edge's, and moves between edges itself; it takes
+/// the client's position rules ([`Stream`]) and URL instead, so it resumes exactly as an app's client does.
 async fn connect(
     target: &Target,
     source: IpAddr,
     token: &str,
-    position: Option<(u64, &str)>,
+    position: Option<&Position>,
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, Refusal> {
     let socket = TcpSocket::new_v4().map_err(Refusal::io)?;
     socket
@@ -219,10 +225,7 @@ async fn connect(
         .map_err(Refusal::io)?;
     let stream = socket.connect(target.addr).await.map_err(Refusal::io)?;
     stream.set_nodelay(true).map_err(Refusal::io)?;
-    let mut url = format!("ws://{}/v1/ws?token={token}", target.addr);
-    if let Some((last_seq, epoch)) = position {
-        url.push_str(&format!("&last_seq={last_seq}&epoch={epoch}"));
-    }
+    let url = ces_client::connection::url_for(&format!("http://{}", target.addr), token, position);
     match tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => Err(Refusal {
@@ -273,6 +276,10 @@ struct Frame<'a> {
     data: Option<Data>,
     #[serde(default)]
     ok: Option<bool>,
+    #[serde(default, borrow)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    lost: Option<ces_protocol::frame::Lost>,
 }
 
 #[derive(Deserialize)]
@@ -295,17 +302,18 @@ pub async fn socket_task(
     let mut out = Outcome::default();
     let source = source_addr(index, per_source);
     let mut target = session.target;
+    // The position to resume from, as the client SDK keeps it; `epoch` is the current connection's.
+    let mut stream = Stream::new(None);
     let mut epoch = String::new();
-    let mut last_seq = 0u64;
     let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(SAMPLE_BATCH);
     let mut last_flush = Instant::now();
     let mut permit = Some(gate.acquire_owned().await);
     let mut failures = 0u32;
     let mut dropped_at: Option<Instant> = None;
     while !stop.is_cancelled() {
-        let position = (!epoch.is_empty()).then_some((last_seq, epoch.as_str()));
+        let position = stream.resume_from().cloned();
         let attempt = tokio::select! {
-            attempt = connect(&targets[target], source, &session.token, position) => attempt,
+            attempt = connect(&targets[target], source, &session.token, position.as_ref()) => attempt,
             () = stop.cancelled() => break,
         };
         let mut ws = match attempt {
@@ -351,7 +359,12 @@ pub async fn socket_task(
                         shared.unparsed.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    last_seq = frame.seq;
+                    // A `seq` seen before is the server sending an event twice; a skipped one is counted lost
+                    // at the end by `n`, where every loss shows whatever its cause.
+                    if stream.on_event(&epoch, frame.seq) == Verdict::Repeat {
+                        shared.duplicated.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     match out.tracker.observe(data.n) {
                         Seen::Duplicate => {
                             shared.duplicated.fetch_add(1, Ordering::Relaxed);
@@ -372,9 +385,6 @@ pub async fn socket_task(
                 }
                 "welcome" => {
                     if let Some(e) = frame.epoch {
-                        if !epoch.is_empty() && e != epoch {
-                            last_seq = 0;
-                        }
                         epoch = e.into_owned();
                     }
                     welcomed = true;
@@ -383,6 +393,16 @@ pub async fn socket_task(
                     permit = None;
                 }
                 "resumed" => {
+                    if let Some(e) = &frame.epoch {
+                        epoch = e.to_string();
+                    }
+                    // A named loss is counted below; the position moves past it (or to the new epoch).
+                    stream.on_resumed(
+                        frame.ok == Some(true),
+                        frame.lost.as_ref(),
+                        frame.reason.as_deref(),
+                        frame.epoch.as_deref(),
+                    );
                     if frame.ok == Some(true) {
                         shared.resumed_ok.fetch_add(1, Ordering::Relaxed);
                     } else {

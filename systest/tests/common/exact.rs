@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use ces_systest::client::{WsClient, resume_url, ws_url};
+use ces_systest::client::WsClient;
 
 /// One frame a following client got, with the epoch it belongs to.
 #[derive(Debug, Clone)]
@@ -48,9 +48,10 @@ impl Timeline {
     }
 }
 
-/// Follows a session like a real client until it got the event with `data.n` = `last`: it tracks its epoch
-/// (welcome, and the `epoch` of an `epoch_changed` notice), and on every socket end reconnects to the next of
-/// `edges` with its position. Gives up after `within`.
+/// Follows a session like a real client until it got the event with `data.n` = `last`: it keeps its position by
+/// the client's own rules (`ces_client::stream::Tracker`), and on every socket end reconnects to the next of
+/// `edges` with it. Every frame is recorded as it came, repeats included: this checks the server. Gives up after
+/// `within`.
 pub async fn follow(
     edges: Vec<String>,
     token: String,
@@ -58,15 +59,13 @@ pub async fn follow(
     within: Duration,
 ) -> anyhow::Result<Timeline> {
     let mut timeline = Timeline::default();
-    let mut position: Option<(String, u64)> = None;
+    let mut position = ces_client::stream::Tracker::new(None);
+    let mut epoch = String::new();
     let deadline = tokio::time::Instant::now() + within;
     let mut attempt = 0;
     while tokio::time::Instant::now() < deadline {
         let base = &edges[attempt % edges.len()];
-        let url = match &position {
-            None => ws_url(base, &token),
-            Some((epoch, seq)) => resume_url(base, &token, *seq, epoch),
-        };
+        let url = ces_client::connection::url_for(base, &token, position.resume_from());
         let Ok(mut ws) = WsClient::connect(&url).await else {
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -75,24 +74,22 @@ pub async fn follow(
         loop {
             match ws.next_json(Duration::from_secs(30)).await {
                 Ok(Some(frame)) => match frame["type"].as_str() {
-                    Some("welcome") if position.is_none() => {
-                        position =
-                            Some((frame["epoch"].as_str().unwrap_or_default().to_owned(), 0));
+                    Some("welcome") => {
+                        epoch = frame["epoch"].as_str().unwrap_or_default().to_owned();
                     }
-                    Some("resumed") if frame["ok"] == false => {
-                        if let (Some(epoch), Some(p)) = (frame["epoch"].as_str(), position.as_mut())
-                        {
-                            *p = (epoch.to_owned(), 0);
+                    Some("resumed") => {
+                        super::on_resumed(&mut position, &mut epoch, &frame);
+                        if frame["ok"] == false {
+                            timeline.got.push(Got::Lost(frame));
                         }
-                        timeline.got.push(Got::Lost(frame));
                     }
                     Some("event") => {
-                        let (epoch, seq) = position.as_mut().expect("a welcome first");
-                        *seq = frame["seq"].as_u64().expect("seq");
+                        let seq = frame["seq"].as_u64().expect("seq");
+                        let _ = position.on_event(&epoch, seq);
                         let n = frame["data"]["n"].as_u64().expect("data.n");
                         timeline.got.push(Got::Event {
                             epoch: epoch.clone(),
-                            seq: *seq,
+                            seq,
                             id: frame["id"].as_str().unwrap_or_default().to_owned(),
                             n,
                         });

@@ -481,9 +481,11 @@ pub async fn follow(
     token: String,
     events: u64,
 ) -> anyhow::Result<Seen> {
-    use ces_systest::client::{WsClient, resume_url, ws_url};
+    use ces_systest::client::WsClient;
     let mut seen = Seen::default();
-    let mut epoch: Option<String> = None;
+    // The client's own position rules; every frame is recorded as it came, repeats included.
+    let mut position = ces_client::stream::Tracker::new(None);
+    let mut epoch = String::new();
     let mut attempt = start;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
     while tokio::time::Instant::now() < deadline {
@@ -491,10 +493,7 @@ pub async fn follow(
             let live = live.lock().unwrap();
             live[attempt % live.len()].clone()
         };
-        let url = match &epoch {
-            None => ws_url(&base, &token),
-            Some(e) => resume_url(&base, &token, seen.seqs.last().copied().unwrap_or(0), e),
-        };
+        let url = ces_client::connection::url_for(&base, &token, position.resume_from());
         let Ok(mut ws) = WsClient::connect(&url).await else {
             attempt += 1;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -503,10 +502,15 @@ pub async fn follow(
         loop {
             match ws.next_json(std::time::Duration::from_secs(20)).await {
                 Ok(Some(frame)) => match frame["type"].as_str() {
-                    Some("welcome") => epoch = frame["epoch"].as_str().map(str::to_owned),
-                    Some("resumed") => seen.resumed.push(frame),
+                    Some("welcome") => epoch = frame["epoch"].as_str().unwrap_or_default().to_owned(),
+                    Some("resumed") => {
+                        on_resumed(&mut position, &mut epoch, &frame);
+                        seen.resumed.push(frame);
+                    }
                     Some("event") => {
-                        seen.seqs.push(frame["seq"].as_u64().unwrap());
+                        let seq = frame["seq"].as_u64().unwrap();
+                        let _ = position.on_event(&epoch, seq);
+                        seen.seqs.push(seq);
                         seen.ns.push(frame["data"]["n"].as_u64().unwrap());
                         if seen.seqs.len() as u64 >= events {
                             return Ok(seen);
@@ -527,6 +531,24 @@ pub async fn follow(
         }
     }
     anyhow::bail!("gave up after {:?}", seen.seqs)
+}
+
+/// A `resumed` frame, for a follower's position (and its connection's epoch, which an `epoch_changed` replaces).
+pub fn on_resumed(
+    position: &mut ces_client::stream::Tracker,
+    epoch: &mut String,
+    frame: &serde_json::Value,
+) {
+    let lost: Option<ces_protocol::frame::Lost> = serde_json::from_value(frame["lost"].clone()).ok();
+    if let Some(e) = frame["epoch"].as_str() {
+        *epoch = e.to_owned();
+    }
+    position.on_resumed(
+        frame["ok"] == true,
+        lost.as_ref(),
+        frame["reason"].as_str(),
+        frame["epoch"].as_str(),
+    );
 }
 
 fn close_code(error: &str) -> Option<u16> {
