@@ -128,7 +128,8 @@ fn content_security_policy(html: &str) -> String {
 }
 
 /// The text of every inline `<tag ...>` element of `html` (for `script`, those without a `src`), as a browser
-/// hashes it: everything between the start tag's `>` and the next `</tag`.
+/// hashes it: everything between the start tag's `>` and the next `</tag`. Comments (`<!-- -->`) are skipped, so a
+/// comment that mentions a tag does not start an element.
 fn inline_bodies<'a>(html: &'a str, tag: &str) -> Vec<&'a str> {
     // ASCII lower-casing keeps byte offsets, so positions found in `lower` index `html` as well.
     let lower = html.to_ascii_lowercase();
@@ -137,6 +138,13 @@ fn inline_bodies<'a>(html: &'a str, tag: &str) -> Vec<&'a str> {
     let mut at = 0;
     while let Some(found) = lower[at..].find(&open) {
         let start = at + found;
+        if let Some(comment) = lower[at..start].find("<!--") {
+            match lower[at + comment + 4..].find("-->") {
+                Some(end) => at += comment + 4 + end + 3,
+                None => break,
+            }
+            continue;
+        }
         let after_name = start + open.len();
         // `<scripts>` or `<style-x>` is another element.
         if !lower[after_name..].starts_with(|c: char| c == '>' || c.is_ascii_whitespace()) {
@@ -165,12 +173,13 @@ mod tests {
 
     #[test]
     fn inline_elements_are_found_and_external_scripts_skipped() {
-        let html = "<html><head><STYLE>p{}</STYLE><script src=\"x.js\"></script>\
+        let html = "<!-- a <style> and a <script> named --><html><head><STYLE>p{}</STYLE><!-- <script>x</script> --><script src=\"x.js\"></script>\
                     <scripts>no</scripts><script type=\"module\">\nimport './a.js';\n</Script>\
                     <style media=\"print\">b{}</style></head></html>";
         assert_eq!(inline_bodies(html, "script"), vec!["\nimport './a.js';\n"]);
         assert_eq!(inline_bodies(html, "style"), vec!["p{}", "b{}"]);
         assert!(inline_bodies("<p>no elements", "script").is_empty());
+        assert!(inline_bodies("<!-- <script>x</script>", "script").is_empty());
         assert!(
             inline_bodies("<script>unterminated", "script").is_empty(),
             "a body without its end tag is not a script a browser would run as written"
