@@ -42,6 +42,29 @@ say "building $profile binaries (cargo build --profile $profile)"
 cargo build --profile "$profile" --locked -q -p ces-ingest -p ces-edge -p ces-ctl
 bin="${CARGO_TARGET_DIR:-$root/target}/$([[ $profile == dev ]] && echo debug || echo "$profile")"
 
+# The demo page, served by both edges at /demo/ (CES_DEMO_DIR) and so through HAProxy: the page and the TypeScript
+# client's browser build, staged in $data/demo. Built before anything starts, so a broken build stops here.
+demo_url=""
+if [[ ! -f clients/js/package.json ]]; then
+  warn "clients/js is not in this checkout: no demo page (/demo answers 404)"
+elif ! command -v npm >/dev/null 2>&1; then
+  warn "npm not found: no demo page (/demo answers 404); install Node.js to get it"
+else
+  if [[ ! -d clients/js/node_modules || clients/js/package-lock.json -nt clients/js/node_modules ]]; then
+    say "installing the TypeScript client's dependencies (npm ci in clients/js)"
+    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  say "building the TypeScript client's browser bundle (npm run build in clients/js)"
+  (cd clients/js && npm run --silent build)
+  say "staging the demo page and clients/js/dist/ces-client.browser.js in $data/demo"
+  mkdir -p "$data/demo"
+  cp clients/demo/index.html "$data/demo/index.html"
+  cp clients/js/dist/ces-client.browser.js "$data/demo/ces-client.js"
+  # Both edges read it; the page registers its own session, which the open registration below allows.
+  export CES_DEMO_DIR="$data/demo"
+  demo_url=http://127.0.0.1:8080/demo/
+fi
+
 mkdir -p "$logs"
 [[ "$redis_mode" == cluster ]] || mkdir -p "$data/redis"
 # Every WebSocket is a file descriptor in the edge and two in HAProxy.
@@ -143,6 +166,11 @@ CES is running (Ctrl-C stops everything):
   edge-a              http://127.0.0.1:8081   (metrics: http://127.0.0.1:9181/metrics)
   edge-b              http://127.0.0.1:8082   (metrics: http://127.0.0.1:9182/metrics)
   load balancer       http://127.0.0.1:8080   (clients connect here)
+$(if [[ -n "$demo_url" ]]; then
+  echo "  demo page           $demo_url   (open it in a browser; it shows the command that sends it events)"
+else
+  echo "  demo page           not served (see the warning above)"
+fi)
   Prometheus          http://127.0.0.1:9090   (try ces_e2e_latency_seconds_count; alerts at /alerts)
   logs                $logs/
 

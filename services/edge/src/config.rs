@@ -74,6 +74,8 @@ pub struct Config {
     /// Draining: sockets close with 1012 at random moments over this window, so their clients do not all
     /// reconnect to the other nodes at once.
     pub drain_window: Duration,
+    /// The demo page at `/demo/` (`CES_DEMO_DIR`), read at start; `None`: `/demo` answers 404.
+    pub demo: Option<crate::demo::DemoPage>,
     /// Redis and logging.
     pub common: Common,
 }
@@ -225,6 +227,12 @@ impl Config {
             365 * 86_400,
         ));
         let max_sessions_per_subject = v.bounded("CES_MAX_SESSIONS_PER_SUBJECT", 100, 1, 1 << 40);
+        // Read here, with the rest of the configuration: a missing file refuses the start (and `--check-config`).
+        let demo = v.optional("CES_DEMO_DIR").and_then(|dir| {
+            crate::demo::DemoPage::load(dir.as_ref())
+                .inspect_err(|e| v.check(false, || format!("CES_DEMO_DIR={dir}: {e}")))
+                .ok()
+        });
         let common = Common::read(&mut v);
 
         let token_keys = match (&secret, &key_spec) {
@@ -287,6 +295,7 @@ impl Config {
             max_sessions,
             max_sessions_per_subject,
             max_session_lifetime,
+            demo,
             common,
         })
     }

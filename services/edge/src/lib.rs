@@ -12,6 +12,7 @@
 //! # Layout
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
+//! - [`demo`]: the demo page at `/demo/`, when `CES_DEMO_DIR` is set.
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
 //! - [`subscriptions`]: the hub's subscription table (reference counts, what to SUBSCRIBE/UNSUBSCRIBE), pure.
 //! - [`queue`]: a connection's bounded queue of live events, which costs nothing while idle.
@@ -26,6 +27,7 @@
 pub mod api;
 pub mod client_addr;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
@@ -110,14 +112,20 @@ pub struct Listeners {
     pub internal: TcpListener,
 }
 
-/// The public router: everything clients call, and nothing else (probes and metrics answer 404 here).
+/// The public router: everything clients call, and nothing else (probes and metrics answer 404 here); with
+/// `CES_DEMO_DIR`, also the demo page under `/demo`.
 pub fn app(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let demo = match &state.config.demo {
+        Some(page) => page.routes(),
+        None => Router::new(),
+    };
     Router::new()
         .route("/v1/sessions", post(api::register))
         .route("/v1/sessions/{id}", delete(api::delete_session))
         .route("/v1/sessions/{id}/refresh", post(api::refresh))
         .route("/v1/ws", get(api::websocket))
+        .merge(demo)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
