@@ -202,7 +202,9 @@ pub fn unverified_expiry(token: &str) -> Option<u64> {
         return None;
     };
     let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Claims>(&payload).ok().map(|c| c.exp)
+    serde_json::from_slice::<Claims>(&payload)
+        .ok()
+        .map(|c| c.exp)
 }
 
 #[cfg(test)]
@@ -344,6 +346,9 @@ mod tests {
         ] {
             assert_eq!(unverified_expiry(other), None, "{other}");
         }
-        assert_eq!(unverified_expiry("v1.k1.eyJzaWQiOiJzIiwiZXhwIjoxfQ.sig"), Some(1));
+        assert_eq!(
+            unverified_expiry("v1.k1.eyJzaWQiOiJzIiwiZXhwIjoxfQ.sig"),
+            Some(1)
+        );
     }
 }

@@ -82,21 +82,23 @@ impl Tokens {
     pub async fn start() -> anyhow::Result<Self> {
         let sources: Arc<Mutex<HashMap<String, Source>>> = Arc::default();
         let served = sources.clone();
-        let app = axum::Router::new().route(
-            "/token/{name}",
-            axum::routing::get(
-                move |axum::extract::Path(name): axum::extract::Path<String>| {
-                    let token = mint(&served, &name);
-                    async move {
-                        match token {
-                            Some(t) => axum::Json(serde_json::json!({ "token": t.value }))
-                                .into_response(),
-                            None => (axum::http::StatusCode::NOT_FOUND, "no such app").into_response(),
+        let app =
+            axum::Router::new().route(
+                "/token/{name}",
+                axum::routing::get(
+                    move |axum::extract::Path(name): axum::extract::Path<String>| {
+                        let token = mint(&served, &name);
+                        async move {
+                            match token {
+                                Some(t) => axum::Json(serde_json::json!({ "token": t.value }))
+                                    .into_response(),
+                                None => (axum::http::StatusCode::NOT_FOUND, "no such app")
+                                    .into_response(),
+                            }
                         }
-                    }
-                },
-            ),
-        );
+                    },
+                ),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let task = tokio::spawn(async move {
@@ -196,7 +198,7 @@ enum Running {
         tasks: Vec<JoinHandle<()>>,
     },
     Js {
-        child: Child,
+        child: Box<Child>,
         stdin: Option<ChildStdin>,
         reader: JoinHandle<()>,
     },
@@ -262,12 +264,14 @@ impl Apps {
                     .stderr(Stdio::inherit())
                     .kill_on_drop(true)
                     .spawn()
-                    .context("starting node (Node 20 is needed for the TypeScript client's tests)")?;
+                    .context(
+                        "starting node (Node 20 is needed for the TypeScript client's tests)",
+                    )?;
                 let stdout = child.stdout.take().context("node's stdout")?;
                 let stdin = child.stdin.take();
                 let reader = tokio::spawn(js_lines(stdout, log.clone()));
                 Running::Js {
-                    child,
+                    child: Box::new(child),
                     stdin,
                     reader,
                 }

@@ -166,13 +166,19 @@ mod tests {
         let addr = proxy.base.trim_start_matches("http://").to_owned();
         let mut s = TcpStream::connect(&addr).await?;
         let wait = Duration::from_millis(500);
-        assert_eq!(echo(&mut s, b"one", wait).await.as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            echo(&mut s, b"one", wait).await.as_deref(),
+            Some(&b"one"[..])
+        );
 
         // Black-holed bytes never come back, even after the path heals.
         proxy.set(Fault::BlackHole);
         assert_eq!(echo(&mut s, b"lost", wait).await, None);
         proxy.set(Fault::Pass);
-        assert_eq!(echo(&mut s, b"two", wait).await.as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            echo(&mut s, b"two", wait).await.as_deref(),
+            Some(&b"two"[..])
+        );
 
         // Stalled bytes come late but whole.
         proxy.set(Fault::Stall);
@@ -184,8 +190,15 @@ mod tests {
 
         let started = tokio::time::Instant::now();
         proxy.set(Fault::Delay(Duration::from_millis(200)));
-        assert!(echo(&mut s, b"slow", Duration::from_secs(2)).await.is_some());
-        assert!(started.elapsed() >= Duration::from_millis(400), "delayed each way");
+        assert!(
+            echo(&mut s, b"slow", Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "delayed each way"
+        );
         proxy.set(Fault::Pass);
 
         // A reset ends the live connection with an error, not a clean end of stream; new ones work.

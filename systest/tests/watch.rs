@@ -73,25 +73,27 @@ async fn watch_follows_its_session_across_an_edge_kill_and_a_drain() -> anyhow::
         .collect();
     let lb = Haproxy::start(&backends).await?;
     let reg = register(&reqwest::Client::new(), &lb.base).await?;
-    let mut child = tokio::process::Command::new(ces_systest::workspace_binary(
-        "cesctl",
-        "CES_CTL_BIN",
-    )?)
-    .args(["watch", "--token-stdin", "--events", "90"])
-    .env("CES_EDGE_URL", &lb.base)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true)
-    .spawn()?;
+    let mut child =
+        tokio::process::Command::new(ces_systest::workspace_binary("cesctl", "CES_CTL_BIN")?)
+            .args(["watch", "--token-stdin", "--events", "90"])
+            .env("CES_EDGE_URL", &lb.base)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
     let mut stdin = child.stdin.take().expect("piped");
-    stdin.write_all(format!("{}\n", reg.token).as_bytes()).await?;
+    stdin
+        .write_all(format!("{}\n", reg.token).as_bytes())
+        .await?;
     drop(stdin);
     let (out, err) = (Lines::default(), Lines::default());
     out.follow(child.stdout.take().expect("piped"));
     err.follow(child.stderr.take().expect("piped"));
-    err.wait("a welcome", |l| l.iter().any(|l| l.starts_with("connected to ")))
-        .await?;
+    err.wait("a welcome", |l| {
+        l.iter().any(|l| l.starts_with("connected to "))
+    })
+    .await?;
 
     let admin = ces_runtime::redis::builder(&redis.url())?.build()?;
     admin.init().await?;
@@ -139,7 +141,10 @@ async fn watch_follows_its_session_across_an_edge_kill_and_a_drain() -> anyhow::
         "{stderr:?}"
     );
     assert_eq!(
-        stderr.iter().filter(|l| l.starts_with("connected to ")).count(),
+        stderr
+            .iter()
+            .filter(|l| l.starts_with("connected to "))
+            .count(),
         3,
         "{stderr:?}"
     );

@@ -205,8 +205,14 @@ async fn session(
 ) -> Ending {
     let url = url_for(&options.url, &token.value, tracker.resume_from());
     // A handshake that gets no answer (a black-holed path) counts as silence, like a connection that goes quiet.
-    let handshake = tokio::time::timeout(options.silence_limit, tokio_tungstenite::connect_async(&url));
-    let mut socket = match handshake.await.unwrap_or(Err(tungstenite::Error::ConnectionClosed)) {
+    let handshake = tokio::time::timeout(
+        options.silence_limit,
+        tokio_tungstenite::connect_async(&url),
+    );
+    let mut socket = match handshake
+        .await
+        .unwrap_or(Err(tungstenite::Error::ConnectionClosed))
+    {
         Ok((socket, _)) => socket,
         Err(tungstenite::Error::Http(response)) => {
             let retry_after = response

@@ -66,10 +66,7 @@ mod tests {
 
     #[test]
     fn a_token_is_refreshed_at_four_fifths_of_the_life_it_has_left() {
-        assert_eq!(
-            refresh_in(1_000_000, 1_100),
-            Some(Duration::from_secs(80))
-        );
+        assert_eq!(refresh_in(1_000_000, 1_100), Some(Duration::from_secs(80)));
         assert_eq!(
             refresh_in(1_000_500, 1_010),
             Some(Duration::from_millis(7_600))

@@ -136,8 +136,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 fn describe(ending: Ending) -> String {
     match ending {
         Ending::Closed(code) => {
-            let name = ces_protocol::close::CloseCode::from_code(code)
-                .map_or("", |c| c.reason());
+            let name = ces_protocol::close::CloseCode::from_code(code).map_or("", |c| c.reason());
             format!("disconnected: {code} {name}").trim_end().to_owned()
         }
         Ending::Refused { status, .. } => format!("refused: HTTP {status}"),
@@ -153,12 +152,8 @@ fn renewing(edge: &str, session: String, token: &str) -> ces_client::connection:
     let current = Arc::new(Mutex::new((Token::new(token), false)));
     let (edge, http) = (edge.to_owned(), reqwest::Client::new());
     Arc::new(move || {
-        let (current, edge, http, session) = (
-            current.clone(),
-            edge.clone(),
-            http.clone(),
-            session.clone(),
-        );
+        let (current, edge, http, session) =
+            (current.clone(), edge.clone(), http.clone(), session.clone());
         Box::pin(async move {
             let (token, handed_out) = current.lock().expect("token").clone();
             if !handed_out {
@@ -196,6 +191,8 @@ async fn refresh(
     if !status.is_success() {
         bail!("{status}: {body}");
     }
-    let token = body["token"].as_str().context("refresh answer has no token")?;
+    let token = body["token"]
+        .as_str()
+        .context("refresh answer has no token")?;
     Ok(Token::new(token))
 }

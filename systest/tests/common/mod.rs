@@ -502,7 +502,9 @@ pub async fn follow(
         loop {
             match ws.next_json(std::time::Duration::from_secs(20)).await {
                 Ok(Some(frame)) => match frame["type"].as_str() {
-                    Some("welcome") => epoch = frame["epoch"].as_str().unwrap_or_default().to_owned(),
+                    Some("welcome") => {
+                        epoch = frame["epoch"].as_str().unwrap_or_default().to_owned()
+                    }
                     Some("resumed") => {
                         on_resumed(&mut position, &mut epoch, &frame);
                         seen.resumed.push(frame);
@@ -539,7 +541,8 @@ pub fn on_resumed(
     epoch: &mut String,
     frame: &serde_json::Value,
 ) {
-    let lost: Option<ces_protocol::frame::Lost> = serde_json::from_value(frame["lost"].clone()).ok();
+    let lost: Option<ces_protocol::frame::Lost> =
+        serde_json::from_value(frame["lost"].clone()).ok();
     if let Some(e) = frame["epoch"].as_str() {
         *epoch = e.to_owned();
     }
