@@ -1,5 +1,6 @@
 //! A real HAProxy in front of edges, configured as `dev/haproxy.cfg` forwards: HTTP mode, `option forwardfor`
-//! (which adds the client's address to `X-Forwarded-For` as a header line of its own), round-robin; or in TCP mode
+//! (which adds the client's address to `X-Forwarded-For` as a header line of its own), round-robin, a connection a
+//! dead edge refuses retried on another (`option redispatch`); or in TCP mode
 //! with the PROXY protocol, as a load balancer that forwards connections rather than requests.
 
 use std::process::Stdio;
@@ -60,7 +61,7 @@ impl Haproxy {
             .collect();
         let config = format!(
             "global\n    maxconn 8000\n\
-             defaults\n    {mode}\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    \
+             defaults\n    {mode}\n    retries 2\n    option redispatch 1\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    \
              timeout tunnel 1h\n\
              frontend ces\n    bind 127.0.0.1:{port}\n    default_backend edges\n\
              backend edges\n    balance roundrobin\n{servers}"

@@ -123,6 +123,20 @@ async fn the_demo_page_shows_every_event_once_across_an_edge_kill() -> anyhow::R
     assert!(size > 20_000, "{} is only {size} bytes", shot.display());
     eprintln!("demo page screenshot: {}", shot.display());
 
+    // A reload resumes where the page was: the position persisted in sessionStorage, the same session, the rows
+    // shown again, and only the new events added (a fresh start would list 1..10 a second time).
+    browser.send(&json!({ "cmd": "reload" })).await?;
+    let reloaded = browser.answer().await?;
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    produce(11, 13).await?;
+    let seen = browser.wait_for(13).await?;
+    assert_eq!(
+        seen["seqs"],
+        json!((1..=13).collect::<Vec<u64>>()),
+        "resumed after the reload, nothing twice: {seen}"
+    );
+    assert_eq!(seen["gaps"], json!([]), "{seen}");
+
     browser.finish().await?;
     ingest.stop().await?;
     Ok(())

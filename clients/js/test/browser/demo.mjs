@@ -6,6 +6,7 @@
 // command per line on stdin:
 //   {"cmd":"wait","events":N,"timeoutMs":T}  -> {"kind":"seen"|"timeout","seqs":[...],"gaps":[...],"node":..,"state":..}
 //   {"cmd":"screenshot","path":"..."}        -> {"kind":"saved","path":"..."}   (full page, PNG)
+//   {"cmd":"reload"}                         -> {"kind":"reloaded", ...as "seen"} once the page is open again
 // and closes the browser and exits 0 at the end of stdin. Console errors of the page, page errors and failed
 // requests are printed as {"kind":"console","text":...}; a failure of the driver itself as {"kind":"error",...}
 // with exit 1.
@@ -90,6 +91,14 @@ try {
         kind = "timeout";
       }
       emit({ kind, ...(await seen()) });
+    } else if (command.cmd === "reload") {
+      await page.reload();
+      await page.waitForFunction(
+        () => document.querySelector('[data-testid="state"]')?.textContent.trim() === "open",
+        null,
+        { timeout: 30_000 },
+      );
+      emit({ kind: "reloaded", ...(await seen()) });
     } else if (command.cmd === "screenshot") {
       await page.screenshot({ path: command.path, fullPage: true });
       emit({ kind: "saved", path: command.path });
