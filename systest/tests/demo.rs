@@ -1,7 +1,8 @@
 //! The demo page in a real browser: Debian's Chromium, driven by `clients/js/test/browser/demo.mjs`, opens
 //! `/demo/` through HAProxy in front of two edges, registers its session and connects; events produced to Kafka
 //! appear on the page; the edge holding the socket is killed (like SIGKILL: no close frame); the page resumes
-//! through the load balancer on the other edge and shows exactly `seq` 1..10, no gap. Then a full-page screenshot.
+//! through the load balancer on the other edge and shows exactly `seq` 1..10, no gap. Then a full-page screenshot
+//! (the README's), and a reload that resumes from the persisted position: 1..13, nothing twice.
 //!
 //! It needs node, Chromium (`/usr/bin/chromium`, or `CES_CHROMIUM`) and the browser bundle with its dependencies
 //! (`npm ci && npm run build` in clients/js); without any of them it fails saying which, never skips.
@@ -16,10 +17,9 @@ use anyhow::{Context as _, bail, ensure};
 use ces_systest::haproxy::Haproxy;
 use ces_systest::kafka::{self, Record};
 use ces_systest::{Broker, Redis, unique};
-use common::{event_json, start_ingest};
+use common::{IsolatedEdge, event_json, start_ingest};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 /// How long one answer of the browser driver may take: Chromium's start on a busy 2-core machine included.
@@ -51,8 +51,18 @@ async fn the_demo_page_shows_every_event_once_across_an_edge_kill() -> anyhow::R
     let ingest = start_ingest(&redis.url(), &broker.bootstrap(), &topic, &dlq, &[]).await?;
     let demo_dir = demo.path().display().to_string();
     let mut edges = [
-        DemoEdge::start(&redis.url(), "edge-a", &demo_dir).await?,
-        DemoEdge::start(&redis.url(), "edge-b", &demo_dir).await?,
+        IsolatedEdge::start_with(
+            &redis.url(),
+            "edge-a",
+            &[("CES_DEMO_DIR", demo_dir.clone())],
+        )
+        .await?,
+        IsolatedEdge::start_with(
+            &redis.url(),
+            "edge-b",
+            &[("CES_DEMO_DIR", demo_dir.clone())],
+        )
+        .await?,
     ];
     let backends: Vec<&str> = edges
         .iter()
@@ -232,66 +242,5 @@ impl Browser {
         let status = tokio::time::timeout(ANSWER_WITHIN, self.child.wait()).await??;
         ensure!(status.success(), "the browser driver exited with {status}");
         Ok(())
-    }
-}
-
-/// An edge serving the demo page, on a runtime of its own so it can be killed like a process: every task dropped
-/// at once, sockets ending without a close frame.
-struct DemoEdge {
-    base: String,
-    node: String,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl DemoEdge {
-    async fn start(redis_url: &str, node: &str, demo_dir: &str) -> anyhow::Result<Self> {
-        let env: std::collections::HashMap<&'static str, String> = [
-            ("CES_TOKEN_SECRET", common::SECRET.to_owned()),
-            ("CES_REDIS_URL", redis_url.to_owned()),
-            ("CES_NODE_ID", node.to_owned()),
-            ("CES_DRAIN_DELAY_MS", "0".to_owned()),
-            ("CES_DRAIN_WINDOW_MS", "0".to_owned()),
-            ("CES_REGISTER_OPEN", "true".to_owned()),
-            ("CES_DEMO_DIR", demo_dir.to_owned()),
-        ]
-        .into_iter()
-        .collect();
-        let config = ces_edge::Config::from_source(&env)?;
-        let bind = || -> anyhow::Result<(std::net::TcpListener, String)> {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            listener.set_nonblocking(true)?;
-            let url = format!("http://{}", listener.local_addr()?);
-            Ok((listener, url))
-        };
-        let ((public, base), (internal, internal_base)) = (bind()?, bind()?);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        runtime.spawn(async move {
-            let listeners = ces_edge::Listeners {
-                public: TcpListener::from_std(public)?,
-                internal: TcpListener::from_std(internal)?,
-            };
-            ces_edge::run(config, listeners, std::future::pending()).await
-        });
-        ces_systest::wait_ready(&internal_base).await?;
-        Ok(Self {
-            base,
-            node: node.to_owned(),
-            runtime: Some(runtime),
-        })
-    }
-
-    fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for DemoEdge {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

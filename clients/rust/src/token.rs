@@ -87,6 +87,8 @@ mod tests {
         assert_eq!(token.expires_at, Some(1));
         assert_eq!(Token::from("opaque".to_owned()).expires_at, None);
         assert_eq!(Token::expiring_at("opaque", 7).expires_at, Some(7));
-        assert!(!format!("{token:?}").contains("eyJ"));
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("eyJ"), "{shown}");
+        assert!(shown.contains("expires_at: Some(1)"), "{shown}");
     }
 }
