@@ -118,6 +118,12 @@ impl SessionKeys {
     }
 }
 
+/// String `<epoch>:<seq>`: every `delivered` receipt of the session up to `seq` of `epoch` is in Kafka (written by the
+/// edge that produced them, read by the edge a client resumes on; docs/admin.md, "Delivery receipts").
+pub fn receipted_key(session: &str) -> String {
+    format!("ces:{{{session}}}:rcpt")
+}
+
 /// Sharded Pub/Sub channel on which edge node `node` takes control messages (close a connection it holds). The
 /// node id is its hash tag, so on a Redis Cluster the channel lives on one shard like a session's.
 pub fn node_channel(node: &str) -> String {

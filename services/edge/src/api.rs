@@ -261,6 +261,7 @@ pub async fn websocket(
         token_keys: state.config.token_keys.clone(),
         inbound_limit: Arc::new(state.limits.socket()),
         handshake_slot: Some(handshake_slot),
+        receipts: state.receipts.clone(),
     });
     let max = state.config.max_message_bytes;
     let hub = state.hub.clone();

@@ -45,6 +45,8 @@ pub struct Config {
     pub admission_wait: Duration,
     /// Who may register sessions.
     pub register_auth: crate::register_auth::RegisterAuth,
+    /// Delivery receipts to Kafka, when `CES_RECEIPTS_TOPIC` is set.
+    pub receipts: Option<crate::receipts::Settings>,
     /// TLS, the header timeout and the cap on not-yet-upgraded connections.
     pub serving: crate::serve::Serving,
     /// Largest inbound WebSocket message (and frame) in bytes.
@@ -130,6 +132,7 @@ impl Config {
             v.bounded("CES_WS_MAX_PENDING_HANDSHAKES", 512, 1, 1_000_000) as usize;
         let admission_wait = v.millis("CES_WS_ADMISSION_WAIT_MS", 5000, 0, 60_000);
         let register_auth = crate::register_auth::RegisterAuth::read(&mut v);
+        let receipts = crate::receipts::Settings::read(&mut v);
         let header_timeout = v.millis("CES_HTTP_HEADER_TIMEOUT_MS", 10_000, 100, 300_000);
         let max_http_connections =
             v.bounded("CES_HTTP_MAX_CONNECTIONS", 10_000, 1, 10_000_000) as usize;
@@ -270,6 +273,7 @@ impl Config {
             max_pending_handshakes,
             admission_wait,
             register_auth,
+            receipts,
             serving: crate::serve::Serving {
                 tls,
                 header_timeout,

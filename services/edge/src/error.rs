@@ -17,6 +17,9 @@ pub enum Error {
     /// Redis failure.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The delivery receipts producer could not be created (`CES_RECEIPTS_TOPIC`, `CES_KAFKA_PROP_*`).
+    #[error("receipts producer: {0}")]
+    Receipts(String),
     /// The listener failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
@@ -121,7 +124,11 @@ impl IntoResponse for Error {
                     "storage temporarily unavailable".to_owned(),
                 )
             }
-            Error::Runtime(_) | Error::Protocol(_) | Error::Io(_) | Error::UnexpectedReply(_) => {
+            Error::Runtime(_)
+            | Error::Protocol(_)
+            | Error::Io(_)
+            | Error::UnexpectedReply(_)
+            | Error::Receipts(_) => {
                 tracing::error!(error = %self, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod proxy_protocol;
 pub mod pubsub;
 pub mod queue;
+pub mod receipts;
 pub mod register_auth;
 pub mod resume;
 pub mod serve;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub limits: limits::Limits,
     /// Slots for WebSocket handshakes in progress (`CES_WS_MAX_PENDING_HANDSHAKES`).
     pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Delivery receipts, when `CES_RECEIPTS_TOPIC` is set.
+    pub receipts: Option<receipts::Receipts>,
 }
 
 /// The node's listening sockets, bound by the caller (`main.rs` from the configuration, a test on port 0).
@@ -196,6 +199,19 @@ pub async fn run(
     }
     let grace = config.shutdown_grace;
     let tracker = TaskTracker::new();
+    let (receipts, receipts_task) = match &config.receipts {
+        Some(settings) => {
+            let terms = resume::StateTerms {
+                ttl: config.state_ttl,
+                durable_restarts: config.common.redis_durable_restarts,
+                unpublished_ttl: config.session_ttl,
+            };
+            let (handle, task) = receipts::start(settings, &config.node_id, redis.clone(), terms)
+                .map_err(|e| Error::Receipts(e.to_string()))?;
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
     let config_rates = config.rates;
     let max_pending_handshakes = config.max_pending_handshakes;
     let state = Arc::new(AppState {
@@ -207,6 +223,7 @@ pub async fn run(
         metrics: ces_runtime::telemetry::metrics_handle(),
         limits: limits::Limits::new(config_rates),
         handshakes: Arc::new(tokio::sync::Semaphore::new(max_pending_handshakes)),
+        receipts,
     });
     // Redis memory for the alert that fires before writes are refused (maxmemory with noeviction).
     tokio::spawn({
@@ -297,6 +314,10 @@ pub async fn run(
             http_connections = connections.len(),
             "grace period over; dropping what is still open"
         );
+    }
+    // Every socket is gone: what they wrote gets its receipts before the node stops.
+    if let Some(task) = receipts_task {
+        task.finish().await;
     }
     internal_stop.cancel();
     match tokio::time::timeout(INTERNAL_STOP_WITHIN, &mut internal_server).await {

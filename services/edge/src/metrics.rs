@@ -61,3 +61,11 @@ pub const BUDGET_CLOSES: &str = "ces_edge_queue_budget_closes_total";
 /// Counter: connections from a trusted proxy closed because their PROXY protocol header was missing, invalid or
 /// late (`CES_PROXY_PROTOCOL`).
 pub const PROXY_HEADERS_REFUSED: &str = "ces_edge_proxy_headers_refused_total";
+/// Counter `{kind}`: delivery receipts produced (`delivered`, `acked`, `lost`), `CES_RECEIPTS_TOPIC`.
+pub const RECEIPTS: &str = "ces_edge_receipts_total";
+/// Counter: receipts Kafka did not confirm (kept outstanding: the next resume produces them again).
+pub const RECEIPTS_FAILED: &str = "ces_edge_receipts_failed_total";
+/// Counter `{why}`: receipts that will never be produced: `queue_full` (the hand-over queue, `CES_RECEIPTS_QUEUE`),
+/// `never_acked` (an `acked` receipt for an event the client did not acknowledge among the last 4096),
+/// `left_the_buffer` (a catch-up after a resume found the event gone).
+pub const RECEIPTS_DROPPED: &str = "ces_edge_receipts_dropped_total";

@@ -76,6 +76,8 @@ pub struct SocketParams<St = Client> {
     pub inbound_limit: Arc<governor::DefaultDirectRateLimiter>,
     /// The handshake's admission slot, released once the welcome and the replay are sent.
     pub handshake_slot: Option<HandshakeSlot>,
+    /// Where the socket reports what it wrote and what the client acknowledged, when receipts are on.
+    pub receipts: Option<crate::receipts::Receipts>,
 }
 
 /// A connection's queue of live events as the loop reads it: the hub's [`crate::hub::Frames`], or a bare queue
@@ -138,6 +140,9 @@ where
         &shutdown,
     )
     .await;
+    if let Some(receipts) = &params.receipts {
+        receipts.ended(session);
+    }
     hub.release(session);
     hub.detach(session, conn_id);
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
@@ -242,12 +247,19 @@ where
         Ok(opened) => opened,
         Err(code) => return (close(socket, code).await, None),
     };
+    let written = params.receipts.as_ref().map(|_| write::opening_frames(&opening));
     // Boxed: sent once per connection, so its state has no business in every connection's resident task.
     if Box::pin(send_opening(socket, opening, params.write_timeout))
         .await
         .is_err()
     {
         return (close::ABNORMAL, machine.pending_ack());
+    }
+    if let (Some(receipts), Some((epoch, frames))) = (&params.receipts, written) {
+        // The client has every event up to its position only if the position is of this epoch.
+        let resumed = position.filter(|p| p.epoch.as_deref() == Some(epoch.as_str()));
+        receipts.opened(session, &epoch, resumed.map(|p| p.last_seq));
+        receipts.written(session, frames);
     }
     drop(handshake_slot);
     let mut ping = tokio::time::interval_at(
@@ -267,7 +279,7 @@ where
             }
             () = tokio::time::sleep_until(instant_of(machine.expires_at())) => machine.on(Input::Expired),
             reason = &mut hub_close => machine.on(Input::HubClose(reason.ok())),
-            inbound = socket.next() => receive(&mut machine, &inbound, &params.inbound_limit),
+            inbound = socket.next() => receive(&mut machine, &inbound, params),
             _ = ping.tick() => machine.on(Input::PingDue),
             // The next page of a replay, each under its own write deadline; between pages the socket answers its
             // client, pings and closes as usual.
@@ -356,17 +368,24 @@ where
 
 /// Hands what the socket's receive side produced to the machine, asking the inbound budget only for the messages
 /// it meters.
-fn receive(
+fn receive<St>(
     machine: &mut Socket<'_>,
     inbound: &Option<Result<Message, axum::Error>>,
-    limit: &governor::DefaultDirectRateLimiter,
+    params: &SocketParams<St>,
 ) -> Action {
+    let limit = &params.inbound_limit;
     let message = match inbound {
         Some(Ok(Message::Text(text))) => {
             let now = u64::try_from(ces_runtime::now_ms() / 1000).unwrap_or(0);
             let (action, rejected) = machine.on_text(text, now, limit.check().is_err());
             if let Some(e) = rejected {
                 metrics::counter!(m::TOKEN_FAILURES, "reason" => e.to_string()).increment(1);
+            }
+            if let Some(receipts) = &params.receipts
+                && let Ok(ces_protocol::frame::ClientFrame::Ack { seq }) =
+                    ces_protocol::frame::parse_client_frame(text)
+            {
+                receipts.acked(params.session.as_str(), seq);
             }
             return action;
         }
@@ -754,6 +773,7 @@ mod tests {
                 per_second,
             ))),
             handshake_slot: None,
+            receipts: None,
         }
     }
 

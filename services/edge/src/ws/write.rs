@@ -49,6 +49,22 @@ fn record_resume(decision: &Decision) {
     metrics::counter!(m::REPLAYED).increment(decision.replay.len() as u64);
 }
 
+/// The epoch of `opening` and the frames after its welcome, for the receipts of what it writes.
+pub(super) fn opening_frames(opening: &Opening) -> (String, Vec<Utf8Bytes>) {
+    let epoch = match &opening.welcome {
+        ServerFrame::Welcome { epoch, .. } => epoch.clone(),
+        _ => String::new(),
+    };
+    let frames = opening
+        .decision
+        .resumed
+        .iter()
+        .map(|f| Utf8Bytes::from(f.to_json()))
+        .chain(opening.decision.replay.iter().cloned())
+        .collect();
+    (epoch, frames)
+}
+
 /// Writes the welcome frame, then the decision: its `resumed` frame and the first page of the replay, with one
 /// flush. Each write is bounded by `timeout` on its own.
 pub(super) async fn send_opening<S>(
@@ -99,6 +115,8 @@ where
 {
     let mut next = Some(first);
     let mut written = 0usize;
+    // What this flush writes, for its receipts (only when they are on).
+    let mut receipted = params.receipts.as_ref().map(|_| Vec::new());
     let mut delivered = 0u64;
     // (dispatched, produced_at_ms) of each live frame fed, timed once the flush is done.
     let mut timings: Vec<(std::time::Instant, i64, ces_runtime::otel::EventSpan)> = Vec::new();
@@ -107,11 +125,21 @@ where
         let mut verdict = machine.on_live(Event::from(&live));
         if verdict == Verdict::FillGap {
             // Rare path, boxed so its Redis reads do not weigh on every connection's resident task.
-            Box::pin(feed_page(socket, machine, params, m::GAPS_FILLED)).await?;
+            Box::pin(feed_page(
+                socket,
+                machine,
+                params,
+                m::GAPS_FILLED,
+                receipted.as_mut(),
+            ))
+            .await?;
             verdict = machine.after_fill(Event::from(&live));
         }
         match verdict {
             Verdict::Deliver => {
+                if let Some(receipted) = receipted.as_mut() {
+                    receipted.push(live.frame.clone());
+                }
                 socket.feed(Message::Text(live.frame)).await?;
                 delivered += 1;
                 timings.push((live.received, live.produced_at_ms, live.span));
@@ -124,6 +152,9 @@ where
         }
     }
     socket.flush().await?;
+    if let (Some(receipts), Some(frames)) = (&params.receipts, receipted) {
+        receipts.written(params.session.as_str(), frames);
+    }
     metrics::counter!(m::DELIVERED).increment(delivered);
     let now_ms = ces_runtime::now_ms();
     for (received, produced_at_ms, span) in timings {
@@ -147,18 +178,24 @@ where
     S: Sink<Message, Error = axum::Error> + Unpin,
     St: SessionStore,
 {
-    feed_page(socket, machine, params, m::REPLAYED).await?;
-    socket.flush().await
+    let mut receipted = params.receipts.as_ref().map(|_| Vec::new());
+    feed_page(socket, machine, params, m::REPLAYED, receipted.as_mut()).await?;
+    socket.flush().await?;
+    if let (Some(receipts), Some(frames)) = (&params.receipts, receipted) {
+        receipts.written(params.session.as_str(), frames);
+    }
+    Ok(())
 }
 
 /// Reads one page after the machine's position and feeds what the socket misses: a notice first if events are lost
 /// or the epoch changed (a gap, a resync request, an epoch change under a live socket, the next page of a replay),
-/// then the events, counted in `counter`.
+/// then the events, counted in `counter`; each frame also goes to `receipted` when given.
 async fn feed_page<S, St>(
     socket: &mut S,
     machine: &mut Socket<'_>,
     params: &SocketParams<St>,
     counter: &'static str,
+    mut receipted: Option<&mut Vec<Utf8Bytes>>,
 ) -> Result<(), axum::Error>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
@@ -178,6 +215,9 @@ where
         .into_iter()
         .chain(replay)
     {
+        if let Some(receipted) = receipted.as_mut() {
+            receipted.push(frame.clone());
+        }
         socket.feed(Message::Text(frame)).await?;
     }
     Ok(())
