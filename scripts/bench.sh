@@ -2,7 +2,7 @@
 # `make bench`: starts its own CES stack on loopback (ports 18xxx/19092-19093/16379, so it can run beside `make up`),
 # runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
 #
-# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency throughput raw-ws ingest idle storm hold
+# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency receipts throughput raw-ws ingest idle storm hold
 # storm-wide"), BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
 # BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000), BENCH_WARMUP (30: seconds of load that warm the
 # broker's JVM up before anything is measured), BENCH_WIDE_EDGES (6: the edges `hold` and `storm-wide` start, on
@@ -22,7 +22,7 @@ out="$root/loadtest/out"
 tag=bench
 source scripts/lib.sh
 
-scenarios=${BENCH_SCENARIOS:-micro broker latency throughput raw-ws ingest idle storm hold storm-wide}
+scenarios=${BENCH_SCENARIOS:-micro broker latency receipts throughput raw-ws ingest idle storm hold storm-wide}
 sessions=${BENCH_SESSIONS:-10000}
 rate=${BENCH_RATE:-40000}
 duration=${BENCH_DURATION:-20}
@@ -114,11 +114,17 @@ stack_up() { # scenario [number of edges, 2 by default]
   wait_port redis 16379
   "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 "$input" >/dev/null
   CES_KAFKA_TOPICS="$input" CES_INGEST_HTTP_ADDR=127.0.0.1:18090 start ingest "$bin/ces-ingest"
+  # The receipts scenario is the latency one with delivery receipts on: its edges produce one per event.
+  if [[ $1 == receipts ]]; then
+    "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 ces.bench.receipts >/dev/null
+    export CES_RECEIPTS_TOPIC=ces.bench.receipts
+  fi
   for ((i = 0; i < n; i++)); do
     name=${edges[i]} port=$((18081 + i))
     CES_NODE_ID=$name CES_EDGE_LISTEN=127.0.0.1:$port CES_EDGE_INTERNAL_LISTEN=127.0.0.1:$((port + 100)) \
       start "$name" "$bin/ces-edge"
   done
+  unset CES_RECEIPTS_TOPIC
   wait_port ingest 18090
   for ((i = 0; i < n; i++)); do wait_port "${edges[i]}" $((18081 + i)); done
   for port in 18090 $(seq 18181 $((18180 + n))); do
@@ -173,6 +179,9 @@ for s in $scenarios; do
     broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;
     latency)
       lt throughput --name latency --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
+      ;;
+    receipts)
+      lt throughput --name receipts --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
       ;;
     throughput)
       lt throughput --topic "$input" --sessions "$sessions" --rate "$rate" --duration "$duration" --target "$edge_urls"
