@@ -59,7 +59,12 @@ async fn every_event_written_and_acknowledged_gets_exactly_its_receipt() -> anyh
     for e in std::mem::take(&mut stack.edges) {
         e.stop().await?;
     }
-    let edge = start_edge(&stack.redis.url(), "edge-r", &receipts_env(&brokers, &topic)).await?;
+    let edge = start_edge(
+        &stack.redis.url(),
+        "edge-r",
+        &receipts_env(&brokers, &topic),
+    )
+    .await?;
     let mut clients = Vec::new();
     for _ in 0..SESSIONS {
         let reg = register(&stack.http, &edge.base).await?;
@@ -79,7 +84,10 @@ async fn every_event_written_and_acknowledged_gets_exactly_its_receipt() -> anyh
         let events = ws.events(EVENTS as usize, WAIT).await?;
         common::assert_numbered(session, &events, EVENTS);
         for e in &events {
-            let id = (session.clone(), e["id"].as_str().unwrap_or_default().to_owned());
+            let id = (
+                session.clone(),
+                e["id"].as_str().unwrap_or_default().to_owned(),
+            );
             if i % 2 == 0 {
                 acked.insert(id.clone());
             }
@@ -114,7 +122,10 @@ async fn every_event_written_and_acknowledged_gets_exactly_its_receipt() -> anyh
     assert_eq!(all.len(), 1500, "nothing else: {:?}", of_kind(&all, "lost"));
     for r in &all {
         assert_eq!(r["node"], "edge-r", "{r}");
-        assert!(r["seq"].as_u64().is_some_and(|s| (1..=EVENTS).contains(&s)), "{r}");
+        assert!(
+            r["seq"].as_u64().is_some_and(|s| (1..=EVENTS).contains(&s)),
+            "{r}"
+        );
         assert!(r["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
     }
     for (_, ws) in clients {
@@ -193,13 +204,19 @@ async fn an_edge_killed_mid_stream_loses_no_receipt_of_a_delivered_event() -> an
     let all = receipts(&brokers, &topic, |r| covered(r).is_superset(&wanted)).await?;
     let have = covered(&all);
     let missing: Vec<_> = wanted.difference(&have).collect();
-    assert!(missing.is_empty(), "delivered events without a receipt: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "delivered events without a receipt: {missing:?}"
+    );
     // The survivor produced receipts for events the doomed edge wrote (the first ten rounds): the catch-up.
     let caught_up = of_kind(&all, "delivered")
         .iter()
         .filter(|r| r["node"] == "edge-survivor" && r["seq"].as_u64().is_some_and(|s| s <= 10))
         .count();
-    assert!(caught_up > 0, "the survivor caught up on receipts the doomed edge held");
+    assert!(
+        caught_up > 0,
+        "the survivor caught up on receipts the doomed edge held"
+    );
     drop(survivor);
     stack.stop().await
 }

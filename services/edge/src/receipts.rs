@@ -215,7 +215,10 @@ struct Record<'a> {
 /// What a frame written to a socket means for receipts.
 #[derive(Debug, PartialEq, Eq)]
 enum Written {
-    Event { seq: u64, id: String },
+    Event {
+        seq: u64,
+        id: String,
+    },
     Lost {
         from: u64,
         to: Option<u64>,
@@ -427,7 +430,9 @@ impl Worker {
             if after >= last_seq {
                 return;
             }
-            let snap = match resume::fetch(&self.redis, session, after, self.state, Page::REPLAY).await {
+            let snap = match resume::fetch(&self.redis, session, after, self.state, Page::REPLAY)
+                .await
+            {
                 Ok(snap) if snap.epoch == **epoch => snap,
                 Ok(_) => return,
                 Err(e) => {
@@ -443,7 +448,14 @@ impl Worker {
                 let log = self.sessions.entry(session.clone()).or_default();
                 log.outstanding.insert(event.seq);
                 log.issued = log.issued.max(event.seq);
-                self.produce(session, epoch, "delivered", event.seq, Some(&event.event_id), None);
+                self.produce(
+                    session,
+                    epoch,
+                    "delivered",
+                    event.seq,
+                    Some(&event.event_id),
+                    None,
+                );
             }
             match snap.events.last() {
                 Some(last) if snap.more => after = last.seq,
@@ -510,8 +522,7 @@ impl Worker {
             return;
         }
         log.outstanding.remove(&seq);
-        self.marks
-            .insert(session.clone(), (epoch, log.confirmed()));
+        self.marks.insert(session.clone(), (epoch, log.confirmed()));
         if log.ended && log.outstanding.is_empty() {
             self.sessions.remove(&session);
         }
@@ -556,7 +567,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse(r#"{"type":"resumed","ok":false,"replayed":0,"reason":"buffer_overflow","lost":{"from":3,"to":7}}"#),
+            parse(
+                r#"{"type":"resumed","ok":false,"replayed":0,"reason":"buffer_overflow","lost":{"from":3,"to":7}}"#
+            ),
             Written::Lost {
                 from: 3,
                 to: Some(7),
@@ -565,7 +578,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse(r#"{"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null},"epoch":"e2"}"#),
+            parse(
+                r#"{"type":"resumed","ok":false,"replayed":0,"reason":"epoch_changed","lost":{"from":4,"to":null},"epoch":"e2"}"#
+            ),
             Written::Lost {
                 from: 4,
                 to: None,

@@ -247,7 +247,10 @@ where
         Ok(opened) => opened,
         Err(code) => return (close(socket, code).await, None),
     };
-    let written = params.receipts.as_ref().map(|_| write::opening_frames(&opening));
+    let written = params
+        .receipts
+        .as_ref()
+        .map(|_| write::opening_frames(&opening));
     // Boxed: sent once per connection, so its state has no business in every connection's resident task.
     if Box::pin(send_opening(socket, opening, params.write_timeout))
         .await
