@@ -103,11 +103,11 @@ pub fn register() {
         ),
         (
             SLOW_CONSUMERS,
-            "sockets closed with 4008 because their queue overflowed",
+            "sockets closed as slow consumers because their queue overflowed",
         ),
         (
             BUDGET_CLOSES,
-            "sockets closed with 4008 because the node's queues passed their budget",
+            "sockets closed as slow consumers because the node's queues passed their budget",
         ),
         (
             UNDELIVERABLE,
