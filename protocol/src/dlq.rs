@@ -47,3 +47,42 @@ pub const CONTENT_TYPE: &str = "content-type";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// Protobuf `ces.v1.Event`.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+
+/// The consumer group whose committed offsets on the DLQ topic mark the dead letters already handled (replayed or
+/// dismissed by `cesctl`), unless `CES_DLQ_HANDLED_GROUP` names another. Nobody joins it: `cesctl` commits
+/// offsets for partitions it assigns itself, and ingest only reads them.
+pub const DEFAULT_HANDLED_GROUP: &str = "ces-dlq-handled";
+
+/// Dead letters of one DLQ partition nobody has handled yet: those from the handled group's `committed` offset
+/// (the low watermark `low` when nothing is committed, or when retention deleted past it) to the high watermark
+/// `high`. Never negative (a committed offset past `high` is a topic recreated under the group).
+pub fn backlog(low: i64, high: i64, committed: Option<i64>) -> i64 {
+    (high - first_unhandled(low, committed)).max(0)
+}
+
+/// The first offset of a DLQ partition not yet handled: the handled group's `committed` offset, or the low
+/// watermark `low` when nothing is committed or retention deleted past it.
+pub fn first_unhandled(low: i64, committed: Option<i64>) -> i64 {
+    committed.map_or(low, |c| c.max(low))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_counts_from_the_committed_offset_or_the_low_watermark() {
+        assert_eq!(backlog(0, 10, None), 10);
+        assert_eq!(backlog(4, 10, None), 6);
+        assert_eq!(backlog(0, 10, Some(3)), 7);
+        assert_eq!(backlog(0, 10, Some(10)), 0);
+        // Retention deleted past the committed offset: what is gone is not waiting.
+        assert_eq!(backlog(5, 10, Some(2)), 5);
+        // A committed offset past the end (the topic was recreated) is no backlog, never a negative one.
+        assert_eq!(backlog(0, 10, Some(12)), 0);
+        assert_eq!(backlog(0, 0, None), 0);
+        assert_eq!(first_unhandled(3, None), 3);
+        assert_eq!(first_unhandled(3, Some(2)), 3);
+        assert_eq!(first_unhandled(3, Some(4)), 4);
+    }
+}

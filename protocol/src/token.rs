@@ -46,6 +46,18 @@ pub enum TokenError {
     Revoked,
 }
 
+impl TokenError {
+    /// Every reason, for metric pre-registration (`ces_edge_token_failures_total{reason}`).
+    pub const ALL: [TokenError; 6] = [
+        TokenError::Missing,
+        TokenError::Malformed,
+        TokenError::BadSignature,
+        TokenError::UnknownKey,
+        TokenError::Expired,
+        TokenError::Revoked,
+    ];
+}
+
 #[derive(Serialize, Deserialize)]
 struct Claims {
     sid: String,
@@ -210,6 +222,24 @@ pub fn unverified_expiry(token: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_holds_every_token_error_once() {
+        for e in TokenError::ALL {
+            // Exhaustive: a new variant stops compiling here until it is added to `ALL` as well.
+            match e {
+                TokenError::Missing
+                | TokenError::Malformed
+                | TokenError::BadSignature
+                | TokenError::UnknownKey
+                | TokenError::Expired
+                | TokenError::Revoked => {}
+            }
+        }
+        let names: std::collections::BTreeSet<String> =
+            TokenError::ALL.iter().map(ToString::to_string).collect();
+        assert_eq!(names.len(), TokenError::ALL.len());
+    }
 
     fn keys(pairs: &[(&str, u8)]) -> TokenKeys {
         let secrets: Vec<(String, [u8; 32])> = pairs

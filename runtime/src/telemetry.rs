@@ -97,6 +97,28 @@ pub mod hop {
     pub const REDIS_TO_EDGE: &str = "redis_to_edge";
     /// Dispatch → the frame is flushed to the socket.
     pub const EDGE_TO_SOCKET: &str = "edge_to_socket";
+    /// The hops ingest times.
+    pub const INGEST: [&str; 2] = [KAFKA_TO_INGEST, INGEST_TO_REDIS];
+    /// The hops the edge times.
+    pub const EDGE: [&str; 2] = [REDIS_TO_EDGE, EDGE_TO_SOCKET];
+}
+
+/// Describes the latency histograms and creates the series of `hops` (and of [`E2E_LATENCY`] with `e2e`) before
+/// their first observation: the exporter prints a created histogram with every bucket at 0, so the families are
+/// on `/metrics` from the start.
+pub fn register_latency(hops: &[&'static str], e2e: bool) {
+    metrics::describe_histogram!(HOP_LATENCY, "per-hop latency of live events, by hop");
+    for &hop in hops {
+        // Creating the handle registers the series; nothing is recorded.
+        let _ = metrics::histogram!(HOP_LATENCY, "hop" => hop);
+    }
+    if e2e {
+        metrics::describe_histogram!(
+            E2E_LATENCY,
+            "Kafka record timestamp to the frame flushed to the socket"
+        );
+        let _ = metrics::histogram!(E2E_LATENCY);
+    }
 }
 
 /// Records one event's time on `hop`.

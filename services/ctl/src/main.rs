@@ -10,6 +10,7 @@
 //! - `cesctl dlq show P:O`: every header, the key and the full value of one dead letter.
 //! - `cesctl dlq stats`: dead letters by reason and by age.
 //! - `cesctl dlq replay`: re-produce selected dead letters to their source topic, at most `--max-replays` times.
+//! - `cesctl dlq dismiss`: mark selected dead letters handled without replaying them (the DLQ backlog).
 //!
 //! docs/cesctl.md describes every command, flag and output.
 //!
@@ -56,7 +57,7 @@ enum Command {
     },
     /// Connect a WebSocket client and print every frame.
     Watch(watch::WatchArgs),
-    /// Inspect and replay the dead-letter topic.
+    /// Inspect, replay and dismiss the dead letters.
     Dlq(dlq::DlqArgs),
 }
 

@@ -391,6 +391,12 @@ async fn stats_by_reason_and_age() -> anyhow::Result<()> {
             ]),
             row(&["too_large", "1", &s.times[3], &s.times[3], "0", "0", "1"]),
             row(&["total", "4", &s.times[2], &s.times[0], "1", "1", "2"]),
+            vec![],
+            // Nothing replayed or dismissed yet: the whole topic is the backlog.
+            row(&["PARTITION", "HANDLED TO", "END", "BACKLOG"]),
+            row(&["0", "-", "3", "3"]),
+            row(&["1", "-", "1", "1"]),
+            row(&["4 dead letter(s) not yet replayed or dismissed (group ces-dlq-handled)"]),
         ]
     );
 
@@ -432,7 +438,10 @@ async fn empty_topic_terminates() -> anyhow::Result<()> {
     assert_eq!(ok(&run(&["list", "--json"]).await?), "");
     assert_eq!(
         ok(&run(&["stats"]).await?),
-        format!("{dlq_topic} is empty\n")
+        format!(
+            "{dlq_topic} is empty\n\nPARTITION  HANDLED TO  END  BACKLOG\n0          -           0    0\n\
+             1          -           0    0\n0 dead letter(s) not yet replayed or dismissed (group ces-dlq-handled)\n"
+        )
     );
     assert_eq!(
         ok(&run(&["replay", "--all"]).await?),
@@ -604,6 +613,8 @@ async fn replay_reproduces_to_the_source_topic() -> anyhow::Result<()> {
             row(&["REASON", "REPLAYED", "REFUSED", "FAILED"]),
             row(&["invalid_json", "1", "1", "0"]),
             row(&["total", "1", "1", "0"]),
+            // 0:0 replayed; 0:1 refused, so it stops the handled offset at 1.
+            row(&["group ces-dlq-handled: partition 0 handled up to offset 1 (was 0)"]),
         ]
     );
     let got = source_records().await?;
@@ -634,6 +645,11 @@ async fn replay_reproduces_to_the_source_topic() -> anyhow::Result<()> {
     );
     assert_eq!(j["letters"][1]["result"], "replayed");
     assert_eq!(j["letters"][1]["replay_count"], 2);
+    // 0:1 (refused before) and 0:2 are not handled: the replayed 0:3 waits behind them.
+    assert_eq!(
+        j["handled"]["partitions"],
+        json!([{"partition": 0, "from": 1, "to": 1, "behind": 1}])
+    );
     assert_eq!(j["letters"][1]["target_partition"], 0);
     let got = source_records().await?;
     assert_eq!(got.len(), 2);

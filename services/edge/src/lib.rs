@@ -214,13 +214,15 @@ pub async fn run(
     };
     let config_rates = config.rates;
     let max_pending_handshakes = config.max_pending_handshakes;
+    let metrics = ces_runtime::telemetry::metrics_handle();
+    crate::metrics::register();
     let state = Arc::new(AppState {
         config,
         redis: redis.clone(),
         hub,
         shutdown: cancel.clone(),
         tracker: tracker.clone(),
-        metrics: ces_runtime::telemetry::metrics_handle(),
+        metrics,
         limits: limits::Limits::new(config_rates),
         handshakes: Arc::new(tokio::sync::Semaphore::new(max_pending_handshakes)),
         receipts,

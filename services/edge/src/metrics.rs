@@ -1,4 +1,13 @@
-//! Metric names of ces-edge (Prometheus conventions: `_total` counters, `_seconds` histograms).
+//! Metric names of ces-edge (Prometheus conventions: `_total` counters, `_seconds` histograms), and [`register`],
+//! which exports every family from the start.
+
+use ces_protocol::close::CloseCode;
+use ces_protocol::token::TokenError;
+use ces_runtime::telemetry::{self, hop};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+
+use crate::register_auth::Refusal;
+use crate::resume;
 
 /// Open WebSocket connections.
 pub const CONNECTIONS: &str = "ces_edge_connections";
@@ -6,8 +15,11 @@ pub const CONNECTIONS: &str = "ces_edge_connections";
 pub const SESSIONS_REGISTERED: &str = "ces_edge_sessions_registered_total";
 /// Event frames written to sockets.
 pub const DELIVERED: &str = "ces_edge_delivered_total";
-/// Resume answers, labelled by `result` (`ok`, `buffer_overflow`, `expired`, `epoch_changed`).
+/// Resume answers, labelled by `result`: [`RESUMED_OK`], or the reason of a `resumed ok:false` (a gap notice too):
+/// [`resume::reason::LOST`].
 pub const RESUMES: &str = "ces_edge_resumes_total";
+/// [`RESUMES`]'s `result` for a resume that replayed everything.
+pub const RESUMED_OK: &str = "ok";
 /// Events replayed from reconnection buffers.
 pub const REPLAYED: &str = "ces_edge_replayed_total";
 /// Events replayed from the buffer to fill a gap in a live stream (a Pub/Sub message lost in a reconnect).
@@ -32,9 +44,18 @@ pub const SUBSCRIBED_CHANNELS: &str = "ces_edge_subscribed_channels";
 pub const RATE_LIMITED_TOTAL: &str = "ces_edge_rate_limited_total";
 /// TCP connections open and not (yet) upgraded to a WebSocket: waiting for a request, or in one.
 pub const HTTP_CONNECTIONS: &str = "ces_edge_http_connections";
-/// Connections closed at accept, labelled by `reason`: `node` (`CES_HTTP_MAX_CONNECTIONS` were open) or `address`
-/// (the client's address held `CES_HTTP_MAX_CONNECTIONS_PER_IP`).
+/// Connections closed at accept, labelled by `reason`: [`shed::NODE`] or [`shed::ADDRESS`].
 pub const HTTP_CONNECTIONS_SHED: &str = "ces_edge_http_connections_shed_total";
+
+/// The values of [`HTTP_CONNECTIONS_SHED`]'s `reason` label.
+pub mod shed {
+    /// `CES_HTTP_MAX_CONNECTIONS` were open.
+    pub const NODE: &str = "node";
+    /// The client's address held `CES_HTTP_MAX_CONNECTIONS_PER_IP`.
+    pub const ADDRESS: &str = "address";
+    /// Both.
+    pub const ALL: [&str; 2] = [NODE, ADDRESS];
+}
 /// Requests answered 408 because they were not complete within `CES_HTTP_REQUEST_TIMEOUT_MS`.
 pub const HTTP_REQUESTS_TIMED_OUT: &str = "ces_edge_http_requests_timed_out_total";
 /// TLS handshakes that failed or timed out.
@@ -69,3 +90,154 @@ pub const RECEIPTS_FAILED: &str = "ces_edge_receipts_failed_total";
 /// `never_acked` (an `acked` receipt for an event the client did not acknowledge among the last 4096),
 /// `left_the_buffer` (a catch-up after a resume found the event gone).
 pub const RECEIPTS_DROPPED: &str = "ces_edge_receipts_dropped_total";
+
+/// Label values of the receipts counters, one list each.
+pub mod receipt {
+    /// `kind`: an event written to a socket (or caught up on a resume).
+    pub const DELIVERED: &str = "delivered";
+    /// `kind`: an event the client acknowledged.
+    pub const ACKED: &str = "acked";
+    /// `kind`: a range the client was told is lost.
+    pub const LOST: &str = "lost";
+    /// Every `kind`.
+    pub const KINDS: [&str; 3] = [DELIVERED, ACKED, LOST];
+    /// `why`: the hand-over queue was full.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// `why`: the event was not among the last ones the client left unacknowledged.
+    pub const NEVER_ACKED: &str = "never_acked";
+    /// `why`: a catch-up found the event trimmed from the buffer.
+    pub const LEFT_THE_BUFFER: &str = "left_the_buffer";
+    /// Every `why`.
+    pub const DROPS: [&str; 3] = [QUEUE_FULL, NEVER_ACKED, LEFT_THE_BUFFER];
+}
+
+/// Exports every family of the edge at zero (counters and gauges), or with no observation (histograms), before
+/// anything happens: an idle node shows 0, not "no data". Labelled families get a series for every label value
+/// known in advance, from the lists that define them; those whose values are found at run time (`server` of the
+/// Redis memory gauges) appear with their first reading, made at start. Gauges are incremented by 0, not set, so
+/// a second edge in the same process (tests) leaves the first one's values alone.
+pub fn register() {
+    let counters = [
+        (SESSIONS_REGISTERED, "sessions registered"),
+        (DELIVERED, "event frames written to sockets"),
+        (REPLAYED, "events replayed from reconnection buffers"),
+        (
+            GAPS_FILLED,
+            "events replayed to fill a gap in a live stream",
+        ),
+        (
+            SKIPPED,
+            "live events not written because the socket already had them",
+        ),
+        (
+            SLOW_CONSUMERS,
+            "sockets closed as slow consumers because their queue overflowed",
+        ),
+        (
+            BUDGET_CLOSES,
+            "sockets closed as slow consumers because the node's queues passed their budget",
+        ),
+        (
+            UNDELIVERABLE,
+            "messages for a session with no local connection",
+        ),
+        (
+            SUBSCRIBER_LAGGED,
+            "Pub/Sub messages lost because the dispatch task fell behind",
+        ),
+        (MALFORMED_ENVELOPES, "envelopes that could not be decoded"),
+        (UNSENDABLE, "buffered events whose frame no edge can send"),
+        (
+            PROXY_HEADERS_REFUSED,
+            "connections closed for a missing or invalid PROXY protocol header",
+        ),
+        (
+            HTTP_REQUESTS_TIMED_OUT,
+            "requests answered 408 because they were not complete in time",
+        ),
+        (
+            TLS_HANDSHAKE_FAILURES,
+            "TLS handshakes that failed or timed out",
+        ),
+        (
+            HANDSHAKES_SHED,
+            "WebSocket handshakes refused with 503 overloaded",
+        ),
+        (
+            RATE_LIMITED_TOTAL,
+            "requests refused with 429 by a per-IP limit",
+        ),
+    ];
+    for (name, help) in counters {
+        describe_counter!(name, help);
+        counter!(name).increment(0);
+    }
+    describe_counter!(CLOSED, "sockets closed, by close code");
+    for code in CloseCode::ALL {
+        counter!(CLOSED, "code" => code.code().to_string()).increment(0);
+    }
+    describe_counter!(RESUMES, "resume answers and gap notices, by result");
+    for result in std::iter::once(RESUMED_OK).chain(resume::reason::LOST) {
+        counter!(RESUMES, "result" => result).increment(0);
+    }
+    describe_counter!(TOKEN_FAILURES, "rejected tokens, by reason");
+    for reason in TokenError::ALL {
+        counter!(TOKEN_FAILURES, "reason" => reason.to_string()).increment(0);
+    }
+    describe_counter!(
+        REGISTRATIONS_REFUSED,
+        "registrations refused for a missing or bad credential"
+    );
+    for reason in Refusal::ALL {
+        counter!(REGISTRATIONS_REFUSED, "reason" => reason.code()).increment(0);
+    }
+    describe_counter!(
+        HTTP_CONNECTIONS_SHED,
+        "connections closed at accept, by reason"
+    );
+    for reason in shed::ALL {
+        counter!(HTTP_CONNECTIONS_SHED, "reason" => reason).increment(0);
+    }
+    let gauges = [
+        (CONNECTIONS, "open WebSocket connections"),
+        (
+            SUBSCRIBED_CHANNELS,
+            "session channels this node is subscribed to",
+        ),
+        (
+            HTTP_CONNECTIONS,
+            "TCP connections open and not upgraded to a WebSocket",
+        ),
+        (
+            PENDING_HANDSHAKES,
+            "WebSocket handshakes doing their Redis work now",
+        ),
+        (
+            QUEUED_BYTES,
+            "bytes of live events queued for the node's sockets",
+        ),
+    ];
+    for (name, help) in gauges {
+        describe_gauge!(name, help);
+        gauge!(name).increment(0.0);
+    }
+    describe_gauge!(
+        REDIS_USED_MEMORY,
+        "each Redis primary's used_memory, by server"
+    );
+    describe_gauge!(
+        REDIS_MAX_MEMORY,
+        "each Redis primary's maxmemory (0: no limit), by server"
+    );
+    describe_counter!(RECEIPTS, "delivery receipts produced, by kind");
+    for kind in receipt::KINDS {
+        counter!(RECEIPTS, "kind" => kind).increment(0);
+    }
+    describe_counter!(RECEIPTS_FAILED, "delivery receipts Kafka did not confirm");
+    counter!(RECEIPTS_FAILED).increment(0);
+    describe_counter!(RECEIPTS_DROPPED, "delivery receipts never produced, by why");
+    for why in receipt::DROPS {
+        counter!(RECEIPTS_DROPPED, "why" => why).increment(0);
+    }
+    telemetry::register_latency(&hop::EDGE, true);
+}

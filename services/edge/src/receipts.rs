@@ -105,7 +105,7 @@ pub struct Receipts {
 impl Receipts {
     fn hand(&self, note: Note) {
         if self.notes.try_send(note).is_err() {
-            metrics::counter!(m::RECEIPTS_DROPPED, "why" => "queue_full").increment(1);
+            metrics::counter!(m::RECEIPTS_DROPPED, "why" => m::receipt::QUEUE_FULL).increment(1);
         }
     }
 
@@ -372,7 +372,7 @@ impl Worker {
                 };
                 let epoch = log.epoch.clone();
                 for (seq, id) in log.acked(seq) {
-                    self.produce(&session, &epoch, "acked", seq, Some(&id), None);
+                    self.produce(&session, &epoch, m::receipt::ACKED, seq, Some(&id), None);
                 }
             }
             Note::Ended { session } => {
@@ -393,10 +393,11 @@ impl Worker {
         match parse(frame) {
             Written::Event { seq, id } => {
                 if log.written(seq, id.clone()) {
-                    metrics::counter!(m::RECEIPTS_DROPPED, "why" => "never_acked").increment(1);
+                    metrics::counter!(m::RECEIPTS_DROPPED, "why" => m::receipt::NEVER_ACKED)
+                        .increment(1);
                 }
                 let epoch = log.epoch.clone();
-                self.produce(session, &epoch, "delivered", seq, Some(&id), None);
+                self.produce(session, &epoch, m::receipt::DELIVERED, seq, Some(&id), None);
             }
             Written::Lost {
                 from,
@@ -405,7 +406,14 @@ impl Worker {
                 epoch,
             } => {
                 let old = log.epoch.clone();
-                self.produce(session, &old, "lost", from, None, Some((to, &reason)));
+                self.produce(
+                    session,
+                    &old,
+                    m::receipt::LOST,
+                    from,
+                    None,
+                    Some((to, &reason)),
+                );
                 if let Some(epoch) = epoch
                     && let Some(log) = self.sessions.get_mut(session)
                 {
@@ -442,7 +450,8 @@ impl Worker {
             };
             if snap.evicted > after {
                 let lost = snap.evicted.min(last_seq) - after;
-                metrics::counter!(m::RECEIPTS_DROPPED, "why" => "left_the_buffer").increment(lost);
+                metrics::counter!(m::RECEIPTS_DROPPED, "why" => m::receipt::LEFT_THE_BUFFER)
+                    .increment(lost);
             }
             for event in snap.events.iter().filter(|e| e.seq <= last_seq) {
                 let log = self.sessions.entry(session.clone()).or_default();
@@ -451,7 +460,7 @@ impl Worker {
                 self.produce(
                     session,
                     epoch,
-                    "delivered",
+                    m::receipt::DELIVERED,
                     event.seq,
                     Some(&event.event_id),
                     None,
@@ -491,7 +500,7 @@ impl Worker {
                 .payload(&value),
         );
         metrics::counter!(m::RECEIPTS, "kind" => kind).increment(1);
-        let delivered = kind == "delivered";
+        let delivered = kind == m::receipt::DELIVERED;
         let (session, epoch) = (session.clone(), epoch.clone());
         let confirm: Confirm = match sent {
             Ok(delivery) => Box::pin(async move {

@@ -26,6 +26,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, for metric pre-registration (`ces_edge_registrations_refused_total{reason}`).
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Missing,
+        Refusal::Invalid,
+        Refusal::Expired,
+        Refusal::WrongAudience,
+    ];
+
     /// The stable code.
     pub fn code(self) -> &'static str {
         match self {

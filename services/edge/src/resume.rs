@@ -33,6 +33,9 @@ pub mod reason {
     pub const EPOCH_CHANGED: &str = "epoch_changed";
     /// The event's frame is larger than an edge can send (or its data is not UTF-8): it can never be delivered.
     pub const TOO_LARGE: &str = "too_large";
+    /// The reasons a resume (or a gap notice) reports events lost with: the `result` values of
+    /// `ces_edge_resumes_total` besides `ok`.
+    pub const LOST: [&str; 3] = [BUFFER_OVERFLOW, EXPIRED, EPOCH_CHANGED];
 }
 
 /// The most one read of the buffer returns: `events` events, and no more than `bytes` bytes of envelopes unless a

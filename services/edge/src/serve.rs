@@ -98,7 +98,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => "node").increment(1);
+            metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => m::shed::NODE).increment(1);
             drop(tcp);
             continue;
         };
@@ -179,7 +179,7 @@ fn take_share(
 ) -> Option<crate::limits::Share> {
     let share = shares.take(limit_key(client.ip(), serving.ipv6_prefix));
     if share.is_none() {
-        metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => "address").increment(1);
+        metrics::counter!(m::HTTP_CONNECTIONS_SHED, "reason" => m::shed::ADDRESS).increment(1);
     }
     share
 }

@@ -43,7 +43,7 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker for `target` (a metric label: `redis` or `kafka`).
+    /// A closed breaker for `target` (a metric label: one of [`m::target::ALL`]).
     pub fn new(target: &'static str, policy: Policy) -> Self {
         let tripped = Arc::new(AtomicBool::new(false));
         let transitions = Transitions {
@@ -108,12 +108,12 @@ impl Instrument for Transitions {
             target = self.target,
             "circuit breaker open; partitions paused"
         );
-        self.entered("open", true);
+        self.entered(m::state::OPEN, true);
     }
 
     fn on_half_open(&self) {
         info!(target = self.target, "circuit breaker half-open; probing");
-        self.entered("half_open", true);
+        self.entered(m::state::HALF_OPEN, true);
     }
 
     fn on_closed(&self) {
@@ -121,7 +121,7 @@ impl Instrument for Transitions {
             return;
         }
         info!(target = self.target, "circuit breaker closed; resuming");
-        self.entered("closed", false);
+        self.entered(m::state::CLOSED, false);
     }
 }
 

@@ -29,6 +29,11 @@ pub struct Config {
     pub dlq_partitions: i32,
     /// Replication factor of a created dead-letter topic; -1 is the broker's default.
     pub dlq_replication: i32,
+    /// Consumer group whose committed offsets on the DLQ topic mark the dead letters handled (`cesctl dlq replay`
+    /// and `dismiss` advance it; ingest only reads it).
+    pub dlq_handled_group: String,
+    /// How often the DLQ backlog is read for `ces_ingest_dlq_backlog`.
+    pub dlq_backlog_interval: Duration,
     /// Directory of `<type>.json` JSON Schemas; `None`: no schemas, only structural checks.
     pub schema_dir: Option<PathBuf>,
     /// What happens to an event whose type has no schema.
@@ -93,6 +98,17 @@ impl Config {
                 )
             },
         );
+        let dlq_handled_group = v.string(
+            "CES_DLQ_HANDLED_GROUP",
+            ces_protocol::dlq::DEFAULT_HANDLED_GROUP,
+        );
+        v.check(!dlq_handled_group.is_empty(), || {
+            "CES_DLQ_HANDLED_GROUP is empty".into()
+        });
+        v.check(dlq_handled_group != group, || {
+            format!("CES_DLQ_HANDLED_GROUP={dlq_handled_group:?} is ingest's own group (CES_KAFKA_GROUP)")
+        });
+        let dlq_backlog_interval = v.millis("CES_DLQ_BACKLOG_INTERVAL_MS", 15_000, 100, 3_600_000);
         let schema_dir = v.optional("CES_SCHEMA_DIR").map(PathBuf::from);
         let unknown = v.string("CES_UNKNOWN_TYPES", "allow");
         let unknown_types = UnknownTypes::parse(&unknown).unwrap_or_default();
@@ -186,6 +202,8 @@ impl Config {
             dlq_create,
             dlq_partitions,
             dlq_replication,
+            dlq_handled_group,
+            dlq_backlog_interval,
             schema_dir,
             unknown_types,
             max_attempts,
@@ -219,6 +237,8 @@ mod tests {
         assert_eq!(c.topics, vec!["ces.events"]);
         assert_eq!(c.dlq_topic, "ces.events.dlq");
         assert_eq!(c.group, "ces-ingest");
+        assert_eq!(c.dlq_handled_group, "ces-dlq-handled");
+        assert_eq!(c.dlq_backlog_interval, Duration::from_secs(15));
         assert_eq!(c.max_record_bytes, 256 * 1024);
         assert_eq!(c.max_header_bytes, 64 * 1024);
         assert_eq!(c.batch_linger, Duration::from_millis(5));
@@ -245,6 +265,16 @@ mod tests {
         assert_eq!(c.limits.state_ttl, Duration::from_secs(90 * 86_400));
         assert!(with(&[("CES_SESSION_STATE_TTL_SECS", "7776001")]).is_err());
         assert_eq!(with(&[]).unwrap().dlq_replication, -1);
+        let c = with(&[("CES_DLQ_BACKLOG_INTERVAL_MS", "100")]).unwrap();
+        assert_eq!(c.dlq_backlog_interval, Duration::from_millis(100));
+        assert!(with(&[("CES_DLQ_BACKLOG_INTERVAL_MS", "99")]).is_err());
+        // Ingest's own group would have its offsets moved by cesctl.
+        let same = with(&[("CES_KAFKA_GROUP", "g"), ("CES_DLQ_HANDLED_GROUP", "g")]);
+        assert!(
+            same.unwrap_err()
+                .to_string()
+                .contains("CES_DLQ_HANDLED_GROUP")
+        );
     }
 
     #[test]

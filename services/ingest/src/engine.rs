@@ -63,8 +63,8 @@ pub(crate) async fn consume(
     }
     let consumer = Arc::new(kafka::consumer(config, state.kafka_up.clone())?);
     let producer = kafka::producer(config)?;
-    let redis = Breaker::new("redis", config.breaker);
-    let kafka_breaker = Breaker::new("kafka", config.breaker);
+    let redis = Breaker::new(m::target::REDIS, config.breaker);
+    let kafka_breaker = Breaker::new(m::target::KAFKA, config.breaker);
     let sinks = Sinks {
         publisher: &publisher,
         producer: &producer,
@@ -420,7 +420,7 @@ async fn publish_all(
                 warn!(session_id = %event.session_id, attempts, error = %error, "redis rejected an event; retrying");
             }
             Verdict::Outage { error } => {
-                ::metrics::counter!(m::RETRIES, "target" => "redis").increment(1);
+                ::metrics::counter!(m::RETRIES, "target" => m::target::REDIS).increment(1);
                 if publisher::is_function_missing(error)
                     && let Err(e) = sinks.publisher.load_library().await
                 {
@@ -530,7 +530,7 @@ async fn dead_letter_all(
             sinks.kafka.on_success();
         } else {
             sinks.kafka.on_error();
-            ::metrics::counter!(m::RETRIES, "target" => "kafka").increment(1);
+            ::metrics::counter!(m::RETRIES, "target" => m::target::KAFKA).increment(1);
         }
         results.retain(|(id, _, _)| sent.retry.contains(id));
         if let Some((_, d, Err(e))) = results.first() {

@@ -23,6 +23,7 @@
 //!   - [`pause`]: when partitions are paused and the consumer polled;
 //!   - [`revocations`]: which held records and settled offsets a partition revocation made stale.
 //! - [`topics`]: waiting for input topics and creating the dead-letter topic.
+//! - `dlq_backlog`: the dead letters not yet handled, read in the background for `ces_ingest_dlq_backlog`.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod batch;
@@ -39,6 +40,7 @@ pub mod revocations;
 pub mod schemas;
 pub mod topics;
 
+mod dlq_backlog;
 mod engine;
 mod error;
 
@@ -63,6 +65,9 @@ pub async fn run(
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // The recorder first, so the schema count set while loading is kept.
+    let _ = ces_runtime::telemetry::metrics_handle();
+    metrics::register(&config.topics);
     let schemas = Arc::new(SchemaStore::load(
         config.schema_dir.clone(),
         config.unknown_types,
@@ -72,10 +77,12 @@ pub async fn run(
     let state = Arc::new(http::State::default());
     let server = tokio::spawn(http::serve(http, state.clone(), cancel.clone()));
     let reloads = tokio::spawn(schemas::reload_on_hangup(schemas.clone(), cancel.clone()));
+    let backlog = tokio::spawn(dlq_backlog::run(config.clone(), cancel.clone()));
 
     let result = engine::consume(&config, &schemas, &state, &cancel).await;
     cancel.cancel();
     let _ = reloads.await;
+    let _ = backlog.await;
     match server.await {
         Ok(Err(e)) => warn!(error = %e, "http server failed"),
         Err(e) => warn!(error = %e, "http server task failed"),

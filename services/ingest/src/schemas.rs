@@ -43,7 +43,11 @@ impl SchemaStore {
     /// Reads the directory again and swaps the new set in; on error the previous set stays.
     pub fn reload(&self) -> Result<usize, Error> {
         let result = read(self.dir.as_ref(), self.unknown);
-        let outcome = if result.is_ok() { "ok" } else { "error" };
+        let outcome = if result.is_ok() {
+            m::reload::OK
+        } else {
+            m::reload::ERROR
+        };
         ::metrics::counter!(m::SCHEMA_RELOADS, "result" => outcome).increment(1);
         let schemas = result?;
         let types = schemas.types().len();

@@ -1,13 +1,13 @@
-//! The command line of `cesctl dlq`: clap argument structs for the topic options and the four subcommands, and
-//! the parsers of `--reason` and `--since`. Nothing here touches Kafka; each subcommand module reads its own
+//! The command line of `cesctl dlq`: clap argument structs for the topic options and the five subcommands (the
+//! selection `replay` and `dismiss` share is [`Selection`]), and the parsers of `--reason` and `--since`. Nothing here touches Kafka; each subcommand module reads its own
 //! struct.
 
 use ces_protocol::record::Reason;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use clap::{ArgGroup, Args, Subcommand};
+use clap::{Args, Subcommand};
 use time::OffsetDateTime;
 
-use super::letter::{self, Coord};
+use super::letter::{self, Coord, Filter};
 use crate::commands::DEFAULT_BROKERS;
 
 /// Default dead-letter topic (ingest's `CES_DLQ_TOPIC` default).
@@ -22,6 +22,9 @@ pub(crate) struct DlqArgs {
     /// Dead-letter topic.
     #[arg(long, env = "CES_DLQ_TOPIC", default_value = DEFAULT_TOPIC, global = true)]
     pub(super) topic: String,
+    /// Consumer group whose committed offsets mark the dead letters handled (replayed or dismissed).
+    #[arg(long, env = "CES_DLQ_HANDLED_GROUP", default_value = ces_protocol::dlq::DEFAULT_HANDLED_GROUP, global = true)]
+    pub(super) handled_group: String,
     #[command(subcommand)]
     pub(super) command: DlqCommand,
 }
@@ -33,7 +36,7 @@ pub(super) enum DlqCommand {
     List(ListArgs),
     /// Print every header, the key and the full value of one dead letter.
     Show(ShowArgs),
-    /// Count dead letters by reason and by age.
+    /// Count dead letters by reason and by age, and those not yet handled per partition.
     Stats(StatsArgs),
     /// Re-produce dead letters to their source topic.
     ///
@@ -41,6 +44,11 @@ pub(super) enum DlqCommand {
     /// match all of them. Dead letters whose source topic is not allowed (--allowed-topics), replayed
     /// --max-replays times already, or whose value was omitted from the DLQ, are refused.
     Replay(ReplayArgs),
+    /// Mark dead letters handled without replaying them.
+    ///
+    /// Needs at least one selector (--reason, --offsets, --since) or --all, as replay. Moves the handled group's
+    /// offset of each partition over the contiguous dead letters dismissed; nothing is produced or deleted.
+    Dismiss(DismissArgs),
 }
 
 /// `cesctl dlq list` options.
@@ -78,16 +86,11 @@ pub(super) struct StatsArgs {
     pub(super) json: bool,
 }
 
-/// `cesctl dlq replay` options.
+/// Which dead letters `replay` and `dismiss` act on: selectors combine (a dead letter must match all of them).
 #[derive(Debug, Args)]
-// Replaying the whole DLQ by accident would re-inject every poison record, so something must be chosen.
-#[command(group(
-    ArgGroup::new("selector")
-        .required(true)
-        .multiple(true)
-        .args(["reason", "offsets", "since", "all"])
-))]
-pub(super) struct ReplayArgs {
+// Acting on the whole DLQ by accident would re-inject or hide every poison record, so something must be chosen.
+#[group(id = "selector", required = true, multiple = true)]
+pub(super) struct Selection {
     /// Only dead letters with this reason code.
     #[arg(long, value_parser = reason_parser())]
     pub(super) reason: Option<Reason>,
@@ -100,6 +103,24 @@ pub(super) struct ReplayArgs {
     /// Every dead letter in the topic.
     #[arg(long, conflicts_with_all = ["reason", "offsets", "since"])]
     pub(super) all: bool,
+}
+
+impl Selection {
+    /// The filter the selectors make.
+    pub(super) fn filter(&self) -> Filter {
+        Filter {
+            reason: self.reason,
+            since: self.since,
+            offsets: self.offsets.iter().copied().collect(),
+        }
+    }
+}
+
+/// `cesctl dlq replay` options.
+#[derive(Debug, Args)]
+pub(super) struct ReplayArgs {
+    #[command(flatten)]
+    pub(super) selection: Selection,
     /// Topics a replay may write to, comma-separated [env: CES_REPLAY_ALLOWED_TOPICS, else ingest's
     /// CES_KAFKA_TOPICS] [default: ces.events]. A dead letter whose source topic is not one of them is refused.
     #[arg(long, value_delimiter = ',')]
@@ -111,6 +132,19 @@ pub(super) struct ReplayArgs {
     #[arg(long)]
     pub(super) dry_run: bool,
     /// One JSON summary object instead of tables.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+/// `cesctl dlq dismiss` options.
+#[derive(Debug, Args)]
+pub(super) struct DismissArgs {
+    #[command(flatten)]
+    pub(super) selection: Selection,
+    /// Print what would be dismissed, commit nothing.
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    /// One JSON summary object instead of a table.
     #[arg(long)]
     pub(super) json: bool,
 }

@@ -19,6 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::handled::Seen;
 use super::letter::{Coord, DeadLetter, Replay};
 use crate::kafka::Kafka;
 
@@ -77,6 +78,11 @@ impl Reader {
             .topic_partitions(topic)?
             .with_context(|| format!("topic {topic} does not exist at {brokers}"))?;
         Ok(reader)
+    }
+
+    /// The partitions of the topic, in order.
+    pub(crate) fn partitions(&self) -> &[i32] {
+        &self.partitions
     }
 
     /// The partitions of any `topic` (`None` when it does not exist), to check replay targets.
@@ -192,13 +198,14 @@ impl Reader {
             .collect()
     }
 
-    /// Reads the dead letters at `coords`, failing with a clear message if any is not there.
+    /// Reads the dead letters at `coords`, failing with a clear message if any is not there, and says what it
+    /// [`Seen`] of each partition.
     ///
     /// Each partition is read from its lowest offset in `coords` to its highest, within its watermarks.
     pub(crate) fn read_at(
         &self,
         coords: &BTreeSet<Coord>,
-    ) -> anyhow::Result<BTreeMap<Coord, DeadLetter>> {
+    ) -> anyhow::Result<(BTreeMap<Coord, DeadLetter>, BTreeMap<i32, Seen>)> {
         // Offsets wanted per partition, first..last + 1 (`coords` is in partition:offset order).
         let mut wanted: BTreeMap<i32, Range<i64>> = BTreeMap::new();
         for c in coords {
@@ -215,8 +222,10 @@ impl Reader {
             held.insert(p, h);
         }
         let mut found = BTreeMap::new();
+        let mut seen = seen_of(&spans);
         self.read(&spans, |d| {
             let c = d.coord();
+            saw(&mut seen, c);
             if coords.contains(&c) {
                 found.insert(c, d);
             }
@@ -232,7 +241,7 @@ impl Reader {
             }
             return Err(self.not_there(*c, held));
         }
-        Ok(found)
+        Ok((found, seen))
     }
 
     /// The error for a coordinate outside what its partition holds (`held`).
@@ -262,6 +271,27 @@ impl Reader {
             ps.first().unwrap_or(&0),
             ps.last().unwrap_or(&0)
         )
+    }
+}
+
+/// Nothing seen yet of `spans`.
+pub(crate) fn seen_of(spans: &BTreeMap<i32, Range<i64>>) -> BTreeMap<i32, Seen> {
+    spans
+        .iter()
+        .map(|(&p, span)| {
+            let seen = Seen {
+                span: span.clone(),
+                records: BTreeSet::new(),
+            };
+            (p, seen)
+        })
+        .collect()
+}
+
+/// Notes a record read at `c`.
+pub(crate) fn saw(seen: &mut BTreeMap<i32, Seen>, c: Coord) {
+    if let Some(s) = seen.get_mut(&c.partition) {
+        s.records.insert(c.offset);
     }
 }
 

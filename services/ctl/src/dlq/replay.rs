@@ -12,6 +12,9 @@
 //!    says what it would produce ([`rehearse`]).
 //! 4. [`summarize`] (pure) counts the outcomes by reason; the summary is printed as tables or one JSON object,
 //!    and the command fails when any replay failed.
+//! 5. The dead letters replayed are marked handled ([`group::mark`]): the handled group's offset of each partition
+//!    moves over the contiguous run of them from where it was; a dead letter refused, failed or not selected
+//!    stops it there. A dry run says how far it would move.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -22,10 +25,12 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::args::ReplayArgs;
+use super::group::{self, Marked};
+use super::handled::Seen;
 use super::letter::{self, Coord, DeadLetter, Filter};
-use super::render;
 use super::targets::AllowList;
 use super::{blocking, kafka};
+use super::{render, select};
 use crate::kafka::Kafka;
 use crate::table;
 
@@ -36,21 +41,37 @@ const REPLAYS_IN_FLIGHT: usize = 256;
 /// The partitions of each allowed source topic the selection names; `None` when the topic does not exist.
 type Targets = BTreeMap<String, Option<Vec<i32>>>;
 
-/// Runs `cesctl dlq replay` against `topic` through `kafka`.
-pub(super) async fn run(kafka: Kafka, topic: String, args: ReplayArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq replay` against `topic` through `kafka`, marking what it replayed in `handled_group`.
+pub(super) async fn run(
+    kafka: Kafka,
+    topic: String,
+    handled_group: String,
+    args: ReplayArgs,
+) -> anyhow::Result<()> {
     let allowed = AllowList::read(&args.allowed_topics, &topic, &Env)?;
-    let filter = Filter {
-        reason: args.reason,
-        since: args.since,
-        offsets: args.offsets.iter().copied().collect(),
-    };
-    let (letters, targets) = {
-        let (kafka, allowed) = (kafka.clone(), allowed.clone());
+    let filter = args.selection.filter();
+    let (letters, seen, targets) = {
+        let (kafka, allowed, topic) = (kafka.clone(), allowed.clone(), topic.clone());
         blocking(move || select(&kafka, &topic, &filter, &allowed)).await?
     };
     let plan = plan(letters, &targets, &allowed, args.max_replays);
     let lines = execute(plan, &kafka, args.dry_run).await?;
-    let summary = summarize(args.dry_run, lines);
+    let replayed: BTreeSet<Coord> = lines
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.outcome,
+                Outcome::Replayed { .. } | Outcome::WouldReplay { .. }
+            )
+        })
+        .map(|l| Coord {
+            partition: l.subject.partition,
+            offset: l.subject.offset,
+        })
+        .collect();
+    let marked = group::mark_handled(kafka, topic, handled_group, seen, replayed, args.dry_run);
+    let mut summary = summarize(args.dry_run, lines);
+    summary.handled = Some(marked.await?);
     render::to_stdout(|out| {
         if args.json {
             render::json_line(out, &summary)
@@ -68,28 +89,20 @@ pub(super) async fn run(kafka: Kafka, topic: String, args: ReplayArgs) -> anyhow
     Ok(())
 }
 
-/// Reads the dead letters `filter` selects, in partition:offset order, and where each source topic they name
-/// exists, for the topics `allowed` (the others are never looked up). Blocking.
+/// Reads the dead letters `filter` selects, in partition:offset order ([`select::read`]), what the read saw of
+/// each partition, and where each source topic they name exists, for the topics `allowed` (the others are never
+/// looked up). Blocking.
 fn select(
     kafka: &Kafka,
     topic: &str,
     filter: &Filter,
     allowed: &AllowList,
-) -> anyhow::Result<(Vec<DeadLetter>, Targets)> {
+) -> anyhow::Result<(Vec<DeadLetter>, BTreeMap<i32, Seen>, Targets)> {
     let reader = kafka::Reader::connect(kafka, topic)?;
-    let mut selected: BTreeMap<Coord, DeadLetter> = if filter.offsets.is_empty() {
-        let mut selected = BTreeMap::new();
-        reader.read(&reader.whole_topic()?, |d| {
-            if d.matches(filter) {
-                selected.insert(d.coord(), d);
-            }
-        })?;
-        selected
-    } else {
-        // Every coordinate is checked before anything is produced, so a typo fails the whole replay.
-        reader.read_at(&filter.offsets)?
-    };
-    selected.retain(|_, d| d.matches(filter));
+    let select::Selected {
+        letters: selected,
+        seen,
+    } = select::read(&reader, filter)?;
     let mut targets = Targets::new();
     let topics: BTreeSet<String> = selected
         .values()
@@ -100,7 +113,7 @@ fn select(
         let partitions = reader.topic_partitions(&t)?;
         targets.insert(t, partitions);
     }
-    Ok((selected.into_values().collect(), targets))
+    Ok((selected.into_values().collect(), seen, targets))
 }
 
 /// Which dead letter a line of the plan and of the report is about.
@@ -325,6 +338,9 @@ struct ReplaySummary {
     total: ReplayCounts,
     by_reason: BTreeMap<String, ReplayCounts>,
     letters: Vec<ReplayLine>,
+    /// How far the handled group moved (would move, with `dry_run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handled: Option<Marked>,
 }
 
 /// Counts `lines` in total and by reason (`-` for dead letters without one). Pure.
@@ -343,6 +359,7 @@ fn summarize(dry_run: bool, lines: Vec<ReplayLine>) -> ReplaySummary {
         total,
         by_reason,
         letters: lines,
+        handled: None,
     }
 }
 
@@ -413,6 +430,9 @@ fn write_summary(out: &mut impl Write, s: &ReplaySummary) -> std::io::Result<()>
         "REPLAYED"
     };
     table::write(out, &["REASON", replayed, "REFUSED", "FAILED"], &rows)?;
+    if let Some(marked) = &s.handled {
+        marked.write(out)?;
+    }
     if s.dry_run {
         writeln!(out, "dry run: nothing was produced")?;
     }

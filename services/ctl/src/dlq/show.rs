@@ -14,7 +14,7 @@ pub(super) async fn run(kafka: Kafka, topic: String, args: ShowArgs) -> anyhow::
     let c = args.coord;
     let letter = blocking(move || {
         let reader = kafka::Reader::connect(&kafka, &topic)?;
-        let mut found = reader.read_at(&[c].into())?;
+        let (mut found, _) = reader.read_at(&[c].into())?;
         Ok(found.remove(&c).expect("read_at returns every coordinate"))
     })
     .await?;

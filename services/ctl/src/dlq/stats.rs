@@ -1,5 +1,6 @@
 //! `cesctl dlq stats`: dead letters counted by reason and by age of `ces-dlq-failed-at`, with the oldest and
-//! newest failure of each reason, as a table or as one JSON object.
+//! newest failure of each reason, and per partition the backlog (dead letters past the handled group's committed
+//! offset: not yet replayed or dismissed), as tables or as one JSON object.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::args::StatsArgs;
+use super::group::{self, Backlog, HandledGroup};
 use super::letter::{Age, DeadLetter};
 use super::render;
 use super::{blocking, kafka};
@@ -72,14 +74,20 @@ struct Stats {
     #[serde(flatten)]
     total: Counts,
     by_reason: BTreeMap<String, Counts>,
+    /// The handled group.
+    handled_group: String,
+    /// Dead letters not yet handled, per partition.
+    backlog: Vec<Backlog>,
 }
 
 impl Stats {
-    fn new(topic: String) -> Self {
+    fn new(topic: String, handled_group: String) -> Self {
         Self {
             topic,
             total: Counts::default(),
             by_reason: BTreeMap::new(),
+            handled_group,
+            backlog: Vec::new(),
         }
     }
 
@@ -92,13 +100,20 @@ impl Stats {
     }
 }
 
-/// Runs `cesctl dlq stats` against `topic` through `kafka`.
-pub(super) async fn run(kafka: Kafka, topic: String, args: StatsArgs) -> anyhow::Result<()> {
+/// Runs `cesctl dlq stats` against `topic` through `kafka`, the backlog by `handled_group`'s offsets.
+pub(super) async fn run(
+    kafka: Kafka,
+    topic: String,
+    handled_group: String,
+    args: StatsArgs,
+) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let stats = blocking(move || {
         let reader = kafka::Reader::connect(&kafka, &topic)?;
+        let group = HandledGroup::connect(&kafka, &handled_group, &topic)?;
         let spans = reader.whole_topic()?;
-        let mut stats = Stats::new(topic);
+        let mut stats = Stats::new(topic, handled_group);
+        stats.backlog = group::backlog(&reader, &group)?;
         reader.read(&spans, |d| stats.add(&d, now))?;
         Ok(stats)
     })
@@ -112,11 +127,41 @@ pub(super) async fn run(kafka: Kafka, topic: String, args: StatsArgs) -> anyhow:
     })
 }
 
-/// The text form: a row per reason, then the total; an `UNDATED` column only when some failed-at is unreadable.
+/// The text form: a row per reason, then the total (an `UNDATED` column only when some failed-at is unreadable);
+/// then a row per partition with its backlog.
 fn write_table(out: &mut impl Write, stats: &Stats) -> std::io::Result<()> {
     if stats.total.count == 0 {
-        return writeln!(out, "{} is empty", stats.topic);
+        writeln!(out, "{} is empty", stats.topic)?;
+    } else {
+        write_reasons(out, stats)?;
     }
+    if stats.backlog.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    let rows: Vec<Vec<String>> = stats
+        .backlog
+        .iter()
+        .map(|b| {
+            vec![
+                b.partition.to_string(),
+                b.committed
+                    .map_or_else(|| render::NONE.to_owned(), |c| c.to_string()),
+                b.high.to_string(),
+                b.backlog.to_string(),
+            ]
+        })
+        .collect();
+    table::write(out, &["PARTITION", "HANDLED TO", "END", "BACKLOG"], &rows)?;
+    let total: i64 = stats.backlog.iter().map(|b| b.backlog).sum();
+    writeln!(
+        out,
+        "{total} dead letter(s) not yet replayed or dismissed (group {})",
+        stats.handled_group
+    )
+}
+
+fn write_reasons(out: &mut impl Write, stats: &Stats) -> std::io::Result<()> {
     let undated = stats.total.age.unknown > 0;
     let row = |name: &str, c: &Counts| {
         let mut row = vec![
@@ -171,7 +216,7 @@ mod tests {
     #[test]
     fn counts_by_reason_and_age() {
         let now = datetime!(2026-11-23 12:00 UTC);
-        let mut s = Stats::new("dlq".into());
+        let mut s = Stats::new("dlq".into(), "g".into());
         s.add(&dead(Some("too_large"), Some("2026-11-23T11:30:00Z")), now);
         s.add(&dead(Some("too_large"), Some("2026-11-20T11:30:00Z")), now);
         s.add(&dead(None, None), now);
@@ -197,7 +242,39 @@ mod tests {
     #[test]
     fn an_empty_topic_says_so() {
         let mut out = Vec::new();
-        write_table(&mut out, &Stats::new("dlq".into())).unwrap();
+        write_table(&mut out, &Stats::new("dlq".into(), "g".into())).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "dlq is empty\n");
+    }
+
+    #[test]
+    fn shows_the_backlog_of_each_partition() {
+        let mut s = Stats::new("dlq".into(), "ces-dlq-handled".into());
+        s.backlog = vec![
+            Backlog {
+                partition: 0,
+                committed: Some(3),
+                high: 5,
+                backlog: 2,
+            },
+            Backlog {
+                partition: 1,
+                committed: None,
+                high: 4,
+                backlog: 4,
+            },
+        ];
+        let mut out = Vec::new();
+        write_table(&mut out, &s).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "dlq is empty\n\nPARTITION  HANDLED TO  END  BACKLOG\n0          3           5    2\n\
+             1          -           4    4\n6 dead letter(s) not yet replayed or dismissed (group ces-dlq-handled)\n"
+        );
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["handled_group"], "ces-dlq-handled");
+        assert_eq!(
+            j["backlog"][1],
+            serde_json::json!({"partition": 1, "committed": null, "high": 4, "backlog": 4})
+        );
     }
 }

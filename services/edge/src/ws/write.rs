@@ -40,7 +40,7 @@ pub(super) async fn bounded<T>(
 fn record_resume(decision: &Decision) {
     if let Some(ServerFrame::Resumed { ok, reason, .. }) = &decision.resumed {
         let result = if *ok {
-            "ok".to_owned()
+            m::RESUMED_OK.to_owned()
         } else {
             reason.clone().unwrap_or_default()
         };
