@@ -6,12 +6,15 @@
 //!
 //! The node listens twice: the public listener ([`app`]) serves clients (`/v1/sessions*`, `/v1/ws`, with TLS when
 //! configured), and the internal one ([`internal_app`]) serves `/healthz`, `/readyz` and `/metrics` in plain HTTP
-//! to the load balancer's and kubelet's probes and to Prometheus, so an internet-facing node shows neither its
-//! metrics nor its state to clients.
+//! to the load balancer's and kubelet's probes and to Prometheus, and the operators' admin API (`/v1/admin/*`), so
+//! an internet-facing node shows neither its metrics nor its state to clients.
 //!
 //! # Layout
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
+//! - [`admin`]: the admin API on the internal listener (sessions, revocation, nodes), behind `CES_ADMIN_TOKENS`.
+//! - [`labels`]: session labels in the registration body, checked and read back.
+//! - [`nodes`]: each node's heartbeat in Redis (`ces:nodes`), and reading everyone's.
 //! - [`demo`]: the demo page at `/demo/`, when `CES_DEMO_DIR` is set.
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
 //! - [`subscriptions`]: the hub's subscription table (reference counts, what to SUBSCRIBE/UNSUBSCRIBE), pure.
@@ -24,13 +27,16 @@
 //! - [`ws`]: one WebSocket connection: a thin loop over the pure state machine [`ws::machine`], with the session's
 //!   Redis state behind [`ws::SessionStore`].
 
+pub mod admin;
 pub mod api;
 pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod nodes;
 pub mod proxy_protocol;
 pub mod pubsub;
 pub mod queue;
@@ -130,12 +136,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The internal router: `/healthz`, `/readyz` and `/metrics`.
+/// The internal router: `/healthz`, `/readyz`, `/metrics` and the admin API ([`admin::ROUTES`]).
 pub fn internal_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .merge(admin::router(state.clone()))
         .with_state(state)
 }
 
@@ -249,6 +256,16 @@ pub async fn run(
             }
         }
     });
+    // Liveness for the admin API's node list: beats until the end of a graceful stop, then leaves.
+    let beat_stop = CancellationToken::new();
+    let beating = tokio::spawn(nodes::keep_beating(
+        redis.clone(),
+        state.hub.clone(),
+        state.config.node_id.clone(),
+        state.config.node_heartbeat,
+        cancel.clone(),
+        beat_stop.clone(),
+    ));
     if state.config.register_auth.is_open() {
         warn!(
             "registration is open (CES_REGISTER_OPEN=true): anyone who reaches this node can register sessions; \
@@ -296,6 +313,12 @@ pub async fn run(
             sockets = tracker.len(),
             http_connections = connections.len(),
             "grace period over; dropping what is still open"
+        );
+    }
+    beat_stop.cancel();
+    if tokio::time::timeout(QUIT_WITHIN, beating).await.is_err() {
+        warn!(
+            "could not remove the node from ces:nodes in time; it expires from the list on its own"
         );
     }
     internal_stop.cancel();
