@@ -415,6 +415,12 @@ mod tests {
         let rows = detail_rows(&empty);
         assert!(rows.contains(&vec!["buffer".into(), "0 events".into()]));
         assert!(rows.contains(&vec!["labels".into(), "-".into()]));
+        let summary = json!({"session_id": "s-1", "status": "closed", "node": null, "last_seen": "t",
+                             "labels": {"team": "blue"}});
+        assert_eq!(
+            summary_row(&summary),
+            ["s-1", "closed", "-", "t", "team=blue"]
+        );
         let node = json!({"node": "a", "alive": true, "draining": null, "connections": 3});
         assert_eq!(node_row(&node)[..5], ["a", "yes", "-", "3", "-"]);
     }

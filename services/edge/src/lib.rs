@@ -315,14 +315,20 @@ pub async fn run(
             "grace period over; dropping what is still open"
         );
     }
+    // The heartbeat stops and the node leaves `ces:nodes` while the internal listener finishes, within the same
+    // bound.
     beat_stop.cancel();
-    if tokio::time::timeout(QUIT_WITHIN, beating).await.is_err() {
+    internal_stop.cancel();
+    let (left, internal_stopped) = tokio::join!(
+        tokio::time::timeout(INTERNAL_STOP_WITHIN, beating),
+        tokio::time::timeout(INTERNAL_STOP_WITHIN, &mut internal_server)
+    );
+    if left.is_err() {
         warn!(
-            "could not remove the node from ces:nodes in time; it expires from the list on its own"
+            "could not leave ces:nodes in time; the node shows as not alive after three heartbeats"
         );
     }
-    internal_stop.cancel();
-    match tokio::time::timeout(INTERNAL_STOP_WITHIN, &mut internal_server).await {
+    match internal_stopped {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "internal listener failed"),
         Ok(Err(e)) => warn!(error = %e, "internal listener task failed"),
