@@ -130,6 +130,26 @@ pub fn node_channel(node: &str) -> String {
     format!("ces:node:{{{node}}}")
 }
 
+/// Sorted set of edge nodes scored by their last heartbeat (ms since the Unix epoch); members older than a day are
+/// trimmed by the nodes that write it.
+pub const NODES_KEY: &str = "ces:nodes";
+
+/// Hash of one edge node's heartbeat (`connections`, `draining`, `started_ms`, `version`), expiring three
+/// heartbeats after the last. The node id is the hash tag, as for its control channel.
+pub fn node_info_key(node: &str) -> String {
+    format!("ces:node:{{{node}}}:info")
+}
+
+/// `SCAN` pattern of every session hash ([`SessionId::session_key`]).
+pub const SESSION_KEY_PATTERN: &str = "ces:{*}:session";
+
+/// The session id inside a session hash's name ([`SessionId::session_key`]), or `None` for any other string.
+pub fn session_of_key(key: &str) -> Option<&str> {
+    let inner = key.strip_prefix("ces:{")?.strip_suffix("}:session")?;
+    validate_session_id(inner).ok()?;
+    Some(inner)
+}
+
 /// Sorted set of registered sessions scored by expiry (ms), for the session cap.
 pub const SESSIONS_KEY: &str = "ces:sessions";
 
@@ -213,6 +233,23 @@ mod tests {
         );
         assert_eq!(s.channel(), "ces:{abc}:ch");
         assert_eq!(s.session_key(), "ces:{abc}:session");
+    }
+
+    #[test]
+    fn node_and_session_key_names() {
+        assert_eq!(node_info_key("edge-a"), "ces:node:{edge-a}:info");
+        assert_eq!(NODES_KEY, "ces:nodes");
+        let s = SessionId::parse("s-1").unwrap();
+        assert_eq!(session_of_key(&s.session_key()), Some("s-1"));
+        for foreign in [
+            "ces:{s}:meta",
+            "ces:{}:session",
+            "ces:{a}b}:session",
+            "ces:{s}:session:x",
+            "x:{s}:session",
+        ] {
+            assert_eq!(session_of_key(foreign), None, "{foreign}");
+        }
     }
 
     #[test]

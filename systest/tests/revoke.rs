@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use ces_protocol::keys::SessionId;
@@ -13,35 +12,8 @@ use ces_systest::Redis;
 use ces_systest::client::{Ending, Registered, handshake_status, register, ws_url};
 use fred::interfaces::{ClientLike as _, HashesInterface as _, KeysInterface as _};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt as _;
 
-use common::connect;
-
-/// Runs the `cesctl` binary with `args`, only `env` of the `CES_*` variables, and `stdin` on its standard input.
-async fn cesctl(args: &[&str], env: &[(&str, &str)], stdin: &str) -> anyhow::Result<Output> {
-    let mut cmd =
-        tokio::process::Command::new(ces_systest::workspace_binary("cesctl", "CES_CTL_BIN")?);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CES_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn()?;
-    let mut input = child.stdin.take().expect("piped");
-    input.write_all(stdin.as_bytes()).await?;
-    drop(input);
-    Ok(tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{cesctl, connect, text};
 
 /// `POST /v1/sessions/{id}/refresh` at `edge` with the session's token: status and JSON body.
 async fn refresh(

@@ -26,7 +26,7 @@ environment as it is.
 {{/* The variables ces.secretEnv entries set, per service, so extraEnv cannot set them a second time. */}}
 {{- define "ces.edgeSecretVars" -}}
 {{- $v := .Values -}}
-{{- $vars := list "CES_TOKEN_KEYS" -}}
+{{- $vars := list "CES_TOKEN_KEYS" "CES_ADMIN_TOKENS" -}}
 {{- if $v.redis.urlFromSecret }}{{ $vars = append $vars "CES_REDIS_URL" }}{{ end }}
 {{- if eq $v.registration.mode "apiKeys" }}{{ $vars = append $vars "CES_REGISTER_API_KEYS" }}{{ end }}
 {{- if and (eq $v.registration.mode "jwt") (eq $v.registration.jwt.algorithm "HS256") }}
@@ -97,6 +97,7 @@ environment as it is.
 {{- define "ces.edgeSecretEnv" -}}
 {{- $v := .Values -}}
 {{- include "ces.secretEnv" (dict "root" . "name" "CES_TOKEN_KEYS" "key" "token-keys") }}
+{{ include "ces.secretEnv" (dict "root" . "name" "CES_ADMIN_TOKENS" "key" "admin-tokens" "optional" true) }}
 {{- if $v.redis.urlFromSecret }}
 {{ include "ces.secretEnv" (dict "root" . "name" "CES_REDIS_URL" "key" "redis-url") }}
 {{- end }}

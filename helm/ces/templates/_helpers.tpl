@@ -61,13 +61,17 @@ app.kubernetes.io/component: {{ . }}
 {{- if kindIs "float64" . }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
 {{- end }}
 
-{{/* An env entry read from the Secret: dict "root" $ "name" VAR "key" KEY. */}}
+{{/* An env entry read from the Secret: dict "root" $ "name" VAR "key" KEY, and "optional" true for a key the
+Secret may lack. */}}
 {{- define "ces.secretEnv" -}}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
       name: {{ include "ces.secretName" .root }}
       key: {{ .key }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end }}
 
 {{/* A volume source for a CA certificate given as a Secret or a ConfigMap key ({caSecret, caConfigMap, caKey}). */}}

@@ -4,6 +4,8 @@
 //! - `cesctl produce`: send test events to the input topic.
 //! - `cesctl session create`: register a session at an edge and print its token.
 //! - `cesctl session revoke`: close a session without its token (its socket gets 4003, every edge refuses it).
+//! - `cesctl session show`, `cesctl session list`, `cesctl nodes`: sessions and edge nodes through an edge's admin
+//!   API.
 //! - `cesctl watch`: register (or reuse a token) and print the session's events as they arrive, resuming across
 //!   reconnects (the Rust client, `ces-client`).
 //! - `cesctl dlq list`: list dead letters (filter by reason, age; table or JSONL).
@@ -17,6 +19,7 @@
 //! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage: an argument or `CES_*` variable that does
 //! not parse, or a secret on the command line ([`secrets`]).
 
+mod admin;
 mod commands;
 mod dlq;
 mod kafka;
@@ -55,6 +58,14 @@ enum Command {
         #[command(subcommand)]
         command: session::SessionCommand,
     },
+    /// List the edge nodes and their heartbeats through an edge's admin API.
+    Nodes {
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+        /// The API's JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect a WebSocket client and print every frame.
     Watch(watch::WatchArgs),
     /// Inspect, replay and dismiss the dead letters.
@@ -68,6 +79,10 @@ async fn main() -> ExitCode {
         Command::Topics { command } => commands::topics(command).await,
         Command::Produce(args) => commands::produce(args).await,
         Command::Session { command } => session::run(command).await,
+        Command::Nodes { admin, json } => match admin::AdminApi::from_args(&admin) {
+            Ok(api) => admin::nodes(&api, json).await,
+            Err(e) => Err(e),
+        },
         Command::Watch(args) => watch::watch(args).await,
         Command::Dlq(args) => dlq::run(args).await,
     };

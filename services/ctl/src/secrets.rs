@@ -53,6 +53,20 @@ pub(crate) const EDGE_URL: Secret = Secret {
     stdin: None,
 };
 
+/// A token of the edges' admin API (`session show`, `session list`, `nodes`).
+pub(crate) const ADMIN_TOKEN: Secret = Secret {
+    flag: "--admin-token",
+    env: "CES_ADMIN_TOKEN",
+    stdin: Some("--admin-token-stdin"),
+};
+
+/// The admin API's URL (an edge's internal listener): no password in it on the command line.
+pub(crate) const ADMIN_URL: Secret = Secret {
+    flag: "--admin-url",
+    env: "CES_ADMIN_URL",
+    stdin: None,
+};
+
 /// Why the command line is no place for a secret, ending every refusal.
 const WHY: &str =
     "every user of this machine can read the command line (ps, /proc) and shell history keeps it";

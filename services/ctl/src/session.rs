@@ -1,4 +1,5 @@
-//! `cesctl session ...`: register a session at an edge, or revoke one without its token.
+//! `cesctl session ...`: register a session at an edge, revoke one without its token, or show and list sessions
+//! through an edge's admin API ([`crate::admin`]).
 //!
 //! `revoke` is the operator's `DELETE /v1/sessions/{id}`: it writes the same tombstone and sends the same control
 //! message through [`ces_runtime::session::revoke`], the code the edge's DELETE runs, so the live socket on
@@ -63,6 +64,34 @@ pub(crate) enum SessionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a session through an edge's admin API: where it is, its numbering, buffer, acknowledgement, labels.
+    Show {
+        /// The session id.
+        #[arg(value_parser = session_id_arg)]
+        session: SessionId,
+        #[command(flatten)]
+        admin: crate::admin::AdminArgs,
+        /// The API's JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sessions through an edge's admin API, every page, each session once.
+    List {
+        /// Only sessions with this label (key=value); repeat for several, all must match.
+        #[arg(long = "label", value_parser = crate::admin::label_arg)]
+        labels: Vec<String>,
+        /// Only sessions on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Sessions examined per page (1-1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        #[command(flatten)]
+        admin: crate::admin::AdminArgs,
+        /// One JSON object per session and line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn session_id_arg(s: &str) -> Result<SessionId, String> {
@@ -114,6 +143,29 @@ pub(crate) async fn run(command: SessionCommand) -> anyhow::Result<()> {
                 println!("{}", revoked_text(&session, ttl, holder.as_deref()));
             }
             Ok(())
+        }
+        SessionCommand::Show {
+            session,
+            admin,
+            json,
+        } => {
+            let api = crate::admin::AdminApi::from_args(&admin)?;
+            crate::admin::show(&api, session.as_str(), json).await
+        }
+        SessionCommand::List {
+            labels,
+            node,
+            limit,
+            admin,
+            json,
+        } => {
+            let api = crate::admin::AdminApi::from_args(&admin)?;
+            let filter = crate::admin::ListFilter {
+                labels,
+                node,
+                limit,
+            };
+            crate::admin::list(&api, &filter, json).await
         }
     }
 }

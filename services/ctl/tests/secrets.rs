@@ -11,7 +11,7 @@ async fn secrets_given_as_flags_are_refused_before_anything_is_contacted() -> an
     // Nothing listens here: a command that got past the check would fail with exit 1 instead.
     let nowhere = format!("http://127.0.0.1:{}", ces_systest::free_port());
     let why = "every user of this machine can read the command line (ps, /proc) and shell history keeps it";
-    let cases: [(Vec<&str>, String); 5] = [
+    let cases: [(Vec<&str>, String); 8] = [
         (
             vec!["watch", "--edge", &nowhere, "--token", "v1.k.sekrit.sig"],
             format!(
@@ -69,6 +69,39 @@ async fn secrets_given_as_flags_are_refused_before_anything_is_contacted() -> an
                  pipe it to --redis-url-stdin"
             ),
         ),
+        (
+            vec![
+                "session",
+                "show",
+                "s-1",
+                "--admin-url",
+                &nowhere,
+                "--admin-token",
+                "sekrit-admin-token",
+            ],
+            format!(
+                "--admin-token is refused on the command line: {why}; set CES_ADMIN_TOKEN or pipe it to \
+                 --admin-token-stdin"
+            ),
+        ),
+        (
+            vec!["nodes", "--admin-token", "sekrit-admin-token"],
+            format!(
+                "--admin-token is refused on the command line: {why}; set CES_ADMIN_TOKEN or pipe it to \
+                 --admin-token-stdin"
+            ),
+        ),
+        (
+            vec![
+                "session",
+                "list",
+                "--admin-url",
+                "http://ops:sekrit@127.0.0.1:1",
+            ],
+            format!(
+                "--admin-url carries a password, which is refused on the command line: {why}; set CES_ADMIN_URL"
+            ),
+        ),
     ];
     for (args, message) in cases {
         let o = cesctl_env(&args, &[]).await?;
@@ -90,6 +123,18 @@ async fn secrets_given_as_flags_are_refused_before_anything_is_contacted() -> an
         "{}",
         stderr(&o)
     );
+    let o = cesctl_env(
+        &["nodes", "--admin-url", &nowhere],
+        &[("CES_ADMIN_TOKEN", "sekrit-admin-token")],
+    )
+    .await?;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!("cesctl: cannot reach the admin API at {nowhere}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("sekrit"));
     let o = cesctl_stdin(
         &[
             "session",

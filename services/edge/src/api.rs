@@ -148,6 +148,8 @@ async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Error>
     }
 }
 
+/// The registration body as the metadata stored with the session: a JSON object (`{}` for an empty body), whose
+/// `labels` member, if any, follows [`crate::labels::validate`].
 fn parse_metadata(body: &[u8]) -> Result<String, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok("{}".to_owned());
@@ -156,12 +158,16 @@ fn parse_metadata(body: &[u8]) -> Result<String, Error> {
         code: "invalid_body",
         message: format!("body is not JSON: {e}"),
     })?;
-    if !value.is_object() {
+    let Some(body) = value.as_object() else {
         return Err(Error::BadRequest {
             code: "invalid_body",
             message: "body must be a JSON object".into(),
         });
-    }
+    };
+    crate::labels::validate(body).map_err(|message| Error::BadRequest {
+        code: "invalid_body",
+        message,
+    })?;
     Ok(value.to_string())
 }
 
@@ -381,7 +387,8 @@ fn client_ip(
     ))
 }
 
-fn bearer(headers: &HeaderMap) -> &str {
+/// The credential of `Authorization: Bearer <credential>`; empty without one.
+pub(crate) fn bearer(headers: &HeaderMap) -> &str {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -76,6 +76,10 @@ pub struct Config {
     /// Draining: sockets close with 1012 at random moments over this window, so their clients do not all
     /// reconnect to the other nodes at once.
     pub drain_window: Duration,
+    /// Tokens of the admin API (`CES_ADMIN_TOKENS`); `None`: every admin route answers 403 `admin_disabled`.
+    pub admin_tokens: Option<crate::admin::AdminTokens>,
+    /// How often the node writes its heartbeat to Redis (`ces:nodes`); a node is alive for three of them.
+    pub node_heartbeat: Duration,
     /// The demo page at `/demo/` (`CES_DEMO_DIR`), read at start; `None`: `/demo` answers 404.
     pub demo: Option<crate::demo::DemoPage>,
     /// Redis and logging.
@@ -236,6 +240,8 @@ impl Config {
                 .inspect_err(|e| v.check(false, || format!("CES_DEMO_DIR={dir}: {e}")))
                 .ok()
         });
+        let admin_tokens = crate::admin::AdminTokens::read(&mut v);
+        let node_heartbeat = v.millis("CES_NODE_HEARTBEAT_MS", 5000, 100, 600_000);
         let common = Common::read(&mut v);
 
         let token_keys = match (&secret, &key_spec) {
@@ -300,6 +306,8 @@ impl Config {
             max_sessions_per_subject,
             max_session_lifetime,
             demo,
+            admin_tokens,
+            node_heartbeat,
             common,
         })
     }

@@ -61,6 +61,15 @@ pub enum Error {
     /// The client IP exceeded a rate limit; retry after the duration.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
+    /// An admin route, on a node without `CES_ADMIN_TOKENS`.
+    #[error("admin API disabled")]
+    AdminDisabled,
+    /// An admin route without one of the configured admin tokens.
+    #[error("admin token missing or not accepted")]
+    AdminUnauthorized,
+    /// An admin route naming something that does not exist (what, in the message).
+    #[error("not found: {0}")]
+    NotFound(&'static str),
 }
 
 impl IntoResponse for Error {
@@ -113,6 +122,19 @@ impl IntoResponse for Error {
                 "body_too_large",
                 format!("the body may be at most {limit} bytes"),
             ),
+            Error::AdminDisabled => (
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "the admin API is disabled on this node: set CES_ADMIN_TOKENS to enable it"
+                    .to_owned(),
+            ),
+            Error::AdminUnauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "an admin token is required as Authorization: Bearer (one of CES_ADMIN_TOKENS)"
+                    .to_owned(),
+            ),
+            Error::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", (*what).to_owned()),
             Error::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, *code, message.clone())
             }
@@ -162,6 +184,11 @@ impl IntoResponse for Error {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
             metrics::counter!(crate::metrics::RATE_LIMITED_TOTAL).increment(1);
+        }
+        if let Error::AdminUnauthorized = &self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Error::RegistrationRefused(reason) = &self {
             metrics::counter!(crate::metrics::REGISTRATIONS_REFUSED, "reason" => reason.code())

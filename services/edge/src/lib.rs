@@ -6,12 +6,15 @@
 //!
 //! The node listens twice: the public listener ([`app`]) serves clients (`/v1/sessions*`, `/v1/ws`, with TLS when
 //! configured), and the internal one ([`internal_app`]) serves `/healthz`, `/readyz` and `/metrics` in plain HTTP
-//! to the load balancer's and kubelet's probes and to Prometheus, so an internet-facing node shows neither its
-//! metrics nor its state to clients.
+//! to the load balancer's and kubelet's probes and to Prometheus, and the operators' admin API (`/v1/admin/*`), so
+//! an internet-facing node shows neither its metrics nor its state to clients.
 //!
 //! # Layout
 //! - [`config`]: `CES_*` configuration.
 //! - [`api`]: HTTP handlers (`/v1/sessions`, `/v1/ws`, probes, metrics).
+//! - [`admin`]: the admin API on the internal listener (sessions, revocation, nodes), behind `CES_ADMIN_TOKENS`.
+//! - [`labels`]: session labels in the registration body, checked and read back.
+//! - [`nodes`]: each node's heartbeat in Redis (`ces:nodes`), and reading everyone's.
 //! - [`demo`]: the demo page at `/demo/`, when `CES_DEMO_DIR` is set.
 //! - [`hub`]: local connections, the subscription task and the dispatch task.
 //! - [`subscriptions`]: the hub's subscription table (reference counts, what to SUBSCRIBE/UNSUBSCRIBE), pure.
@@ -24,13 +27,16 @@
 //! - [`ws`]: one WebSocket connection: a thin loop over the pure state machine [`ws::machine`], with the session's
 //!   Redis state behind [`ws::SessionStore`].
 
+pub mod admin;
 pub mod api;
 pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod nodes;
 pub mod proxy_protocol;
 pub mod pubsub;
 pub mod queue;
@@ -133,12 +139,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The internal router: `/healthz`, `/readyz` and `/metrics`.
+/// The internal router: `/healthz`, `/readyz`, `/metrics` and the admin API ([`admin::ROUTES`]).
 pub fn internal_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .merge(admin::router(state.clone()))
         .with_state(state)
 }
 
@@ -268,6 +275,16 @@ pub async fn run(
             }
         }
     });
+    // Liveness for the admin API's node list: beats until the end of a graceful stop, then leaves.
+    let beat_stop = CancellationToken::new();
+    let beating = tokio::spawn(nodes::keep_beating(
+        redis.clone(),
+        state.hub.clone(),
+        state.config.node_id.clone(),
+        state.config.node_heartbeat,
+        cancel.clone(),
+        beat_stop.clone(),
+    ));
     if state.config.register_auth.is_open() {
         warn!(
             "registration is open (CES_REGISTER_OPEN=true): anyone who reaches this node can register sessions; \
@@ -321,8 +338,20 @@ pub async fn run(
     if let Some(task) = receipts_task {
         task.finish().await;
     }
+    // The heartbeat stops and the node leaves `ces:nodes` while the internal listener finishes, within the same
+    // bound.
+    beat_stop.cancel();
     internal_stop.cancel();
-    match tokio::time::timeout(INTERNAL_STOP_WITHIN, &mut internal_server).await {
+    let (left, internal_stopped) = tokio::join!(
+        tokio::time::timeout(INTERNAL_STOP_WITHIN, beating),
+        tokio::time::timeout(INTERNAL_STOP_WITHIN, &mut internal_server)
+    );
+    if left.is_err() {
+        warn!(
+            "could not leave ces:nodes in time; the node shows as not alive after three heartbeats"
+        );
+    }
+    match internal_stopped {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "internal listener failed"),
         Ok(Err(e)) => warn!(error = %e, "internal listener task failed"),

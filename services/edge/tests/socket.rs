@@ -78,14 +78,15 @@ async fn registration_validates_its_body() -> anyhow::Result<()> {
     let url = format!("{}/v1/sessions", edge.base);
     let ok = http
         .post(&url)
-        .json(&serde_json::json!({"app": "demo", "labels": ["a"]}))
+        .json(&serde_json::json!({"app": "demo", "labels": {"team": "a"}, "tags": ["a"]}))
         .send()
         .await?;
     assert_eq!(ok.status(), 201);
     let body: serde_json::Value = ok.json().await?;
     assert!(SessionId::parse(body["session_id"].as_str().unwrap()).is_ok());
     assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
-    for bad in ["[1]", "{oops", "\"text\""] {
+    // `labels`, when present, is an object of strings (docs/protocol.md).
+    for bad in ["[1]", "{oops", "\"text\"", r#"{"labels":["a"]}"#] {
         let resp = http.post(&url).body(bad).send().await?;
         assert_eq!(resp.status(), 400, "{bad}");
         let body: serde_json::Value = resp.json().await?;

@@ -578,3 +578,38 @@ pub async fn connect(
     assert_eq!(welcome["type"], "welcome");
     Ok((ws, welcome))
 }
+
+/// Runs the `cesctl` binary with `args`, only `env` of the `CES_*` variables, and `stdin` on its standard input.
+pub async fn cesctl(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> anyhow::Result<std::process::Output> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd =
+        tokio::process::Command::new(ces_systest::workspace_binary("cesctl", "CES_CTL_BIN")?);
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CES_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn()?;
+    let mut input = child.stdin.take().expect("piped");
+    input.write_all(stdin.as_bytes()).await?;
+    drop(input);
+    Ok(
+        tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+            .await??,
+    )
+}
+
+/// `b` (a process's output) as text, invalid UTF-8 replaced.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
