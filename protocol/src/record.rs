@@ -453,6 +453,9 @@ fn check_data(data: &str) -> Result<(), Rejection> {
         .map_err(|e| Rejection::new(Reason::InvalidJson, format!("/data is not JSON: {e}")))
 }
 
+/// The prefix of serde_json's private object keys (`$serde_json::private::RawValue`, `...::Number`).
+const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
+
 /// JSON parsed as into a value (every number converted, every string unescaped), with nothing kept.
 struct Parses;
 
@@ -500,7 +503,14 @@ impl<'de> serde::de::Visitor<'de> for Parses {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parses, A::Error> {
-        while let Some(Parses) = map.next_key()? {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            // serde_json reads an object whose key is one of its private tokens as a raw value or an exact number,
+            // and fails when the value is not what it put there: such data could never reach a Rust client.
+            if key.starts_with(SERDE_JSON_PRIVATE) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {key:?} is reserved by serde_json, whose clients cannot read it"
+                )));
+            }
             map.next_value::<Parses>()?;
         }
         Ok(Parses)
@@ -1214,5 +1224,27 @@ mod tests {
                 prop_assert_eq!(&j, &p);
             }
         }
+    }
+
+    #[test]
+    fn data_serde_json_cannot_read_into_a_value_is_refused() {
+        // Found by the fuzzer: accepted, then unreadable by every serde_json client (the Rust SDK among them).
+        let schemas = Schemas::new(crate::schema::UnknownTypes::Allow);
+        for data in [
+            r#"{"$serde_json::private::RawValue":5}"#,
+            r#"{"a":[{"$serde_json::private::Number":"1"}]}"#,
+        ] {
+            let value = format!(r#"{{"session_id":"s","type":"z","data":{data}}}"#);
+            let err = validate_record(Some(value.as_bytes()), None, 4096, &schemas).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidJson, "{data}");
+            assert!(
+                err.detail.contains("reserved by serde_json"),
+                "{}",
+                err.detail
+            );
+        }
+        let fine =
+            r#"{"session_id":"s","type":"z","data":{"$serde_json":1,"x$serde_json::private::":2}}"#;
+        assert!(validate_record(Some(fine.as_bytes()), None, 4096, &schemas).is_ok());
     }
 }

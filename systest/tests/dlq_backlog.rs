@@ -10,27 +10,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ces_systest::kafka::{self, Record};
-use ces_systest::{Broker, Metrics, Redis, unique, workspace_binary};
-use common::event_json;
+use ces_systest::{Broker, Metrics, Redis, unique};
+use common::{cesctl_json as cesctl, event_json};
 use rdkafka::Message as _;
 use serde_json::{Value, json};
 
 const STRICT: &str = r#"{"type":"object","required":["n","currency"]}"#;
 const FIXED: &str = r#"{"type":"object","required":["n"]}"#;
 const DEAD: usize = 8;
-
-async fn cesctl(args: &[&str]) -> anyhow::Result<Value> {
-    let out = tokio::process::Command::new(workspace_binary("cesctl", "CES_CTL_BIN")?)
-        .args(args)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "cesctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
 
 /// Scrapes ingest until `ces_ingest_dlq_backlog` is `expected` for every partition (0 for those not named).
 async fn wait_backlog(base: &str, expected: &BTreeMap<i32, usize>) -> anyhow::Result<()> {

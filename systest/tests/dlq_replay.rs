@@ -9,25 +9,12 @@ use std::time::Duration;
 
 use ces_systest::client::{WsClient, register, ws_url};
 use ces_systest::kafka::{self, Record};
-use ces_systest::{Broker, Metrics, Redis, unique, workspace_binary};
-use common::{event_json, start_edge};
-use serde_json::{Value, json};
+use ces_systest::{Broker, Metrics, Redis, unique};
+use common::{cesctl_json as cesctl, event_json, start_edge};
+use serde_json::json;
 
 const STRICT: &str = r#"{"type":"object","required":["n","currency"]}"#;
 const FIXED: &str = r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer"}}}"#;
-
-async fn cesctl(args: &[&str]) -> anyhow::Result<Value> {
-    let out = tokio::process::Command::new(workspace_binary("cesctl", "CES_CTL_BIN")?)
-        .args(args)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "cesctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
 
 /// Polls ingest's metrics until `name{labels}` reaches `value`.
 async fn wait_metric(

@@ -42,6 +42,18 @@ async fn receipts(
     }
 }
 
+/// A stack without its edges (the test starts its own, producing receipts), the brokers and a receipts topic.
+async fn stack_for_receipts() -> anyhow::Result<(Stack, String, String)> {
+    let mut stack = Stack::start(4, &[]).await?;
+    let brokers = stack.broker.bootstrap();
+    let topic = ces_systest::unique("ces.receipts");
+    kafka::create_topics(&brokers, &[(&topic, 4)]).await?;
+    for e in std::mem::take(&mut stack.edges) {
+        e.stop().await?;
+    }
+    Ok((stack, brokers, topic))
+}
+
 fn of_kind<'a>(receipts: &'a [Value], kind: &str) -> Vec<&'a Value> {
     receipts.iter().filter(|r| r["kind"] == kind).collect()
 }
@@ -52,13 +64,7 @@ fn of_kind<'a>(receipts: &'a [Value], kind: &str) -> Vec<&'a Value> {
 async fn every_event_written_and_acknowledged_gets_exactly_its_receipt() -> anyhow::Result<()> {
     const SESSIONS: usize = 100;
     const EVENTS: u64 = 10;
-    let mut stack = Stack::start(4, &[]).await?;
-    let brokers = stack.broker.bootstrap();
-    let topic = ces_systest::unique("ces.receipts");
-    kafka::create_topics(&brokers, &[(&topic, 4)]).await?;
-    for e in std::mem::take(&mut stack.edges) {
-        e.stop().await?;
-    }
+    let (stack, brokers, topic) = stack_for_receipts().await?;
     let edge = start_edge(
         &stack.redis.url(),
         "edge-r",
@@ -141,13 +147,7 @@ async fn every_event_written_and_acknowledged_gets_exactly_its_receipt() -> anyh
 async fn an_edge_killed_mid_stream_loses_no_receipt_of_a_delivered_event() -> anyhow::Result<()> {
     const SESSIONS: usize = 20;
     const EVENTS: u64 = 30;
-    let mut stack = Stack::start(4, &[]).await?;
-    let brokers = stack.broker.bootstrap();
-    let topic = ces_systest::unique("ces.receipts");
-    kafka::create_topics(&brokers, &[(&topic, 4)]).await?;
-    for e in std::mem::take(&mut stack.edges) {
-        e.stop().await?;
-    }
+    let (stack, brokers, topic) = stack_for_receipts().await?;
     let env = receipts_env(&brokers, &topic);
     // The doomed edge holds its receipts a second before sending them (librdkafka's linger): the kill always
     // takes some with it.

@@ -613,3 +613,15 @@ pub async fn cesctl(
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Runs `cesctl` with `args` (no `CES_*` variables, nothing on stdin) and reads its standard output as JSON; fails
+/// with its standard error when it fails.
+pub async fn cesctl_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = cesctl(args, &[], "").await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cesctl {args:?}: {}",
+        text(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
