@@ -122,6 +122,11 @@ pub fn cpu_percent_since(mark: &CpuMark, pids: &[u32]) -> f64 {
     100.0 * used / secs
 }
 
+/// CPU seconds used by `pids` since `mark`.
+pub fn cpu_seconds_since(mark: &CpuMark, pids: &[u32]) -> f64 {
+    cpu_mark(pids).ticks.saturating_sub(mark.ticks) as f64 / ticks_per_second()
+}
+
 /// Summed RSS of `pids` (those still alive).
 pub fn total_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| rss_bytes(p)).sum()

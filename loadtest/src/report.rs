@@ -83,6 +83,10 @@ pub struct Report {
     pub hops_mean_ms: std::collections::BTreeMap<String, f64>,
     /// CPU over the run per process of the stack (percent of one core; the machine has 2 cores = 200 %).
     pub cpu_percent: std::collections::BTreeMap<String, f64>,
+    /// CPU time per delivered event, µs, per process of the stack over the same window (from the first event
+    /// produced, connection set-up excluded, to the last delivered), and `ces`: edges + ingest + Redis together,
+    /// CES's own work without the broker and the load generator ([`cpu_us_per_event`]).
+    pub cpu_us_per_event: std::collections::BTreeMap<String, f64>,
     /// Time the threads of each process of `cpu_percent` waited on a run queue for a CPU over the same window, summed
     /// over the threads, in percent of one wall-clock second (it can exceed 100 when several threads wait at once):
     /// latency on a saturated machine that is scheduling delay shows here. From `/proc/<pid>/task/<tid>/schedstat`;
@@ -257,6 +261,9 @@ impl Report {
         s += &summary_line("CPU (% of one core)", &self.cpu_percent, |pct| {
             format!("{pct:.0}%")
         });
+        s += &summary_line("CPU µs per delivered event", &self.cpu_us_per_event, |us| {
+            format!("{us:.1}")
+        });
         s += &summary_line(
             "run-queue wait (% of a second)",
             &self.runq_wait_percent,
@@ -296,6 +303,33 @@ impl Report {
 }
 
 /// `  <title>: name value   name value ...` for a non-empty map, nothing for an empty one.
+/// The processes whose CPU is CES's own work per event: everything but the broker and the load generator.
+pub const CES_PROCESSES: [&str; 3] = ["edges", "ingest", "redis"];
+
+/// CPU µs per delivered event for each process of `cpu_seconds` and for [`CES_PROCESSES`] together (`ces`, when
+/// all three were measured); empty when nothing was delivered.
+pub fn cpu_us_per_event(
+    cpu_seconds: &std::collections::BTreeMap<String, f64>,
+    delivered: u64,
+) -> std::collections::BTreeMap<String, f64> {
+    if delivered == 0 {
+        return Default::default();
+    }
+    let per_event = |secs: f64| secs * 1e6 / delivered as f64;
+    let mut out: std::collections::BTreeMap<String, f64> = cpu_seconds
+        .iter()
+        .map(|(name, secs)| (name.clone(), per_event(*secs)))
+        .collect();
+    let own: Option<f64> = CES_PROCESSES
+        .iter()
+        .map(|p| cpu_seconds.get(*p).copied())
+        .sum();
+    if let Some(own) = own {
+        out.insert("ces".to_owned(), per_event(own));
+    }
+    out
+}
+
 fn summary_line(
     title: &str,
     values: &std::collections::BTreeMap<String, f64>,
@@ -374,6 +408,41 @@ fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_per_event_is_each_process_and_ces_own_work_without_broker_and_load_generator() {
+        let secs: std::collections::BTreeMap<String, f64> = [
+            ("broker", 2.0),
+            ("edges", 0.5),
+            ("ingest", 0.3),
+            ("redis", 0.2),
+            ("loadtest", 1.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let us = cpu_us_per_event(&secs, 100_000);
+        assert_eq!(us["edges"], 5.0);
+        assert_eq!(us["broker"], 20.0);
+        assert!((us["ces"] - 10.0).abs() < 1e-9, "{us:?}");
+        assert_eq!(us.len(), 6);
+        assert!(cpu_us_per_event(&secs, 0).is_empty());
+        let mut partial = secs.clone();
+        partial.remove("redis");
+        assert!(
+            !cpu_us_per_event(&partial, 10).contains_key("ces"),
+            "all three or no total"
+        );
+        let line = Report {
+            cpu_us_per_event: us,
+            ..Report::new("throughput")
+        }
+        .summary();
+        assert!(
+            line.contains("CPU µs per delivered event: broker 20.0   ces 10.0"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn the_summary_names_the_broker_in_one_line_when_its_settings_were_read() {

@@ -38,6 +38,11 @@ pub(super) async fn run(c: &Common) -> anyhow::Result<Report> {
         .zip(&stack_cpu)
         .map(|((name, p), mark)| (name.clone(), procfs::cpu_percent_since(mark, p)))
         .collect();
+    let cpu_seconds: std::collections::BTreeMap<String, f64> = processes
+        .iter()
+        .zip(&stack_cpu)
+        .map(|((name, p), mark)| (name.clone(), procfs::cpu_seconds_since(mark, p)))
+        .collect();
     for ((name, p), mark) in processes.iter().zip(&stack_sched) {
         if let Some(used) = procfs::sched_since(mark, p) {
             report
@@ -63,6 +68,7 @@ pub(super) async fn run(c: &Common) -> anyhow::Result<Report> {
     report.duration_s = c.duration as f64;
     fleet::tally(&mut report, &produced, &delivery, sessions, notes);
     fleet::fill_latency(&mut report, &shared);
+    report.cpu_us_per_event = crate::report::cpu_us_per_event(&cpu_seconds, report.delivered);
     report.produced_per_s = report.produced as f64 / (c.duration as f64).min(produce_secs);
     report.delivered_per_s =
         report.delivered as f64 / last.duration_since(started).as_secs_f64().max(1e-3);
