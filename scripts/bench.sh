@@ -2,7 +2,7 @@
 # `make bench`: starts its own CES stack on loopback (ports 18xxx/19092-19093/16379, so it can run beside `make up`),
 # runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
 #
-# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency receipts throughput raw-ws ingest idle storm hold
+# Knobs (environment): BENCH_SCENARIOS (default "micro broker latency cost receipts throughput raw-ws ingest idle storm hold
 # storm-wide"), BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
 # BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000), BENCH_WARMUP (30: seconds of load that warm the
 # broker's JVM up before anything is measured), BENCH_WIDE_EDGES (6: the edges `hold` and `storm-wide` start, on
@@ -22,7 +22,7 @@ out="$root/loadtest/out"
 tag=bench
 source scripts/lib.sh
 
-scenarios=${BENCH_SCENARIOS:-micro broker latency receipts throughput raw-ws ingest idle storm hold storm-wide}
+scenarios=${BENCH_SCENARIOS:-micro broker latency cost receipts throughput raw-ws ingest idle storm hold storm-wide}
 sessions=${BENCH_SESSIONS:-10000}
 rate=${BENCH_RATE:-40000}
 duration=${BENCH_DURATION:-20}
@@ -179,6 +179,10 @@ for s in $scenarios; do
     broker) lt broker --topic ces.bench.broker --sessions 1000 --rate 5000 --duration "$duration" ;;
     latency)
       lt throughput --name latency --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
+      ;;
+    cost)
+      # CPU per delivered event at the reference load: 2,000 sessions on two edges at 5,000 events/s.
+      lt throughput --name cost --topic "$input" --sessions 2000 --rate 5000 --duration "$duration" --target "$edge_urls"
       ;;
     receipts)
       lt throughput --name receipts --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
