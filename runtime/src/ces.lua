@@ -72,6 +72,11 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- The upkeep interval: at most GATE_MAX_MS, and at most 1/GATE_SHARE of the smallest limit, so nothing outlives
+-- its limit by more than that share.
+local GATE_MAX_MS = 60000
+local GATE_SHARE = 4
+
 -- Upkeep that does not need to happen on every publish: expiring old buffer entries, forgetting ids past the
 -- dedup window, and refreshing the three TTLs. It runs when the session's `due` time has passed (at most every
 -- `gate` ms, and always for a session without state), which takes five commands off the per-event path. Every
@@ -108,53 +113,75 @@ local function upkeep(buf, ids, now, max_age, window, gate, evicted)
   return evicted, reason
 end
 
-redis.register_function('ces_publish', function(keys, args)
-  local meta, buf, ids, ch = keys[1], keys[2], keys[3], keys[4]
-  local now = tonumber(args[3])
-  local max_events = tonumber(args[4])
-  local max_age = tonumber(args[5])
-  local window = tonumber(args[6])
-  local ttl = tonumber(args[7])
-  local gate = math.max(1, math.floor(math.min(1000, max_age / 4, window / 4, ttl / 4)))
-  local seen = redis.call('ZSCORE', ids, args[2])
-  if seen and tonumber(seen) > now - window then
-    return 0
-  end
-  if args[9] and args[9] ~= '' and not redis.call('ZSCORE', ids, args[9]) then
+-- What every event of one call shares: the time, the limits, the upkeep interval, the epoch a new session gets.
+local function publish_params(now, max_events, max_age, window, ttl, epoch_candidate, durable)
+  local p = {
+    at = now,
+    now = tonumber(now),
+    max_events = tonumber(max_events),
+    max_age = tonumber(max_age),
+    window = tonumber(window),
+    ttl = tonumber(ttl),
+    epoch_candidate = epoch_candidate,
+    durable = durable,
+  }
+  p.gate = math.max(1, math.floor(math.min(GATE_MAX_MS, p.max_age / GATE_SHARE, p.window / GATE_SHARE,
+    p.ttl / GATE_SHARE)))
+  return p
+end
+
+-- Publishes one event (see ces_publish); returns its seq, 0 for a duplicate, or an error reply.
+local function publish_one(meta, buf, ids, ch, envelope, id, after, p)
+  local at, now, window, gate = p.at, p.now, p.window, p.gate
+  if after and after ~= '' and not redis.call('ZSCORE', ids, after) then
     return redis.error_reply('CESORDER the previous event of this session in the batch is not published yet')
   end
+  -- Read before the first write: a session key of the wrong type fails the call here, with nothing written.
   local state = redis.call('HMGET', meta, 'epoch', 'seq', 'evicted', 'due', 'run')
+  -- The dedup check and the id's record in one command. An id recorded longer ago than the window (upkeep has
+  -- not forgotten it yet) is a new event: its time is moved forward.
+  if redis.call('ZADD', ids, 'NX', at, id) == 0 then
+    if tonumber(redis.call('ZSCORE', ids, id)) > now - window then
+      return 0
+    end
+    redis.call('ZADD', ids, at, id)
+  end
   local epoch, seq, evicted, due = state[1], 0, 0, 0
   local update = {}
-  if epoch_valid(epoch, state[5], args[10]) then
+  if epoch_valid(epoch, state[5], p.durable) then
     seq, evicted, due = tonumber(state[2] or '0'), tonumber(state[3] or '0'), tonumber(state[4] or '0')
     if state[5] ~= run_id() then
       update = { 'run', run_id() }
     end
   else
     -- A session without a valid epoch starts a new one (see ensure_epoch).
-    epoch = args[8]
+    epoch = p.epoch_candidate
     redis.call('DEL', buf)
     redis.call('HDEL', meta, 'evicted_reason')
     update = { 'epoch', epoch, 'run', run_id(), 'evicted', 0 }
   end
   seq = seq + 1
-  local env = args[1] .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
+  local env = envelope .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
   local reason = nil
-  if seq > max_events then
+  local added
+  if seq > p.max_events then
     -- Trimmed by count in the same command; a session's buffer holds max_events entries at most.
-    redis.call('XADD', buf, 'MINID', int(seq - max_events + 1) .. '-0', int(seq) .. '-0', 'e', env, 't', int(now))
-    if seq - max_events > evicted then
-      evicted, reason = seq - max_events, 'buffer_overflow'
+    added = redis.pcall('XADD', buf, 'MINID', int(seq - p.max_events + 1) .. '-0', int(seq) .. '-0', 'e', env, 't', at)
+    if seq - p.max_events > evicted then
+      evicted, reason = seq - p.max_events, 'buffer_overflow'
     end
   else
-    redis.call('XADD', buf, int(seq) .. '-0', 'e', env, 't', int(now))
+    added = redis.pcall('XADD', buf, int(seq) .. '-0', 'e', env, 't', at)
   end
-  redis.call('ZADD', ids, int(now), args[2])
+  if type(added) == 'table' and added.err then
+    -- The buffer refused the event (a key of the wrong type): it was not published, so its id is not seen.
+    redis.call('ZREM', ids, id)
+    return added
+  end
   local upkept = now >= due
   if upkept then
     local expired_reason
-    evicted, expired_reason = upkeep(buf, ids, now, max_age, window, gate, evicted)
+    evicted, expired_reason = upkeep(buf, ids, now, p.max_age, window, gate, evicted)
     reason = expired_reason or reason
     update[#update + 1] = 'due'
     update[#update + 1] = int(now + gate)
@@ -168,10 +195,42 @@ redis.register_function('ces_publish', function(keys, args)
   -- The checks and the buffer append above come before `seq` is stored: a failing call leaves no gap.
   redis.call('HSET', meta, 'seq', int(seq), unpack(update))
   if upkept then
-    redis.call('PEXPIRE', meta, ttl + gate)
+    redis.call('PEXPIRE', meta, p.ttl + gate)
   end
   redis.call('SPUBLISH', ch, env)
   return seq
+end
+
+redis.register_function('ces_publish', function(keys, args)
+  local p = publish_params(args[3], args[4], args[5], args[6], args[7], args[8], args[10])
+  return publish_one(keys[1], keys[2], keys[3], keys[4], args[1], args[2], args[9], p)
+end)
+
+-- Several events in one call: keys are (meta, buffer, ids, channel) per event, args the shared parameters then
+-- (envelope, event_id, after_id) per event. Each event is published exactly as by ces_publish, in order; the
+-- reply has one element per event: its seq, 0 for a duplicate, or the error that refused it as a string. After
+-- an event failed, the later events of its session in the call are refused with CESORDER without being tried.
+redis.register_function('ces_publish_batch', function(keys, args)
+  local p = publish_params(args[1], args[2], args[3], args[4], args[5], args[6], args[7])
+  local out, failed = {}, {}
+  for i = 0, #keys / 4 - 1 do
+    local k, a = i * 4, 8 + i * 3
+    local meta = keys[k + 1]
+    local ok, r
+    if failed[meta] then
+      ok, r = true, { err = 'CESORDER an earlier event of this session in the call failed' }
+    else
+      ok, r = pcall(publish_one, meta, keys[k + 2], keys[k + 3], keys[k + 4], args[a], args[a + 1], args[a + 2], p)
+    end
+    if ok and type(r) == 'number' then
+      out[i + 1] = r
+    else
+      failed[meta] = true
+      -- redis.call raises its error as a table; a fault of this code raises a string.
+      out[i + 1] = type(r) == 'table' and (r.err or 'ERR unknown') or tostring(r)
+    end
+  end
+  return out
 end)
 
 -- Session state (hash ces:{s}:session). A connection claims the session: the previous holder is returned so

@@ -112,8 +112,10 @@ where
 /// The varint encoder mirrors `ces_protocol::envelope::append_trailer`; Lua numbers are doubles, exact up to 2^53.
 pub const LIBRARY: &str = include_str!("ces.lua");
 
-/// Name of the publish function in [`LIBRARY`].
+/// Name of the publish function in [`LIBRARY`] (one event per call).
 pub const PUBLISH_FUNCTION: &str = "ces_publish";
+/// Name of the batch publish function in [`LIBRARY`] (several events per call), the one ingest calls.
+pub const PUBLISH_BATCH_FUNCTION: &str = "ces_publish_batch";
 /// Session state functions in [`LIBRARY`]: claim on connect, release on disconnect, close on DELETE, and
 /// admission under the session cap.
 pub const CLAIM_FUNCTION: &str = "ces_claim";

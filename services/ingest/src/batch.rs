@@ -47,7 +47,7 @@ pub struct Publish {
     /// Its deterministic id.
     pub event_id: String,
     /// Encoded envelope without `seq` (the publish function appends it).
-    pub envelope: Vec<u8>,
+    pub envelope: bytes::Bytes,
     /// The Kafka record timestamp (ms since the Unix epoch), 0 when it had none.
     pub produced_at_ms: i64,
     /// When the batch was planned, i.e. read and validated (ms since the Unix epoch).
@@ -221,7 +221,7 @@ pub fn plan(
                     record: index,
                     session_id: ev.session_id.into_owned(),
                     event_id: id,
-                    envelope: envelope::encode(&env),
+                    envelope: envelope::encode(&env).into(),
                     produced_at_ms: env.produced_at_ms,
                     ingested_at_ms: now_ms,
                     span,

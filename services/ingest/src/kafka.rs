@@ -130,6 +130,11 @@ impl ConsumerContext for IngestContext {
     }
 }
 
+/// How long a fetch waits for [`FETCH_MIN_BYTES`] (overridable with `CES_KAFKA_PROP_FETCH_WAIT_MAX_MS`).
+pub const FETCH_WAIT_MS: u64 = 3;
+/// What a fetch waits for, at most [`FETCH_WAIT_MS`] (overridable with `CES_KAFKA_PROP_FETCH_MIN_BYTES`).
+pub const FETCH_MIN_BYTES: u64 = 256 * 1024;
+
 /// The ingest consumer type.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
@@ -149,6 +154,11 @@ pub fn consumer(config: &Config, kafka_up: Arc<AtomicBool>) -> Result<IngestCons
             // this much (1 s by default): ingest, having drained the queue in a few milliseconds, would then sit
             // idle for the rest of the second, which caps throughput and adds up to a second of latency.
             ("fetch.queue.backoff.ms", "10".into()),
+            // A fetch waits up to this long for more records (librdkafka answers as soon as one byte is there by
+            // default): at 5,000 records/s that was a fetch every few records, and the consumer's broker thread
+            // took a third of ingest's CPU (docs/performance.md). A few milliseconds of latency for whole batches.
+            ("fetch.wait.max.ms", FETCH_WAIT_MS.to_string()),
+            ("fetch.min.bytes", FETCH_MIN_BYTES.to_string()),
             ("group.id", config.group.clone()),
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
