@@ -91,11 +91,18 @@ where
 ///   (returns 0); refuses it with `CESORDER` if `after_id` is given and not among the session's event ids (the
 ///   session's previous event in the same pipeline failed, so this one must wait for it); otherwise assigns the
 ///   next `seq`, appends `seq` and the epoch to the envelope, adds it to the buffer trimmed by count, publishes
-///   it with `SPUBLISH` on the session's shard channel, and returns the `seq`. All in one atomic step, so `seq`, buffer and channel always agree; the checks
-///   and the buffer append come before `seq` is stored, so a failing call leaves no gap in `seq`. The session's
-///   upkeep (trimming the buffer by age, forgetting ids past the window, refreshing TTLs) runs at most every
-///   `min(1 s, smallest limit / 4)` per session, with TTLs that much longer than the limits: six commands per
-///   event instead of thirteen. The highest evicted `seq` and why are remembered either way.
+///   it with `SPUBLISH` on the session's shard channel, and returns the `seq`. All in one atomic step, so `seq`,
+///   buffer and channel always agree; the checks and the buffer append come before `seq` is stored, so a failing
+///   call leaves no gap in `seq`, and a buffer that refuses the event takes its id back out of the dedup set. The
+///   dedup check and the id's record are one `ZADD NX`. The session's upkeep (trimming the buffer by age,
+///   forgetting ids past the window, refreshing TTLs) runs at most every `min(60 s, smallest limit / 4)` per
+///   session, with TTLs that much longer than the limits: five commands per event. The highest evicted `seq` and
+///   why are remembered either way.
+/// - `ces_publish_batch(meta, buffer, ids, channel, ... per event; now_ms, max_events, max_age_ms, dedup_ms,
+///   state_ttl_ms, epoch_candidate, durable, then envelope, event_id, after_id per event)`: `ces_publish` for each
+///   event in order, in one call; replies with an array of one element per event: its `seq`, 0 for a duplicate,
+///   or the error that refused it, as a string. Once an event is refused, the later events of its session in the
+///   call are refused with `CESORDER` untried. On a Redis Cluster every key of a call must be in one hash slot.
 /// - `ces_resume(meta, buffer; after_seq, epoch_candidate, state_ttl_ms, durable, unpublished_ttl_ms,
 ///   page_events, page_bytes)`: returns `[epoch, last_seq, evicted_upto, evicted_reason, envelope...]` for one
 ///   page of the buffered events after `after_seq` (at most `page_events` events and `page_bytes` bytes, at

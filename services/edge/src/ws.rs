@@ -271,7 +271,17 @@ where
     );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut close_at: Option<tokio::time::Instant> = None;
+    // The token's expiry as one timer for the connection's life, moved only when a refresh moves the expiry:
+    // a timer made afresh in every turn of the loop cost a clock read, a timer-wheel insert and a removal per
+    // delivered event.
+    let mut expires_at = machine.expires_at();
+    let expiry = tokio::time::sleep_until(instant_of(expires_at));
+    tokio::pin!(expiry);
     loop {
+        if machine.expires_at() != expires_at {
+            expires_at = machine.expires_at();
+            expiry.as_mut().reset(instant_of(expires_at));
+        }
         // Inbound and pings come before outbound frames, so a steady stream cannot starve the client's close
         // frames, its pings, or the liveness check.
         let action = tokio::select! {
@@ -280,7 +290,7 @@ where
             () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
                 machine.on(Input::DrainDue)
             }
-            () = tokio::time::sleep_until(instant_of(machine.expires_at())) => machine.on(Input::Expired),
+            () = &mut expiry => machine.on(Input::Expired),
             reason = &mut hub_close => machine.on(Input::HubClose(reason.ok())),
             inbound = socket.next() => receive(&mut machine, &inbound, params),
             _ = ping.tick() => machine.on(Input::PingDue),

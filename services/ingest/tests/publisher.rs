@@ -483,3 +483,34 @@ async fn a_failed_event_holds_back_the_rest_of_its_session_and_leaves_no_seq_gap
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_of_several_calls_numbers_each_session_in_order() -> anyhow::Result<()> {
+    let redis = Redis::start().await?;
+    let client = client(&redis).await?;
+    let publisher = Publisher::new(client.clone(), limits(1000), Duration::from_secs(3)).await?;
+    // More events than one call takes, two sessions interleaved unevenly, one id repeated within the batch.
+    let n = 2 * ces_ingest::publisher::CALL_MAX + 7;
+    let mut events: Vec<Publish> = (0..n)
+        .map(|i| {
+            let session = if i % 3 == 0 { "b" } else { "a" };
+            event(session, &format!("{session}{i}"), i as u64)
+        })
+        .collect();
+    events.push(event("a", "a1", 1));
+    let outcomes = publish(&publisher, &events).await?;
+    let mut next = std::collections::HashMap::from([("a", 1u64), ("b", 1u64)]);
+    for (ev, outcome) in events[..n].iter().zip(&outcomes) {
+        let seq = next.get_mut(ev.session_id.as_str()).unwrap();
+        assert_eq!(*outcome, Outcome::Published(*seq), "{}", ev.event_id);
+        *seq += 1;
+    }
+    assert_eq!(outcomes[n], Outcome::Duplicate, "the repeated id");
+    for (session, next) in next {
+        let seq: u64 = client.hget(SessionKeys::of(session).meta, "seq").await?;
+        assert_eq!(seq, next - 1, "{session}");
+        let len: u64 = client.xlen(SessionKeys::of(session).buffer).await?;
+        assert_eq!(len, next - 1, "{session}: every event buffered once");
+    }
+    Ok(())
+}
