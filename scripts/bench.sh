@@ -3,7 +3,8 @@
 # runs the standard load-test set against it, and tears it down. Results: loadtest/out/<name>.json and .svg.
 #
 # Knobs (environment): BENCH_SCENARIOS (default "micro broker latency cost receipts throughput raw-ws ingest idle storm hold
-# storm-wide"), BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
+# storm-wide; "saturation" on request), BENCH_SATURATION_RATES ("2000 4000 6000 8000 10000 14000 20000": the steps of
+# `saturation`), BENCH_SESSIONS (10000), BENCH_RATE (40000), BENCH_DURATION (20), BENCH_IDLE_CONNECTIONS (15000),
 # BENCH_STORM_SESSIONS (10000), BENCH_INGEST_RECORDS (300000), BENCH_WARMUP (30: seconds of load that warm the
 # broker's JVM up before anything is measured), BENCH_WIDE_EDGES (6: the edges `hold` and `storm-wide` start, on
 # 18081 and up with their internal listeners on 18181 and up, at most 9), BENCH_HOLD_CONNECTIONS (100000: `hold` spreads them over those edges),
@@ -34,6 +35,7 @@ wide_edges=${BENCH_WIDE_EDGES:-6}
 hold_connections=${BENCH_HOLD_CONNECTIONS:-100000}
 storm_wide_sessions=${BENCH_STORM_WIDE_SESSIONS:-40000}
 storm_wide_stop=${BENCH_STORM_WIDE_STOP:-3}
+saturation_rates=${BENCH_SATURATION_RATES:-2000 4000 6000 8000 10000 14000 20000}
 # Edge ports are 18081 and up, below ingest's 18090; their internal listeners (probes and metrics) 18181 and up.
 [[ $wide_edges =~ ^[2-9]$ ]] || { echo "BENCH_WIDE_EDGES=$wide_edges: 2 to 9 edges" >&2; exit 64; }
 edge_names=(a b c d e f g h i)
@@ -183,6 +185,30 @@ for s in $scenarios; do
     cost)
       # CPU per delivered event at the reference load: 2,000 sessions on two edges at 5,000 events/s.
       lt throughput --name cost --topic "$input" --sessions 2000 --rate 5000 --duration "$duration" --target "$edge_urls"
+      ;;
+    saturation)
+      # The highest offered rate at which 10,000 sessions on two edges receive everything with p99 <= 100 ms: the
+      # rates of BENCH_SATURATION_RATES in turn on this stack (each run registers sessions of its own), stopping
+      # after the first that misses. Each step's JSON is loadtest/out/saturation-<rate>.json.
+      best=""
+      for r in $saturation_rates; do
+        lt throughput --name "saturation-$r" --topic "$input" --sessions 10000 --rate "$r" --duration "$duration" \
+          --target "$edge_urls"
+        verdict=$(python3 - "$out/saturation-$r.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+ok = d["lost"] == 0 and d["duplicated"] == 0 and d["p99_ms"] <= 100
+cpu = d.get("cpu_percent", {})
+share = " ".join(f"{k} {v:.0f}%" for k, v in sorted(cpu.items()))
+print(("ok" if ok else "missed"), f"{d['delivered_per_s']:.0f}/s delivered, p99 {d['p99_ms']:.1f} ms, lost {d['lost']},",
+      f"CPU (% of a core): {share}")
+PY
+        ) || verdict="missed (no result)"
+        say "saturation at $r/s: $verdict"
+        [[ $verdict == ok* ]] || break
+        best=$r
+      done
+      say "saturation: highest rate with p99 <= 100 ms and nothing lost on 10,000 sessions: ${best:-below the first step}/s"
       ;;
     receipts)
       lt throughput --name receipts --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
