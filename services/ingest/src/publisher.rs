@@ -216,8 +216,11 @@ fn previous_of_session<'a>(events: &[&'a Publish]) -> Vec<&'a str> {
 /// One element of a `ces_publish_batch` reply: the event's `seq`, 0 for a duplicate, or the error that refused it.
 fn outcome(item: Value) -> Result<Outcome, Error> {
     match item {
-        Value::Integer(0) => Ok(Outcome::Duplicate),
-        Value::Integer(seq) if seq > 0 => Ok(Outcome::Published(seq as u64)),
+        Value::Integer(n) => match u64::try_from(n) {
+            Ok(0) => Ok(Outcome::Duplicate),
+            Ok(seq) => Ok(Outcome::Published(seq)),
+            Err(_) => Err(Error::Redis(unexpected(&format!("a negative seq {n}")))),
+        },
         Value::String(message) => Err(Error::Redis(refused(&message))),
         Value::Bytes(message) => Err(Error::Redis(refused(&String::from_utf8_lossy(&message)))),
         other => Err(Error::Redis(unexpected(&format!(
