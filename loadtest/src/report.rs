@@ -97,8 +97,11 @@ pub struct Report {
     /// Timeslices run per second over the same window, summed over the threads of each process of
     /// `runq_wait_percent` (how often its threads went on a CPU).
     pub timeslices_per_s: std::collections::BTreeMap<String, f64>,
-    /// Redis's time per publish function call over the run (`INFO commandstats`, µs; `ingest` only).
+    /// Redis's time per publish function call over the run (`INFO commandstats`, µs; `ingest` only). A call
+    /// publishes up to 64 events.
     pub redis_usec_per_fcall: Option<f64>,
+    /// Redis's time in the publish function per event over the run (`INFO commandstats`, µs; `ingest` only).
+    pub redis_usec_per_event: Option<f64>,
     /// Id of the broker whose settings `broker_config` lists (the bootstrap broker); `null` when not read.
     pub broker_id: Option<i32>,
     /// Brokers in the cluster's metadata; `null` when not read.
