@@ -4,6 +4,12 @@
 -- as `ces_runtime::redis::LIBRARY`; its contract is documented there.
 
 local function varint(n)
+  -- One and two bytes (below 16,384: every epoch's length, and most seqs) without a table to build and join.
+  if n < 128 then
+    return string.char(n)
+  elseif n < 16384 then
+    return string.char(n % 128 + 128, math.floor(n / 128))
+  end
   local out = {}
   while n >= 128 do
     out[#out + 1] = string.char(n % 128 + 128)
@@ -146,10 +152,12 @@ local function publish_one(meta, buf, ids, ch, envelope, id, after, p)
     end
     redis.call('ZADD', ids, at, id)
   end
-  local epoch, seq, evicted, due = state[1], 0, 0, 0
-  local update = {}
+  -- `evicted` is read as a number only where an eviction may move it, and `update` (the meta fields besides
+  -- `seq`) made only when there is one: most events need neither, and each costs the Lua VM more than a command.
+  local epoch, seq, evicted_text, due = state[1], 0, '0', 0
+  local update = nil
   if epoch_valid(epoch, state[5], p.durable) then
-    seq, evicted, due = tonumber(state[2] or '0'), tonumber(state[3] or '0'), tonumber(state[4] or '0')
+    seq, evicted_text, due = tonumber(state[2] or '0'), state[3] or '0', tonumber(state[4] or '0')
     if state[5] ~= run_id() then
       update = { 'run', run_id() }
     end
@@ -161,17 +169,19 @@ local function publish_one(meta, buf, ids, ch, envelope, id, after, p)
     update = { 'epoch', epoch, 'run', run_id(), 'evicted', 0 }
   end
   seq = seq + 1
+  local seq_text = int(seq)
   local env = envelope .. '\8' .. varint(seq) .. 'Z' .. varint(#epoch) .. epoch
-  local reason = nil
+  local reason, evicted = nil, nil
   local added
   if seq > p.max_events then
     -- Trimmed by count in the same command; a session's buffer holds max_events entries at most.
-    added = redis.pcall('XADD', buf, 'MINID', int(seq - p.max_events + 1) .. '-0', int(seq) .. '-0', 'e', env, 't', at)
+    added = redis.pcall('XADD', buf, 'MINID', int(seq - p.max_events + 1) .. '-0', seq_text .. '-0', 'e', env, 't', at)
+    evicted = tonumber(evicted_text)
     if seq - p.max_events > evicted then
       evicted, reason = seq - p.max_events, 'buffer_overflow'
     end
   else
-    added = redis.pcall('XADD', buf, int(seq) .. '-0', 'e', env, 't', at)
+    added = redis.pcall('XADD', buf, seq_text .. '-0', 'e', env, 't', at)
   end
   if type(added) == 'table' and added.err then
     -- The buffer refused the event (a key of the wrong type): it was not published, so its id is not seen.
@@ -181,19 +191,25 @@ local function publish_one(meta, buf, ids, ch, envelope, id, after, p)
   local upkept = now >= due
   if upkept then
     local expired_reason
-    evicted, expired_reason = upkeep(buf, ids, now, p.max_age, window, gate, evicted)
+    evicted, expired_reason = upkeep(buf, ids, now, p.max_age, window, gate, evicted or tonumber(evicted_text))
     reason = expired_reason or reason
+    update = update or {}
     update[#update + 1] = 'due'
     update[#update + 1] = int(now + gate)
   end
   if reason then
+    update = update or {}
     update[#update + 1] = 'evicted'
     update[#update + 1] = int(evicted)
     update[#update + 1] = 'evicted_reason'
     update[#update + 1] = reason
   end
   -- The checks and the buffer append above come before `seq` is stored: a failing call leaves no gap.
-  redis.call('HSET', meta, 'seq', int(seq), unpack(update))
+  if update then
+    redis.call('HSET', meta, 'seq', seq_text, unpack(update))
+  else
+    redis.call('HSET', meta, 'seq', seq_text)
+  end
   if upkept then
     redis.call('PEXPIRE', meta, p.ttl + gate)
   end
