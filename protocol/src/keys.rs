@@ -93,7 +93,7 @@ pub fn validate_session_id(s: &str) -> Result<(), SessionIdError> {
 }
 
 /// The Redis names of one session's event stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionKeys {
     /// Hash: `epoch`, `seq` (last assigned), `evicted` (highest seq trimmed from the buffer), `evicted_reason`,
     /// `due` (when the session's upkeep runs next, ms since the Unix epoch).

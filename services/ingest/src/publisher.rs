@@ -103,14 +103,19 @@ impl Publisher {
             }),
         ];
         let after = previous_of_session(events);
-        let calls = calls(events, self.client.is_clustered());
+        let mut session_keys: Vec<SessionKeys> = events
+            .iter()
+            .map(|ev| SessionKeys::of(&ev.session_id))
+            .collect();
+        let calls = calls(&session_keys, self.client.is_clustered());
         for call in &calls {
             let mut keys = Vec::with_capacity(call.len() * 4);
             let mut args = Vec::with_capacity(shared.len() + call.len() * 3);
             args.extend(shared.iter().cloned());
             for &i in call {
                 let ev = events[i];
-                let k = SessionKeys::of(&ev.session_id);
+                // Each event is in exactly one call: its keys move into it.
+                let k = std::mem::take(&mut session_keys[i]);
                 keys.extend([k.meta, k.buffer, k.ids, k.channel]);
                 args.extend([
                     Value::Bytes(ev.envelope.clone()),
@@ -130,27 +135,22 @@ impl Publisher {
         let mut results: Vec<Option<Result<Outcome, Error>>> =
             events.iter().map(|_| None).collect();
         for (call, reply) in calls.iter().zip(pipeline.try_all::<Value>().await) {
-            match reply {
+            let failure = match reply {
                 Ok(Value::Array(items)) if items.len() == call.len() => {
                     for (&i, item) in call.iter().zip(items) {
                         results[i] = Some(outcome(item));
                     }
+                    continue;
                 }
-                Ok(other) => {
-                    let e = unexpected(&format!(
-                        "{} replies for {} events",
-                        other.array_len().unwrap_or(0),
-                        call.len()
-                    ));
-                    for &i in call {
-                        results[i] = Some(Err(Error::Redis(e.clone())));
-                    }
-                }
-                Err(e) => {
-                    for &i in call {
-                        results[i] = Some(Err(Error::Redis(e.clone())));
-                    }
-                }
+                Ok(other) => unexpected(&format!(
+                    "{} replies for {} events",
+                    other.array_len().unwrap_or(0),
+                    call.len()
+                )),
+                Err(e) => e,
+            };
+            for &i in call {
+                results[i] = Some(Err(Error::Redis(failure.clone())));
             }
         }
         // A result per event, whatever the client returned: a missing one is a failure, never a success.
@@ -176,13 +176,13 @@ pub const CALL_MAX: usize = 64;
 /// of a session is in the same call or a later one, in order, so the calls may run as the pipeline sends them. On
 /// a Redis Cluster a call holds events of one hash slot only (a function's keys must share one); on a single
 /// Redis, consecutive events fill each call.
-pub fn calls(events: &[&Publish], clustered: bool) -> Vec<Vec<usize>> {
+pub fn calls(events: &[SessionKeys], clustered: bool) -> Vec<Vec<usize>> {
     let mut calls: Vec<Vec<usize>> = Vec::new();
     // The call still being filled, per hash slot (a single Redis has one slot for all).
     let mut open: HashMap<u16, usize> = HashMap::new();
-    for (i, ev) in events.iter().enumerate() {
+    for (i, keys) in events.iter().enumerate() {
         let slot = if clustered {
-            fred::util::redis_keyslot(SessionKeys::of(&ev.session_id).meta.as_bytes())
+            fred::util::redis_keyslot(keys.meta.as_bytes())
         } else {
             0
         };
@@ -293,8 +293,11 @@ mod tests {
         let events: Vec<Publish> = (0..2 * CALL_MAX + 2)
             .map(|i| event(&format!("s{}", i % 7), &format!("e{i}")))
             .collect();
-        let refs: Vec<&Publish> = events.iter().collect();
-        let calls = calls(&refs, false);
+        let keys: Vec<SessionKeys> = events
+            .iter()
+            .map(|e| SessionKeys::of(&e.session_id))
+            .collect();
+        let calls = calls(&keys, false);
         let expected: Vec<Vec<usize>> = vec![
             (0..CALL_MAX).collect(),
             (CALL_MAX..2 * CALL_MAX).collect(),
@@ -311,8 +314,11 @@ mod tests {
         let events: Vec<Publish> = (0..CALL_MAX + 3)
             .map(|i| event(if i == 1 || i == 5 { b } else { a }, &format!("e{i}")))
             .collect();
-        let refs: Vec<&Publish> = events.iter().collect();
-        let calls = calls(&refs, true);
+        let keys: Vec<SessionKeys> = events
+            .iter()
+            .map(|e| SessionKeys::of(&e.session_id))
+            .collect();
+        let calls = calls(&keys, true);
         for call in &calls {
             assert!(call.len() <= CALL_MAX);
             assert!(
