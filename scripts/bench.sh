@@ -81,7 +81,7 @@ kafka_up() {
   start broker scripts/kafka.sh run "$data/kafka" 19092 19093
   wait_log broker "Kafka Server started" 120
   "$bin/cesctl" topics create --brokers 127.0.0.1:19092 --partitions 8 ces.events ces.events.dlq ces.bench.ingest \
-    ces.bench.broker ces.bench.warmup >/dev/null
+    ces.bench.broker ces.bench.broker.cost ces.bench.warmup >/dev/null
   # A cold JVM interprets before it compiles: its first half-minute under load measures the JIT (p90 of seconds
   # in the first scenario), not the broker. A production broker is warm, so the run starts with one.
   say "warming the broker up: ${warmup}s of produce and fetch at 5,000/s (not reported)"
@@ -183,8 +183,16 @@ for s in $scenarios; do
       lt throughput --name latency --topic "$input" --sessions 1000 --rate 5000 --duration "$duration" --target "$edge_urls"
       ;;
     cost)
-      # CPU per delivered event at the reference load: 2,000 sessions on two edges at 5,000 events/s.
+      # CPU per delivered event at the reference load: 2,000 sessions on two edges at 5,000 events/s. Then, on the
+      # same stack with CES idle, the floors of the same figures: the broker alone (producer -> bare consumer
+      # latency), Redis's Pub/Sub alone (its CPU per event without the function), a bare WebSocket server at the
+      # same rate over as many connections (its CPU per frame, beside the edges').
       lt throughput --name cost --topic "$input" --sessions 2000 --rate 5000 --duration "$duration" --target "$edge_urls"
+      lt broker --name cost-broker --topic ces.bench.broker.cost --sessions 2000 --rate 5000 --duration "$duration"
+      lt redis-floor --name cost-redis --sessions 2000 --count 500000
+      lt raw-ws --name cost-raw-ws --connections 2000 --rate 5000 --duration "$duration"
+      python3 scripts/cost-summary.py "$out" | while IFS= read -r line; do say "$line"; done \
+        || warn "no cost summary (a run above failed)"
       ;;
     saturation)
       # The highest offered rate at which 10,000 sessions on two edges receive everything with p99 <= 100 ms: the
@@ -219,7 +227,7 @@ PY
     raw-ws)
       # Both ends of every raw connection are in one process: at most half the file-descriptor limit.
       raw=$(( sessions < ($(ulimit -n) - 200) / 2 ? sessions : ($(ulimit -n) - 200) / 2 ))
-      lt raw-ws --connections "$raw" --duration 10
+      lt raw-ws --connections "$raw" --rate 0 --duration 10
       ;;
     ingest)
       lt produce --topic ces.bench.ingest --count "$ingest_records" --sessions 10000

@@ -32,8 +32,14 @@ pub enum Scenario {
     /// `redis-benchmark PUBLISH` rate on the same Redis.
     Ingest(IngestArgs),
     /// The raw limit of WebSocket push on this machine: a tokio-tungstenite server in this process pushes
-    /// event-sized frames flat out over C loopback connections for --duration seconds.
+    /// event-sized frames over C loopback connections for --duration seconds, flat out with `--rate 0` (the rate
+    /// the readers received) or at --rate frames per second spread over the connections (the server's CPU per
+    /// frame: the floor of the edges' CPU per delivered event).
     RawWs(Common),
+    /// The floor of Redis's CPU per event: `redis-benchmark` publishes --count envelope-sized messages with
+    /// `SPUBLISH` to --sessions channels held by two subscriber connections, 64 per pipeline; report Redis's CPU
+    /// µs per message.
+    RedisFloor(RedisFloorArgs),
     /// Produce --count records flat out and exit (fills a topic before `ingest --prefilled`).
     Produce(IngestArgs),
     /// A worker process of a run with more connections than one process may hold: reads its sessions from stdin,
@@ -56,7 +62,11 @@ impl Scenario {
             Self::Storm(s) => Some(&s.common.brokers),
             Self::Ingest(i) => Some(&i.common.brokers),
             Self::Broker(b) => Some(&b.common.brokers),
-            Self::Idle(_) | Self::RawWs(_) | Self::Produce(_) | Self::Worker => None,
+            Self::Idle(_)
+            | Self::RawWs(_)
+            | Self::RedisFloor(_)
+            | Self::Produce(_)
+            | Self::Worker => None,
         }
     }
 }
@@ -204,6 +214,17 @@ pub struct IngestArgs {
     pub prefilled: bool,
 }
 
+/// `redis-floor`'s options.
+#[derive(Debug, Clone, Args)]
+pub struct RedisFloorArgs {
+    /// Shared options (--sessions is the number of channels, --payload the envelope's padding, --redis where).
+    #[command(flatten)]
+    pub common: Common,
+    /// Messages to publish.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub count: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +244,7 @@ mod tests {
                 "{s}"
             );
         }
-        for s in ["idle", "raw-ws", "produce"] {
+        for s in ["idle", "raw-ws", "redis-floor", "produce"] {
             assert_eq!(parse(&[s]).measured_brokers(), None, "{s}");
         }
     }

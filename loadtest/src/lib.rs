@@ -5,8 +5,8 @@
 //! lost, duplicated and out-of-order by `n`, latency from `t` to the moment the frame was read.
 //!
 //! - [`cli`]: the command line (every scenario is bounded in count and time).
-//! - [`scenario`]: `throughput`, `idle`, `hold`, `storm`, `ingest`, `raw-ws`, `broker`, `produce`; and `worker`,
-//!   the process a run starts for each share of its sockets when it has more than one process may hold.
+//! - [`scenario`]: `throughput`, `idle`, `hold`, `storm`, `ingest`, `raw-ws`, `redis-floor`, `broker`, `produce`; and
+//!   `worker`, the process a run starts for each share of its sockets when it has more than one process may hold.
 //! - [`broker`]: a bare Kafka consumer for the `broker` scenario (the raw limit of latency), and the broker's
 //!   own settings for every report of a scenario that goes through Kafka.
 //! - [`clients`]: registration and the per-session WebSocket task (resume on reconnect, several source addresses).

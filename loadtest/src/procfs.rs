@@ -76,13 +76,38 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// User + system CPU time of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU time in a `/proc/<pid>/stat` (or a thread's `/proc/<pid>/task/<tid>/stat`) text.
+fn stat_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces; fields after its closing parenthesis are fixed.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// CPU seconds used so far by the threads of this process named `name` (their `comm`, which the kernel cuts to
+/// 15 bytes): a part of the process measured apart from the rest, such as a runtime of its own.
+pub fn own_threads_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| stat_ticks(&std::fs::read_to_string(t.path().join("stat")).ok()?))
+        .sum();
+    ticks as f64 / ticks_per_second()
+}
+
+/// CPU seconds used so far by this whole process.
+pub fn own_cpu_seconds() -> f64 {
+    cpu_ticks(std::process::id()).unwrap_or(0) as f64 / ticks_per_second()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux this runs on).
@@ -287,6 +312,36 @@ pub fn sched_since(mark: &SchedMark, pids: &[u32]) -> Option<SchedUse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system_after_the_command_name() {
+        // Fields 14 and 15 (utime, stime) of proc(5); the name may hold spaces and parentheses.
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 3 0 100 0 0";
+        assert_eq!(stat_ticks(stat), Some(12));
+        assert_eq!(stat_ticks("4242 (cut"), None);
+        assert_eq!(stat_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn a_named_thread_is_measured_apart_from_the_process() {
+        let name = "procfs-test-cpu";
+        let spun = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(|| {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                own_threads_cpu_seconds(name)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(spun >= 0.1, "a thread that spun 300 ms used {spun} s");
+        assert!(own_cpu_seconds() >= spun);
+        assert_eq!(own_threads_cpu_seconds("no-such-thread"), 0.0);
+    }
 
     #[test]
     fn finds_listening_sockets_by_port() {

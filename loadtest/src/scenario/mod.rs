@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! One file per scenario, each a `run` that returns its [`Report`]: [`throughput`], [`idle`], [`hold`], [`storm`],
-//! [`ingest`], [`raw_ws`], [`broker`], and [`produce`] (which only fills a topic and writes no report). What they
+//! [`ingest`], [`raw_ws`], [`redis_floor`], [`broker`], and [`produce`] (which only fills a topic and writes no report). What they
 //! share is split by concern:
 //!
 //! - [`fleet`]: registered sessions with their sockets open, and the delivery figures they report.
@@ -24,6 +24,7 @@ mod produce;
 mod producing;
 mod prometheus;
 mod raw_ws;
+mod redis_floor;
 mod shell;
 mod spread;
 mod stack;
@@ -66,6 +67,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             i.common.name.clone(),
         ),
         Scenario::RawWs(c) => (raw_ws::run(&c).await?, c.out.clone(), c.name.clone()),
+        Scenario::RedisFloor(a) => (
+            redis_floor::run(&a).await?,
+            a.common.out.clone(),
+            a.common.name.clone(),
+        ),
         Scenario::Broker(b) => (
             broker::run(&b).await?,
             b.common.out.clone(),

@@ -20,6 +20,43 @@ pub(super) fn redis_benchmark_publish(addr: &str, size: usize) -> anyhow::Result
         .with_context(|| format!("no rate in redis-benchmark output: {text}"))
 }
 
+/// `SPUBLISH` of `count` messages of `size` bytes to `sessions` channels (`ces:{<12 digits>}:ch`, spread by
+/// `-r`), `pipeline` per pipeline on one connection, by `redis-benchmark`; returns its rate.
+pub(super) fn redis_benchmark_spublish(
+    addr: &str,
+    count: u64,
+    sessions: u64,
+    size: usize,
+    pipeline: u64,
+) -> anyhow::Result<f64> {
+    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
+    let (count, sessions, pipeline) = (
+        count.to_string(),
+        sessions.to_string(),
+        pipeline.to_string(),
+    );
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h", host, "-p", port, "-P", &pipeline, "-c", "1", "-r", &sessions, "-n", &count, "-q",
+        ])
+        .args(["SPUBLISH", "ces:{__rand_int__}:ch", &"x".repeat(size)])
+        .output()
+        .context("run redis-benchmark (Debian package redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_redis_benchmark(&text)
+        .with_context(|| format!("no rate in redis-benchmark output: {text}"))
+}
+
+/// Whether every count of a `PUBSUB SHARDNUMSUB` answer as `redis-cli` prints it (channel and count on lines of
+/// their own, in turn) is above zero; `false` for an empty answer.
+pub(super) fn every_count_positive(text: &str) -> bool {
+    let counts: Vec<&str> = text.lines().skip(1).step_by(2).collect();
+    !counts.is_empty()
+        && counts
+            .iter()
+            .all(|c| c.trim().parse::<u64>().is_ok_and(|n| n > 0))
+}
+
 /// Runs `redis-cli` against `addr` (host:port) and returns what it printed.
 pub(super) fn redis_cli(addr: &str, args: &[&str]) -> anyhow::Result<String> {
     let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
@@ -82,5 +119,14 @@ mod tests {
                    cmdstat_fcall:calls=1456,usec=26578,usec_per_call=18.25,rejected_calls=0,failed_calls=1\r\n";
         assert_eq!(parse_fcall_stats(out), Some((1456, 26578.0)));
         assert_eq!(parse_fcall_stats("# Commandstats\r\n"), None);
+    }
+
+    #[test]
+    fn a_shardnumsub_answer_is_subscribed_only_when_every_channel_counts_one() {
+        assert!(every_count_positive("ces:{a}:ch\n1\nces:{b}:ch\n2\n"));
+        assert!(!every_count_positive("ces:{a}:ch\n1\nces:{b}:ch\n0\n"));
+        assert!(!every_count_positive("ces:{a}:ch\n0\n"));
+        assert!(!every_count_positive(""));
+        assert!(!every_count_positive("ERR unknown command\n"));
     }
 }

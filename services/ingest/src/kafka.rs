@@ -135,46 +135,48 @@ pub const FETCH_WAIT_MS: u64 = 3;
 /// What a fetch waits for, at most [`FETCH_WAIT_MS`] (overridable with `CES_KAFKA_PROP_FETCH_MIN_BYTES`).
 pub const FETCH_MIN_BYTES: u64 = 256 * 1024;
 
+/// The consumer's own settings (any of which but [`RESERVED_PROPERTIES`] a `CES_KAFKA_PROP_*` overrides).
+pub fn consumer_settings(config: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        // The bound on what librdkafka reads ahead while ingest is busy publishing: past it, fetching stops.
+        (
+            "queued.max.messages.kbytes",
+            config.queue_max_kbytes.to_string(),
+        ),
+        ("queued.min.messages", (config.batch_max * 2).to_string()),
+        // Once the read-ahead is over those thresholds, librdkafka postpones the partition's next fetch by
+        // this much (1 s by default): ingest, having drained the queue in a few milliseconds, would then sit
+        // idle for the rest of the second, which caps throughput and adds up to a second of latency.
+        ("fetch.queue.backoff.ms", "10".into()),
+        // A fetch waits up to this long for more records (librdkafka answers as soon as one byte is there by
+        // default): at 5,000 records/s that was a fetch every few records, and the consumer's broker thread
+        // took a third of ingest's CPU (docs/performance.md). A few milliseconds of latency for whole batches.
+        ("fetch.wait.max.ms", FETCH_WAIT_MS.to_string()),
+        ("fetch.min.bytes", FETCH_MIN_BYTES.to_string()),
+        ("group.id", config.group.clone()),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", config.auto_offset_reset.clone()),
+        ("enable.partition.eof", "false".into()),
+        (
+            "statistics.interval.ms",
+            config.stats_interval.as_millis().to_string(),
+        ),
+    ]
+}
+
 /// The ingest consumer type.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
 /// Creates the consumer and subscribes it to the input topics. Offsets are never committed automatically: ingest
 /// commits explicitly after Redis has every event of a batch.
 pub fn consumer(config: &Config, kafka_up: Arc<AtomicBool>) -> Result<IngestConsumer, Error> {
-    let consumer: IngestConsumer = client_config(
-        config,
-        &[
-            // The bound on what librdkafka reads ahead while ingest is busy publishing: past it, fetching stops.
-            (
-                "queued.max.messages.kbytes",
-                config.queue_max_kbytes.to_string(),
-            ),
-            ("queued.min.messages", (config.batch_max * 2).to_string()),
-            // Once the read-ahead is over those thresholds, librdkafka postpones the partition's next fetch by
-            // this much (1 s by default): ingest, having drained the queue in a few milliseconds, would then sit
-            // idle for the rest of the second, which caps throughput and adds up to a second of latency.
-            ("fetch.queue.backoff.ms", "10".into()),
-            // A fetch waits up to this long for more records (librdkafka answers as soon as one byte is there by
-            // default): at 5,000 records/s that was a fetch every few records, and the consumer's broker thread
-            // took a third of ingest's CPU (docs/performance.md). A few milliseconds of latency for whole batches.
-            ("fetch.wait.max.ms", FETCH_WAIT_MS.to_string()),
-            ("fetch.min.bytes", FETCH_MIN_BYTES.to_string()),
-            ("group.id", config.group.clone()),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("auto.offset.reset", config.auto_offset_reset.clone()),
-            ("enable.partition.eof", "false".into()),
-            (
-                "statistics.interval.ms",
-                config.stats_interval.as_millis().to_string(),
-            ),
-        ],
-    )
-    .create_with_context(IngestContext {
-        paused: Arc::default(),
-        kafka_up,
-        revocations: Mutex::default(),
-    })?;
+    let consumer: IngestConsumer = client_config(config, &consumer_settings(config))
+        .create_with_context(IngestContext {
+            paused: Arc::default(),
+            kafka_up,
+            revocations: Mutex::default(),
+        })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
@@ -471,6 +473,46 @@ mod tests {
         assert_eq!(get("enable.idempotence"), Some("true"));
         assert_eq!(get("compression.type"), Some("lz4"));
         assert_eq!(get("message.max.bytes"), Some("67108864"));
+    }
+
+    #[test]
+    fn fetches_wait_for_whole_batches_and_a_property_overrides_the_default() {
+        let setting = |c: &Config, k: &str| {
+            consumer_settings(c)
+                .into_iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v)
+        };
+        let defaults =
+            Config::from_source(&std::collections::HashMap::<&'static str, String>::new()).unwrap();
+        assert_eq!(
+            setting(&defaults, "fetch.wait.max.ms").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            setting(&defaults, "fetch.min.bytes").as_deref(),
+            Some("262144")
+        );
+        assert_eq!(
+            setting(&defaults, "fetch.queue.backoff.ms").as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            setting(&defaults, "enable.auto.commit").as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            setting(&defaults, "enable.auto.offset.store").as_deref(),
+            Some("false")
+        );
+        let tuned = Config::from_source(&std::collections::HashMap::from([(
+            "CES_KAFKA_PROP_FETCH_MIN_BYTES",
+            "1".to_owned(),
+        )]))
+        .unwrap();
+        let client = client_config(&tuned, &consumer_settings(&tuned));
+        assert_eq!(client.get("fetch.min.bytes"), Some("1"));
+        assert_eq!(client.get("fetch.wait.max.ms"), Some("3"));
     }
 
     #[test]
