@@ -27,14 +27,24 @@ pub struct Consumed {
     pub unparsed: AtomicU64,
 }
 
+/// How the consumer fetches: librdkafka's `fetch.wait.max.ms` and `fetch.min.bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetch {
+    /// `fetch.wait.max.ms`.
+    pub wait_ms: u64,
+    /// `fetch.min.bytes`.
+    pub min_bytes: u64,
+}
+
 /// A consumer of every partition of `topic`, positioned at each partition's end as of now, so it reads exactly
 /// what is produced after this returns.
-pub fn subscribe(brokers: &str, topic: &str, fetch_wait_ms: u64) -> anyhow::Result<BaseConsumer> {
+pub fn subscribe(brokers: &str, topic: &str, fetch: Fetch) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "ces-loadtest-broker")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .set("fetch.wait.max.ms", fetch.wait_ms.to_string())
+        .set("fetch.min.bytes", fetch.min_bytes.to_string())
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .context("create the Kafka consumer")?;

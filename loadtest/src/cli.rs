@@ -198,6 +198,11 @@ pub struct BrokerArgs {
     /// data arrives, so this bounds only how long a fetch waits when there is nothing to read.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub fetch_wait_ms: u64,
+    /// The consumer's `fetch.min.bytes`, by default librdkafka's own (1). With more, the broker holds each fetch
+    /// until that much arrived or --fetch-wait-ms passed, as it does ingest's (262144 and 3): the broker's warm-up
+    /// before `make bench` reads this way, so that its delayed-fetch path is compiled before anything is measured.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub fetch_min_bytes: u64,
 }
 
 /// `ingest` and `produce` options.

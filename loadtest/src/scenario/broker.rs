@@ -15,8 +15,12 @@ pub(super) async fn run(b: &BrokerArgs) -> anyhow::Result<Report> {
     let c = &b.common;
     let mut report = Report::new("broker");
     let consumer = {
-        let (brokers, topic, wait) = (c.brokers.clone(), c.topic.clone(), b.fetch_wait_ms);
-        tokio::task::spawn_blocking(move || crate::broker::subscribe(&brokers, &topic, wait))
+        let (brokers, topic) = (c.brokers.clone(), c.topic.clone());
+        let fetch = crate::broker::Fetch {
+            wait_ms: b.fetch_wait_ms,
+            min_bytes: b.fetch_min_bytes,
+        };
+        tokio::task::spawn_blocking(move || crate::broker::subscribe(&brokers, &topic, fetch))
             .await??
     };
     let recorder = Arc::new(crate::stats::Recorder::new());
@@ -47,8 +51,9 @@ pub(super) async fn run(b: &BrokerArgs) -> anyhow::Result<Report> {
     report.seconds = recorder.seconds();
     report.cdf = recorder.cdf();
     report.notes.push(format!(
-        "a bare consumer (fetch.wait.max.ms={}) read {records} records from {}; {} without a producer clock",
+        "a bare consumer (fetch.wait.max.ms={}, fetch.min.bytes={}) read {records} records from {}; {} without a producer clock",
         b.fetch_wait_ms,
+        b.fetch_min_bytes,
         c.topic,
         consumed.unparsed.load(Ordering::Relaxed)
     ));
