@@ -3,8 +3,6 @@
 //! Server frames are built by hand into one buffer: an event frame embeds the producer's `data` as the exact JSON
 //! text ingest validated, so the edge never parses or re-serialises it.
 
-use std::fmt::Write as _;
-
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
@@ -39,30 +37,41 @@ pub fn event_frame(env: &Envelope) -> Option<String> {
     event_frame_traced(env, None)
 }
 
-/// [`event_frame`] with the event's `trace_id` (when tracing is on).
+/// [`event_frame`] with the event's `trace_id` (when tracing is on). One allocation: the frame's own buffer, sized
+/// for it, with the strings escaped straight into it.
 pub fn event_frame_traced(env: &Envelope, trace_id: Option<&str>) -> Option<String> {
     let data = std::str::from_utf8(&env.data).ok()?;
-    let mut out =
-        String::with_capacity(64 + env.event_id.len() + env.event_type.len() + data.len());
-    out.push_str(r#"{"type":"event","seq":"#);
-    let _ = write!(out, "{}", env.seq);
-    out.push_str(r#","id":"#);
+    // The fixed text, a 20-digit seq and the quotes; escapes past that grow the buffer.
+    let mut out = Vec::with_capacity(
+        96 + env.event_id.len()
+            + env.event_type.len()
+            + data.len()
+            + trace_id.map_or(0, |t| t.len() + 16),
+    );
+    out.extend_from_slice(br#"{"type":"event","seq":"#);
+    // serde_json writes integers and strings straight into `out`; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &env.seq);
+    out.extend_from_slice(br#","id":"#);
     push_json_string(&mut out, &env.event_id);
-    out.push_str(r#","event":"#);
+    out.extend_from_slice(br#","event":"#);
     push_json_string(&mut out, &env.event_type);
-    out.push_str(r#","data":"#);
-    out.push_str(if data.is_empty() { "null" } else { data });
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(if data.is_empty() {
+        b"null"
+    } else {
+        data.as_bytes()
+    });
     if let Some(trace_id) = trace_id {
-        out.push_str(r#","trace_id":"#);
+        out.extend_from_slice(br#","trace_id":"#);
         push_json_string(&mut out, trace_id);
     }
-    out.push('}');
-    Some(out)
+    out.push(b'}');
+    // Only UTF-8 went in: `data` was checked above, the rest is ASCII or serde_json's output.
+    String::from_utf8(out).ok()
 }
 
-fn push_json_string(out: &mut String, s: &str) {
-    // serde_json's string escaping cannot fail for a &str.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Frames the server sends besides events.

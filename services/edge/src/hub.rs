@@ -494,7 +494,7 @@ fn handle_control(hub: &Hub, value: &Value) {
 }
 
 fn frame_of(payload: Bytes) -> Option<Live> {
-    use ces_runtime::telemetry::{hop, observe_hop, seconds_between};
+    use ces_runtime::telemetry::seconds_between;
     let received = std::time::Instant::now();
     use ces_runtime::otel::{EventSpan, KeyValue, SpanKind};
     let env = ces_protocol::envelope::decode_bytes(payload).ok()?;
@@ -512,10 +512,9 @@ fn frame_of(payload: Bytes) -> Option<Live> {
         },
     );
     if env.ingested_at_ms > 0 {
-        observe_hop(
-            hop::REDIS_TO_EDGE,
-            seconds_between(env.ingested_at_ms, ces_runtime::now_ms()),
-        );
+        crate::metrics::per_event()
+            .redis_to_edge
+            .record(seconds_between(env.ingested_at_ms, ces_runtime::now_ms()));
     }
     Some(Live {
         seq: env.seq,

@@ -155,14 +155,19 @@ where
     if let (Some(receipts), Some(frames)) = (&params.receipts, receipted) {
         receipts.written(params.session.as_str(), frames);
     }
-    metrics::counter!(m::DELIVERED).increment(delivered);
+    let handles = m::per_event();
+    handles.delivered.increment(delivered);
     let now_ms = ces_runtime::now_ms();
     for (received, produced_at_ms, span) in timings {
         span.end(Vec::new);
-        use ces_runtime::telemetry::{E2E_LATENCY, hop, observe_hop, seconds_between};
-        observe_hop(hop::EDGE_TO_SOCKET, received.elapsed().as_secs_f64());
+        handles
+            .edge_to_socket
+            .record(received.elapsed().as_secs_f64());
         if produced_at_ms > 0 {
-            metrics::histogram!(E2E_LATENCY).record(seconds_between(produced_at_ms, now_ms));
+            handles.e2e.record(ces_runtime::telemetry::seconds_between(
+                produced_at_ms,
+                now_ms,
+            ));
         }
     }
     Ok(())
