@@ -110,12 +110,22 @@ impl SessionKeys {
     /// The names for a (validated) session id.
     pub fn of(session: &str) -> Self {
         Self {
-            meta: format!("ces:{{{session}}}:meta"),
-            buffer: format!("ces:{{{session}}}:buf"),
-            ids: format!("ces:{{{session}}}:ids"),
+            meta: session_key(session, "meta"),
+            buffer: session_key(session, "buf"),
+            ids: session_key(session, "ids"),
             channel: channel(session),
         }
     }
+}
+
+/// `ces:{<session>}:<kind>`, built without the formatting machinery: ingest makes four of these per event.
+fn session_key(session: &str, kind: &str) -> String {
+    let mut key = String::with_capacity(7 + session.len() + kind.len());
+    key.push_str("ces:{");
+    key.push_str(session);
+    key.push_str("}:");
+    key.push_str(kind);
+    key
 }
 
 /// String `<epoch>:<seq>`: every `delivered` receipt of the session up to `seq` of `epoch` is in Kafka (written by the
@@ -164,7 +174,7 @@ pub fn subject_sessions_key(subject: &str) -> String {
 
 /// Pub/Sub channel of a (validated) session id.
 pub fn channel(session: &str) -> String {
-    format!("ces:{{{session}}}:ch")
+    session_key(session, "ch")
 }
 
 /// The session id inside a channel name produced by [`channel`], or `None` for any other string.

@@ -127,6 +127,7 @@ pub(crate) async fn consume(
         // The oldest generation in the batch decides whether its offsets may still be committed.
         let received = batch.iter().map(|r| r.received).min().unwrap_or_default();
         ::metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        kafka::count_records(&batch);
         let plan = batch::plan(
             &batch,
             config.max_record_bytes,
