@@ -84,8 +84,8 @@ kafka_up() {
     ces.bench.broker ces.bench.broker.cost ces.bench.warmup >/dev/null
   # A cold JVM interprets before it compiles: its first half-minute under load measures the JIT (p90 of seconds
   # in the first scenario), not the broker. A production broker is warm, so the run starts with one. Its consumer
-  # fetches as ingest's does (a fetch held up to 3 ms for 256 KiB): a warm-up whose fetches were answered at once
-  # left the broker's delayed-fetch path cold, and the first CES scenario of a run lagged for 10-17 s.
+  # fetches as ingest's does (a fetch held up to 3 ms for 256 KiB), so the broker's delayed-fetch path, which every
+  # CES scenario uses, is compiled too.
   say "warming the broker up: ${warmup}s of produce and fetch at 5,000/s, fetches held as ingest's are (not reported)"
   # A topic just created may not have its leader yet (NotLeaderForPartition): try again shortly.
   local try
