@@ -221,6 +221,16 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // What a client is told (the registration API's error message).
+        assert_eq!(SessionIdError::Empty.to_string(), "session id is empty");
+        assert_eq!(
+            SessionIdError::TooLong(129).to_string(),
+            "session id is 129 bytes, more than 128"
+        );
+        assert_eq!(
+            SessionIdError::BadChar('/').to_string(),
+            "session id contains '/'; allowed are A-Z a-z 0-9 _ . : -"
+        );
     }
 
     #[test]
@@ -243,6 +253,22 @@ mod tests {
         );
         assert_eq!(s.channel(), "ces:{abc}:ch");
         assert_eq!(s.session_key(), "ces:{abc}:session");
+        assert_eq!(s.to_string(), "abc");
+        assert_eq!(receipted_key("abc"), "ces:{abc}:rcpt");
+        assert_eq!(node_channel("edge-a"), "ces:node:{edge-a}");
+        // A subject's set is named by a digest of the subject (any text), 16 bytes in hex, as its own hash tag.
+        let key = subject_sessions_key("user 42");
+        let hex = key
+            .strip_prefix("ces:subject:{")
+            .and_then(|k| k.strip_suffix("}:sessions"))
+            .expect("the subject key's shape");
+        assert_eq!(hex.len(), 32);
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(key, subject_sessions_key("user 42"));
+        assert_ne!(key, subject_sessions_key("user 43"));
     }
 
     #[test]

@@ -531,6 +531,38 @@ mod tests {
     }
 
     #[test]
+    fn records_are_counted_once_per_topic_of_a_batch() {
+        let record = |topic: &str| InputRecord {
+            topic: topic.to_owned(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            headers_unreadable: false,
+            received: 0,
+        };
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let batch = [record("a"), record("b"), record("a"), record("a")];
+        metrics::with_local_recorder(&recorder, || {
+            count_records(&batch);
+            count_records(&[]);
+            count_records(&batch[..1]);
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"ces_ingest_records_total{topic="a"} 4"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ces_ingest_records_total{topic="b"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn only_a_size_refusal_makes_a_letter_shed_parts() {
         assert!(is_too_large(&Err(produce(
             RDKafkaErrorCode::MessageSizeTooLarge
