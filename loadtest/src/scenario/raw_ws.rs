@@ -53,6 +53,24 @@ fn nanos(n: u128) -> Duration {
     Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
+/// A runtime of its own, shut down without waiting when dropped: a runtime dropped the plain way inside another
+/// one's task panics, which any early return of [`run`] would do.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Frame the raw push sends: the size of a CES event frame with the same padding.
 fn raw_frame(payload: usize) -> String {
     format!(
@@ -84,12 +102,17 @@ pub(super) async fn run(c: &Common) -> anyhow::Result<Report> {
     let go = CancellationToken::new();
     let frame = Utf8Bytes::from(raw_frame(c.payload as usize));
     let pace = Pace::new(c.rate, conns);
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(SERVER_WORKERS)
-        .thread_name(SERVER_THREADS)
-        .enable_all()
-        .build()?;
-    let server = server_runtime.spawn(serve(listener, frame, pace, go.clone(), stop.clone()));
+    let server_runtime = Background(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(SERVER_WORKERS)
+            .thread_name(SERVER_THREADS)
+            .enable_all()
+            .build()?,
+    ));
+    let server =
+        server_runtime
+            .handle()
+            .spawn(serve(listener, frame, pace, go.clone(), stop.clone()));
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(c.connect_concurrency as usize));
@@ -176,7 +199,7 @@ pub(super) async fn run(c: &Common) -> anyhow::Result<Report> {
     stop.cancel();
     readers.shutdown().await;
     let _ = server.await;
-    server_runtime.shutdown_background();
+    drop(server_runtime);
     report.sessions = conns;
     report.connections = conns;
     report.rate_target = c.rate;
