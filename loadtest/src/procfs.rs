@@ -325,6 +325,7 @@ mod tests {
     #[test]
     fn a_named_thread_is_measured_apart_from_the_process() {
         let name = "procfs-test-cpu";
+        let process_before = own_cpu_seconds();
         let spun = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(|| {
@@ -339,7 +340,12 @@ mod tests {
             .join()
             .unwrap();
         assert!(spun >= 0.1, "a thread that spun 300 ms used {spun} s");
-        assert!(own_cpu_seconds() >= spun);
+        assert!(spun < 1.0, "a thread that spun 300 ms used {spun} s");
+        let process = own_cpu_seconds() - process_before;
+        assert!(
+            process >= spun - 0.02 && process < 2.0,
+            "the process used {process} s while its thread spun {spun} s"
+        );
         assert_eq!(own_threads_cpu_seconds("no-such-thread"), 0.0);
     }
 
