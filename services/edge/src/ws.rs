@@ -287,9 +287,7 @@ where
         let action = tokio::select! {
             biased;
             () = shutdown.cancelled(), if close_at.is_none() => machine.on(Input::Shutdown),
-            // A disabled branch's future is still made in every turn of the loop: as an async block, the timer
-            // in it is made (a clock read, a handle to the timer wheel) only once draining polls it.
-            () = async move { tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)).await }, if close_at.is_some() => {
+            () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
                 machine.on(Input::DrainDue)
             }
             () = &mut expiry => machine.on(Input::Expired),
