@@ -121,12 +121,7 @@ pub fn register_latency(hops: &[&'static str], e2e: bool) {
     }
 }
 
-/// Records one event's time on `hop`.
-pub fn observe_hop(hop: &'static str, seconds: f64) {
-    hop_histogram(hop).record(seconds);
-}
-
-/// The histogram of `hop`, to look up once for a batch of events rather than once per event.
+/// The histogram of `hop`, to look up once (per batch, or per process) rather than once per event.
 pub fn hop_histogram(hop: &'static str) -> metrics::Histogram {
     metrics::histogram!(HOP_LATENCY, "hop" => hop)
 }

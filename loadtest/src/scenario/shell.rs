@@ -5,19 +5,13 @@ use anyhow::Context as _;
 
 /// Pipelined PUBLISH rate of the Redis at `addr`, by `redis-benchmark` (64 commands per pipeline, 16 clients).
 pub(super) fn redis_benchmark_publish(addr: &str, size: usize) -> anyhow::Result<f64> {
-    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
-    let payload = "x".repeat(size);
     eprintln!("[redis-benchmark] -P 64 -c 16 -n 2000000 PUBLISH ({size}-byte messages)");
-    let out = std::process::Command::new("redis-benchmark")
-        .args([
-            "-h", host, "-p", port, "-P", "64", "-c", "16", "-n", "2000000", "-q",
-        ])
-        .args(["PUBLISH", "ces:loadtest:raw", &payload])
-        .output()
-        .context("run redis-benchmark (Debian package redis-tools)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    parse_redis_benchmark(&text)
-        .with_context(|| format!("no rate in redis-benchmark output: {text}"))
+    let payload = "x".repeat(size);
+    redis_benchmark(
+        addr,
+        &["-P", "64", "-c", "16", "-n", "2000000"],
+        &["PUBLISH", "ces:loadtest:raw", &payload],
+    )
 }
 
 /// `SPUBLISH` of `count` messages of `size` bytes to `sessions` channels (`ces:{<12 digits>}:ch`, spread by
@@ -29,17 +23,26 @@ pub(super) fn redis_benchmark_spublish(
     size: usize,
     pipeline: u64,
 ) -> anyhow::Result<f64> {
-    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
     let (count, sessions, pipeline) = (
         count.to_string(),
         sessions.to_string(),
         pipeline.to_string(),
     );
+    let payload = "x".repeat(size);
+    redis_benchmark(
+        addr,
+        &["-P", &pipeline, "-c", "1", "-r", &sessions, "-n", &count],
+        &["SPUBLISH", "ces:{__rand_int__}:ch", &payload],
+    )
+}
+
+/// Runs `redis-benchmark -q` with `options` and the custom `command` against `addr` (host:port); its rate.
+fn redis_benchmark(addr: &str, options: &[&str], command: &[&str]) -> anyhow::Result<f64> {
+    let (host, port) = addr.rsplit_once(':').context("--redis must be host:port")?;
     let out = std::process::Command::new("redis-benchmark")
-        .args([
-            "-h", host, "-p", port, "-P", &pipeline, "-c", "1", "-r", &sessions, "-n", &count, "-q",
-        ])
-        .args(["SPUBLISH", "ces:{__rand_int__}:ch", &"x".repeat(size)])
+        .args(["-h", host, "-p", port, "-q"])
+        .args(options)
+        .args(command)
         .output()
         .context("run redis-benchmark (Debian package redis-tools)")?;
     let text = String::from_utf8_lossy(&out.stdout);

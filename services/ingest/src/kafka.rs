@@ -475,15 +475,18 @@ mod tests {
         assert!(!is_refusal(&Error::ShuttingDown));
     }
 
+    /// The value `settings` give property `k`.
+    fn setting<'a>(settings: &'a [(&str, String)], k: &str) -> Option<&'a str> {
+        settings
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn dead_letters_are_durable_idempotent_and_compressed() {
         let settings = producer_settings();
-        let get = |k: &str| {
-            settings
-                .iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |k: &str| setting(&settings, k);
         assert_eq!(get("acks"), Some("all"));
         assert_eq!(get("enable.idempotence"), Some("true"));
         assert_eq!(get("compression.type"), Some("lz4"));
@@ -492,34 +495,15 @@ mod tests {
 
     #[test]
     fn fetches_wait_for_whole_batches_and_a_property_overrides_the_default() {
-        let setting = |c: &Config, k: &str| {
-            consumer_settings(c)
-                .into_iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| v)
-        };
         let defaults =
             Config::from_source(&std::collections::HashMap::<&'static str, String>::new()).unwrap();
-        assert_eq!(
-            setting(&defaults, "fetch.wait.max.ms").as_deref(),
-            Some("3")
-        );
-        assert_eq!(
-            setting(&defaults, "fetch.min.bytes").as_deref(),
-            Some("262144")
-        );
-        assert_eq!(
-            setting(&defaults, "fetch.queue.backoff.ms").as_deref(),
-            Some("10")
-        );
-        assert_eq!(
-            setting(&defaults, "enable.auto.commit").as_deref(),
-            Some("false")
-        );
-        assert_eq!(
-            setting(&defaults, "enable.auto.offset.store").as_deref(),
-            Some("false")
-        );
+        let settings = consumer_settings(&defaults);
+        let get = |k: &str| setting(&settings, k);
+        assert_eq!(get("fetch.wait.max.ms"), Some("3"));
+        assert_eq!(get("fetch.min.bytes"), Some("262144"));
+        assert_eq!(get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(get("enable.auto.commit"), Some("false"));
+        assert_eq!(get("enable.auto.offset.store"), Some("false"));
         let tuned = Config::from_source(&std::collections::HashMap::from([(
             "CES_KAFKA_PROP_FETCH_MIN_BYTES",
             "1".to_owned(),
